@@ -1,0 +1,140 @@
+//! Training hyperparameters of one trial.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CommonError;
+
+/// Optimiser family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    /// Stochastic gradient descent with Nesterov momentum 0.9.
+    Sgd,
+    /// Adam with L2 weight decay folded into the gradient.
+    Adam,
+    /// Adam with decoupled weight decay.
+    #[serde(rename = "adamw")]
+    AdamW,
+}
+
+/// How the learning rate changes over the epochs of one trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// The same rate for every step.
+    Constant,
+    /// Cosine decay from the initial rate to zero over all steps of the trial.
+    Cosine,
+    /// Linear warm-up over the first 10% of steps, then linear decay to zero (one-cycle style).
+    OneCycle,
+}
+
+/// Everything the trainer needs besides the architecture and the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HyperParams {
+    pub optimizer: Optimizer,
+    pub learning_rate: f64,
+    pub schedule: Schedule,
+    pub batch_size: u32,
+    pub weight_decay: f64,
+    pub epochs: u32,
+}
+
+impl Default for HyperParams {
+    /// A setting that trains small CNNs on MNIST-sized data well in a few epochs.
+    fn default() -> Self {
+        HyperParams {
+            optimizer: Optimizer::AdamW,
+            learning_rate: 2e-3,
+            schedule: Schedule::OneCycle,
+            batch_size: 128,
+            weight_decay: 1e-4,
+            epochs: 3,
+        }
+    }
+}
+
+impl HyperParams {
+    /// Checks ranges; the error names the field.
+    pub fn validate(&self) -> Result<(), CommonError> {
+        let bad = |field: &str, reason: String| {
+            Err(CommonError::InvalidHyperParams {
+                field: field.to_string(),
+                reason,
+            })
+        };
+        if !(self.learning_rate.is_finite()
+            && self.learning_rate > 0.0
+            && self.learning_rate <= 10.0)
+        {
+            return bad(
+                "learning_rate",
+                format!("must be in (0, 10], got {}", self.learning_rate),
+            );
+        }
+        if !(self.weight_decay.is_finite() && (0.0..=1.0).contains(&self.weight_decay)) {
+            return bad(
+                "weight_decay",
+                format!("must be in [0, 1], got {}", self.weight_decay),
+            );
+        }
+        if self.batch_size == 0 || self.batch_size > 65_536 {
+            return bad(
+                "batch_size",
+                format!("must be 1..=65536, got {}", self.batch_size),
+            );
+        }
+        if self.epochs == 0 || self.epochs > 1000 {
+            return bad("epochs", format!("must be 1..=1000, got {}", self.epochs));
+        }
+        Ok(())
+    }
+
+    /// Parses hyperparameters from JSON and validates them.
+    pub fn from_json(text: &str) -> Result<HyperParams, CommonError> {
+        let hp: HyperParams = serde_json::from_str(text)
+            .map_err(|e| CommonError::Json(format!("hyperparameters: {e}")))?;
+        hp.validate()?;
+        Ok(hp)
+    }
+
+    /// Canonical JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("hyperparameter serialisation cannot fail")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_round_trips() {
+        let hp = HyperParams::default();
+        hp.validate().unwrap();
+        assert_eq!(HyperParams::from_json(&hp.to_json()).unwrap(), hp);
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_field() {
+        let hp = HyperParams {
+            learning_rate: f64::NAN,
+            ..HyperParams::default()
+        };
+        assert!(hp
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("learning_rate"));
+        let hp = HyperParams {
+            batch_size: 0,
+            ..HyperParams::default()
+        };
+        assert!(hp
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("batch_size"));
+    }
+}

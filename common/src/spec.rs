@@ -1,0 +1,563 @@
+//! The experiment spec: a TOML document that says what to search, on which data, with which
+//! budget. Unknown keys are refused and every validation error names the offending key.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CommonError;
+use crate::genome::Genome;
+use crate::hparams::{HyperParams, Optimizer, Schedule};
+use crate::presets;
+
+/// A parsed and validated experiment spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    /// Human-readable name shown by `master status`.
+    pub name: String,
+    /// Seed of every random choice of the search (proposals, acceptance, data split).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    pub budget: Budget,
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub annealing: AnnealingConfig,
+    #[serde(default)]
+    pub search: SearchSpace,
+    /// Architectures (and optionally hyperparameters) the search starts from.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<SeedModel>,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+fn default_seeds() -> Vec<SeedModel> {
+    vec![SeedModel {
+        preset: Some("cnn2".into()),
+        genome_file: None,
+        genome: None,
+        hparams: None,
+    }]
+}
+
+/// When the experiment stops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Number of trials to complete.
+    pub max_trials: u32,
+    /// Stop proposing new trials after this many seconds (running ones still finish).
+    #[serde(default)]
+    pub max_wall_seconds: Option<u64>,
+    /// Give up on the experiment after this many failed trials (default: `max_trials`).
+    #[serde(default)]
+    pub max_failures: Option<u32>,
+}
+
+/// Which data trials train on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// `"fashion-mnist"` (resolved by each worker, see `worker join --data-dir`) or `"idx"`.
+    pub dataset: String,
+    /// With `dataset = "idx"`: paths of the MNIST-format IDX files (optionally gzipped).
+    pub train_images: Option<String>,
+    pub train_labels: Option<String>,
+    pub test_images: Option<String>,
+    pub test_labels: Option<String>,
+    /// Train on at most this many training examples (0 or absent = all).
+    pub train_subset: u32,
+    /// Report test accuracy on at most this many test examples (0 or absent = all).
+    pub test_subset: u32,
+    /// Fraction of the training examples held out as the validation split (the score).
+    pub validation_fraction: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            dataset: "fashion-mnist".into(),
+            train_images: None,
+            train_labels: None,
+            test_images: None,
+            test_labels: None,
+            train_subset: 0,
+            test_subset: 0,
+            validation_fraction: 0.1,
+        }
+    }
+}
+
+/// How the temperature cools.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cooling {
+    /// `T_k = T_0 · rate^k`.
+    Exponential,
+    /// `T_k = T_0 · (1 − k / max_trials)`, floored at the minimum.
+    Linear,
+}
+
+/// Simulated-annealing settings (see `annealing`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnnealingConfig {
+    /// Starting temperature, in units of score (accuracy): a child 0.02 worse than its parent is
+    /// accepted with probability 1/e at T = 0.02.
+    pub initial_temperature: f64,
+    pub cooling: Cooling,
+    /// Multiplier per completed trial for exponential cooling.
+    pub cooling_rate: f64,
+    /// Temperature never drops below this.
+    pub min_temperature: f64,
+}
+
+impl Default for AnnealingConfig {
+    fn default() -> Self {
+        AnnealingConfig {
+            initial_temperature: 0.02,
+            cooling: Cooling::Exponential,
+            cooling_rate: 0.9,
+            min_temperature: 0.001,
+        }
+    }
+}
+
+/// The space mutations move in and the hard constraints a trial must meet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchSpace {
+    /// Largest parameter count a proposed model may have (0 = no limit).
+    pub max_params: u64,
+    /// Largest FLOPs per example a proposed model may have (0 = no limit).
+    pub max_flops: u64,
+    /// Largest number of blocks (nested ones included).
+    pub max_blocks: u32,
+    /// Channel counts a conv block may take.
+    pub channels: Vec<u32>,
+    /// Unit counts a dense block may take.
+    pub dense_units: Vec<u32>,
+    /// Inclusive learning-rate range, sampled log-uniformly.
+    pub learning_rate: [f64; 2],
+    /// Batch sizes to choose from.
+    pub batch_sizes: Vec<u32>,
+    /// Inclusive range of epochs per trial.
+    pub epochs: [u32; 2],
+    pub optimizers: Vec<Optimizer>,
+    pub schedules: Vec<Schedule>,
+    /// Inclusive weight-decay range (sampled log-uniformly above zero).
+    pub weight_decay: [f64; 2],
+    /// Probability that a mutation changes the architecture (else only hyperparameters).
+    pub architecture_mutation_probability: f64,
+}
+
+impl Default for SearchSpace {
+    fn default() -> Self {
+        SearchSpace {
+            max_params: 5_000_000,
+            max_flops: 0,
+            max_blocks: 24,
+            channels: vec![16, 24, 32, 48, 64, 96, 128],
+            dense_units: vec![64, 128, 256, 512],
+            learning_rate: [3e-4, 1e-2],
+            batch_sizes: vec![64, 128, 256],
+            epochs: [2, 4],
+            optimizers: vec![Optimizer::AdamW, Optimizer::Adam, Optimizer::Sgd],
+            schedules: vec![Schedule::OneCycle, Schedule::Cosine, Schedule::Constant],
+            weight_decay: [0.0, 1e-3],
+            architecture_mutation_probability: 0.6,
+        }
+    }
+}
+
+/// A starting point of the search: a preset name, a genome file, or an inline genome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedModel {
+    pub preset: Option<String>,
+    pub genome_file: Option<String>,
+    pub genome: Option<Genome>,
+    /// Hyperparameters of the seed trial (default: [`HyperParams::default`]).
+    pub hparams: Option<HyperParams>,
+}
+
+/// A seed after resolution: the architecture and hyperparameters to train first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedSeed {
+    pub label: String,
+    pub genome: Genome,
+    pub hparams: HyperParams,
+}
+
+impl ExperimentSpec {
+    /// Parses and validates TOML text. Genome files named by seeds are resolved relative to
+    /// `base_dir` when given.
+    pub fn from_toml(text: &str) -> Result<ExperimentSpec, CommonError> {
+        let spec: ExperimentSpec =
+            toml::from_str(text).map_err(|e| CommonError::Spec(toml_error(&e)))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Reads, parses and validates a spec file.
+    pub fn from_file(path: &Path) -> Result<ExperimentSpec, CommonError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CommonError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), CommonError> {
+        let key = |k: &str, reason: String| {
+            Err(CommonError::SpecKey {
+                key: k.to_string(),
+                reason,
+            })
+        };
+        if self.name.trim().is_empty() || self.name.len() > 200 {
+            return key("name", "must be 1..=200 characters".into());
+        }
+        let b = &self.budget;
+        if b.max_trials == 0 || b.max_trials > 100_000 {
+            return key(
+                "budget.max_trials",
+                format!("must be 1..=100000, got {}", b.max_trials),
+            );
+        }
+        if b.max_wall_seconds == Some(0) {
+            return key("budget.max_wall_seconds", "must be positive".into());
+        }
+        let d = &self.data;
+        match d.dataset.as_str() {
+            "fashion-mnist" => {
+                for (k, v) in [
+                    ("data.train_images", &d.train_images),
+                    ("data.train_labels", &d.train_labels),
+                    ("data.test_images", &d.test_images),
+                    ("data.test_labels", &d.test_labels),
+                ] {
+                    if v.is_some() {
+                        return key(k, "is only allowed with dataset = \"idx\"".into());
+                    }
+                }
+            }
+            "idx" => {
+                for (k, v) in [
+                    ("data.train_images", &d.train_images),
+                    ("data.train_labels", &d.train_labels),
+                    ("data.test_images", &d.test_images),
+                    ("data.test_labels", &d.test_labels),
+                ] {
+                    if v.as_deref().is_none_or(|p| p.trim().is_empty()) {
+                        return key(k, "is required with dataset = \"idx\"".into());
+                    }
+                }
+            }
+            other => {
+                return key(
+                    "data.dataset",
+                    format!("must be \"fashion-mnist\" or \"idx\", got {other:?}"),
+                )
+            }
+        }
+        if !(d.validation_fraction > 0.0 && d.validation_fraction < 0.9) {
+            return key(
+                "data.validation_fraction",
+                format!("must be in (0, 0.9), got {}", d.validation_fraction),
+            );
+        }
+        if d.train_subset != 0 && d.train_subset < 100 {
+            return key(
+                "data.train_subset",
+                format!("must be 0 (all) or at least 100, got {}", d.train_subset),
+            );
+        }
+        let a = &self.annealing;
+        if !(a.initial_temperature.is_finite() && a.initial_temperature > 0.0) {
+            return key(
+                "annealing.initial_temperature",
+                format!("must be positive, got {}", a.initial_temperature),
+            );
+        }
+        if !(a.min_temperature.is_finite()
+            && a.min_temperature > 0.0
+            && a.min_temperature <= a.initial_temperature)
+        {
+            return key(
+                "annealing.min_temperature",
+                format!(
+                    "must be positive and at most initial_temperature, got {}",
+                    a.min_temperature
+                ),
+            );
+        }
+        if !(a.cooling_rate > 0.0 && a.cooling_rate <= 1.0) {
+            return key(
+                "annealing.cooling_rate",
+                format!("must be in (0, 1], got {}", a.cooling_rate),
+            );
+        }
+        self.search.validate()?;
+        if self.seeds.is_empty() {
+            return key("seeds", "needs at least one seed model".into());
+        }
+        for (i, seed) in self.seeds.iter().enumerate() {
+            seed.resolve(i, None)?;
+        }
+        Ok(())
+    }
+
+    /// The seed models, resolved and validated.
+    pub fn resolve_seeds(&self, base_dir: Option<&Path>) -> Result<Vec<ResolvedSeed>, CommonError> {
+        self.seeds
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.resolve(i, base_dir))
+            .collect()
+    }
+}
+
+impl SearchSpace {
+    /// Checks every value; the error names the key under `search.`.
+    pub fn validate(&self) -> Result<(), CommonError> {
+        let key = |k: &str, reason: String| {
+            Err(CommonError::SpecKey {
+                key: format!("search.{k}"),
+                reason,
+            })
+        };
+        if self.max_blocks < 2 || self.max_blocks > 200 {
+            return key(
+                "max_blocks",
+                format!("must be 2..=200, got {}", self.max_blocks),
+            );
+        }
+        if self.channels.is_empty()
+            || self
+                .channels
+                .iter()
+                .any(|&c| c == 0 || c > crate::genome::MAX_WIDTH)
+        {
+            return key(
+                "channels",
+                "must be a non-empty list of values in 1..=4096".into(),
+            );
+        }
+        if self.dense_units.is_empty()
+            || self
+                .dense_units
+                .iter()
+                .any(|&c| c == 0 || c > crate::genome::MAX_WIDTH)
+        {
+            return key(
+                "dense_units",
+                "must be a non-empty list of values in 1..=4096".into(),
+            );
+        }
+        let [lo, hi] = self.learning_rate;
+        if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 10.0) {
+            return key(
+                "learning_rate",
+                format!("must be [low, high] with 0 < low <= high <= 10, got [{lo}, {hi}]"),
+            );
+        }
+        if self.batch_sizes.is_empty() || self.batch_sizes.iter().any(|&b| b == 0 || b > 65_536) {
+            return key(
+                "batch_sizes",
+                "must be a non-empty list of values in 1..=65536".into(),
+            );
+        }
+        let [e0, e1] = self.epochs;
+        if e0 == 0 || e0 > e1 || e1 > 1000 {
+            return key(
+                "epochs",
+                format!("must be [low, high] with 1 <= low <= high <= 1000, got [{e0}, {e1}]"),
+            );
+        }
+        if self.optimizers.is_empty() {
+            return key("optimizers", "must not be empty".into());
+        }
+        if self.schedules.is_empty() {
+            return key("schedules", "must not be empty".into());
+        }
+        let [w0, w1] = self.weight_decay;
+        if !(w0.is_finite() && w1.is_finite() && w0 >= 0.0 && w0 <= w1 && w1 <= 1.0) {
+            return key(
+                "weight_decay",
+                format!("must be [low, high] with 0 <= low <= high <= 1, got [{w0}, {w1}]"),
+            );
+        }
+        let p = self.architecture_mutation_probability;
+        if !(0.0..=1.0).contains(&p) {
+            return key(
+                "architecture_mutation_probability",
+                format!("must be in [0, 1], got {p}"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether a genome meets the hard constraints (params, FLOPs, block count); the error says
+    /// which limit it breaks.
+    pub fn check_constraints(&self, genome: &Genome) -> Result<(), CommonError> {
+        let analysis = genome.analyze()?;
+        if self.max_params > 0 && analysis.params > self.max_params {
+            return Err(CommonError::Mutation(format!(
+                "{} parameters exceed search.max_params = {}",
+                analysis.params, self.max_params
+            )));
+        }
+        if self.max_flops > 0 && analysis.flops > self.max_flops {
+            return Err(CommonError::Mutation(format!(
+                "{} FLOPs exceed search.max_flops = {}",
+                analysis.flops, self.max_flops
+            )));
+        }
+        if genome.depth() > self.max_blocks as usize {
+            return Err(CommonError::Mutation(format!(
+                "{} blocks exceed search.max_blocks = {}",
+                genome.depth(),
+                self.max_blocks
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl SeedModel {
+    fn resolve(&self, index: usize, base_dir: Option<&Path>) -> Result<ResolvedSeed, CommonError> {
+        let k = |field: &str| format!("seeds[{index}].{field}");
+        let sources = [
+            self.preset.is_some(),
+            self.genome_file.is_some(),
+            self.genome.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if sources != 1 {
+            return Err(CommonError::SpecKey {
+                key: format!("seeds[{index}]"),
+                reason: "needs exactly one of preset, genome_file, genome".into(),
+            });
+        }
+        let (label, genome) = if let Some(name) = &self.preset {
+            let genome = presets::preset(name).ok_or_else(|| CommonError::SpecKey {
+                key: k("preset"),
+                reason: format!(
+                    "unknown preset {name:?}; known: {}",
+                    presets::NAMES.join(", ")
+                ),
+            })?;
+            (format!("seed {name}"), genome)
+        } else if let Some(file) = &self.genome_file {
+            let path = match base_dir {
+                Some(dir) if Path::new(file).is_relative() => dir.join(file),
+                _ => Path::new(file).to_path_buf(),
+            };
+            if base_dir.is_none() && !path.exists() {
+                // Validation without a base directory (on the master, for a spec submitted
+                // remotely) cannot check relative files; the submitting CLI inlines them.
+                return Err(CommonError::SpecKey {
+                    key: k("genome_file"),
+                    reason: format!("file {} not found", path.display()),
+                });
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| CommonError::SpecKey {
+                key: k("genome_file"),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            let genome = Genome::from_json(&text).map_err(|e| CommonError::SpecKey {
+                key: k("genome_file"),
+                reason: e.to_string(),
+            })?;
+            (format!("seed {file}"), genome)
+        } else {
+            let genome = self.genome.clone().expect("checked above");
+            genome.validate().map_err(|e| CommonError::SpecKey {
+                key: k("genome"),
+                reason: e.to_string(),
+            })?;
+            (format!("seed #{index}"), genome)
+        };
+        let hparams = self.hparams.clone().unwrap_or_default();
+        hparams.validate().map_err(|e| CommonError::SpecKey {
+            key: k("hparams"),
+            reason: e.to_string(),
+        })?;
+        Ok(ResolvedSeed {
+            label,
+            genome,
+            hparams,
+        })
+    }
+}
+
+/// Formats a TOML error on one line, keeping the key and position toml reports.
+fn toml_error(e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => format!("{message} (at byte {})", span.start),
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "demo"
+[budget]
+max_trials = 4
+"#;
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let spec = ExperimentSpec::from_toml(MINIMAL).unwrap();
+        assert_eq!(spec.budget.max_trials, 4);
+        assert_eq!(spec.data.dataset, "fashion-mnist");
+        assert_eq!(spec.resolve_seeds(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = ExperimentSpec::from_toml(&format!("{MINIMAL}max_trails = 3\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_trails"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let text = MINIMAL.replace("max_trials = 4", "max_trials = 0");
+        let err = ExperimentSpec::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("budget.max_trials"), "{err}");
+        let text = format!("{MINIMAL}[search]\nlearning_rate = [0.1, 0.01]\n");
+        let err = ExperimentSpec::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("search.learning_rate"), "{err}");
+    }
+
+    #[test]
+    fn idx_dataset_requires_paths() {
+        let text = format!("{MINIMAL}[data]\ndataset = \"idx\"\ntrain_images = \"a\"\n");
+        let err = ExperimentSpec::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("data.train_labels"), "{err}");
+    }
+
+    #[test]
+    fn unknown_preset_lists_the_known_ones() {
+        let text = format!("{MINIMAL}[[seeds]]\npreset = \"nope\"\n");
+        let err = ExperimentSpec::from_toml(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("seeds[0].preset") && err.contains("cnn2"),
+            "{err}"
+        );
+    }
+}

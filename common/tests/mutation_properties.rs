@@ -1,0 +1,296 @@
+//! Property tests of the mutation operators through the public API: children are always valid,
+//! inside the search space, different from their parent, and reproducible from a seed.
+
+use explore_common::hparams::{HyperParams, Optimizer, Schedule};
+use explore_common::mutation::{mutate_genome, mutate_hparams, propose, sample_hparams};
+use explore_common::presets;
+use explore_common::spec::SearchSpace;
+use explore_common::{CommonError, Genome};
+use proptest::prelude::*;
+use proptest::sample::subsequence;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn preset_index() -> impl Strategy<Value = usize> {
+    0..presets::NAMES.len()
+}
+
+fn preset_genome(i: usize) -> Genome {
+    presets::preset(presets::NAMES[i]).expect("listed preset")
+}
+
+/// A random validated search space.
+fn space() -> impl Strategy<Value = SearchSpace> {
+    (
+        (-5.0f64..0.0, 0.0f64..2.5),
+        subsequence(vec![16u32, 32, 64, 128, 256, 512], 1..=6),
+        (1u32..8, 0u32..4),
+        subsequence(
+            vec![Optimizer::Sgd, Optimizer::Adam, Optimizer::AdamW],
+            1..=3,
+        ),
+        subsequence(
+            vec![Schedule::Constant, Schedule::Cosine, Schedule::OneCycle],
+            1..=3,
+        ),
+        (prop_oneof![Just(0.0), 1e-6f64..1e-3], 0.0f64..1e-2),
+        0.0f64..=1.0,
+        (20u32..60, 1u64..20),
+    )
+        .prop_map(
+            |(
+                (lr_exp, lr_span),
+                batch_sizes,
+                (e0, de),
+                optimizers,
+                schedules,
+                (w0, dw),
+                p,
+                (blocks, mparams),
+            )| {
+                let lo = 10f64.powf(lr_exp);
+                SearchSpace {
+                    learning_rate: [lo, (lo * 10f64.powf(lr_span)).min(10.0)],
+                    batch_sizes,
+                    epochs: [e0, e0 + de],
+                    optimizers,
+                    schedules,
+                    weight_decay: [w0, w0 + dw],
+                    architecture_mutation_probability: p,
+                    max_blocks: blocks,
+                    max_params: mparams * 1_000_000,
+                    ..SearchSpace::default()
+                }
+            },
+        )
+        .prop_filter("valid space", |s| s.validate().is_ok())
+}
+
+/// Random valid hyperparameters, often outside the space under test.
+fn hparams() -> impl Strategy<Value = HyperParams> {
+    (
+        prop_oneof![
+            Just(Optimizer::Sgd),
+            Just(Optimizer::Adam),
+            Just(Optimizer::AdamW)
+        ],
+        1e-6f64..5.0,
+        prop_oneof![
+            Just(Schedule::Constant),
+            Just(Schedule::Cosine),
+            Just(Schedule::OneCycle)
+        ],
+        1u32..2000,
+        prop_oneof![Just(0.0), 1e-7f64..0.5],
+        1u32..20,
+    )
+        .prop_map(
+            |(optimizer, learning_rate, schedule, batch_size, weight_decay, epochs)| HyperParams {
+                optimizer,
+                learning_rate,
+                schedule,
+                batch_size,
+                weight_decay,
+                epochs,
+            },
+        )
+}
+
+fn assert_inside(hp: &HyperParams, space: &SearchSpace) -> Result<(), TestCaseError> {
+    prop_assert!(hp.validate().is_ok(), "{:?}", hp);
+    let [lo, hi] = space.learning_rate;
+    prop_assert!(
+        lo <= hp.learning_rate && hp.learning_rate <= hi,
+        "lr {} not in [{lo}, {hi}]",
+        hp.learning_rate
+    );
+    prop_assert!(
+        space.batch_sizes.contains(&hp.batch_size),
+        "batch size {}",
+        hp.batch_size
+    );
+    prop_assert!(
+        space.epochs[0] <= hp.epochs && hp.epochs <= space.epochs[1],
+        "epochs {}",
+        hp.epochs
+    );
+    prop_assert!(space.optimizers.contains(&hp.optimizer));
+    prop_assert!(space.schedules.contains(&hp.schedule));
+    let [w0, w1] = space.weight_decay;
+    prop_assert!(
+        w0 <= hp.weight_decay && hp.weight_decay <= w1,
+        "wd {} not in [{w0}, {w1}]",
+        hp.weight_decay
+    );
+    Ok(())
+}
+
+fn check_mutation(
+    parent: &Genome,
+    result: &Result<(Genome, String), CommonError>,
+) -> Result<(), TestCaseError> {
+    match result {
+        Ok((child, description)) => {
+            prop_assert!(
+                child.validate().is_ok(),
+                "{description}: {:?}",
+                child.validate()
+            );
+            prop_assert_ne!(child.canonical_hash(), parent.canonical_hash());
+            prop_assert!(!description.is_empty());
+        }
+        Err(CommonError::Mutation(reason)) => prop_assert!(!reason.is_empty()),
+        Err(other) => prop_assert!(false, "not a mutation rejection: {other}"),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn chained_mutations_stay_valid(seed in any::<u64>(), preset in preset_index(), steps in 1usize..=20) {
+        let space = SearchSpace { max_blocks: 60, max_params: 0, ..SearchSpace::default() };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut genome = preset_genome(preset);
+        for _ in 0..steps {
+            let result = mutate_genome(&genome, &space, &mut rng);
+            check_mutation(&genome, &result)?;
+            if let Ok((child, _)) = result {
+                genome = child;
+            }
+        }
+    }
+
+    #[test]
+    fn chained_proposals_meet_the_constraints(
+        seed in any::<u64>(),
+        preset in preset_index(),
+        steps in 1usize..=20,
+        space in space(),
+    ) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut genome = preset_genome(preset);
+        let mut hp = HyperParams::default();
+        for _ in 0..steps {
+            let proposal = match propose(&genome, &hp, &space, &mut rng) {
+                Ok(p) => p,
+                Err(CommonError::Mutation(reason)) => {
+                    prop_assert!(!reason.is_empty());
+                    continue;
+                }
+                Err(other) => return Err(TestCaseError::fail(format!("not a mutation rejection: {other}"))),
+            };
+            prop_assert!(proposal.genome.validate().is_ok());
+            prop_assert!(space.check_constraints(&proposal.genome).is_ok(), "{}", proposal.description);
+            prop_assert!(proposal.hparams.validate().is_ok());
+            prop_assert!(
+                proposal.genome.canonical_hash() != genome.canonical_hash() || proposal.hparams != hp,
+                "child equals parent: {}", proposal.description
+            );
+            prop_assert!(!proposal.description.is_empty());
+            genome = proposal.genome;
+            hp = proposal.hparams;
+        }
+    }
+
+    #[test]
+    fn propose_is_reproducible(seed in any::<u64>(), preset in preset_index(), space in space()) {
+        let genome = preset_genome(preset);
+        let hp = HyperParams::default();
+        let a = propose(&genome, &hp, &space, &mut ChaCha8Rng::seed_from_u64(seed));
+        let b = propose(&genome, &hp, &space, &mut ChaCha8Rng::seed_from_u64(seed));
+        match (a, b) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+            (a, b) => prop_assert!(false, "{a:?} vs {b:?}"),
+        }
+    }
+
+    #[test]
+    fn mutated_hparams_stay_inside_the_space(seed in any::<u64>(), space in space(), parent in hparams()) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut hp = parent;
+        for _ in 0..5 {
+            let (child, description) = mutate_hparams(&hp, &space, &mut rng);
+            prop_assert!(!description.is_empty());
+            assert_inside(&child, &space)?;
+            hp = child;
+        }
+    }
+
+    #[test]
+    fn sampled_hparams_lie_inside_the_space(seed in any::<u64>(), space in space()) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for _ in 0..5 {
+            assert_inside(&sample_hparams(&space, &mut rng), &space)?;
+        }
+    }
+}
+
+#[test]
+fn every_preset_mutates_validly_under_many_seeds() {
+    let space = SearchSpace::default();
+    for (name, genome) in presets::presets() {
+        let mut successes = 0;
+        for seed in 0..300 {
+            let result = mutate_genome(&genome, &space, &mut ChaCha8Rng::seed_from_u64(seed));
+            match &result {
+                Ok((child, _)) => {
+                    child.validate().unwrap();
+                    successes += 1;
+                }
+                Err(CommonError::Mutation(reason)) => assert!(!reason.is_empty()),
+                Err(other) => panic!("{name}: {other}"),
+            }
+        }
+        assert!(
+            successes > 150,
+            "{name}: only {successes} of 300 mutations applied"
+        );
+    }
+}
+
+#[test]
+fn sampled_hparams_cover_the_space() {
+    let space = SearchSpace::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let samples: Vec<HyperParams> = (0..2000)
+        .map(|_| sample_hparams(&space, &mut rng))
+        .collect();
+    let zero_wd = samples.iter().filter(|h| h.weight_decay == 0.0).count();
+    assert!(
+        (300..500).contains(&zero_wd),
+        "{zero_wd} of 2000 without weight decay"
+    );
+    for b in &space.batch_sizes {
+        assert!(samples.iter().any(|h| h.batch_size == *b));
+    }
+    for e in space.epochs[0]..=space.epochs[1] {
+        assert!(samples.iter().any(|h| h.epochs == e));
+    }
+    // Log-uniform: about half of the draws below the geometric mean of the range.
+    let mid = (space.learning_rate[0] * space.learning_rate[1]).sqrt();
+    let below = samples.iter().filter(|h| h.learning_rate < mid).count();
+    assert!(
+        (850..1150).contains(&below),
+        "{below} of 2000 below the geometric mean"
+    );
+}
+
+#[test]
+fn proposal_description_lists_architecture_then_hparams() {
+    let space = SearchSpace::default();
+    let genome = preset_genome(0);
+    let hp = HyperParams::default();
+    let mut seen_both = false;
+    for seed in 0..200 {
+        let p = propose(&genome, &hp, &space, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+        if p.genome != genome && p.hparams != hp {
+            let (arch, rest) = p.description.split_once("; ").expect("two parts");
+            assert!(!arch.is_empty() && !rest.is_empty(), "{}", p.description);
+            seen_both = true;
+        }
+    }
+    assert!(seen_both);
+}

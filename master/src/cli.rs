@@ -1,0 +1,500 @@
+//! The `master` command line: `serve`, `submit`, `status` and `best`. Client commands talk to a
+//! running master over the admin service.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use explore_common::client::{admin_client, connect, read_token, AuthChannel, BearerToken};
+use explore_common::proto::admin_service_client::AdminServiceClient;
+use explore_common::proto::{self, ExperimentSummary, TrialRecord};
+use explore_common::spec::{ExperimentSpec, SeedModel};
+use tokio_stream::StreamExt;
+
+use crate::auth::token_path;
+use crate::scheduler::SchedulerConfig;
+use crate::server::ServeConfig;
+
+/// explore master: the history model pool and the simulated-annealing scheduler.
+#[derive(Debug, Parser)]
+#[command(name = "master", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the master (gRPC on --listen, pool in --data-dir).
+    Serve(ServeArgs),
+    /// Submit an experiment spec (TOML); --watch follows it to the end.
+    Submit(SubmitArgs),
+    /// Show experiments, or one experiment's leaderboard.
+    Status(StatusArgs),
+    /// Show the best model of an experiment; --export writes it to a directory.
+    Best(BestArgs),
+}
+
+/// Flags of `master serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory for the database, the cluster token and checkpoints.
+    #[arg(long, env = "EXPLORE_DATA_DIR", default_value = ".explore")]
+    pub data_dir: PathBuf,
+    /// Seconds a trial lease lasts without a heartbeat.
+    #[arg(long, default_value_t = 60)]
+    pub lease_secs: u64,
+    /// Seconds between worker heartbeats.
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat_secs: u64,
+    /// Times a trial is re-leased after its lease expired before it fails.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Largest checkpoint accepted, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub max_checkpoint_mib: u64,
+}
+
+impl TryFrom<&ServeArgs> for ServeConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(a: &ServeArgs) -> Result<Self> {
+        if a.heartbeat_secs == 0 || a.lease_secs < 2 * a.heartbeat_secs {
+            bail!("--lease-secs must be at least twice --heartbeat-secs (and heartbeats must be positive)");
+        }
+        if a.max_attempts == 0 {
+            bail!("--max-attempts must be at least 1");
+        }
+        Ok(ServeConfig {
+            listen: a.listen,
+            data_dir: a.data_dir.clone(),
+            scheduler: SchedulerConfig {
+                lease: Duration::from_secs(a.lease_secs),
+                heartbeat_interval: Duration::from_secs(a.heartbeat_secs),
+                max_attempts: a.max_attempts,
+            },
+            max_checkpoint_bytes: a.max_checkpoint_mib << 20,
+            ..ServeConfig::default()
+        })
+    }
+}
+
+/// How a client command reaches the master.
+#[derive(Debug, Args, Clone)]
+pub struct ConnectArgs {
+    /// URL of the master.
+    #[arg(long, env = "EXPLORE_MASTER", default_value = "http://127.0.0.1:50051")]
+    pub master: String,
+    /// File holding the cluster token (default: $EXPLORE_TOKEN, else <data-dir>/token).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The master's data directory, where the token is found when the master runs locally.
+    #[arg(long, env = "EXPLORE_DATA_DIR", default_value = ".explore")]
+    pub data_dir: PathBuf,
+}
+
+impl ConnectArgs {
+    /// An authenticated admin client.
+    pub async fn admin(&self) -> Result<AdminServiceClient<AuthChannel>> {
+        let token = read_token(
+            self.token_file.as_deref(),
+            Some(&token_path(&self.data_dir)),
+        )?;
+        let token = BearerToken::new(&token)?;
+        let channel = connect(&self.master)
+            .await
+            .with_context(|| format!("is `master serve` running at {}?", self.master))?;
+        Ok(admin_client(channel, &token))
+    }
+}
+
+/// Flags of `master submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The experiment spec (TOML).
+    pub spec: PathBuf,
+    /// Follow the experiment with a progress bar until it ends, then print the leaderboard.
+    #[arg(long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Flags of `master status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// An experiment id: show its leaderboard. Without it, list all experiments.
+    pub experiment: Option<String>,
+    /// Rows of the leaderboard.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Flags of `master best`.
+#[derive(Debug, Args)]
+pub struct BestArgs {
+    /// An experiment id (default: the most recent experiment).
+    pub experiment: Option<String>,
+    /// Write genome.json, hparams.json, weights.safetensors and model.json here.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Reads a spec file, validates it, and inlines genome files so the master needs no access to
+/// the submitter's files.
+pub fn prepare_spec(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read spec {}", path.display()))?;
+    // Parsed without validation first: validating resolves genome files against the current
+    // directory, not against the spec's.
+    let mut spec: ExperimentSpec =
+        toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let seeds = spec
+        .resolve_seeds(Some(base))
+        .with_context(|| format!("in {}", path.display()))?;
+    let inline = spec.seeds.iter().any(|s| s.genome_file.is_some());
+    if inline {
+        // Presets stay presets (the master knows them, and their name labels the seed trials).
+        spec.seeds = spec
+            .seeds
+            .iter()
+            .zip(seeds)
+            .map(|(given, s)| SeedModel {
+                preset: given.preset.clone(),
+                genome_file: None,
+                genome: given.preset.is_none().then_some(s.genome),
+                hparams: Some(s.hparams),
+            })
+            .collect();
+    }
+    spec.validate()
+        .with_context(|| format!("in {}", path.display()))?;
+    if inline {
+        return toml::to_string(&spec).context("cannot re-encode the spec");
+    }
+    Ok(text)
+}
+
+/// `master submit`.
+pub async fn submit(args: &SubmitArgs) -> Result<()> {
+    let spec_toml = prepare_spec(&args.spec)?;
+    let mut client = args.connect.admin().await?;
+    let id = client
+        .submit_experiment(proto::SubmitExperimentRequest { spec_toml })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .experiment_id;
+    println!("submitted experiment {id}");
+    if args.watch {
+        let summary = watch(&mut client, &id).await?;
+        print_leaderboard(&mut client, &id, 10).await?;
+        if summary.status == "failed" {
+            bail!("experiment {id} failed: {}", summary.status_reason);
+        }
+    }
+    Ok(())
+}
+
+/// Shows a progress bar until the experiment ends; returns its final summary.
+pub async fn watch(
+    client: &mut AdminServiceClient<AuthChannel>,
+    id: &str,
+) -> Result<ExperimentSummary> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} trials  {msg}",
+        )
+        .expect("valid template"),
+    );
+    let mut failures = 0;
+    loop {
+        let summary = match client
+            .get_experiment(proto::GetExperimentRequest {
+                experiment_id: id.to_string(),
+            })
+            .await
+        {
+            Ok(r) => {
+                failures = 0;
+                r.into_inner()
+            }
+            Err(status) if status.code() == tonic::Code::Unavailable && failures < 30 => {
+                failures += 1;
+                bar.set_message("master unreachable, retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(status) => return Err(status_error(status)),
+        };
+        bar.set_length(summary.max_trials as u64);
+        bar.set_position(summary.trials_completed as u64);
+        let best = if summary.best_score.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{:.4}", summary.best_score)
+        };
+        bar.set_message(format!(
+            "best val {best}  running {}  failed {}  T {:.4}",
+            summary.trials_running, summary.trials_failed, summary.temperature
+        ));
+        if summary.status != "running" {
+            bar.finish();
+            println!(
+                "experiment {id} {}: {}",
+                summary.status, summary.status_reason
+            );
+            return Ok(summary);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `master status`.
+pub async fn status(args: &StatusArgs) -> Result<()> {
+    let mut client = args.connect.admin().await?;
+    match &args.experiment {
+        Some(id) => {
+            let s = client
+                .get_experiment(proto::GetExperimentRequest {
+                    experiment_id: id.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_summary_header();
+            print_summary(&s);
+            println!();
+            print_leaderboard(&mut client, id, args.top).await
+        }
+        None => {
+            let list = client
+                .list_experiments(proto::ListExperimentsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .experiments;
+            if list.is_empty() {
+                println!("no experiments yet: submit one with `master submit SPEC`");
+                return Ok(());
+            }
+            print_summary_header();
+            for s in &list {
+                print_summary(s);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_summary_header() {
+    println!(
+        "{:<22} {:<20} {:<10} {:>9} {:>7} {:>8} {:>9}",
+        "EXPERIMENT", "NAME", "STATUS", "TRIALS", "FAILED", "BEST", "TEMP"
+    );
+}
+
+fn print_summary(s: &ExperimentSummary) {
+    let best = if s.best_score.is_nan() {
+        "-".into()
+    } else {
+        format!("{:.4}", s.best_score)
+    };
+    println!(
+        "{:<22} {:<20} {:<10} {:>9} {:>7} {:>8} {:>9.5}",
+        s.experiment_id,
+        truncate(&s.name, 20),
+        s.status,
+        format!("{}/{}", s.trials_completed, s.max_trials),
+        s.trials_failed,
+        best,
+        s.temperature
+    );
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).chain(std::iter::once('…')).collect()
+    }
+}
+
+/// Prints the best `top` completed trials of an experiment.
+pub async fn print_leaderboard(
+    client: &mut AdminServiceClient<AuthChannel>,
+    id: &str,
+    top: usize,
+) -> Result<()> {
+    let mut trials = client
+        .list_trials(proto::ListTrialsRequest {
+            experiment_id: id.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .trials;
+    trials.retain(|t| t.status == "completed");
+    trials.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.seq.cmp(&b.seq)));
+    println!("leaderboard of {id} (score = validation accuracy; test accuracy for reporting only)");
+    println!(
+        "{:>4} {:<24} {:>5} {:>8} {:>8} {:>9} {:>10} {:>4}  ORIGIN",
+        "RANK", "TRIAL", "SEQ", "VAL", "TEST", "PARAMS", "MFLOPS", "ACC"
+    );
+    for (rank, t) in trials.iter().take(top).enumerate() {
+        let test = t
+            .metrics
+            .get("test_accuracy")
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or("-".into());
+        println!(
+            "{:>4} {:<24} {:>5} {:>8.4} {:>8} {:>9} {:>10.2} {:>4}  {}",
+            rank + 1,
+            t.trial_id,
+            t.seq,
+            t.score,
+            test,
+            t.params,
+            t.flops as f64 / 1e6,
+            if t.accepted { "yes" } else { "no" },
+            truncate(&t.origin, 60)
+        );
+    }
+    Ok(())
+}
+
+/// `master best`.
+pub async fn best(args: &BestArgs) -> Result<()> {
+    let mut client = args.connect.admin().await?;
+    let id = match &args.experiment {
+        Some(id) => id.clone(),
+        None => client
+            .list_experiments(proto::ListExperimentsRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .experiments
+            .first()
+            .map(|e| e.experiment_id.clone())
+            .context("no experiments yet")?,
+    };
+    let best = client
+        .get_best_model(proto::GetBestModelRequest {
+            experiment_id: id.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_best(&best);
+    if let Some(dir) = &args.export {
+        export(&mut client, &best, dir).await?;
+        println!("exported to {}", dir.display());
+    }
+    Ok(())
+}
+
+fn print_best(t: &TrialRecord) {
+    println!(
+        "best model of {}: trial {} (seq {})",
+        t.experiment_id, t.trial_id, t.seq
+    );
+    println!("  validation accuracy {:.4}", t.score);
+    if let Some(test) = t.metrics.get("test_accuracy") {
+        println!("  test accuracy       {test:.4}");
+    }
+    println!(
+        "  parameters {}  MFLOPs {:.2}",
+        t.params,
+        t.flops as f64 / 1e6
+    );
+    println!("  origin: {}", t.origin);
+    println!("  hyperparameters: {}", t.hparams_json);
+}
+
+/// Writes the best model to `dir`: architecture JSON, hyperparameters, weights (safetensors),
+/// and a model card with the scores and the data split needed to re-score it.
+pub async fn export(
+    client: &mut AdminServiceClient<AuthChannel>,
+    t: &TrialRecord,
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if t.checkpoint_sha256.is_empty() {
+        bail!("trial {} has no checkpoint", t.trial_id);
+    }
+    let mut stream = client
+        .download_checkpoint(proto::DownloadCheckpointRequest {
+            sha256: t.checkpoint_sha256.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut weights = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        weights.extend_from_slice(&chunk.map_err(status_error)?.data);
+    }
+    let genome: serde_json::Value = serde_json::from_str(&t.genome_json)?;
+    let hparams: serde_json::Value = serde_json::from_str(&t.hparams_json)?;
+    write(dir, "genome.json", &serde_json::to_string_pretty(&genome)?)?;
+    write(
+        dir,
+        "hparams.json",
+        &serde_json::to_string_pretty(&hparams)?,
+    )?;
+    std::fs::write(dir.join("weights.safetensors"), &weights).context("cannot write weights")?;
+    let data = t.data.clone().unwrap_or_default();
+    let card = serde_json::json!({
+        "experiment_id": t.experiment_id,
+        "trial_id": t.trial_id,
+        "seq": t.seq,
+        "validation_accuracy": t.score,
+        "metrics": t.metrics,
+        "params": t.params,
+        "flops": t.flops,
+        "seed": t.seed,
+        "origin": t.origin,
+        "checkpoint_sha256": t.checkpoint_sha256,
+        "data": {
+            "dataset": data.dataset,
+            "train_images": data.train_images,
+            "train_labels": data.train_labels,
+            "test_images": data.test_images,
+            "test_labels": data.test_labels,
+            "train_subset": data.train_subset,
+            "test_subset": data.test_subset,
+            "validation_fraction": data.validation_fraction,
+            "split_seed": data.split_seed,
+        },
+    });
+    write(dir, "model.json", &serde_json::to_string_pretty(&card)?)?;
+    Ok(())
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
+    std::fs::write(dir.join(name), format!("{text}\n"))
+        .with_context(|| format!("cannot write {name}"))
+}
+
+/// Turns a gRPC status into a readable error.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::Unavailable => anyhow::anyhow!("master unreachable: {}", status.message()),
+        tonic::Code::Unauthenticated => anyhow::anyhow!(
+            "{} (is the token from this master's data directory?)",
+            status.message()
+        ),
+        _ => anyhow::anyhow!("{}", status.message()),
+    }
+}

@@ -1,0 +1,21 @@
+//! The explore master: keeps the history model pool (every trial with its architecture,
+//! hyperparameters, score and weights) in SQLite, proposes simulated-annealing mutations to
+//! workers over gRPC, records their results and keeps the best model. It never links libtorch.
+//!
+//! Layout: [`store`] (database), [`artifacts`] (checkpoint files), [`scheduler`] (all business
+//! logic), [`service`] (tonic adapters), [`auth`] (cluster token), [`server`] (start/stop),
+//! [`cli`] (the `master` command line).
+
+pub mod artifacts;
+pub mod auth;
+pub mod cli;
+pub mod error;
+pub mod scheduler;
+#[cfg(test)]
+mod scheduler_tests;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use error::MasterError;
+pub use server::{start, MasterHandle, ServeConfig};

@@ -1,0 +1,65 @@
+//! `master`: serve the pool, submit experiments, inspect results.
+
+use anyhow::Result;
+use clap::Parser;
+use explore_master::cli::{self, Cli, Command};
+use explore_master::server::{self, ServeConfig};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(ServeConfig::try_from(&args)?).await,
+        Command::Submit(args) => cli::submit(&args).await,
+        Command::Status(args) => cli::status(&args).await,
+        Command::Best(args) => cli::best(&args).await,
+    }
+}
+
+async fn serve(config: ServeConfig) -> Result<()> {
+    let mut handle = server::start(config).await?;
+    println!("master listening on {}", handle.addr);
+    tokio::select! {
+        result = handle.wait() => result?,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down: no new calls accepted");
+            handle.shutdown().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,799 @@
+//! The scheduler: owns the experiments' life cycle. It keeps each running experiment's queue
+//! filled with simulated-annealing proposals, leases trials to workers, records results with
+//! the Metropolis decision, reclaims expired leases and ends experiments at their budget.
+//!
+//! All state lives in the store; every state change is one transaction, serialised by a single
+//! writer lock (SQLite allows one writer; taking the lock in-process avoids "database is
+//! locked" errors instead of retrying them). The tonic services are thin adapters over this.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use explore_common::annealing::{self, STREAM_ACCEPTANCE, STREAM_PROPOSAL};
+use explore_common::mutation;
+use explore_common::spec::ExperimentSpec;
+use explore_common::{ExperimentId, Genome, HyperParams, TrialId, WorkerId};
+use rand::Rng;
+use sqlx::SqliteConnection;
+use tokio::sync::{Mutex, Notify};
+use tracing::{info, warn};
+
+use crate::artifacts::ArtifactStore;
+use crate::error::MasterError;
+use crate::store::{
+    self, ExperimentRow, ExperimentStatus, NewTrial, Store, TrialCounts, TrialResult, TrialRow,
+    TrialStatus,
+};
+
+/// Randomness stream for per-trial training seeds.
+const STREAM_TRIAL_SEED: u64 = 3;
+/// Attempts to find a proposal that is not already in the pool.
+const UNIQUE_PROPOSAL_TRIES: u64 = 16;
+
+/// Timing and limits of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// A lease lasts this long without a heartbeat.
+    pub lease: Duration,
+    /// Workers are asked to heartbeat this often.
+    pub heartbeat_interval: Duration,
+    /// A trial whose lease expired this many times is failed.
+    pub max_attempts: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            lease: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(10),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// What a heartbeat tells the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeartbeatAnswer {
+    Continue,
+    Stop(String),
+    LeaseLost(String),
+}
+
+/// What happened to a reported result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompleteAnswer {
+    pub accepted: bool,
+    pub reason: String,
+}
+
+/// Progress carried by a heartbeat.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub epoch: u32,
+    pub total_epochs: u32,
+    pub train_loss: f64,
+    pub val_accuracy: f64,
+}
+
+/// An experiment with its counts, for status displays.
+#[derive(Debug, Clone)]
+pub struct ExperimentView {
+    pub row: ExperimentRow,
+    pub spec: ExperimentSpec,
+    pub counts: TrialCounts,
+    pub best: Option<TrialRow>,
+    pub temperature: f64,
+}
+
+/// The scheduler; cheap to share behind an `Arc`.
+pub struct Scheduler {
+    store: Store,
+    artifacts: ArtifactStore,
+    config: SchedulerConfig,
+    write_lock: Mutex<()>,
+    work_available: Notify,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn parse_spec(row: &ExperimentRow) -> Result<ExperimentSpec, MasterError> {
+    serde_json::from_str(&row.spec_json)
+        .map_err(|e| MasterError::Internal(format!("stored spec of {} is unreadable: {e}", row.id)))
+}
+
+fn db_seed(seed: u64) -> i64 {
+    (seed >> 1) as i64
+}
+
+impl Scheduler {
+    /// A scheduler over a store and an artifact directory.
+    pub fn new(store: Store, artifacts: ArtifactStore, config: SchedulerConfig) -> Scheduler {
+        Scheduler {
+            store,
+            artifacts,
+            config,
+            write_lock: Mutex::new(()),
+            work_available: Notify::new(),
+        }
+    }
+
+    /// The store (read access for the admin service).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The artifact store.
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.artifacts
+    }
+
+    /// The scheduler's timing.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    // ---- experiments ---------------------------------------------------------------------------
+
+    /// Validates and records a new experiment, then queues its first trials.
+    pub async fn submit(&self, spec: ExperimentSpec) -> Result<ExperimentId, MasterError> {
+        spec.validate()?;
+        // Resolve seeds now so the stored spec is self-contained.
+        let seeds = spec.resolve_seeds(None)?;
+        let mut stored = spec.clone();
+        // Presets are built in and keep their name, which labels their seed trials ("seed cnn2");
+        // genome files, which the master cannot read later, are inlined.
+        stored.seeds = spec
+            .seeds
+            .iter()
+            .zip(&seeds)
+            .map(|(given, s)| explore_common::spec::SeedModel {
+                preset: given.preset.clone(),
+                genome_file: None,
+                genome: given.preset.is_none().then(|| s.genome.clone()),
+                hparams: Some(s.hparams.clone()),
+            })
+            .collect();
+        let spec_json =
+            serde_json::to_string(&stored).map_err(|e| MasterError::Internal(e.to_string()))?;
+        let id = ExperimentId::generate();
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.store.begin().await?;
+        let now = now_ms();
+        store::insert_experiment(&mut tx, id.as_str(), &spec.name, &spec_json, now).await?;
+        let row = store::get_experiment(&mut tx, id.as_str())
+            .await?
+            .ok_or_else(|| MasterError::Internal("experiment vanished".into()))?;
+        self.refill_experiment(&mut tx, &row, now).await?;
+        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        info!(experiment_id = %id, name = %spec.name, max_trials = spec.budget.max_trials, "experiment submitted");
+        self.work_available.notify_waiters();
+        Ok(id)
+    }
+
+    /// An experiment with counts, best trial and current temperature.
+    pub async fn experiment_view(&self, id: &str) -> Result<ExperimentView, MasterError> {
+        let mut conn = self.store.conn().await?;
+        let row = store::get_experiment(&mut conn, id)
+            .await?
+            .ok_or_else(|| MasterError::NotFound(format!("experiment {id}")))?;
+        self.view_of(&mut conn, row).await
+    }
+
+    /// Every experiment, newest first.
+    pub async fn experiment_views(&self) -> Result<Vec<ExperimentView>, MasterError> {
+        let mut conn = self.store.conn().await?;
+        let rows = store::list_experiments(&mut conn).await?;
+        let mut views = Vec::with_capacity(rows.len());
+        for row in rows {
+            views.push(self.view_of(&mut conn, row).await?);
+        }
+        Ok(views)
+    }
+
+    async fn view_of(
+        &self,
+        conn: &mut SqliteConnection,
+        row: ExperimentRow,
+    ) -> Result<ExperimentView, MasterError> {
+        let spec = parse_spec(&row)?;
+        let counts = store::trial_counts(conn, &row.id).await?;
+        let best = match &row.best_trial_id {
+            Some(t) => store::get_trial(conn, t).await?,
+            None => None,
+        };
+        let temperature =
+            annealing::temperature(&spec.annealing, counts.completed, spec.budget.max_trials);
+        Ok(ExperimentView {
+            row,
+            spec,
+            counts,
+            best,
+            temperature,
+        })
+    }
+
+    /// Every trial of an experiment.
+    pub async fn trials(&self, experiment_id: &str) -> Result<Vec<TrialRow>, MasterError> {
+        let mut conn = self.store.conn().await?;
+        if store::get_experiment(&mut conn, experiment_id)
+            .await?
+            .is_none()
+        {
+            return Err(MasterError::NotFound(format!("experiment {experiment_id}")));
+        }
+        store::list_trials(&mut conn, experiment_id).await
+    }
+
+    /// The experiment's stored spec.
+    pub async fn spec_of(&self, experiment_id: &str) -> Result<ExperimentSpec, MasterError> {
+        let mut conn = self.store.conn().await?;
+        let row = store::get_experiment(&mut conn, experiment_id)
+            .await?
+            .ok_or_else(|| MasterError::NotFound(format!("experiment {experiment_id}")))?;
+        parse_spec(&row)
+    }
+
+    // ---- workers -------------------------------------------------------------------------------
+
+    /// Registers a worker and returns its id.
+    pub async fn register(
+        &self,
+        name: &str,
+        device: &str,
+        slots: u32,
+    ) -> Result<WorkerId, MasterError> {
+        if name.len() > 200 || device.len() > 200 {
+            return Err(MasterError::InvalidArgument(
+                "worker name and device must be at most 200 bytes".into(),
+            ));
+        }
+        if slots == 0 || slots > 64 {
+            return Err(MasterError::InvalidArgument(format!(
+                "slots must be 1..=64, got {slots}"
+            )));
+        }
+        let id = WorkerId::generate();
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.store.begin().await?;
+        store::insert_worker(&mut tx, id.as_str(), name, device, slots, now_ms()).await?;
+        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        info!(worker_id = %id, name, device, slots, "worker registered");
+        Ok(id)
+    }
+
+    async fn check_worker(
+        &self,
+        conn: &mut SqliteConnection,
+        worker_id: &str,
+    ) -> Result<(), MasterError> {
+        worker_id
+            .parse::<WorkerId>()
+            .map_err(|e| MasterError::InvalidArgument(e.to_string()))?;
+        if !store::worker_is_active(conn, worker_id).await? {
+            return Err(MasterError::NotFound(format!(
+                "worker {worker_id} (register first)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Long-polls for a trial for `worker_id`: returns as soon as one is leased, or `None`
+    /// after `wait`.
+    pub async fn acquire(
+        &self,
+        worker_id: &str,
+        wait: Duration,
+    ) -> Result<Option<TrialRow>, MasterError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.work_available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(trial) = self.try_lease(worker_id).await? {
+                info!(trial_id = %trial.id, worker_id, attempt = trial.attempt, "trial leased");
+                return Ok(Some(trial));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn try_lease(&self, worker_id: &str) -> Result<Option<TrialRow>, MasterError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.store.begin().await?;
+        self.check_worker(&mut tx, worker_id).await?;
+        let now = now_ms();
+        store::touch_worker(&mut tx, worker_id, now).await?;
+        let lease_ms = self.config.lease.as_millis() as i64;
+        let mut trial = store::lease_next_trial(&mut tx, worker_id, now, lease_ms).await?;
+        if trial.is_none() {
+            // The queue may be short because this worker just joined: top it up and retry.
+            for row in store::running_experiments(&mut tx).await? {
+                self.refill_experiment(&mut tx, &row, now).await?;
+            }
+            trial = store::lease_next_trial(&mut tx, worker_id, now, lease_ms).await?;
+        }
+        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        Ok(trial)
+    }
+
+    /// Records progress for a held trial and extends its lease.
+    pub async fn heartbeat(
+        &self,
+        worker_id: &str,
+        trial_id: &str,
+        attempt: u32,
+        progress: Progress,
+    ) -> Result<HeartbeatAnswer, MasterError> {
+        trial_id
+            .parse::<TrialId>()
+            .map_err(|e| MasterError::InvalidArgument(e.to_string()))?;
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.store.begin().await?;
+        self.check_worker(&mut tx, worker_id).await?;
+        let now = now_ms();
+        store::touch_worker(&mut tx, worker_id, now).await?;
+        let trial = store::get_trial(&mut tx, trial_id)
+            .await?
+            .ok_or_else(|| MasterError::NotFound(format!("trial {trial_id}")))?;
+        let experiment = store::get_experiment(&mut tx, &trial.experiment_id)
+            .await?
+            .ok_or_else(|| MasterError::Internal("trial without experiment".into()))?;
+        let deadline = now + self.config.lease.as_millis() as i64;
+        let held = store::heartbeat_trial(
+            &mut tx,
+            trial_id,
+            worker_id,
+            attempt as i64,
+            progress.epoch as i64,
+            deadline,
+        )
+        .await?;
+        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        if !held {
+            return Ok(HeartbeatAnswer::LeaseLost(format!(
+                "trial {trial_id} attempt {attempt} is no longer leased to {worker_id}"
+            )));
+        }
+        if experiment.status != ExperimentStatus::Running.as_str() {
+            return Ok(HeartbeatAnswer::Stop(format!(
+                "experiment {} is {}",
+                experiment.id, experiment.status
+            )));
+        }
+        tracing::debug!(
+            trial_id,
+            epoch = progress.epoch,
+            total_epochs = progress.total_epochs,
+            train_loss = progress.train_loss,
+            val_accuracy = progress.val_accuracy,
+            "progress"
+        );
+        Ok(HeartbeatAnswer::Continue)
+    }
+
+    /// Records a trial's result. Idempotent on `(trial, attempt)`; a result from a superseded
+    /// attempt is kept as history and not counted.
+    pub async fn complete(
+        &self,
+        worker_id: &str,
+        trial_id: &str,
+        attempt: u32,
+        result: TrialResult,
+    ) -> Result<CompleteAnswer, MasterError> {
+        trial_id
+            .parse::<TrialId>()
+            .map_err(|e| MasterError::InvalidArgument(e.to_string()))?;
+        validate_result(&result)?;
+        if let Some(sha) = &result.checkpoint_sha256 {
+            if !self.artifacts.contains(sha) {
+                return Err(MasterError::FailedPrecondition(format!(
+                    "checkpoint {sha} was not uploaded"
+                )));
+            }
+        }
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.store.begin().await?;
+        self.check_worker(&mut tx, worker_id).await?;
+        let now = now_ms();
+        store::touch_worker(&mut tx, worker_id, now).await?;
+        let trial = store::get_trial(&mut tx, trial_id)
+            .await?
+            .ok_or_else(|| MasterError::NotFound(format!("trial {trial_id}")))?;
+        let status = trial.status()?;
+        let current =
+            trial.attempt == attempt as i64 && trial.worker_id.as_deref() == Some(worker_id);
+        if status == TrialStatus::Completed && current {
+            return Ok(CompleteAnswer {
+                accepted: true,
+                reason: "already recorded".into(),
+            });
+        }
+        if !(current && status.is_held()) {
+            let reason = format!(
+                "attempt {attempt} of {trial_id} is not current (trial is {status}, attempt {})",
+                trial.attempt
+            );
+            store::insert_late_result(
+                &mut tx,
+                trial_id,
+                attempt as i64,
+                worker_id,
+                &result,
+                &reason,
+                now,
+            )
+            .await?;
+            tx.commit().await.map_err(store::convert_sqlx_err)?;
+            warn!(trial_id, attempt, worker_id, "late result kept as history");
+            return Ok(CompleteAnswer {
+                accepted: false,
+                reason,
+            });
+        }
+        let experiment = store::get_experiment(&mut tx, &trial.experiment_id)
+            .await?
+            .ok_or_else(|| MasterError::Internal("trial without experiment".into()))?;
+        let spec = parse_spec(&experiment)?;
+        let counts = store::trial_counts(&mut tx, &experiment.id).await?;
+        let temperature =
+            annealing::temperature(&spec.annealing, counts.completed, spec.budget.max_trials);
+        let parent_score = match &trial.parent_id {
+            Some(p) => store::get_trial(&mut tx, p).await?.and_then(|p| p.score),
+            None => None,
+        };
+        let accepted = match parent_score {
+            Some(parent) => {
+                let u: f64 =
+                    annealing::rng_for(spec.seed, STREAM_ACCEPTANCE, trial.seq as u64).gen();
+                annealing::metropolis_accept(parent, result.score, temperature, u)
+            }
+            // Seeds, and children whose parent has no score, are accepted.
+            None => true,
+        };
+        store::complete_trial(&mut tx, trial_id, &result, accepted, temperature, now).await?;
+        let best_score = match &experiment.best_trial_id {
+            Some(b) => store::get_trial(&mut tx, b).await?.and_then(|t| t.score),
+            None => None,
+        };
+        let new_best = best_score.is_none_or(|b| result.score > b);
+        if new_best {
+            store::set_best_trial(&mut tx, &experiment.id, trial_id).await?;
+        }
+        self.refill_experiment(&mut tx, &experiment, now).await?;
+        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        info!(
+            trial_id,
+            experiment_id = %experiment.id,
+            score = result.score,
+            accepted,
+            temperature,
+            new_best,
+            "trial completed"
+        );
+        self.work_available.notify_waiters();
+        Ok(CompleteAnswer {
+            accepted: true,
+            reason: String::new(),
+        })
+    }
+
+    /// Records that an attempt could not be trained; the trial fails with the reason.
+    pub async fn fail(
+        &self,
+        worker_id: &str,
+        trial_id: &str,
+        attempt: u32,
+        reason: &str,
+    ) -> Result<(), MasterError> {
+        trial_id
+            .parse::<TrialId>()
+            .map_err(|e| MasterError::InvalidArgument(e.to_string()))?;
+        let reason: String = reason.chars().take(2000).collect();
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.store.begin().await?;
+        self.check_worker(&mut tx, worker_id).await?;
+        let now = now_ms();
+        let trial = store::get_trial(&mut tx, trial_id)
+            .await?
+            .ok_or_else(|| MasterError::NotFound(format!("trial {trial_id}")))?;
+        let current =
+            trial.attempt == attempt as i64 && trial.worker_id.as_deref() == Some(worker_id);
+        if !(current && trial.status()?.is_held()) {
+            return Ok(());
+        }
+        store::end_trial(&mut tx, trial_id, TrialStatus::Failed, &reason, now).await?;
+        let experiment = store::get_experiment(&mut tx, &trial.experiment_id)
+            .await?
+            .ok_or_else(|| MasterError::Internal("trial without experiment".into()))?;
+        self.refill_experiment(&mut tx, &experiment, now).await?;
+        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        warn!(trial_id, worker_id, attempt, reason = %reason, "trial failed");
+        self.work_available.notify_waiters();
+        Ok(())
+    }
+
+    /// A worker leaves: the trials it holds go back to the queue.
+    pub async fn deregister(&self, worker_id: &str) -> Result<(), MasterError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.store.begin().await?;
+        self.check_worker(&mut tx, worker_id).await?;
+        let now = now_ms();
+        for trial in store::trials_held_by(&mut tx, worker_id).await? {
+            release_trial(&mut tx, &trial, &format!("worker {worker_id} left"), now).await?;
+        }
+        store::worker_left(&mut tx, worker_id).await?;
+        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        info!(worker_id, "worker deregistered");
+        self.work_available.notify_waiters();
+        Ok(())
+    }
+
+    // ---- periodic maintenance -------------------------------------------------------------------
+
+    /// Reclaims expired leases and applies budgets; called every second by the server.
+    pub async fn tick(&self) -> Result<(), MasterError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.store.begin().await?;
+        let now = now_ms();
+        for trial in store::expired_leases(&mut tx, now).await? {
+            let worker = trial.worker_id.clone().unwrap_or_default();
+            if trial.attempt < self.config.max_attempts as i64 {
+                release_trial(
+                    &mut tx,
+                    &trial,
+                    &format!(
+                        "lease of attempt {} expired (worker {worker})",
+                        trial.attempt
+                    ),
+                    now,
+                )
+                .await?;
+                warn!(trial_id = %trial.id, attempt = trial.attempt, worker_id = %worker, "lease expired, trial requeued");
+            } else {
+                let reason = format!("lease expired {} times", trial.attempt);
+                store::end_trial(&mut tx, &trial.id, TrialStatus::Failed, &reason, now).await?;
+                warn!(trial_id = %trial.id, worker_id = %worker, "lease expired too often, trial failed");
+            }
+        }
+        for row in store::running_experiments(&mut tx).await? {
+            self.refill_experiment(&mut tx, &row, now).await?;
+        }
+        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        self.work_available.notify_waiters();
+        Ok(())
+    }
+
+    /// Ends the experiment if its budget is spent, else keeps a trial queued for every connected
+    /// worker slot (never more than the budget allows).
+    async fn refill_experiment(
+        &self,
+        conn: &mut SqliteConnection,
+        row: &ExperimentRow,
+        now: i64,
+    ) -> Result<(), MasterError> {
+        if row.status != ExperimentStatus::Running.as_str() {
+            return Ok(());
+        }
+        let spec = parse_spec(row)?;
+        let budget = &spec.budget;
+        let mut counts = store::trial_counts(conn, &row.id).await?;
+        if counts.completed >= budget.max_trials {
+            store::cancel_queued(conn, &row.id, "budget reached", now).await?;
+            store::finish_experiment(
+                conn,
+                &row.id,
+                ExperimentStatus::Completed,
+                "trial budget reached",
+                now,
+            )
+            .await?;
+            info!(experiment_id = %row.id, trials = counts.completed, "experiment completed");
+            return Ok(());
+        }
+        let max_failures = budget.max_failures.unwrap_or(budget.max_trials);
+        if counts.failed >= max_failures {
+            store::cancel_queued(conn, &row.id, "experiment failed", now).await?;
+            let reason = format!("{} trials failed (limit {max_failures})", counts.failed);
+            store::finish_experiment(conn, &row.id, ExperimentStatus::Failed, &reason, now).await?;
+            warn!(experiment_id = %row.id, reason = %reason, "experiment failed");
+            return Ok(());
+        }
+        if let Some(max_wall) = budget.max_wall_seconds {
+            if now - row.created_at_ms >= (max_wall as i64) * 1000 {
+                store::cancel_queued(conn, &row.id, "wall-time budget reached", now).await?;
+                if counts.in_flight() == 0 {
+                    store::finish_experiment(
+                        conn,
+                        &row.id,
+                        ExperimentStatus::Completed,
+                        "wall-time budget reached",
+                        now,
+                    )
+                    .await?;
+                    info!(experiment_id = %row.id, trials = counts.completed, "experiment completed (wall time)");
+                }
+                return Ok(());
+            }
+        }
+        let since = now - 2 * self.config.lease.as_millis() as i64;
+        let target_queued = store::connected_slots(conn, since).await?.max(1);
+        while counts.queued < target_queued && counts.budgeted() < budget.max_trials {
+            match self.propose(conn, row, &spec, counts, now).await {
+                Ok(()) => counts.queued += 1,
+                Err(e) => {
+                    warn!(experiment_id = %row.id, error = %e, "no proposal this round");
+                    // A proposal depends only on the pool; with nothing queued or in flight the
+                    // pool cannot change, so no later round can do better: the search is over.
+                    let permanent = !matches!(e, MasterError::Store(_) | MasterError::Io { .. });
+                    if permanent && counts.queued == 0 && counts.in_flight() == 0 {
+                        let reason = format!("no new proposal: {e}");
+                        store::finish_experiment(
+                            conn,
+                            &row.id,
+                            ExperimentStatus::Completed,
+                            &reason,
+                            now,
+                        )
+                        .await?;
+                        info!(experiment_id = %row.id, trials = counts.completed, reason = %reason, "experiment completed");
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts the next trial: a seed while seeds remain, else an annealing proposal.
+    async fn propose(
+        &self,
+        conn: &mut SqliteConnection,
+        row: &ExperimentRow,
+        spec: &ExperimentSpec,
+        counts: TrialCounts,
+        now: i64,
+    ) -> Result<(), MasterError> {
+        let seq = store::next_seq(conn, &row.id).await?;
+        let seeds = spec.resolve_seeds(None)?;
+        let trial_seed =
+            db_seed(annealing::rng_for(spec.seed, STREAM_TRIAL_SEED, seq as u64).gen());
+        let temperature =
+            annealing::temperature(&spec.annealing, counts.completed, spec.budget.max_trials);
+        let (parent_id, origin, genome, hparams) = if (seq as usize) < seeds.len() {
+            let seed = &seeds[seq as usize];
+            (
+                None,
+                seed.label.clone(),
+                seed.genome.clone(),
+                seed.hparams.clone(),
+            )
+        } else {
+            let mut rng = annealing::rng_for(spec.seed, STREAM_PROPOSAL, seq as u64);
+            let accepted = store::accepted_trials(conn, &row.id).await?;
+            let base = if accepted.is_empty() {
+                // Nothing scored yet: mutate one of the seed trials.
+                let all = store::list_trials(conn, &row.id).await?;
+                let seed_trials: Vec<&TrialRow> = all
+                    .iter()
+                    .filter(|t| (t.seq as usize) < seeds.len())
+                    .collect();
+                if seed_trials.is_empty() {
+                    return Err(MasterError::Internal("no seed trial to mutate".into()));
+                }
+                seed_trials[rng.gen_range(0..seed_trials.len())].clone()
+            } else {
+                let scores: Vec<f64> = accepted
+                    .iter()
+                    .map(|t| t.score.unwrap_or(f64::NAN))
+                    .collect();
+                let index = annealing::draw_base(&scores, temperature, &mut rng)
+                    .ok_or_else(|| MasterError::Internal("no scored base model".into()))?;
+                accepted[index].clone()
+            };
+            let base_genome =
+                Genome::from_json(&base.genome_json).map_err(explore_common::CommonError::from)?;
+            let base_hparams = HyperParams::from_json(&base.hparams_json)?;
+            let mut found = None;
+            for _ in 0..UNIQUE_PROPOSAL_TRIES {
+                let p = mutation::propose(&base_genome, &base_hparams, &spec.search, &mut rng)?;
+                if !store::candidate_exists(
+                    conn,
+                    &row.id,
+                    &p.genome.canonical_hash(),
+                    &p.hparams.to_json(),
+                )
+                .await?
+                {
+                    found = Some(p);
+                    break;
+                }
+            }
+            let p = found.ok_or_else(|| {
+                MasterError::Internal(format!(
+                    "no new proposal from {} after {UNIQUE_PROPOSAL_TRIES} tries",
+                    base.id
+                ))
+            })?;
+            (Some(base.id.clone()), p.description, p.genome, p.hparams)
+        };
+        let analysis = genome
+            .analyze()
+            .map_err(explore_common::CommonError::from)?;
+        let trial = NewTrial {
+            id: TrialId::generate().to_string(),
+            experiment_id: row.id.clone(),
+            seq,
+            parent_id,
+            origin,
+            genome_json: genome.canonical_json(),
+            genome_hash: genome.canonical_hash(),
+            hparams_json: hparams.to_json(),
+            params: analysis.params as i64,
+            flops: analysis.flops as i64,
+            seed: trial_seed,
+            temperature,
+        };
+        store::insert_trial(conn, &trial, now).await?;
+        tracing::debug!(trial_id = %trial.id, seq, origin = %trial.origin, "trial proposed");
+        Ok(())
+    }
+}
+
+/// Puts a held trial back in the queue as a new attempt, or cancels it when its experiment has
+/// ended: nothing leases a finished experiment's trials, so a requeued one would stay queued
+/// forever.
+async fn release_trial(
+    conn: &mut SqliteConnection,
+    trial: &TrialRow,
+    reason: &str,
+    now: i64,
+) -> Result<(), MasterError> {
+    let running = store::get_experiment(conn, &trial.experiment_id)
+        .await?
+        .is_some_and(|e| e.status == ExperimentStatus::Running.as_str());
+    if running {
+        store::requeue_trial(conn, &trial.id, reason).await
+    } else {
+        store::end_trial(
+            conn,
+            &trial.id,
+            TrialStatus::Cancelled,
+            &format!("{reason} after the experiment ended"),
+            now,
+        )
+        .await
+    }
+}
+
+fn validate_result(result: &TrialResult) -> Result<(), MasterError> {
+    if !result.score.is_finite() || !(0.0..=1.0).contains(&result.score) {
+        return Err(MasterError::InvalidArgument(format!(
+            "score must be a finite accuracy in [0, 1], got {}",
+            result.score
+        )));
+    }
+    if result.metrics.len() > 64 {
+        return Err(MasterError::InvalidArgument("at most 64 metrics".into()));
+    }
+    for (name, value) in &result.metrics {
+        if name.is_empty() || name.len() > 64 || !value.is_finite() {
+            return Err(MasterError::InvalidArgument(format!(
+                "metric {name:?} = {value} is not allowed"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Metrics as a sorted map (for building results from the wire).
+pub fn metrics_from(map: std::collections::HashMap<String, f64>) -> BTreeMap<String, f64> {
+    map.into_iter().collect()
+}

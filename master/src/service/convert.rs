@@ -1,0 +1,84 @@
+//! Store rows and scheduler views into their wire form.
+
+use explore_common::convert::data_spec_to_proto;
+use explore_common::proto;
+
+use crate::error::MasterError;
+use crate::scheduler::ExperimentView;
+use crate::store::TrialRow;
+
+/// A trial row as a `TrialRecord`; `data` and `seed` come from the experiment.
+pub fn trial_record(
+    t: &TrialRow,
+    spec: &explore_common::spec::ExperimentSpec,
+) -> proto::TrialRecord {
+    proto::TrialRecord {
+        trial_id: t.id.clone(),
+        experiment_id: t.experiment_id.clone(),
+        seq: t.seq as u32,
+        parent_trial_id: t.parent_id.clone().unwrap_or_default(),
+        status: t.status.clone(),
+        attempt: t.attempt as u32,
+        genome_json: t.genome_json.clone(),
+        hparams_json: t.hparams_json.clone(),
+        score: t.score.unwrap_or(f64::NAN),
+        metrics: t.metrics().into_iter().collect(),
+        checkpoint_sha256: t.checkpoint_sha256.clone().unwrap_or_default(),
+        params: t.params as u64,
+        flops: t.flops as u64,
+        accepted: t.accepted.unwrap_or(false),
+        temperature: t.temperature.unwrap_or(f64::NAN),
+        worker_id: t.worker_id.clone().unwrap_or_default(),
+        error: t.error.clone(),
+        created_at_ms: t.created_at_ms,
+        finished_at_ms: t.finished_at_ms.unwrap_or(0),
+        data: Some(data_spec_to_proto(&spec.data, spec.seed)),
+        seed: t.seed as u64,
+        origin: t.origin.clone(),
+    }
+}
+
+/// A trial row as the `Trial` a worker trains.
+pub fn trial_assignment(t: &TrialRow, spec: &explore_common::spec::ExperimentSpec) -> proto::Trial {
+    proto::Trial {
+        trial_id: t.id.clone(),
+        experiment_id: t.experiment_id.clone(),
+        attempt: t.attempt as u32,
+        genome_json: t.genome_json.clone(),
+        hparams_json: t.hparams_json.clone(),
+        data: Some(data_spec_to_proto(&spec.data, spec.seed)),
+        seed: t.seed as u64,
+        parent_trial_id: t.parent_id.clone().unwrap_or_default(),
+    }
+}
+
+/// An experiment view as an `ExperimentSummary`.
+pub fn experiment_summary(v: &ExperimentView) -> proto::ExperimentSummary {
+    proto::ExperimentSummary {
+        experiment_id: v.row.id.clone(),
+        name: v.row.name.clone(),
+        status: v.row.status.clone(),
+        trials_completed: v.counts.completed,
+        trials_failed: v.counts.failed,
+        trials_running: v.counts.in_flight(),
+        trials_queued: v.counts.queued,
+        max_trials: v.spec.budget.max_trials,
+        best_score: v.best.as_ref().and_then(|b| b.score).unwrap_or(f64::NAN),
+        best_trial_id: v.row.best_trial_id.clone().unwrap_or_default(),
+        temperature: v.temperature,
+        created_at_ms: v.row.created_at_ms,
+        finished_at_ms: v.row.finished_at_ms.unwrap_or(0),
+        status_reason: v.row.status_reason.clone(),
+        max_wall_seconds: v.spec.budget.max_wall_seconds.unwrap_or(0),
+    }
+}
+
+/// Parses an id field, naming it when it is malformed.
+pub fn parse_id<T: std::str::FromStr<Err = explore_common::CommonError>>(
+    field: &str,
+    value: &str,
+) -> Result<T, MasterError> {
+    value
+        .parse()
+        .map_err(|e| MasterError::InvalidArgument(format!("{field}: {e}")))
+}

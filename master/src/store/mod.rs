@@ -1,0 +1,611 @@
+//! The history model pool in an embedded SQLite database (WAL mode, migrations applied at
+//! start-up). Every query takes a connection, so callers compose several of them into one
+//! transaction: a state change is either fully recorded or not at all.
+
+mod model;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{SqliteConnection, SqlitePool};
+
+pub use model::{
+    ExperimentRow, ExperimentStatus, NewTrial, TrialCounts, TrialResult, TrialRow, TrialStatus,
+};
+
+use crate::error::MasterError;
+
+/// A handle on the pool database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// Name of the database file inside the data directory.
+pub const DB_FILE: &str = "explore.db";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir` and applies migrations.
+    pub async fn open(data_dir: &Path) -> Result<Store, MasterError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| MasterError::Io {
+            path: data_dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        // A file name, not a URL: `?`, `#` and `%` are ordinary characters of a directory name.
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join(DB_FILE))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        Self::connect(options).await
+    }
+
+    /// A private in-memory database (tests).
+    pub async fn in_memory() -> Result<Store, MasterError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(convert_sqlx_err)?
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(convert_sqlx_err)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| MasterError::Store(e.to_string()))?;
+        Ok(Store { pool })
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> Result<Store, MasterError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(convert_sqlx_err)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| MasterError::Store(e.to_string()))?;
+        Ok(Store { pool })
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, MasterError> {
+        self.pool.begin().await.map_err(convert_sqlx_err)
+    }
+
+    /// A pooled connection for reads.
+    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, MasterError> {
+        self.pool.acquire().await.map_err(convert_sqlx_err)
+    }
+
+    /// Closes the pool, flushing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Maps a sqlx error into the crate's error type.
+pub fn convert_sqlx_err(e: sqlx::Error) -> MasterError {
+    match e {
+        sqlx::Error::RowNotFound => MasterError::NotFound("row".into()),
+        other => MasterError::Store(other.to_string()),
+    }
+}
+
+// ---- experiments -------------------------------------------------------------------------------
+
+/// Inserts a new running experiment.
+pub async fn insert_experiment(
+    conn: &mut SqliteConnection,
+    id: &str,
+    name: &str,
+    spec_json: &str,
+    now_ms: i64,
+) -> Result<(), MasterError> {
+    sqlx::query(
+        "INSERT INTO experiments (id, name, spec_json, status, created_at_ms) VALUES (?, ?, ?, 'running', ?)",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(spec_json)
+    .bind(now_ms)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// The experiment with this id, if any.
+pub async fn get_experiment(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> Result<Option<ExperimentRow>, MasterError> {
+    sqlx::query_as::<_, ExperimentRow>("SELECT * FROM experiments WHERE id = ?")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+        .map_err(convert_sqlx_err)
+}
+
+/// All experiments, newest first.
+pub async fn list_experiments(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<ExperimentRow>, MasterError> {
+    sqlx::query_as::<_, ExperimentRow>("SELECT * FROM experiments ORDER BY created_at_ms DESC, id")
+        .fetch_all(conn)
+        .await
+        .map_err(convert_sqlx_err)
+}
+
+/// Experiments still running, oldest first.
+pub async fn running_experiments(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<ExperimentRow>, MasterError> {
+    sqlx::query_as::<_, ExperimentRow>(
+        "SELECT * FROM experiments WHERE status = 'running' ORDER BY created_at_ms, id",
+    )
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)
+}
+
+/// Marks an experiment finished.
+pub async fn finish_experiment(
+    conn: &mut SqliteConnection,
+    id: &str,
+    status: ExperimentStatus,
+    reason: &str,
+    now_ms: i64,
+) -> Result<(), MasterError> {
+    sqlx::query(
+        "UPDATE experiments SET status = ?, status_reason = ?, finished_at_ms = ? WHERE id = ?",
+    )
+    .bind(status.as_str())
+    .bind(reason)
+    .bind(now_ms)
+    .bind(id)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// Records the experiment's best trial.
+pub async fn set_best_trial(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+    trial_id: &str,
+) -> Result<(), MasterError> {
+    sqlx::query("UPDATE experiments SET best_trial_id = ? WHERE id = ?")
+        .bind(trial_id)
+        .bind(experiment_id)
+        .execute(conn)
+        .await
+        .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+// ---- trials ------------------------------------------------------------------------------------
+
+/// Inserts a queued trial.
+pub async fn insert_trial(
+    conn: &mut SqliteConnection,
+    t: &NewTrial,
+    now_ms: i64,
+) -> Result<(), MasterError> {
+    sqlx::query(
+        "INSERT INTO trials (id, experiment_id, seq, parent_id, origin, genome_json, genome_hash, hparams_json,
+             params, flops, seed, status, temperature, created_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+    )
+    .bind(&t.id)
+    .bind(&t.experiment_id)
+    .bind(t.seq)
+    .bind(&t.parent_id)
+    .bind(&t.origin)
+    .bind(&t.genome_json)
+    .bind(&t.genome_hash)
+    .bind(&t.hparams_json)
+    .bind(t.params)
+    .bind(t.flops)
+    .bind(t.seed)
+    .bind(t.temperature)
+    .bind(now_ms)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// The trial with this id, if any.
+pub async fn get_trial(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> Result<Option<TrialRow>, MasterError> {
+    sqlx::query_as::<_, TrialRow>("SELECT * FROM trials WHERE id = ?")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+        .map_err(convert_sqlx_err)
+}
+
+/// All trials of an experiment in proposal order.
+pub async fn list_trials(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<Vec<TrialRow>, MasterError> {
+    sqlx::query_as::<_, TrialRow>("SELECT * FROM trials WHERE experiment_id = ? ORDER BY seq")
+        .bind(experiment_id)
+        .fetch_all(conn)
+        .await
+        .map_err(convert_sqlx_err)
+}
+
+/// Completed trials of an experiment that the Metropolis rule accepted: the states annealing
+/// draws base models from.
+pub async fn accepted_trials(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<Vec<TrialRow>, MasterError> {
+    sqlx::query_as::<_, TrialRow>(
+        "SELECT * FROM trials WHERE experiment_id = ? AND status = 'completed' AND accepted = 1 ORDER BY seq",
+    )
+    .bind(experiment_id)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)
+}
+
+/// Counts an experiment's trials by status.
+pub async fn trial_counts(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<TrialCounts, MasterError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, COUNT(*) FROM trials WHERE experiment_id = ? GROUP BY status",
+    )
+    .bind(experiment_id)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    let mut counts = TrialCounts::default();
+    for (status, n) in rows {
+        let n = n as u32;
+        match status.parse::<TrialStatus>()? {
+            TrialStatus::Queued => counts.queued = n,
+            TrialStatus::Leased => counts.leased = n,
+            TrialStatus::Running => counts.running = n,
+            TrialStatus::Completed => counts.completed = n,
+            TrialStatus::Failed => counts.failed = n,
+            TrialStatus::Cancelled => counts.cancelled = n,
+        }
+    }
+    Ok(counts)
+}
+
+/// The next sequence number of an experiment.
+pub async fn next_seq(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<i64, MasterError> {
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COALESCE(MAX(seq) + 1, 0) FROM trials WHERE experiment_id = ?")
+            .bind(experiment_id)
+            .fetch_one(conn)
+            .await
+            .map_err(convert_sqlx_err)?;
+    Ok(n)
+}
+
+/// Whether the experiment already has a trial with this architecture and these hyperparameters.
+pub async fn candidate_exists(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+    genome_hash: &str,
+    hparams_json: &str,
+) -> Result<bool, MasterError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM trials WHERE experiment_id = ? AND genome_hash = ? AND hparams_json = ?
+           AND status NOT IN ('failed', 'cancelled')",
+    )
+    .bind(experiment_id)
+    .bind(genome_hash)
+    .bind(hparams_json)
+    .fetch_one(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(n > 0)
+}
+
+/// Leases the oldest queued trial of the oldest running experiment to `worker_id`.
+pub async fn lease_next_trial(
+    conn: &mut SqliteConnection,
+    worker_id: &str,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<Option<TrialRow>, MasterError> {
+    let candidate: Option<(String,)> = sqlx::query_as(
+        "SELECT t.id FROM trials t JOIN experiments e ON e.id = t.experiment_id
+          WHERE t.status = 'queued' AND e.status = 'running'
+          ORDER BY e.created_at_ms, t.seq LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    let Some((id,)) = candidate else {
+        return Ok(None);
+    };
+    sqlx::query(
+        "UPDATE trials SET status = 'leased', worker_id = ?, lease_deadline_ms = ?, epoch = 0,
+             started_at_ms = COALESCE(started_at_ms, ?)
+          WHERE id = ? AND status = 'queued'",
+    )
+    .bind(worker_id)
+    .bind(now_ms + lease_ms)
+    .bind(now_ms)
+    .bind(&id)
+    .execute(&mut *conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    get_trial(conn, &id).await
+}
+
+/// Extends the lease of a held trial and records progress; false when `(worker, attempt)` no
+/// longer holds it.
+pub async fn heartbeat_trial(
+    conn: &mut SqliteConnection,
+    trial_id: &str,
+    worker_id: &str,
+    attempt: i64,
+    epoch: i64,
+    deadline_ms: i64,
+) -> Result<bool, MasterError> {
+    let result = sqlx::query(
+        "UPDATE trials SET lease_deadline_ms = ?, epoch = MAX(epoch, ?),
+             status = CASE WHEN ? > 0 THEN 'running' ELSE status END
+          WHERE id = ? AND worker_id = ? AND attempt = ? AND status IN ('leased', 'running')",
+    )
+    .bind(deadline_ms)
+    .bind(epoch)
+    .bind(epoch)
+    .bind(trial_id)
+    .bind(worker_id)
+    .bind(attempt)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Records a completed trial.
+pub async fn complete_trial(
+    conn: &mut SqliteConnection,
+    trial_id: &str,
+    result: &TrialResult,
+    accepted: bool,
+    temperature: f64,
+    now_ms: i64,
+) -> Result<(), MasterError> {
+    let metrics =
+        serde_json::to_string(&result.metrics).map_err(|e| MasterError::Internal(e.to_string()))?;
+    sqlx::query(
+        "UPDATE trials SET status = 'completed', score = ?, metrics_json = ?, checkpoint_sha256 = ?,
+             accepted = ?, temperature = ?, epoch = ?, lease_deadline_ms = NULL, finished_at_ms = ?
+          WHERE id = ?",
+    )
+    .bind(result.score)
+    .bind(metrics)
+    .bind(&result.checkpoint_sha256)
+    .bind(accepted)
+    .bind(temperature)
+    .bind(result.epochs_run as i64)
+    .bind(now_ms)
+    .bind(trial_id)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// Marks a trial failed (or cancelled) with a reason.
+pub async fn end_trial(
+    conn: &mut SqliteConnection,
+    trial_id: &str,
+    status: TrialStatus,
+    error: &str,
+    now_ms: i64,
+) -> Result<(), MasterError> {
+    sqlx::query("UPDATE trials SET status = ?, error = ?, lease_deadline_ms = NULL, finished_at_ms = ? WHERE id = ?")
+        .bind(status.as_str())
+        .bind(error)
+        .bind(now_ms)
+        .bind(trial_id)
+        .execute(conn)
+        .await
+        .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// Puts a held trial back in the queue as a new attempt.
+pub async fn requeue_trial(
+    conn: &mut SqliteConnection,
+    trial_id: &str,
+    error: &str,
+) -> Result<(), MasterError> {
+    sqlx::query(
+        "UPDATE trials SET status = 'queued', attempt = attempt + 1, worker_id = NULL, lease_deadline_ms = NULL,
+             epoch = 0, error = ?
+          WHERE id = ?",
+    )
+    .bind(error)
+    .bind(trial_id)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// Cancels every queued trial of an experiment.
+pub async fn cancel_queued(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<u64, MasterError> {
+    let r = sqlx::query(
+        "UPDATE trials SET status = 'cancelled', error = ?, finished_at_ms = ? WHERE experiment_id = ? AND status = 'queued'",
+    )
+    .bind(reason)
+    .bind(now_ms)
+    .bind(experiment_id)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(r.rows_affected())
+}
+
+/// Held trials whose lease ran out before `now_ms`.
+pub async fn expired_leases(
+    conn: &mut SqliteConnection,
+    now_ms: i64,
+) -> Result<Vec<TrialRow>, MasterError> {
+    sqlx::query_as::<_, TrialRow>(
+        "SELECT * FROM trials WHERE status IN ('leased', 'running') AND lease_deadline_ms < ? ORDER BY seq",
+    )
+    .bind(now_ms)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)
+}
+
+/// Trials a worker holds.
+pub async fn trials_held_by(
+    conn: &mut SqliteConnection,
+    worker_id: &str,
+) -> Result<Vec<TrialRow>, MasterError> {
+    sqlx::query_as::<_, TrialRow>(
+        "SELECT * FROM trials WHERE worker_id = ? AND status IN ('leased', 'running')",
+    )
+    .bind(worker_id)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)
+}
+
+/// Keeps a result that arrived for a superseded attempt, as history.
+pub async fn insert_late_result(
+    conn: &mut SqliteConnection,
+    trial_id: &str,
+    attempt: i64,
+    worker_id: &str,
+    result: &TrialResult,
+    reason: &str,
+    now_ms: i64,
+) -> Result<(), MasterError> {
+    let metrics =
+        serde_json::to_string(&result.metrics).map_err(|e| MasterError::Internal(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO late_results (trial_id, attempt, worker_id, score, metrics_json, reason, received_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(trial_id)
+    .bind(attempt)
+    .bind(worker_id)
+    .bind(result.score)
+    .bind(metrics)
+    .bind(reason)
+    .bind(now_ms)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+// ---- workers -----------------------------------------------------------------------------------
+
+/// Registers a worker.
+pub async fn insert_worker(
+    conn: &mut SqliteConnection,
+    id: &str,
+    name: &str,
+    device: &str,
+    slots: u32,
+    now_ms: i64,
+) -> Result<(), MasterError> {
+    sqlx::query(
+        "INSERT INTO workers (id, name, device, slots, status, registered_at_ms, last_seen_ms)
+         VALUES (?, ?, ?, ?, 'active', ?, ?)",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(device)
+    .bind(slots as i64)
+    .bind(now_ms)
+    .bind(now_ms)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// Whether a worker with this id is registered and has not left.
+pub async fn worker_is_active(conn: &mut SqliteConnection, id: &str) -> Result<bool, MasterError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT status FROM workers WHERE id = ?")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+        .map_err(convert_sqlx_err)?;
+    Ok(matches!(row, Some((s,)) if s == "active"))
+}
+
+/// Records that a worker was seen now.
+pub async fn touch_worker(
+    conn: &mut SqliteConnection,
+    id: &str,
+    now_ms: i64,
+) -> Result<(), MasterError> {
+    sqlx::query("UPDATE workers SET last_seen_ms = ? WHERE id = ?")
+        .bind(now_ms)
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// Marks a worker as gone.
+pub async fn worker_left(conn: &mut SqliteConnection, id: &str) -> Result<(), MasterError> {
+    sqlx::query("UPDATE workers SET status = 'left' WHERE id = ?")
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// Training slots of the workers seen since `since_ms`.
+pub async fn connected_slots(
+    conn: &mut SqliteConnection,
+    since_ms: i64,
+) -> Result<u32, MasterError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(SUM(slots), 0) FROM workers WHERE status = 'active' AND last_seen_ms >= ?",
+    )
+    .bind(since_ms)
+    .fetch_one(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(n as u32)
+}

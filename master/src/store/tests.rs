@@ -1,0 +1,829 @@
+//! The store's queries against real SQLite. Every case runs on both backends the master uses: a
+//! private in-memory database and a WAL file database in a temporary directory (one suite
+//! instantiated per backend, as Quickwit's `metastore_test_suite!`).
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+const EXP_A: &str = "exp-aaaaaaaaaaaaaaaa";
+const EXP_B: &str = "exp-bbbbbbbbbbbbbbbb";
+const WORKER: &str = "worker-1111111111111111";
+const OTHER_WORKER: &str = "worker-2222222222222222";
+
+fn trial_id(n: i64) -> String {
+    format!("trial-{n:016}")
+}
+
+fn new_trial(
+    experiment_id: &str,
+    id: &str,
+    seq: i64,
+    genome_hash: &str,
+    hparams_json: &str,
+) -> NewTrial {
+    NewTrial {
+        id: id.to_string(),
+        experiment_id: experiment_id.to_string(),
+        seq,
+        parent_id: None,
+        origin: format!("test #{seq}"),
+        genome_json: "{}".into(),
+        genome_hash: genome_hash.to_string(),
+        hparams_json: hparams_json.to_string(),
+        params: 1000 + seq,
+        flops: 2000 + seq,
+        seed: 7 + seq,
+        temperature: 0.02,
+    }
+}
+
+fn result(score: f64) -> TrialResult {
+    TrialResult {
+        score,
+        metrics: BTreeMap::from([("test_accuracy".to_string(), score - 0.01)]),
+        checkpoint_sha256: Some("ab".repeat(32)),
+        epochs_run: 3,
+    }
+}
+
+/// One experiment with `n` queued trials `trial_id(0..n)`, each with its own genome hash.
+async fn seeded(store: &Store, experiment_id: &str, created_at_ms: i64, n: i64) {
+    let mut conn = store.conn().await.unwrap();
+    insert_experiment(&mut conn, experiment_id, "demo", "{}", created_at_ms)
+        .await
+        .unwrap();
+    let base = if experiment_id == EXP_A { 0 } else { 100 };
+    for seq in 0..n {
+        let t = new_trial(
+            experiment_id,
+            &trial_id(base + seq),
+            seq,
+            &format!("hash{seq}"),
+            "{}",
+        );
+        insert_trial(&mut conn, &t, created_at_ms).await.unwrap();
+    }
+}
+
+async fn status_of(store: &Store, id: &str) -> String {
+    let mut conn = store.conn().await.unwrap();
+    get_trial(&mut conn, id).await.unwrap().unwrap().status
+}
+
+// ---- cases -------------------------------------------------------------------------------------
+
+async fn experiments_round_trip_and_list_newest_first(store: Store) {
+    let mut conn = store.conn().await.unwrap();
+    assert!(get_experiment(&mut conn, EXP_A).await.unwrap().is_none());
+    insert_experiment(&mut conn, EXP_A, "first", r#"{"k":1}"#, 1_000)
+        .await
+        .unwrap();
+    insert_experiment(&mut conn, EXP_B, "second", "{}", 2_000)
+        .await
+        .unwrap();
+    let a = get_experiment(&mut conn, EXP_A).await.unwrap().unwrap();
+    assert_eq!(a.name, "first");
+    assert_eq!(a.spec_json, r#"{"k":1}"#);
+    assert_eq!(a.status, "running");
+    assert_eq!(a.status_reason, "");
+    assert_eq!(a.created_at_ms, 1_000);
+    assert_eq!(a.finished_at_ms, None);
+    assert_eq!(a.best_trial_id, None);
+
+    let listed: Vec<String> = list_experiments(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(listed, vec![EXP_B, EXP_A]);
+    let running: Vec<String> = running_experiments(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        running,
+        vec![EXP_A, EXP_B],
+        "running experiments are oldest first"
+    );
+
+    finish_experiment(
+        &mut conn,
+        EXP_A,
+        ExperimentStatus::Completed,
+        "trial budget reached",
+        5_000,
+    )
+    .await
+    .unwrap();
+    let a = get_experiment(&mut conn, EXP_A).await.unwrap().unwrap();
+    assert_eq!(a.status, "completed");
+    assert_eq!(a.status_reason, "trial budget reached");
+    assert_eq!(a.finished_at_ms, Some(5_000));
+    let running: Vec<String> = running_experiments(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(running, vec![EXP_B]);
+}
+
+async fn duplicate_experiment_id_is_a_store_error(store: Store) {
+    let mut conn = store.conn().await.unwrap();
+    insert_experiment(&mut conn, EXP_A, "x", "{}", 1)
+        .await
+        .unwrap();
+    let err = insert_experiment(&mut conn, EXP_A, "y", "{}", 2)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MasterError::Store(_)), "{err}");
+    assert_eq!(
+        get_experiment(&mut conn, EXP_A)
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
+        "x"
+    );
+}
+
+async fn trials_round_trip_in_seq_order(store: Store) {
+    let mut conn = store.conn().await.unwrap();
+    insert_experiment(&mut conn, EXP_A, "demo", "{}", 1)
+        .await
+        .unwrap();
+    // Inserted out of seq order; listed by seq.
+    for seq in [0, 2, 1] {
+        let mut t = new_trial(EXP_A, &trial_id(seq), seq, "h", &format!("{{\"n\":{seq}}}"));
+        if seq > 0 {
+            t.parent_id = Some(trial_id(0));
+        }
+        insert_trial(&mut conn, &t, 10 + seq).await.unwrap();
+    }
+    let all = list_trials(&mut conn, EXP_A).await.unwrap();
+    assert_eq!(all.iter().map(|t| t.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
+    let t = get_trial(&mut conn, &trial_id(1)).await.unwrap().unwrap();
+    assert_eq!(t.experiment_id, EXP_A);
+    assert_eq!(t.parent_id.as_deref(), Some(trial_id(0).as_str()));
+    assert_eq!(t.origin, "test #1");
+    assert_eq!(t.hparams_json, r#"{"n":1}"#);
+    assert_eq!((t.params, t.flops, t.seed), (1001, 2001, 8));
+    assert_eq!(t.status().unwrap(), TrialStatus::Queued);
+    assert_eq!(t.attempt, 1);
+    assert_eq!(t.worker_id, None);
+    assert_eq!(t.epoch, 0);
+    assert_eq!(t.score, None);
+    assert!(t.metrics().is_empty());
+    assert_eq!(t.accepted, None);
+    assert_eq!(t.temperature, Some(0.02));
+    assert_eq!(t.created_at_ms, 11);
+    assert!(get_trial(&mut conn, &trial_id(99)).await.unwrap().is_none());
+    assert!(list_trials(&mut conn, EXP_B).await.unwrap().is_empty());
+}
+
+async fn seq_is_unique_per_experiment(store: Store) {
+    let mut conn = store.conn().await.unwrap();
+    insert_experiment(&mut conn, EXP_A, "a", "{}", 1)
+        .await
+        .unwrap();
+    insert_experiment(&mut conn, EXP_B, "b", "{}", 2)
+        .await
+        .unwrap();
+    assert_eq!(next_seq(&mut conn, EXP_A).await.unwrap(), 0);
+    insert_trial(&mut conn, &new_trial(EXP_A, &trial_id(0), 0, "h", "{}"), 1)
+        .await
+        .unwrap();
+    let dup = insert_trial(&mut conn, &new_trial(EXP_A, &trial_id(1), 0, "h", "{}"), 1).await;
+    assert!(matches!(dup, Err(MasterError::Store(_))), "{dup:?}");
+    // The same seq in another experiment is fine.
+    insert_trial(&mut conn, &new_trial(EXP_B, &trial_id(2), 0, "h", "{}"), 1)
+        .await
+        .unwrap();
+    insert_trial(&mut conn, &new_trial(EXP_A, &trial_id(3), 5, "h", "{}"), 1)
+        .await
+        .unwrap();
+    assert_eq!(next_seq(&mut conn, EXP_A).await.unwrap(), 6);
+    assert_eq!(next_seq(&mut conn, EXP_B).await.unwrap(), 1);
+}
+
+async fn foreign_keys_are_enforced(store: Store) {
+    let mut conn = store.conn().await.unwrap();
+    let orphan = insert_trial(&mut conn, &new_trial(EXP_A, &trial_id(0), 0, "h", "{}"), 1).await;
+    assert!(matches!(orphan, Err(MasterError::Store(_))), "{orphan:?}");
+    insert_experiment(&mut conn, EXP_A, "a", "{}", 1)
+        .await
+        .unwrap();
+    let mut t = new_trial(EXP_A, &trial_id(0), 0, "h", "{}");
+    t.parent_id = Some(trial_id(42));
+    assert!(
+        insert_trial(&mut conn, &t, 1).await.is_err(),
+        "unknown parent accepted"
+    );
+    let late =
+        insert_late_result(&mut conn, &trial_id(42), 1, WORKER, &result(0.5), "late", 1).await;
+    assert!(late.is_err(), "late result of an unknown trial accepted");
+}
+
+async fn lease_takes_oldest_running_experiment_then_lowest_seq(store: Store) {
+    seeded(&store, EXP_B, 2_000, 2).await;
+    seeded(&store, EXP_A, 1_000, 2).await;
+    let mut conn = store.conn().await.unwrap();
+    let first = lease_next_trial(&mut conn, WORKER, 10_000, 500)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.id, trial_id(0), "oldest experiment, lowest seq first");
+    assert_eq!(first.status, "leased");
+    assert_eq!(first.worker_id.as_deref(), Some(WORKER));
+    assert_eq!(first.lease_deadline_ms, Some(10_500));
+    assert_eq!(first.started_at_ms, Some(10_000));
+    assert_eq!(
+        lease_next_trial(&mut conn, WORKER, 10_001, 500)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        trial_id(1)
+    );
+    // A finished experiment's queued trials are never leased.
+    finish_experiment(&mut conn, EXP_B, ExperimentStatus::Failed, "x", 10_002)
+        .await
+        .unwrap();
+    assert!(lease_next_trial(&mut conn, WORKER, 10_003, 500)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(trial_counts(&mut conn, EXP_B).await.unwrap().queued, 2);
+}
+
+async fn requeued_trial_keeps_its_first_start_time(store: Store) {
+    seeded(&store, EXP_A, 1, 1).await;
+    let mut conn = store.conn().await.unwrap();
+    let id = trial_id(0);
+    lease_next_trial(&mut conn, WORKER, 100, 50)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(heartbeat_trial(&mut conn, &id, WORKER, 1, 2, 300)
+        .await
+        .unwrap());
+    requeue_trial(&mut conn, &id, "lease of attempt 1 expired")
+        .await
+        .unwrap();
+    let t = get_trial(&mut conn, &id).await.unwrap().unwrap();
+    assert_eq!(t.status, "queued");
+    assert_eq!(t.attempt, 2);
+    assert_eq!(t.worker_id, None);
+    assert_eq!(t.lease_deadline_ms, None);
+    assert_eq!(t.epoch, 0);
+    assert_eq!(t.error, "lease of attempt 1 expired");
+    let again = lease_next_trial(&mut conn, OTHER_WORKER, 900, 50)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.attempt, 2);
+    assert_eq!(again.worker_id.as_deref(), Some(OTHER_WORKER));
+    assert_eq!(again.started_at_ms, Some(100));
+    assert_eq!(again.lease_deadline_ms, Some(950));
+}
+
+async fn heartbeat_needs_the_current_holder(store: Store) {
+    seeded(&store, EXP_A, 1, 1).await;
+    let mut conn = store.conn().await.unwrap();
+    let id = trial_id(0);
+    // Not leased yet.
+    assert!(!heartbeat_trial(&mut conn, &id, WORKER, 1, 0, 1_000)
+        .await
+        .unwrap());
+    lease_next_trial(&mut conn, WORKER, 100, 50)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!heartbeat_trial(&mut conn, &id, OTHER_WORKER, 1, 0, 1_000)
+        .await
+        .unwrap());
+    assert!(!heartbeat_trial(&mut conn, &id, WORKER, 2, 0, 1_000)
+        .await
+        .unwrap());
+    assert_eq!(
+        get_trial(&mut conn, &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .lease_deadline_ms,
+        Some(150)
+    );
+
+    // Epoch 0 extends the lease but the trial stays leased; a later epoch makes it running.
+    assert!(heartbeat_trial(&mut conn, &id, WORKER, 1, 0, 1_000)
+        .await
+        .unwrap());
+    let t = get_trial(&mut conn, &id).await.unwrap().unwrap();
+    assert_eq!(
+        (t.status.as_str(), t.lease_deadline_ms, t.epoch),
+        ("leased", Some(1_000), 0)
+    );
+    assert!(heartbeat_trial(&mut conn, &id, WORKER, 1, 2, 2_000)
+        .await
+        .unwrap());
+    // Epochs never go backwards.
+    assert!(heartbeat_trial(&mut conn, &id, WORKER, 1, 1, 3_000)
+        .await
+        .unwrap());
+    let t = get_trial(&mut conn, &id).await.unwrap().unwrap();
+    assert_eq!(
+        (t.status.as_str(), t.lease_deadline_ms, t.epoch),
+        ("running", Some(3_000), 2)
+    );
+
+    complete_trial(&mut conn, &id, &result(0.5), true, 0.01, 4_000)
+        .await
+        .unwrap();
+    assert!(!heartbeat_trial(&mut conn, &id, WORKER, 1, 3, 5_000)
+        .await
+        .unwrap());
+    let t = get_trial(&mut conn, &id).await.unwrap().unwrap();
+    assert_eq!(
+        (t.status.as_str(), t.lease_deadline_ms),
+        ("completed", None)
+    );
+}
+
+async fn completion_records_the_result(store: Store) {
+    seeded(&store, EXP_A, 1, 1).await;
+    let mut conn = store.conn().await.unwrap();
+    let id = trial_id(0);
+    lease_next_trial(&mut conn, WORKER, 100, 50)
+        .await
+        .unwrap()
+        .unwrap();
+    complete_trial(&mut conn, &id, &result(0.75), false, 0.005, 4_000)
+        .await
+        .unwrap();
+    let t = get_trial(&mut conn, &id).await.unwrap().unwrap();
+    assert_eq!(t.status().unwrap(), TrialStatus::Completed);
+    assert_eq!(t.score, Some(0.75));
+    assert_eq!(
+        t.metrics(),
+        BTreeMap::from([("test_accuracy".to_string(), 0.74)])
+    );
+    assert_eq!(t.checkpoint_sha256, Some("ab".repeat(32)));
+    assert_eq!(t.accepted, Some(false));
+    assert_eq!(t.temperature, Some(0.005));
+    assert_eq!(t.epoch, 3);
+    assert_eq!(t.lease_deadline_ms, None);
+    assert_eq!(t.finished_at_ms, Some(4_000));
+    assert_eq!(
+        t.worker_id.as_deref(),
+        Some(WORKER),
+        "the worker that trained it is kept"
+    );
+    // Only accepted completed trials are annealing states.
+    assert!(accepted_trials(&mut conn, EXP_A).await.unwrap().is_empty());
+}
+
+async fn accepted_trials_are_completed_and_accepted_in_seq_order(store: Store) {
+    seeded(&store, EXP_A, 1, 4).await;
+    let mut conn = store.conn().await.unwrap();
+    for (n, accepted) in [(3, true), (0, true), (1, false)] {
+        complete_trial(&mut conn, &trial_id(n), &result(0.5), accepted, 0.01, 10)
+            .await
+            .unwrap();
+    }
+    let ids: Vec<String> = accepted_trials(&mut conn, EXP_A)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, vec![trial_id(0), trial_id(3)]);
+}
+
+async fn counts_follow_every_status(store: Store) {
+    seeded(&store, EXP_A, 1, 6).await;
+    seeded(&store, EXP_B, 2, 2).await;
+    let mut conn = store.conn().await.unwrap();
+    assert_eq!(
+        trial_counts(&mut conn, EXP_A).await.unwrap(),
+        TrialCounts {
+            queued: 6,
+            ..TrialCounts::default()
+        }
+    );
+    lease_next_trial(&mut conn, WORKER, 10, 100)
+        .await
+        .unwrap()
+        .unwrap(); // 0 leased
+    lease_next_trial(&mut conn, WORKER, 10, 100)
+        .await
+        .unwrap()
+        .unwrap(); // 1 leased
+    assert!(heartbeat_trial(&mut conn, &trial_id(1), WORKER, 1, 1, 200)
+        .await
+        .unwrap()); // 1 running
+    complete_trial(&mut conn, &trial_id(2), &result(0.1), true, 0.01, 20)
+        .await
+        .unwrap();
+    end_trial(&mut conn, &trial_id(3), TrialStatus::Failed, "boom", 30)
+        .await
+        .unwrap();
+    end_trial(&mut conn, &trial_id(4), TrialStatus::Cancelled, "stop", 30)
+        .await
+        .unwrap();
+    let c = trial_counts(&mut conn, EXP_A).await.unwrap();
+    assert_eq!(
+        c,
+        TrialCounts {
+            queued: 1,
+            leased: 1,
+            running: 1,
+            completed: 1,
+            failed: 1,
+            cancelled: 1,
+        }
+    );
+    assert_eq!(c.budgeted(), 4);
+    assert_eq!(c.in_flight(), 2);
+    let failed = get_trial(&mut conn, &trial_id(3)).await.unwrap().unwrap();
+    assert_eq!(
+        (failed.error.as_str(), failed.finished_at_ms),
+        ("boom", Some(30))
+    );
+    // The other experiment is untouched.
+    assert_eq!(trial_counts(&mut conn, EXP_B).await.unwrap().queued, 2);
+    assert_eq!(
+        trial_counts(&mut conn, "exp-none").await.unwrap(),
+        TrialCounts::default()
+    );
+}
+
+async fn cancel_queued_only_touches_queued_trials_of_that_experiment(store: Store) {
+    seeded(&store, EXP_A, 1, 3).await;
+    seeded(&store, EXP_B, 2, 1).await;
+    let mut conn = store.conn().await.unwrap();
+    lease_next_trial(&mut conn, WORKER, 10, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    let n = cancel_queued(&mut conn, EXP_A, "budget reached", 50)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let c = trial_counts(&mut conn, EXP_A).await.unwrap();
+    assert_eq!((c.queued, c.leased, c.cancelled), (0, 1, 2));
+    let t = get_trial(&mut conn, &trial_id(1)).await.unwrap().unwrap();
+    assert_eq!(
+        (t.error.as_str(), t.finished_at_ms),
+        ("budget reached", Some(50))
+    );
+    assert_eq!(trial_counts(&mut conn, EXP_B).await.unwrap().queued, 1);
+    assert_eq!(
+        cancel_queued(&mut conn, EXP_A, "again", 60).await.unwrap(),
+        0
+    );
+}
+
+async fn candidate_exists_ignores_failed_and_cancelled(store: Store) {
+    seeded(&store, EXP_A, 1, 3).await;
+    seeded(&store, EXP_B, 2, 0).await;
+    let mut conn = store.conn().await.unwrap();
+    assert!(candidate_exists(&mut conn, EXP_A, "hash0", "{}")
+        .await
+        .unwrap());
+    assert!(!candidate_exists(&mut conn, EXP_A, "hash0", r#"{"x":1}"#)
+        .await
+        .unwrap());
+    assert!(!candidate_exists(&mut conn, EXP_B, "hash0", "{}")
+        .await
+        .unwrap());
+    end_trial(&mut conn, &trial_id(0), TrialStatus::Failed, "boom", 5)
+        .await
+        .unwrap();
+    end_trial(&mut conn, &trial_id(1), TrialStatus::Cancelled, "stop", 5)
+        .await
+        .unwrap();
+    complete_trial(&mut conn, &trial_id(2), &result(0.2), true, 0.01, 5)
+        .await
+        .unwrap();
+    assert!(!candidate_exists(&mut conn, EXP_A, "hash0", "{}")
+        .await
+        .unwrap());
+    assert!(!candidate_exists(&mut conn, EXP_A, "hash1", "{}")
+        .await
+        .unwrap());
+    assert!(candidate_exists(&mut conn, EXP_A, "hash2", "{}")
+        .await
+        .unwrap());
+}
+
+async fn expired_leases_are_held_trials_past_their_deadline(store: Store) {
+    seeded(&store, EXP_A, 1, 4).await;
+    let mut conn = store.conn().await.unwrap();
+    lease_next_trial(&mut conn, WORKER, 0, 100)
+        .await
+        .unwrap()
+        .unwrap(); // 0: deadline 100
+    lease_next_trial(&mut conn, WORKER, 0, 300)
+        .await
+        .unwrap()
+        .unwrap(); // 1: deadline 300
+    lease_next_trial(&mut conn, WORKER, 0, 100)
+        .await
+        .unwrap()
+        .unwrap(); // 2: deadline 100
+    assert!(heartbeat_trial(&mut conn, &trial_id(2), WORKER, 1, 1, 100)
+        .await
+        .unwrap());
+    complete_trial(&mut conn, &trial_id(2), &result(0.3), true, 0.01, 50)
+        .await
+        .unwrap();
+    // A deadline equal to now has not expired yet.
+    assert!(expired_leases(&mut conn, 100).await.unwrap().is_empty());
+    let ids: Vec<String> = expired_leases(&mut conn, 101)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, vec![trial_id(0)]);
+    let ids: Vec<String> = expired_leases(&mut conn, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(
+        ids,
+        vec![trial_id(0), trial_id(1)],
+        "queued and completed trials never expire"
+    );
+}
+
+async fn held_trials_are_found_by_worker(store: Store) {
+    seeded(&store, EXP_A, 1, 3).await;
+    let mut conn = store.conn().await.unwrap();
+    lease_next_trial(&mut conn, WORKER, 0, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    lease_next_trial(&mut conn, OTHER_WORKER, 0, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    lease_next_trial(&mut conn, WORKER, 0, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    complete_trial(&mut conn, &trial_id(2), &result(0.3), true, 0.01, 50)
+        .await
+        .unwrap();
+    let held: Vec<String> = trials_held_by(&mut conn, WORKER)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(held, vec![trial_id(0)]);
+    assert_eq!(
+        trials_held_by(&mut conn, OTHER_WORKER).await.unwrap().len(),
+        1
+    );
+    assert!(trials_held_by(&mut conn, "worker-none")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn late_results_are_kept_apart(store: Store) {
+    seeded(&store, EXP_A, 1, 1).await;
+    let mut conn = store.conn().await.unwrap();
+    insert_late_result(
+        &mut conn,
+        &trial_id(0),
+        1,
+        WORKER,
+        &result(0.9),
+        "superseded",
+        77,
+    )
+    .await
+    .unwrap();
+    let rows: Vec<(String, i64, String, f64, String, i64)> = sqlx::query_as(
+        "SELECT trial_id, attempt, worker_id, score, reason, received_at_ms FROM late_results",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![(
+            trial_id(0),
+            1,
+            WORKER.to_string(),
+            0.9,
+            "superseded".to_string(),
+            77
+        )]
+    );
+    let t = get_trial(&mut conn, &trial_id(0)).await.unwrap().unwrap();
+    assert_eq!((t.status.as_str(), t.score), ("queued", None));
+}
+
+async fn workers_register_and_count_while_recently_seen(store: Store) {
+    let mut conn = store.conn().await.unwrap();
+    assert_eq!(connected_slots(&mut conn, 0).await.unwrap(), 0);
+    assert!(!worker_is_active(&mut conn, WORKER).await.unwrap());
+    insert_worker(&mut conn, WORKER, "w1", "cpu", 2, 1_000)
+        .await
+        .unwrap();
+    insert_worker(&mut conn, OTHER_WORKER, "w2", "cuda:0", 3, 2_000)
+        .await
+        .unwrap();
+    assert!(insert_worker(&mut conn, WORKER, "again", "cpu", 1, 3_000)
+        .await
+        .is_err());
+    assert!(worker_is_active(&mut conn, WORKER).await.unwrap());
+    assert_eq!(connected_slots(&mut conn, 1_000).await.unwrap(), 5);
+    assert_eq!(connected_slots(&mut conn, 1_001).await.unwrap(), 3);
+    touch_worker(&mut conn, WORKER, 5_000).await.unwrap();
+    assert_eq!(connected_slots(&mut conn, 4_000).await.unwrap(), 2);
+    worker_left(&mut conn, WORKER).await.unwrap();
+    assert!(!worker_is_active(&mut conn, WORKER).await.unwrap());
+    assert_eq!(connected_slots(&mut conn, 0).await.unwrap(), 3);
+}
+
+async fn uncommitted_transaction_leaves_nothing(store: Store) {
+    {
+        let mut tx = store.begin().await.unwrap();
+        insert_experiment(&mut tx, EXP_A, "a", "{}", 1)
+            .await
+            .unwrap();
+        insert_trial(&mut tx, &new_trial(EXP_A, &trial_id(0), 0, "h", "{}"), 1)
+            .await
+            .unwrap();
+        assert!(get_experiment(&mut tx, EXP_A).await.unwrap().is_some());
+        // Dropped without commit: rolled back.
+    }
+    let mut conn = store.conn().await.unwrap();
+    assert!(get_experiment(&mut conn, EXP_A).await.unwrap().is_none());
+    assert!(get_trial(&mut conn, &trial_id(0)).await.unwrap().is_none());
+    drop(conn);
+    let mut tx = store.begin().await.unwrap();
+    insert_experiment(&mut tx, EXP_A, "a", "{}", 1)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut conn = store.conn().await.unwrap();
+    assert!(get_experiment(&mut conn, EXP_A).await.unwrap().is_some());
+}
+
+macro_rules! store_test_suite {
+    ($($case:ident),* $(,)?) => {
+        mod in_memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Store::in_memory().await.unwrap()).await;
+                }
+            )*
+        }
+
+        mod on_disk {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$case(super::Store::open(dir.path()).await.unwrap()).await;
+                }
+            )*
+        }
+    };
+}
+
+store_test_suite!(
+    experiments_round_trip_and_list_newest_first,
+    duplicate_experiment_id_is_a_store_error,
+    trials_round_trip_in_seq_order,
+    seq_is_unique_per_experiment,
+    foreign_keys_are_enforced,
+    lease_takes_oldest_running_experiment_then_lowest_seq,
+    requeued_trial_keeps_its_first_start_time,
+    heartbeat_needs_the_current_holder,
+    completion_records_the_result,
+    accepted_trials_are_completed_and_accepted_in_seq_order,
+    counts_follow_every_status,
+    cancel_queued_only_touches_queued_trials_of_that_experiment,
+    candidate_exists_ignores_failed_and_cancelled,
+    expired_leases_are_held_trials_past_their_deadline,
+    held_trials_are_found_by_worker,
+    late_results_are_kept_apart,
+    workers_register_and_count_while_recently_seen,
+    uncommitted_transaction_leaves_nothing,
+);
+
+// ---- file database only ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn reopening_keeps_the_data_and_reapplies_no_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    seeded(&store, EXP_A, 1, 2).await;
+    store.close().await;
+    assert!(dir.path().join(DB_FILE).is_file());
+
+    let store = Store::open(dir.path()).await.unwrap();
+    let mut conn = store.conn().await.unwrap();
+    assert_eq!(list_trials(&mut conn, EXP_A).await.unwrap().len(), 2);
+    let (migrations,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(migrations, 1);
+}
+
+#[tokio::test]
+async fn open_creates_missing_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a").join("b");
+    let store = Store::open(&nested).await.unwrap();
+    seeded(&store, EXP_A, 1, 1).await;
+    assert!(nested.join(DB_FILE).is_file());
+}
+
+// Regression: the database path was spliced into a `sqlite://` URL, so a data directory with `?`
+// in its name was read as URL parameters and one with `%41` was percent-decoded elsewhere.
+#[tokio::test]
+async fn open_accepts_directory_names_that_look_like_url_syntax() {
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("run?mode=ro #2 100%41");
+    let store = Store::open(&odd).await.unwrap();
+    seeded(&store, EXP_A, 1, 1).await;
+    store.close().await;
+    assert!(
+        odd.join(DB_FILE).is_file(),
+        "database not inside {}",
+        odd.display()
+    );
+    let store = Store::open(&odd).await.unwrap();
+    let mut conn = store.conn().await.unwrap();
+    assert_eq!(list_trials(&mut conn, EXP_A).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn open_fails_cleanly_when_the_directory_cannot_be_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let err = Store::open(&file.join("sub")).await.unwrap_err();
+    assert!(matches!(err, MasterError::Io { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn file_database_serves_reads_while_a_write_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    seeded(&store, EXP_A, 1, 1).await;
+    let mut tx = store.begin().await.unwrap();
+    lease_next_trial(&mut tx, WORKER, 10, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    // WAL: a reader sees the last committed state while the write transaction is open.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        status_of(&store, &trial_id(0)),
+    )
+    .await
+    .expect("read blocked by an open write");
+    assert_eq!(read, "queued");
+    tx.commit().await.unwrap();
+    assert_eq!(status_of(&store, &trial_id(0)).await, "leased");
+}
+
+#[test]
+fn status_text_round_trips() {
+    for s in [
+        TrialStatus::Queued,
+        TrialStatus::Leased,
+        TrialStatus::Running,
+        TrialStatus::Completed,
+        TrialStatus::Failed,
+        TrialStatus::Cancelled,
+    ] {
+        assert_eq!(s.as_str().parse::<TrialStatus>().unwrap(), s);
+        assert_eq!(s.to_string(), s.as_str());
+        assert_eq!(
+            s.is_held(),
+            matches!(s, TrialStatus::Leased | TrialStatus::Running)
+        );
+    }
+    assert!(matches!(
+        "done".parse::<TrialStatus>(),
+        Err(MasterError::Internal(_))
+    ));
+    assert_eq!(ExperimentStatus::Failed.as_str(), "failed");
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, set-up included: installs what is missing (scripts/setup.sh), checks
+# formatting and lints, builds the binaries the end-to-end tests start, and runs every test.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+bash scripts/setup.sh
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "==> cargo build (binaries for the end-to-end tests)"
+cargo build --workspace --bins --quiet
+echo "==> cargo test"
+cargo test --workspace --no-fail-fast -- --test-threads 2

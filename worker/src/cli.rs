@@ -1,0 +1,190 @@
+//! Command-line flags shared by the `worker` subcommands (clap derive), and their conversion
+//! into the library's types.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use tch::Device;
+
+use crate::data::{DataSource, SplitConfig, FASHION_MNIST_DIR};
+use crate::device::parse_device;
+use crate::error::WorkerError;
+
+/// Which data to train on and how to split it.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub split: SplitArgs,
+}
+
+impl DataArgs {
+    /// The data source the flags name.
+    pub fn source(&self) -> Result<DataSource, WorkerError> {
+        self.source.source()
+    }
+
+    /// The split the flags ask for.
+    pub fn split_config(&self) -> SplitConfig {
+        self.split.split_config()
+    }
+}
+
+/// Where the data is: Fashion-MNIST in a directory, or four IDX files.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Directory holding Fashion-MNIST [default: /usr/share/datasets/fashion-mnist]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// IDX file (optionally gzipped) of the training images, instead of --data-dir
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    pub train_images: Option<PathBuf>,
+    /// IDX file of the training labels
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    pub train_labels: Option<PathBuf>,
+    /// IDX file of the test images
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    pub test_images: Option<PathBuf>,
+    /// IDX file of the test labels
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    pub test_labels: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The Fashion-MNIST directory: `--data-dir` or the Debian package's location.
+    pub fn fashion_mnist_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR))
+    }
+
+    /// The data source the flags name; IDX files must be given all four or none.
+    pub fn source(&self) -> Result<DataSource, WorkerError> {
+        let files = [
+            ("--train-images", &self.train_images),
+            ("--train-labels", &self.train_labels),
+            ("--test-images", &self.test_images),
+            ("--test-labels", &self.test_labels),
+        ];
+        if files.iter().all(|(_, f)| f.is_none()) {
+            return Ok(DataSource::FashionMnist {
+                dir: self.fashion_mnist_dir(),
+            });
+        }
+        let missing: Vec<&str> = files
+            .iter()
+            .filter(|(_, f)| f.is_none())
+            .map(|(flag, _)| *flag)
+            .collect();
+        if !missing.is_empty() {
+            return Err(WorkerError::Source(format!(
+                "idx data needs all four files, missing {}",
+                missing.join(", ")
+            )));
+        }
+        let file = |f: &Option<PathBuf>| f.clone().unwrap_or_default();
+        Ok(DataSource::Idx {
+            train_images: file(&self.train_images),
+            train_labels: file(&self.train_labels),
+            test_images: file(&self.test_images),
+            test_labels: file(&self.test_labels),
+        })
+    }
+}
+
+/// How to cut the data into training, validation and test splits.
+#[derive(Debug, Clone, Args)]
+pub struct SplitArgs {
+    /// Train on at most N examples of the training file (0 = all)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub train_subset: u32,
+    /// Test on the first N examples of the test file (0 = all)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub test_subset: u32,
+    /// Fraction of the training examples held out as the validation split (the score)
+    #[arg(long, value_name = "F", default_value_t = 0.1)]
+    pub validation_fraction: f64,
+    /// Seed of the subset / validation split
+    #[arg(long, value_name = "SEED", default_value_t = 42)]
+    pub split_seed: u64,
+}
+
+impl SplitArgs {
+    /// The split the flags ask for.
+    pub fn split_config(&self) -> SplitConfig {
+        SplitConfig {
+            train_subset: self.train_subset,
+            test_subset: self.test_subset,
+            validation_fraction: self.validation_fraction,
+            split_seed: self.split_seed,
+        }
+    }
+}
+
+/// Where and with how many threads to compute.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArgs {
+    /// Device: auto, cpu, cuda or cuda:N
+    #[arg(long, value_name = "DEVICE", default_value = "auto")]
+    pub device: String,
+    /// libtorch intra-op threads [default: libtorch's choice]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1024))]
+    pub threads: Option<i32>,
+}
+
+impl RuntimeArgs {
+    /// Applies `--threads` (process-wide) and resolves `--device`.
+    pub fn apply(&self) -> Result<Device, WorkerError> {
+        if let Some(n) = self.threads {
+            tch::set_num_threads(n);
+        }
+        parse_device(&self.device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        data: DataArgs,
+    }
+
+    #[test]
+    fn defaults_name_fashion_mnist_and_the_default_split() {
+        let cli = Cli::parse_from(["t"]);
+        assert_eq!(
+            cli.data.source().unwrap(),
+            DataSource::fashion_mnist_default()
+        );
+        assert_eq!(cli.data.split_config(), SplitConfig::default());
+    }
+
+    #[test]
+    fn idx_files_need_all_four() {
+        let cli = Cli::parse_from(["t", "--train-images", "a", "--test-labels", "d"]);
+        let err = cli.data.source().unwrap_err().to_string();
+        assert!(err.contains("--train-labels, --test-images"), "{err}");
+        let cli = Cli::parse_from([
+            "t",
+            "--train-images",
+            "a",
+            "--train-labels",
+            "b",
+            "--test-images",
+            "c",
+            "--test-labels",
+            "d",
+            "--train-subset",
+            "500",
+        ]);
+        assert!(matches!(cli.data.source().unwrap(), DataSource::Idx { .. }));
+        assert_eq!(cli.data.split_config().train_subset, 500);
+        assert!(Cli::try_parse_from(["t", "--data-dir", "x", "--train-images", "a"]).is_err());
+    }
+}

@@ -1,0 +1,593 @@
+//! `worker join`: register with the master, then run two overlapping stages (S1):
+//!
+//! - the **generator** stage acquires the next trial by long-poll and prepares it (parses the
+//!   architecture, loads the dataset into the process-wide cache) while
+//! - the **trainer** stage trains the current trial on a blocking thread, reports progress every
+//!   epoch, uploads the weights and reports the result.
+//!
+//! A heartbeat task keeps the leases of every held trial alive and relays stop or lease-lost
+//! commands. A channel of capacity one between the stages means at most one prepared trial waits
+//! while another trains.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use explore_common::client::{connect, worker_client, AuthChannel, BearerToken};
+use explore_common::convert::data_spec_from_proto;
+use explore_common::proto::worker_service_client::WorkerServiceClient;
+use explore_common::proto::{self, TrialCommand, PROTOCOL_VERSION};
+use explore_common::{Genome, HyperParams};
+use tch::Device;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::data::{DataSource, Dataset, DatasetCache, SplitConfig, SplitData};
+use crate::error::WorkerError;
+use crate::train::{train_trial, Control, EpochReport, TrialOutcome, TrialPlan};
+
+/// Settings of `worker join`.
+#[derive(Debug, Clone)]
+pub struct JoinConfig {
+    /// URL of the master, e.g. `http://127.0.0.1:50051`.
+    pub master: String,
+    /// The cluster token.
+    pub token: String,
+    /// A name shown in the master's logs.
+    pub name: String,
+    pub device: Device,
+    /// Where the `fashion-mnist` dataset lives on this machine.
+    pub fashion_mnist_dir: PathBuf,
+    /// Give up when the master stays unreachable this long.
+    pub give_up_after: Duration,
+    /// Exit after this many trials (0 = never); for tests and batch jobs.
+    pub max_trials: u32,
+    /// Exit when no trial arrives for this long (zero = never): lets a Kubernetes Job end.
+    pub idle_exit: Duration,
+}
+
+/// A trial acquired and prepared for training.
+struct PreparedTrial {
+    trial: proto::Trial,
+    plan: TrialPlan,
+    source: DataSource,
+    dataset: Arc<Dataset>,
+    split: SplitConfig,
+    cancel: Arc<AtomicBool>,
+}
+
+/// What the heartbeat task knows about a held trial.
+#[derive(Clone)]
+struct Held {
+    attempt: u32,
+    progress: Option<EpochReport>,
+    total_epochs: u32,
+    cancel: Arc<AtomicBool>,
+}
+
+type HeldTrials = Arc<Mutex<HashMap<String, Held>>>;
+
+/// Retries `op` with exponential backoff while the master is unreachable.
+async fn with_retry<T, F, Fut>(
+    what: &str,
+    give_up_after: Duration,
+    mut op: F,
+) -> Result<T, WorkerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) =>
+            {
+                if start.elapsed() >= give_up_after {
+                    return Err(WorkerError::Master(format!(
+                        "{what}: master unreachable for {:?}: {}",
+                        give_up_after,
+                        s.message()
+                    )));
+                }
+                warn!(what, retry_in_ms = delay.as_millis() as u64, error = %s.message(), "master unreachable, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(s) => return Err(WorkerError::Master(format!("{what}: {}", s.message()))),
+        }
+    }
+}
+
+/// Connects, retrying with backoff until the master answers or `give_up_after` passes.
+async fn connect_with_retry(
+    config: &JoinConfig,
+) -> Result<WorkerServiceClient<AuthChannel>, WorkerError> {
+    let token = BearerToken::new(&config.token).map_err(|e| WorkerError::Master(e.to_string()))?;
+    let start = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match connect(&config.master).await {
+            Ok(channel) => return Ok(worker_client(channel, &token)),
+            Err(e) => {
+                if start.elapsed() >= config.give_up_after {
+                    return Err(WorkerError::Master(format!(
+                        "master at {} unreachable for {:?}: {e}",
+                        config.master, config.give_up_after
+                    )));
+                }
+                warn!(master = %config.master, retry_in_ms = delay.as_millis() as u64, error = %e, "master unreachable, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Runs the worker until `shutdown` flips to true (drain: finish the current trial, hand back
+/// the prepared one) or `max_trials` trials are done.
+pub async fn run(
+    config: JoinConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let mut client = connect_with_retry(&config).await?;
+    let device_text = crate::device::describe(config.device);
+    let registration = with_retry("register", config.give_up_after, || {
+        let mut c = client.clone();
+        let request = proto::RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            name: config.name.clone(),
+            device: device_text.clone(),
+            slots: 1,
+        };
+        async move { c.register(request).await.map(|r| r.into_inner()) }
+    })
+    .await?;
+    let worker_id = registration.worker_id.clone();
+    let heartbeat_every = Duration::from_millis(registration.heartbeat_interval_ms.max(100) as u64);
+    info!(worker_id = %worker_id, master = %config.master, device = %device_text, "registered");
+
+    let held: HeldTrials = Arc::new(Mutex::new(HashMap::new()));
+    let cache = Arc::new(DatasetCache::new());
+    let (prepared_tx, mut prepared_rx) = mpsc::channel::<PreparedTrial>(1);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let heartbeats = tokio::spawn(heartbeat_loop(
+        client.clone(),
+        worker_id.clone(),
+        held.clone(),
+        heartbeat_every,
+        stop_rx.clone(),
+    ));
+    let generator = tokio::spawn(generator_loop(
+        client.clone(),
+        config.clone(),
+        worker_id.clone(),
+        held.clone(),
+        cache.clone(),
+        prepared_tx,
+        stop_rx.clone(),
+    ));
+
+    let mut done = 0u32;
+    let mut split_cache: Option<(String, SplitData)> = None;
+    let result: Result<(), WorkerError> = loop {
+        let next = tokio::select! {
+            p = prepared_rx.recv() => p,
+            _ = shutdown.wait_for(|s| *s) => None,
+        };
+        let Some(prepared) = next else {
+            break Ok(());
+        };
+        let trial_id = prepared.trial.trial_id.clone();
+        if prepared.cancel.load(Ordering::SeqCst) {
+            held.lock().expect("held lock").remove(&trial_id);
+            continue;
+        }
+        match train_and_report(
+            &mut client,
+            &config,
+            &worker_id,
+            &held,
+            prepared,
+            &mut split_cache,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(WorkerError::Master(m)) => break Err(WorkerError::Master(m)),
+            Err(e) => error!(trial_id = %trial_id, error = %e, "trial could not be reported"),
+        }
+        held.lock().expect("held lock").remove(&trial_id);
+        done += 1;
+        if config.max_trials > 0 && done >= config.max_trials {
+            info!(done, "trial limit reached");
+            break Ok(());
+        }
+        if *shutdown.borrow() {
+            break Ok(());
+        }
+    };
+
+    // Drain: stop acquiring, hand back whatever is still held, leave.
+    let _ = stop_tx.send(true);
+    let mut result = result;
+    if generator.is_finished() {
+        if let Ok(Err(e)) = generator.await {
+            result = result.and(Err(e));
+        }
+    } else {
+        generator.abort();
+    }
+    heartbeats.abort();
+    let handed_back = held.lock().expect("held lock").len();
+    let dereg = client
+        .deregister(proto::DeregisterRequest {
+            worker_id: worker_id.clone(),
+        })
+        .await;
+    match dereg {
+        Ok(_) => info!(worker_id = %worker_id, handed_back, trials_done = done, "deregistered"),
+        Err(s) => {
+            warn!(worker_id = %worker_id, error = %s.message(), "could not deregister; the master will reclaim leases")
+        }
+    }
+    result
+}
+
+/// The generator stage: acquire, prepare, hand over; at most one prepared trial waits.
+async fn generator_loop(
+    mut client: WorkerServiceClient<AuthChannel>,
+    config: JoinConfig,
+    worker_id: String,
+    held: HeldTrials,
+    cache: Arc<DatasetCache>,
+    prepared_tx: mpsc::Sender<PreparedTrial>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let mut idle_since = tokio::time::Instant::now();
+    loop {
+        // Wait for room before acquiring, so no trial is leased that cannot start soon.
+        let permit = match prepared_tx.reserve().await {
+            Ok(p) => p,
+            Err(_) => return Ok(()),
+        };
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let request = proto::AcquireRequest {
+            worker_id: worker_id.clone(),
+            wait_ms: 10_000,
+        };
+        let response = with_retry("acquire", config.give_up_after, || {
+            let mut c = client.clone();
+            let r = request.clone();
+            async move { c.acquire(r).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+        let Some(trial) = response.trial else {
+            if !config.idle_exit.is_zero() && idle_since.elapsed() >= config.idle_exit {
+                info!(
+                    idle_secs = config.idle_exit.as_secs(),
+                    "no work for a while, leaving"
+                );
+                drop(permit);
+                return Ok(());
+            }
+            continue;
+        };
+        idle_since = tokio::time::Instant::now();
+        let trial_id = trial.trial_id.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        held.lock().expect("held lock").insert(
+            trial_id.clone(),
+            Held {
+                attempt: trial.attempt,
+                progress: None,
+                total_epochs: 0,
+                cancel: cancel.clone(),
+            },
+        );
+        match prepare(&trial, &config, &cache).await {
+            Ok((plan, source, dataset, split)) => {
+                if let Some(h) = held.lock().expect("held lock").get_mut(&trial_id) {
+                    h.total_epochs = plan.hparams.epochs;
+                }
+                info!(trial_id = %trial_id, attempt = trial.attempt, "trial prepared");
+                permit.send(PreparedTrial {
+                    trial,
+                    plan,
+                    source,
+                    dataset,
+                    split,
+                    cancel,
+                });
+            }
+            Err(e) => {
+                warn!(trial_id = %trial_id, error = %e, "trial cannot be prepared");
+                held.lock().expect("held lock").remove(&trial_id);
+                let _ = client
+                    .fail(proto::FailRequest {
+                        worker_id: worker_id.clone(),
+                        trial_id,
+                        attempt: trial.attempt,
+                        reason: e.to_string(),
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+/// Parses the trial and loads its dataset (once per process, through the cache).
+async fn prepare(
+    trial: &proto::Trial,
+    config: &JoinConfig,
+    cache: &Arc<DatasetCache>,
+) -> Result<(TrialPlan, DataSource, Arc<Dataset>, SplitConfig), WorkerError> {
+    let genome =
+        Genome::from_json(&trial.genome_json).map_err(|e| WorkerError::Genome(e.to_string()))?;
+    let hparams = HyperParams::from_json(&trial.hparams_json)
+        .map_err(|e| WorkerError::Genome(e.to_string()))?;
+    let data = trial
+        .data
+        .as_ref()
+        .ok_or_else(|| WorkerError::Genome("trial.data is missing".into()))?;
+    let (data_config, split_seed) =
+        data_spec_from_proto(data).map_err(|e| WorkerError::Genome(e.to_string()))?;
+    let source = DataSource::from_config(&data_config, &config.fashion_mnist_dir)?;
+    let split = SplitConfig::from_config(&data_config, split_seed);
+    let cache = cache.clone();
+    let load_source = source.clone();
+    let dataset = tokio::task::spawn_blocking(move || cache.get_or_load(&load_source))
+        .await
+        .map_err(|e| WorkerError::Torch(format!("data loading task: {e}")))??;
+    if dataset.input_shape() != genome.input {
+        return Err(WorkerError::Genome(format!(
+            "genome expects input {:?} but the dataset has {:?}",
+            genome.input,
+            dataset.input_shape()
+        )));
+    }
+    let plan = TrialPlan {
+        genome,
+        hparams,
+        seed: trial.seed,
+    };
+    Ok((plan, source, dataset, split))
+}
+
+/// The trainer stage for one trial: train on a blocking thread, upload, complete (or fail).
+async fn train_and_report(
+    client: &mut WorkerServiceClient<AuthChannel>,
+    config: &JoinConfig,
+    worker_id: &str,
+    held: &HeldTrials,
+    prepared: PreparedTrial,
+    split_cache: &mut Option<(String, SplitData)>,
+) -> Result<(), WorkerError> {
+    let PreparedTrial {
+        trial,
+        plan,
+        source,
+        dataset,
+        split,
+        cancel,
+    } = prepared;
+    let trial_id = trial.trial_id.clone();
+    let device = config.device;
+    let key = format!("{source:?}|{split:?}|{device:?}");
+    let reuse = split_cache.take().filter(|(k, _)| *k == key);
+    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<EpochReport>();
+    info!(trial_id = %trial_id, attempt = trial.attempt, epochs = plan.hparams.epochs, "training");
+    let cancel_flag = cancel.clone();
+    let training = tokio::task::spawn_blocking(
+        move || -> (Result<TrialOutcome, WorkerError>, Option<SplitData>) {
+            let data = match reuse {
+                Some((_, d)) => d,
+                None => match dataset.split(&split, device) {
+                    Ok(d) => d,
+                    Err(e) => return (Err(e), None),
+                },
+            };
+            let mut on_epoch = |report: &EpochReport| {
+                let _ = progress_tx.send(report.clone());
+                if cancel_flag.load(Ordering::SeqCst) {
+                    Control::Stop
+                } else {
+                    Control::Continue
+                }
+            };
+            let outcome = train_trial(&plan, &data, device, &mut on_epoch);
+            (outcome, Some(data))
+        },
+    );
+    // Forward epoch reports to the master as they arrive.
+    let forward_held = held.clone();
+    let forward_id = trial_id.clone();
+    let mut forward_client = client.clone();
+    let forward_worker = worker_id.to_string();
+    let attempt = trial.attempt;
+    let forwarder = tokio::spawn(async move {
+        while let Some(report) = progress_rx.recv().await {
+            info!(
+                trial_id = %forward_id,
+                epoch = report.epoch,
+                total_epochs = report.total_epochs,
+                train_loss = report.train_loss,
+                val_accuracy = report.val_accuracy,
+                "epoch done"
+            );
+            if let Some(h) = forward_held.lock().expect("held lock").get_mut(&forward_id) {
+                h.progress = Some(report.clone());
+            }
+            let r = forward_client
+                .heartbeat(heartbeat_request(
+                    &forward_worker,
+                    &forward_id,
+                    attempt,
+                    Some(&report),
+                    report.total_epochs,
+                ))
+                .await;
+            if let Ok(r) = r {
+                apply_command(&forward_held, &forward_id, r.into_inner());
+            }
+        }
+    });
+    let (outcome, data) = training
+        .await
+        .map_err(|e| WorkerError::Torch(format!("training thread panicked: {e}")))?;
+    let _ = forwarder.await;
+    if let Some(data) = data {
+        *split_cache = Some((key, data));
+    }
+    if cancel.load(Ordering::SeqCst) {
+        info!(trial_id = %trial_id, "trial stopped by the master; nothing to report");
+        return Ok(());
+    }
+    match outcome {
+        Ok(outcome) => report_success(client, config, worker_id, &trial, outcome).await,
+        Err(e) => {
+            warn!(trial_id = %trial_id, error = %e, "trial failed");
+            with_retry("fail", config.give_up_after, || {
+                let mut c = client.clone();
+                let r = proto::FailRequest {
+                    worker_id: worker_id.to_string(),
+                    trial_id: trial_id.clone(),
+                    attempt: trial.attempt,
+                    reason: e.to_string(),
+                };
+                async move { c.fail(r).await.map(|_| ()) }
+            })
+            .await
+        }
+    }
+}
+
+async fn report_success(
+    client: &mut WorkerServiceClient<AuthChannel>,
+    config: &JoinConfig,
+    worker_id: &str,
+    trial: &proto::Trial,
+    outcome: TrialOutcome,
+) -> Result<(), WorkerError> {
+    let checkpoint = Arc::new(outcome.checkpoint);
+    let upload = with_retry("upload checkpoint", config.give_up_after, || {
+        let mut c = client.clone();
+        let bytes = checkpoint.clone();
+        async move {
+            let chunks: Vec<proto::CheckpointChunk> = bytes
+                .chunks(256 * 1024)
+                .map(|c| proto::CheckpointChunk { data: c.to_vec() })
+                .collect();
+            c.upload_checkpoint(tokio_stream::iter(chunks))
+                .await
+                .map(|r| r.into_inner())
+        }
+    })
+    .await?;
+    let mut metrics = HashMap::new();
+    metrics.insert("test_accuracy".to_string(), outcome.test_accuracy);
+    metrics.insert("train_loss".to_string(), outcome.train_loss);
+    metrics.insert("train_seconds".to_string(), outcome.train_seconds);
+    let request = proto::CompleteRequest {
+        worker_id: worker_id.to_string(),
+        trial_id: trial.trial_id.clone(),
+        attempt: trial.attempt,
+        score: outcome.val_accuracy,
+        metrics,
+        checkpoint_sha256: upload.sha256,
+        epochs_run: outcome.epochs_run,
+    };
+    let answer = with_retry("complete", config.give_up_after, || {
+        let mut c = client.clone();
+        let r = request.clone();
+        async move { c.complete(r).await.map(|r| r.into_inner()) }
+    })
+    .await?;
+    if answer.accepted {
+        info!(
+            trial_id = %trial.trial_id,
+            val_accuracy = outcome.val_accuracy,
+            test_accuracy = outcome.test_accuracy,
+            seconds = outcome.train_seconds,
+            "trial completed"
+        );
+    } else {
+        warn!(trial_id = %trial.trial_id, reason = %answer.reason, "result kept as history only");
+    }
+    Ok(())
+}
+
+fn heartbeat_request(
+    worker_id: &str,
+    trial_id: &str,
+    attempt: u32,
+    progress: Option<&EpochReport>,
+    total_epochs: u32,
+) -> proto::HeartbeatRequest {
+    proto::HeartbeatRequest {
+        worker_id: worker_id.to_string(),
+        trial_id: trial_id.to_string(),
+        attempt,
+        epoch: progress.map(|p| p.epoch).unwrap_or(0),
+        total_epochs,
+        train_loss: progress.map(|p| p.train_loss).unwrap_or(f64::NAN),
+        val_accuracy: progress.map(|p| p.val_accuracy).unwrap_or(f64::NAN),
+    }
+}
+
+/// Acts on the master's answer to a heartbeat: stop or lease-lost cancel the trial.
+fn apply_command(held: &HeldTrials, trial_id: &str, response: proto::HeartbeatResponse) {
+    let command = TrialCommand::try_from(response.command).unwrap_or(TrialCommand::Continue);
+    if matches!(command, TrialCommand::Stop | TrialCommand::LeaseLost) {
+        warn!(trial_id, command = ?command, reason = %response.reason, "master asked to drop the trial");
+        if let Some(h) = held.lock().expect("held lock").get(trial_id) {
+            h.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Keeps every held trial's lease alive.
+async fn heartbeat_loop(
+    mut client: WorkerServiceClient<AuthChannel>,
+    worker_id: String,
+    held: HeldTrials,
+    every: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    let mut interval = tokio::time::interval(every);
+    loop {
+        interval.tick().await;
+        if *stop.borrow() {
+            return;
+        }
+        let snapshot: Vec<(String, Held)> = held
+            .lock()
+            .expect("held lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (trial_id, h) in snapshot {
+            let request = heartbeat_request(
+                &worker_id,
+                &trial_id,
+                h.attempt,
+                h.progress.as_ref(),
+                h.total_epochs,
+            );
+            match client.heartbeat(request).await {
+                Ok(r) => apply_command(&held, &trial_id, r.into_inner()),
+                Err(s) => warn!(trial_id = %trial_id, error = %s.message(), "heartbeat failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The explore training worker as a library: it owns everything between a trial (a genome plus
+//! hyperparameters) and its score. It reads IDX datasets once per process and cuts them into
+//! seeded training / validation / test splits ([`data`]), picks the libtorch device
+//! ([`device`]), builds a network from a genome with stable variable names ([`model`]), trains
+//! and scores it and serialises its weights as safetensors ([`train`]). The `worker` binary is a
+//! thin command line over it ([`cli`] holds its reusable flags); [`join`] is the cluster loop
+//! that pulls trials from the master.
+
+pub mod cli;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod join;
+pub mod model;
+pub mod train;
+
+#[cfg(test)]
+mod testing;
+
+pub use error::WorkerError;

@@ -1,0 +1,274 @@
+//! `worker`: trains explore trials with libtorch. `worker train` runs one configuration exactly
+//! like a cluster trial; `worker evaluate` scores a saved checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use explore_common::genome::Genome;
+use explore_common::hparams::HyperParams;
+use explore_common::presets;
+use std::time::Duration;
+
+use explore_common::client::read_token;
+use explore_worker::cli::{DataArgs, RuntimeArgs};
+use explore_worker::data::Dataset;
+use explore_worker::device::describe;
+use explore_worker::join::{self, JoinConfig};
+use explore_worker::train::{self, Control, TrialPlan};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "worker", version, about = "explore training worker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train one genome with one set of hyperparameters like a cluster trial; prints the
+    /// result as JSON
+    Train(TrainArgs),
+    /// Score a saved checkpoint on the validation and test splits; prints them as JSON
+    Evaluate(EvalArgs),
+    /// Join a master and train the trials it hands out until stopped (SIGTERM drains)
+    Join(JoinArgs),
+}
+
+#[derive(Debug, Args)]
+struct JoinArgs {
+    /// URL of the master
+    #[arg(long, env = "EXPLORE_MASTER", value_name = "URL")]
+    master: String,
+    /// File holding the cluster token (default: $EXPLORE_TOKEN)
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Name shown in the master's logs [default: the host name and process id]
+    #[arg(long)]
+    name: Option<String>,
+    /// Directory holding the Fashion-MNIST IDX files
+    #[arg(long, value_name = "DIR", default_value = explore_worker::data::FASHION_MNIST_DIR)]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Give up when the master stays unreachable this many seconds
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    give_up_after_secs: u64,
+    /// Exit after this many trials (0 = no limit)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_trials: u32,
+    /// Exit after this many seconds without work (0 = never); lets a Kubernetes Job finish
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    idle_exit_secs: u64,
+}
+
+#[derive(Debug, Args)]
+struct TrainArgs {
+    /// Genome JSON file, or `preset:NAME` (cnn2, cnn3, mlp, resnet_small)
+    #[arg(long, value_name = "FILE")]
+    genome: String,
+    /// Hyperparameters JSON file, or `default`
+    #[arg(long, value_name = "FILE")]
+    hparams: String,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Seed of the weight initialisation, dropout and batch order
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Write the trained weights to this .safetensors file
+    #[arg(long, value_name = "FILE")]
+    save_checkpoint: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// Genome JSON file, or `preset:NAME`
+    #[arg(long, value_name = "FILE")]
+    genome: String,
+    /// Weights saved by `worker train --save-checkpoint`
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => run_train(args),
+        Command::Evaluate(args) => run_evaluate(args),
+        Command::Join(args) => run_join(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_join(args: JoinArgs) -> Result<()> {
+    let device = args.runtime.apply()?;
+    let token = read_token(args.token_file.as_deref(), None)?;
+    let name = args.name.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let config = JoinConfig {
+        master: args.master,
+        token,
+        name,
+        device,
+        fashion_mnist_dir: args.data_dir,
+        give_up_after: Duration::from_secs(args.give_up_after_secs),
+        max_trials: args.max_trials,
+        idle_exit: Duration::from_secs(args.idle_exit_secs),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            info!("draining: finishing the current trial, then leaving (signal again to quit now)");
+            let _ = shutdown_tx.send(true);
+            shutdown_signal().await;
+            eprintln!("quitting now; the master re-leases unfinished trials");
+            std::process::exit(130);
+        });
+        join::run(config, shutdown_rx).await
+    })?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+fn run_train(args: TrainArgs) -> Result<()> {
+    let genome = load_genome(&args.genome)?;
+    let hparams = load_hparams(&args.hparams)?;
+    if let Some(path) = &args.save_checkpoint {
+        check_safetensors_name(path)?;
+    }
+    let analysis = genome.analyze()?;
+    let device = args.runtime.apply()?;
+    let dataset = Dataset::load(&args.data.source()?)?;
+    let split = dataset.split(&args.data.split_config(), device)?;
+    info!(
+        device = %describe(device),
+        threads = tch::get_num_threads(),
+        train = split.train_len(),
+        validation = split.val_len(),
+        test = split.test_len(),
+        params = analysis.params,
+        epochs = hparams.epochs,
+        "training"
+    );
+    let plan = TrialPlan {
+        genome,
+        hparams,
+        seed: args.seed,
+    };
+    let outcome = train::train_trial(&plan, &split, device, &mut |r| {
+        info!(
+            epoch = r.epoch,
+            of = r.total_epochs,
+            train_loss = format_args!("{:.4}", r.train_loss),
+            val_accuracy = format_args!("{:.4}", r.val_accuracy),
+            "epoch finished"
+        );
+        Control::Continue
+    })?;
+    if let Some(path) = &args.save_checkpoint {
+        std::fs::write(path, &outcome.checkpoint)
+            .with_context(|| format!("cannot write checkpoint {}", path.display()))?;
+        info!(path = %path.display(), bytes = outcome.checkpoint.len(), "checkpoint saved");
+    }
+    let result = json!({
+        "val_accuracy": outcome.val_accuracy,
+        "test_accuracy": outcome.test_accuracy,
+        "train_loss": outcome.train_loss,
+        "epochs_run": outcome.epochs_run,
+        "train_seconds": outcome.train_seconds,
+        "params": outcome.params,
+        "flops": analysis.flops,
+    });
+    println!("{result}");
+    Ok(())
+}
+
+fn run_evaluate(args: EvalArgs) -> Result<()> {
+    let genome = load_genome(&args.genome)?;
+    check_safetensors_name(&args.checkpoint)?;
+    let device = args.runtime.apply()?;
+    let dataset = Dataset::load(&args.data.source()?)?;
+    let split = dataset.split(&args.data.split_config(), device)?;
+    let (val_accuracy, test_accuracy) =
+        train::evaluate_checkpoint(&genome, &args.checkpoint, &split, device)?;
+    println!(
+        "{}",
+        json!({ "val_accuracy": val_accuracy, "test_accuracy": test_accuracy })
+    );
+    Ok(())
+}
+
+/// Reads a genome file, or a preset given as `preset:NAME`.
+fn load_genome(arg: &str) -> Result<Genome> {
+    if let Some(name) = arg.strip_prefix("preset:") {
+        return presets::preset(name).ok_or_else(|| {
+            anyhow!(
+                "unknown preset {name:?}, expected one of {}",
+                presets::NAMES.join(", ")
+            )
+        });
+    }
+    let text =
+        std::fs::read_to_string(arg).with_context(|| format!("cannot read genome file {arg}"))?;
+    Genome::from_json(&text).with_context(|| format!("genome file {arg}"))
+}
+
+/// Reads a hyperparameter file, or takes the defaults for `default`.
+fn load_hparams(arg: &str) -> Result<HyperParams> {
+    if arg == "default" {
+        return Ok(HyperParams::default());
+    }
+    let text = std::fs::read_to_string(arg)
+        .with_context(|| format!("cannot read hyperparameter file {arg}"))?;
+    HyperParams::from_json(&text).with_context(|| format!("hyperparameter file {arg}"))
+}
+
+fn check_safetensors_name(path: &Path) -> Result<()> {
+    if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        bail!(
+            "checkpoint {} must have the .safetensors extension",
+            path.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,428 @@
+//! Builds a libtorch network from a [`Genome`].
+//!
+//! The semantics follow `explore_common::genome` exactly: convolutions use padding
+//! `kernel / 2`, the given stride and a bias; batch-norm is 2-D on feature maps and 1-D on
+//! vectors; pooling uses window = stride = `size` with floor rounding; global average pooling
+//! turns `[N, C, H, W]` into `[N, C]`; residual blocks compute `x + body(x)`; dropout is active in
+//! training only; dense layers flatten a feature map first. The head flattens (if needed) and
+//! maps to `num_classes` logits.
+//!
+//! Variable names are stable and derived from block positions, so a child genome can inherit
+//! its parent's weights wherever names and shapes match: top-level block `i` lives under `b{i}`,
+//! block `j` of a residual body under `b{i}.r{j}` (nested bodies add further `r{k}`), the head
+//! under `head`. Each layer names its tensors like PyTorch (`weight`, `bias`, `running_mean`,
+//! `running_var`), e.g. `b4.weight` or `b3.r1.bias`.
+
+use explore_common::genome::{Activation, Block, Genome, PoolKind, Shape};
+use tch::nn::{self, Init};
+use tch::{Kind, TchError, Tensor};
+
+use crate::error::WorkerError;
+
+/// Momentum of the batch-norm running statistics (PyTorch's default).
+const BN_MOMENTUM: f64 = 0.1;
+/// Batch-norm epsilon (PyTorch's default).
+const BN_EPS: f64 = 1e-5;
+
+/// One built layer.
+#[derive(Debug)]
+enum Layer {
+    Conv {
+        weight: Tensor,
+        bias: Tensor,
+        stride: i64,
+        padding: i64,
+    },
+    BatchNorm {
+        weight: Tensor,
+        bias: Tensor,
+        running_mean: Tensor,
+        running_var: Tensor,
+    },
+    Activation(Activation),
+    Pool {
+        kind: PoolKind,
+        size: i64,
+    },
+    GlobalAvgPool,
+    Residual(Vec<Layer>),
+    Dropout(f64),
+    Dense {
+        weight: Tensor,
+        bias: Tensor,
+    },
+}
+
+/// A network built from a genome; use it through [`nn::ModuleT`] or the fallible
+/// [`GenomeNet::f_forward_t`].
+#[derive(Debug)]
+pub struct GenomeNet {
+    layers: Vec<Layer>,
+    head: Layer,
+}
+
+/// Creates the variables of `genome` under `vs_root` and returns the network. The genome is
+/// validated first; its shapes come from [`Genome::analyze`].
+pub fn build(vs_root: &nn::Path, genome: &Genome) -> Result<GenomeNet, WorkerError> {
+    let analysis = genome.analyze()?;
+    let input = genome.input;
+    let mut shape = Shape::Map {
+        c: input.channels,
+        h: input.height,
+        w: input.width,
+    };
+    let mut layers = Vec::with_capacity(genome.blocks.len());
+    for (i, block) in genome.blocks.iter().enumerate() {
+        let (layer, out) = build_block(&(vs_root / format!("b{i}")), block, shape)?;
+        if out != analysis.block_outputs[i] {
+            return Err(WorkerError::Genome(format!(
+                "internal error: blocks[{i}] builds output {out}, genome analysis says {}",
+                analysis.block_outputs[i]
+            )));
+        }
+        layers.push(layer);
+        shape = out;
+    }
+    let head = dense(&(vs_root / "head"), shape.numel(), genome.num_classes)?;
+    Ok(GenomeNet { layers, head })
+}
+
+/// Builds one block whose input has `shape`; returns the layer and its output shape.
+fn build_block(p: &nn::Path, block: &Block, shape: Shape) -> Result<(Layer, Shape), WorkerError> {
+    let not_a_map =
+        |what: &str| WorkerError::Genome(format!("{what} needs a feature map, got {shape}"));
+    match block {
+        Block::Conv {
+            out_channels,
+            kernel,
+            stride,
+        } => {
+            let Shape::Map { c, h, w } = shape else {
+                return Err(not_a_map("conv"));
+            };
+            let (k, s, pad) = (*kernel as i64, *stride as i64, (*kernel / 2) as i64);
+            let fan_in = c as i64 * k * k;
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let init = Init::Uniform {
+                lo: -bound,
+                up: bound,
+            };
+            let weight = p.f_var("weight", &[*out_channels as i64, c as i64, k, k], init)?;
+            let bias = p.f_var("bias", &[*out_channels as i64], init)?;
+            let out = |n: u32| ((n as i64 + 2 * pad - k) / s + 1) as u32;
+            let layer = Layer::Conv {
+                weight,
+                bias,
+                stride: s,
+                padding: pad,
+            };
+            Ok((
+                layer,
+                Shape::Map {
+                    c: *out_channels,
+                    h: out(h),
+                    w: out(w),
+                },
+            ))
+        }
+        Block::BatchNorm => {
+            let n = match shape {
+                Shape::Map { c, .. } => c,
+                Shape::Flat { n } => n,
+            } as i64;
+            let layer = Layer::BatchNorm {
+                weight: p.f_var("weight", &[n], Init::Const(1.0))?,
+                bias: p.f_var("bias", &[n], Init::Const(0.0))?,
+                running_mean: p.f_zeros_no_train("running_mean", &[n])?,
+                running_var: p.f_ones_no_train("running_var", &[n])?,
+            };
+            Ok((layer, shape))
+        }
+        Block::Activation { kind } => Ok((Layer::Activation(*kind), shape)),
+        Block::Pool { kind, size } => {
+            let Shape::Map { c, h, w } = shape else {
+                return Err(not_a_map("pool"));
+            };
+            let layer = Layer::Pool {
+                kind: *kind,
+                size: *size as i64,
+            };
+            Ok((
+                layer,
+                Shape::Map {
+                    c,
+                    h: h / size,
+                    w: w / size,
+                },
+            ))
+        }
+        Block::GlobalAvgPool => {
+            let Shape::Map { c, .. } = shape else {
+                return Err(not_a_map("global_avg_pool"));
+            };
+            Ok((Layer::GlobalAvgPool, Shape::Flat { n: c }))
+        }
+        Block::Residual { body } => {
+            let mut inner = Vec::with_capacity(body.len());
+            let mut s = shape;
+            for (j, b) in body.iter().enumerate() {
+                let (layer, out) = build_block(&(p / format!("r{j}")), b, s)?;
+                inner.push(layer);
+                s = out;
+            }
+            Ok((Layer::Residual(inner), shape))
+        }
+        Block::Dropout { rate } => Ok((Layer::Dropout(*rate as f64), shape)),
+        Block::Dense { units } => Ok((dense(p, shape.numel(), *units)?, Shape::Flat { n: *units })),
+    }
+}
+
+/// A fully connected layer with PyTorch's default initialisation.
+fn dense(p: &nn::Path, in_features: u64, out_features: u32) -> Result<Layer, WorkerError> {
+    let bound = 1.0 / (in_features as f64).sqrt();
+    let init = Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    Ok(Layer::Dense {
+        weight: p.f_var("weight", &[out_features as i64, in_features as i64], init)?,
+        bias: p.f_var("bias", &[out_features as i64], init)?,
+    })
+}
+
+impl Layer {
+    fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor, TchError> {
+        match self {
+            Layer::Conv {
+                weight,
+                bias,
+                stride,
+                padding,
+            } => xs.f_conv2d(
+                weight,
+                Some(bias),
+                [*stride, *stride],
+                [*padding, *padding],
+                [1, 1],
+                1,
+            ),
+            Layer::BatchNorm {
+                weight,
+                bias,
+                running_mean,
+                running_var,
+            } => xs.f_batch_norm(
+                Some(weight),
+                Some(bias),
+                Some(running_mean),
+                Some(running_var),
+                train,
+                BN_MOMENTUM,
+                BN_EPS,
+                true,
+            ),
+            Layer::Activation(kind) => match kind {
+                Activation::Relu => xs.f_relu(),
+                Activation::Gelu => xs.f_gelu("none"),
+                Activation::Silu => xs.f_silu(),
+                Activation::Tanh => xs.f_tanh(),
+            },
+            Layer::Pool { kind, size } => match kind {
+                PoolKind::Max => {
+                    xs.f_max_pool2d([*size, *size], [*size, *size], [0, 0], [1, 1], false)
+                }
+                PoolKind::Avg => xs.f_avg_pool2d(
+                    [*size, *size],
+                    [*size, *size],
+                    [0, 0],
+                    false,
+                    true,
+                    None::<i64>,
+                ),
+            },
+            Layer::GlobalAvgPool => xs.f_mean_dim(Some([2i64, 3].as_slice()), false, Kind::Float),
+            Layer::Residual(body) => {
+                let mut ys = xs.shallow_clone();
+                for layer in body {
+                    ys = layer.forward(&ys, train)?;
+                }
+                xs.f_add(&ys)
+            }
+            Layer::Dropout(rate) => {
+                if train && *rate > 0.0 {
+                    xs.f_dropout(*rate, true)
+                } else {
+                    Ok(xs.shallow_clone())
+                }
+            }
+            Layer::Dense { weight, bias } => {
+                let flat = if xs.dim() > 2 {
+                    xs.f_flatten(1, -1)?
+                } else {
+                    xs.shallow_clone()
+                };
+                flat.f_linear(weight, Some(bias))
+            }
+        }
+    }
+}
+
+impl GenomeNet {
+    /// Computes the logits `[N, num_classes]` of a batch `[N, C, H, W]`; `train` enables
+    /// dropout and batch statistics (and updates the running statistics).
+    pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, TchError> {
+        let mut ys = xs.shallow_clone();
+        for layer in &self.layers {
+            ys = layer.forward(&ys, train)?;
+        }
+        self.head.forward(&ys, train)
+    }
+}
+
+impl nn::ModuleT for GenomeNet {
+    /// Panics on a libtorch error (e.g. an input of the wrong shape); prefer
+    /// [`GenomeNet::f_forward_t`] where failure must be handled.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.f_forward_t(xs, train)
+            .unwrap_or_else(|e| panic!("genome network forward failed: {e}"))
+    }
+}
+
+/// Number of trainable scalars in a var store.
+pub fn trainable_params(vs: &nn::VarStore) -> u64 {
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as u64)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use explore_common::genome::InputShape;
+    use explore_common::presets;
+    use tch::nn::ModuleT;
+    use tch::Device;
+
+    use super::*;
+    use crate::testing::torch_lock;
+
+    #[test]
+    fn every_preset_builds_with_the_analysed_parameter_count() {
+        let _guard = torch_lock();
+        for (name, genome) in presets::presets() {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let net = build(&vs.root(), &genome).unwrap();
+            let analysis = genome.analyze().unwrap();
+            assert_eq!(trainable_params(&vs), analysis.params, "{name}");
+            let xs = Tensor::randn([3, 1, 28, 28], (Kind::Float, Device::Cpu));
+            assert_eq!(net.forward_t(&xs, true).size(), vec![3, 10], "{name}");
+            assert_eq!(net.forward_t(&xs, false).size(), vec![3, 10], "{name}");
+        }
+    }
+
+    #[test]
+    fn variable_names_follow_block_positions() {
+        let _guard = torch_lock();
+        let genome = presets::preset("resnet_small").unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        build(&vs.root(), &genome).unwrap();
+        let vars = vs.variables();
+        assert_eq!(vars["b0.weight"].size(), vec![32, 1, 3, 3]);
+        assert_eq!(vars["b1.running_var"].size(), vec![32]);
+        assert_eq!(vars["b3.r0.weight"].size(), vec![32, 32, 3, 3]);
+        assert_eq!(vars["b3.r4.running_mean"].size(), vec![32]);
+        assert_eq!(vars["head.weight"].size(), vec![10, 64]);
+        assert_eq!(vars["head.bias"].size(), vec![10]);
+    }
+
+    #[test]
+    fn every_block_kind_runs_on_maps_and_vectors() {
+        let _guard = torch_lock();
+        let genome = Genome {
+            input: InputShape {
+                channels: 3,
+                height: 9,
+                width: 9,
+            },
+            num_classes: 4,
+            blocks: vec![
+                Block::Conv {
+                    out_channels: 5,
+                    kernel: 5,
+                    stride: 2,
+                },
+                Block::Activation {
+                    kind: Activation::Gelu,
+                },
+                Block::Pool {
+                    kind: PoolKind::Avg,
+                    size: 2,
+                },
+                Block::Residual {
+                    body: vec![
+                        Block::BatchNorm,
+                        Block::Activation {
+                            kind: Activation::Silu,
+                        },
+                    ],
+                },
+                Block::Dense { units: 6 },
+                Block::BatchNorm,
+                Block::Activation {
+                    kind: Activation::Tanh,
+                },
+                Block::Residual {
+                    body: vec![Block::Dense { units: 6 }, Block::Dropout { rate: 0.5 }],
+                },
+            ],
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = build(&vs.root(), &genome).unwrap();
+        assert_eq!(trainable_params(&vs), genome.analyze().unwrap().params);
+        let xs = Tensor::randn([2, 3, 9, 9], (Kind::Float, Device::Cpu));
+        assert_eq!(net.f_forward_t(&xs, true).unwrap().size(), vec![2, 4]);
+        // dropout is off in eval mode: two evaluations agree
+        let a = net.f_forward_t(&xs, false).unwrap();
+        let b = net.f_forward_t(&xs, false).unwrap();
+        assert!(a.equal(&b));
+    }
+
+    #[test]
+    fn global_avg_pool_averages_each_channel() {
+        let _guard = torch_lock();
+        let genome = Genome {
+            input: InputShape {
+                channels: 2,
+                height: 2,
+                width: 2,
+            },
+            num_classes: 2,
+            blocks: vec![Block::GlobalAvgPool],
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = build(&vs.root(), &genome).unwrap();
+        let mut vars = vs.variables();
+        tch::no_grad(|| {
+            let eye = Tensor::from_slice(&[1f32, 0., 0., 1.]).view([2, 2]);
+            vars.get_mut("head.weight").unwrap().copy_(&eye);
+            let _ = vars.get_mut("head.bias").unwrap().zero_();
+        });
+        let xs = Tensor::from_slice(&[1f32, 2., 3., 4., 10., 10., 10., 30.]).view([1, 2, 2, 2]);
+        let out = Vec::<f32>::try_from(net.forward_t(&xs, false).view([-1])).unwrap();
+        assert_eq!(out, vec![2.5, 15.0]);
+    }
+
+    #[test]
+    fn invalid_genomes_are_refused_with_their_path() {
+        let _guard = torch_lock();
+        let mut genome = presets::preset("mlp").unwrap();
+        genome.blocks.push(Block::Conv {
+            out_channels: 4,
+            kernel: 3,
+            stride: 1,
+        });
+        let vs = nn::VarStore::new(Device::Cpu);
+        let err = build(&vs.root(), &genome).unwrap_err().to_string();
+        assert!(err.contains("blocks[5]"), "{err}");
+    }
+}

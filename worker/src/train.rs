@@ -1,0 +1,418 @@
+//! Training and scoring one trial: a genome with hyperparameters on a data split.
+//!
+//! Optimisers: `sgd` is SGD with Nesterov momentum 0.9 and L2 weight decay, `adam` is Adam with
+//! L2 weight decay folded into the gradient, `adam_w` is AdamW with decoupled weight decay (all
+//! with β = (0.9, 0.999)). The learning rate is set before every step by [`learning_rate`]. The
+//! loss is cross-entropy; batches are drawn from a per-epoch permutation of the training split
+//! seeded by the trial's seed.
+
+use std::collections::HashMap;
+use std::f64::consts::PI;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use explore_common::genome::Genome;
+use explore_common::hparams::{HyperParams, Optimizer, Schedule};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Reduction, TchError, Tensor};
+use tracing::debug;
+
+use crate::data::SplitData;
+use crate::error::WorkerError;
+use crate::model::{self, GenomeNet};
+
+/// Examples per forward pass when evaluating on a GPU.
+const EVAL_BATCH_GPU: i64 = 1000;
+/// Examples per forward pass when evaluating on the CPU: larger batches make the allocator hand
+/// big activation buffers back to the kernel after every batch, which costs more than it saves.
+const EVAL_BATCH_CPU: i64 = 250;
+/// Steps between checks of the running loss for NaN (each check synchronises a GPU).
+const NAN_CHECK_EVERY: usize = 50;
+
+/// What to train.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialPlan {
+    pub genome: Genome,
+    pub hparams: HyperParams,
+    /// Seeds the weight initialisation, dropout and the batch order.
+    pub seed: u64,
+}
+
+/// Progress after one epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochReport {
+    /// Epochs finished so far, 1-based.
+    pub epoch: u32,
+    /// Epochs the trial is planned to run.
+    pub total_epochs: u32,
+    /// Mean training loss over the epoch's examples (in training mode).
+    pub train_loss: f64,
+    /// Accuracy on the validation split after the epoch.
+    pub val_accuracy: f64,
+}
+
+/// What the epoch callback wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Keep training.
+    Continue,
+    /// Stop now; the trial is still scored and checkpointed.
+    Stop,
+}
+
+/// Result of a trained trial.
+#[derive(Clone, PartialEq)]
+pub struct TrialOutcome {
+    /// Accuracy on the validation split: the selection score.
+    pub val_accuracy: f64,
+    /// Accuracy on the test split: reported only, never used for selection.
+    pub test_accuracy: f64,
+    /// Mean training loss of the last epoch run.
+    pub train_loss: f64,
+    /// Epochs actually run.
+    pub epochs_run: u32,
+    /// Wall time of the training loop, per-epoch validation included (test scoring and
+    /// checkpointing excluded).
+    pub train_seconds: f64,
+    /// Whether training ended before its planned epochs because the callback said stop.
+    pub stopped: bool,
+    /// Trainable parameters.
+    pub params: u64,
+    /// The var store in safetensors format (see [`crate::model`] for the names).
+    pub checkpoint: Vec<u8>,
+}
+
+impl std::fmt::Debug for TrialOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrialOutcome")
+            .field("val_accuracy", &self.val_accuracy)
+            .field("test_accuracy", &self.test_accuracy)
+            .field("train_loss", &self.train_loss)
+            .field("epochs_run", &self.epochs_run)
+            .field("train_seconds", &self.train_seconds)
+            .field("stopped", &self.stopped)
+            .field("params", &self.params)
+            .field(
+                "checkpoint",
+                &format_args!("<{} bytes>", self.checkpoint.len()),
+            )
+            .finish()
+    }
+}
+
+/// Trains one trial; blocking, so call it from a dedicated thread. Seeds torch with
+/// `plan.seed` (`tch::manual_seed` is process-wide: run one trial per process at a time when
+/// results must be reproducible) and shuffles batches with a generator seeded by it. Calls
+/// `on_epoch` after every epoch; [`Control::Stop`] ends training early and the model is still
+/// scored. Evaluation runs in eval mode without gradients, in batches (1000 on a GPU, 250 on
+/// the CPU).
+pub fn train_trial(
+    plan: &TrialPlan,
+    data: &SplitData,
+    device: Device,
+    on_epoch: &mut dyn FnMut(&EpochReport) -> Control,
+) -> Result<TrialOutcome, WorkerError> {
+    let hp = &plan.hparams;
+    hp.validate()
+        .map_err(|e| WorkerError::HyperParams(e.to_string()))?;
+    check_fits(&plan.genome, data)?;
+    let n_train = data.train_len();
+    if n_train < 2 {
+        return Err(WorkerError::Split(format!(
+            "the training split has {n_train} example(s), training needs at least 2"
+        )));
+    }
+    let batches = batch_ranges(n_train, hp.batch_size as usize);
+    let steps_per_epoch = batches.len();
+    let total_steps = steps_per_epoch * hp.epochs as usize;
+
+    tch::manual_seed(plan.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let net = model::build(&vs.root(), &plan.genome)?;
+    let params = model::trainable_params(&vs);
+    let mut opt = optimizer(hp, &vs)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
+    rng.set_stream(1);
+    let [train_x, train_y, val_x, val_y, test_x, test_y] = on_device(data, device)?;
+    debug!(
+        params,
+        steps_per_epoch,
+        epochs = hp.epochs,
+        "training started"
+    );
+
+    let started = Instant::now();
+    let mut order: Vec<i64> = (0..n_train as i64).collect();
+    let mut last = EpochReport {
+        epoch: 0,
+        total_epochs: hp.epochs,
+        train_loss: f64::NAN,
+        val_accuracy: 0.0,
+    };
+    let mut stopped = false;
+    for epoch in 1..=hp.epochs {
+        order.shuffle(&mut rng);
+        let perm = Tensor::f_from_slice(&order)?.f_to_device(device)?;
+        let mut loss_sum = Tensor::f_zeros([], (Kind::Float, device))?;
+        let mut seen = 0i64;
+        for (b, &(start, len)) in batches.iter().enumerate() {
+            let step = (epoch as usize - 1) * steps_per_epoch + b;
+            opt.set_lr(learning_rate(
+                hp.schedule,
+                hp.learning_rate,
+                step,
+                total_steps,
+            ));
+            let idx = perm.f_narrow(0, start, len)?;
+            let xs = train_x.f_index_select(0, &idx)?;
+            let ys = train_y.f_index_select(0, &idx)?;
+            let logits = net.f_forward_t(&xs, true)?;
+            let loss =
+                logits.f_cross_entropy_loss::<Tensor>(&ys, None, Reduction::Mean, -100, 0.0)?;
+            opt.zero_grad();
+            loss.f_backward()?;
+            opt.step();
+            loss_sum = loss_sum.f_add(&loss.f_detach()?.f_mul_scalar(len)?)?;
+            seen += len;
+            if (b + 1) % NAN_CHECK_EVERY == 0 {
+                let running = f64::try_from(&loss_sum)?;
+                if !running.is_finite() {
+                    return Err(WorkerError::Diverged {
+                        epoch,
+                        loss: running,
+                    });
+                }
+            }
+        }
+        let train_loss = f64::try_from(&loss_sum)? / seen as f64;
+        if !train_loss.is_finite() {
+            return Err(WorkerError::Diverged {
+                epoch,
+                loss: train_loss,
+            });
+        }
+        let val_accuracy = accuracy(&net, &val_x, &val_y)?;
+        last = EpochReport {
+            epoch,
+            total_epochs: hp.epochs,
+            train_loss,
+            val_accuracy,
+        };
+        debug!(epoch, train_loss, val_accuracy, "epoch finished");
+        if on_epoch(&last) == Control::Stop && epoch < hp.epochs {
+            stopped = true;
+            break;
+        }
+    }
+    let train_seconds = started.elapsed().as_secs_f64();
+    let test_accuracy = accuracy(&net, &test_x, &test_y)?;
+    Ok(TrialOutcome {
+        val_accuracy: last.val_accuracy,
+        test_accuracy,
+        train_loss: last.train_loss,
+        epochs_run: last.epoch,
+        train_seconds,
+        stopped,
+        params,
+        checkpoint: checkpoint_bytes(&vs)?,
+    })
+}
+
+/// Loads a genome's weights from a safetensors checkpoint and scores it on a split: returns
+/// `(val_accuracy, test_accuracy)`.
+pub fn evaluate_checkpoint(
+    genome: &Genome,
+    checkpoint: &Path,
+    data: &SplitData,
+    device: Device,
+) -> Result<(f64, f64), WorkerError> {
+    check_fits(genome, data)?;
+    let mut vs = nn::VarStore::new(device);
+    let net = model::build(&vs.root(), genome)?;
+    load_checkpoint(&mut vs, checkpoint)?;
+    let [_, _, val_x, val_y, test_x, test_y] = on_device(data, device)?;
+    let val = accuracy(&net, &val_x, &val_y)?;
+    let test = accuracy(&net, &test_x, &test_y)?;
+    Ok((val, test))
+}
+
+/// Loads every variable of `vs` from a safetensors file; fails, naming the variable, when one
+/// is missing or has another shape. Extra tensors in the file are ignored.
+pub fn load_checkpoint(vs: &mut nn::VarStore, path: &Path) -> Result<(), WorkerError> {
+    let fail = |reason: String| WorkerError::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(fail("file does not exist".into()));
+    }
+    let stored: HashMap<String, Vec<i64>> = Tensor::read_safetensors(path)
+        .map_err(|e| fail(format!("not a readable safetensors file: {e}")))?
+        .into_iter()
+        .map(|(name, t)| (name, t.size()))
+        .collect();
+    let mut wanted: Vec<(String, Vec<i64>)> = vs
+        .variables()
+        .into_iter()
+        .map(|(name, t)| (name, t.size()))
+        .collect();
+    wanted.sort();
+    for (name, size) in &wanted {
+        match stored.get(name) {
+            None => return Err(fail(format!("has no tensor {name} that the genome needs"))),
+            Some(s) if s != size => {
+                return Err(fail(format!(
+                    "tensor {name} has shape {s:?}, the genome needs {size:?}"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    vs.load(path).map_err(|e| fail(e.to_string()))
+}
+
+/// Fraction of examples whose arg-max logit is the label; eval mode, no gradients, batched.
+/// Accuracies computed on the same device with the same weights are identical.
+pub fn accuracy(net: &GenomeNet, xs: &Tensor, ys: &Tensor) -> Result<f64, WorkerError> {
+    let n = xs.size()[0];
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let batch = match xs.device() {
+        Device::Cpu => EVAL_BATCH_CPU,
+        _ => EVAL_BATCH_GPU,
+    };
+    let correct = tch::no_grad(|| -> Result<i64, TchError> {
+        let mut correct = Tensor::f_zeros([], (Kind::Int64, xs.device()))?;
+        let mut start = 0;
+        while start < n {
+            let len = batch.min(n - start);
+            let logits = net.f_forward_t(&xs.f_narrow(0, start, len)?, false)?;
+            let hits = logits
+                .f_argmax(-1, false)?
+                .f_eq_tensor(&ys.f_narrow(0, start, len)?)?;
+            correct = correct.f_add(&hits.f_sum(Kind::Int64)?)?;
+            start += len;
+        }
+        i64::try_from(&correct)
+    })?;
+    Ok(correct as f64 / n as f64)
+}
+
+/// The learning rate of step `step` (0-based) out of `total_steps`: constant; cosine from
+/// `base` to 0; or one-cycle, rising linearly from `base / 10` to `base` over the first 10% of
+/// steps and then falling linearly to 0 at `total_steps`.
+pub fn learning_rate(schedule: Schedule, base: f64, step: usize, total_steps: usize) -> f64 {
+    let total = total_steps.max(1) as f64;
+    let t = step as f64;
+    match schedule {
+        Schedule::Constant => base,
+        Schedule::Cosine => base * 0.5 * (1.0 + (PI * t / total).cos()),
+        Schedule::OneCycle => {
+            let warm = (0.1 * total).round().max(1.0);
+            if t < warm {
+                base / 10.0 + (base - base / 10.0) * t / warm
+            } else {
+                base * ((total - t) / (total - warm).max(1.0)).max(0.0)
+            }
+        }
+    }
+}
+
+/// `(start, len)` of each batch of an epoch. A final batch of one example is dropped (unless
+/// the batch size is 1): batch-norm cannot train on it.
+fn batch_ranges(n: usize, batch_size: usize) -> Vec<(i64, i64)> {
+    let batch = batch_size.clamp(1, n.max(1));
+    let mut out: Vec<(i64, i64)> = (0..n)
+        .step_by(batch)
+        .map(|s| (s as i64, batch.min(n - s) as i64))
+        .collect();
+    if batch > 1 && out.len() > 1 && out.last().is_some_and(|&(_, len)| len == 1) {
+        out.pop();
+    }
+    out
+}
+
+fn optimizer(hp: &HyperParams, vs: &nn::VarStore) -> Result<nn::Optimizer, WorkerError> {
+    let wd = hp.weight_decay;
+    let lr = hp.learning_rate;
+    Ok(match hp.optimizer {
+        Optimizer::Sgd => nn::sgd(0.9, 0.0, wd, true).build(vs, lr)?,
+        Optimizer::Adam => nn::adam(0.9, 0.999, wd).build(vs, lr)?,
+        Optimizer::AdamW => nn::adamw(0.9, 0.999, wd).build(vs, lr)?,
+    })
+}
+
+/// Checks that the genome takes the split's images and has a logit for every label.
+fn check_fits(genome: &Genome, data: &SplitData) -> Result<(), WorkerError> {
+    genome.validate()?;
+    let size = data.train_x.size();
+    let input = genome.input;
+    let want = [
+        input.channels as i64,
+        input.height as i64,
+        input.width as i64,
+    ];
+    if size.len() != 4 || size[1..] != want {
+        return Err(WorkerError::Genome(format!(
+            "the genome takes {}x{}x{} images but the data has {:?}",
+            input.channels,
+            input.height,
+            input.width,
+            size.get(1..).unwrap_or(&[])
+        )));
+    }
+    if data.num_classes > genome.num_classes {
+        return Err(WorkerError::Genome(format!(
+            "the genome has {} classes but the data has {}",
+            genome.num_classes, data.num_classes
+        )));
+    }
+    Ok(())
+}
+
+/// The split's tensors on `device` (shallow copies when they are already there), in the order
+/// train x/y, validation x/y, test x/y.
+fn on_device(data: &SplitData, device: Device) -> Result<[Tensor; 6], WorkerError> {
+    let move_ = |t: &Tensor| t.f_to_device(device);
+    Ok([
+        move_(&data.train_x)?,
+        move_(&data.train_y)?,
+        move_(&data.val_x)?,
+        move_(&data.val_y)?,
+        move_(&data.test_x)?,
+        move_(&data.test_y)?,
+    ])
+}
+
+/// Serialises a var store to safetensors bytes through a temporary file.
+fn checkpoint_bytes(vs: &nn::VarStore) -> Result<Vec<u8>, WorkerError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "explore-worker-{}-{}.safetensors",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _cleanup = RemoveOnDrop(path.clone());
+    vs.save(&path).map_err(|e| WorkerError::Checkpoint {
+        path: path.clone(),
+        reason: format!("cannot write: {e}"),
+    })?;
+    std::fs::read(&path).map_err(|e| WorkerError::io(&path, e))
+}
+
+/// Deletes a file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests;

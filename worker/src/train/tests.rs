@@ -1,0 +1,261 @@
+use explore_common::genome::{Activation, Block, InputShape};
+
+use super::*;
+use crate::testing::torch_lock as lock;
+
+/// `n` 1×4×4 images of 3 classes: class k has a bright row k, plus noise.
+fn examples(n: i64, seed: i64) -> (Tensor, Tensor) {
+    tch::manual_seed(seed);
+    let ys = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(3);
+    let rows = ys
+        .one_hot(4)
+        .to_kind(Kind::Float)
+        .view([n, 1, 4, 1])
+        .expand([n, 1, 4, 4], false);
+    let xs = rows * 2.0 + Tensor::randn([n, 1, 4, 4], (Kind::Float, Device::Cpu)) * 0.3;
+    (xs, ys)
+}
+
+fn split() -> SplitData {
+    let (train_x, train_y) = examples(300, 1);
+    let (val_x, val_y) = examples(60, 2);
+    let (test_x, test_y) = examples(90, 3);
+    SplitData {
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+        test_x,
+        test_y,
+        num_classes: 3,
+    }
+}
+
+fn genome() -> Genome {
+    Genome {
+        input: InputShape {
+            channels: 1,
+            height: 4,
+            width: 4,
+        },
+        num_classes: 3,
+        blocks: vec![
+            Block::Conv {
+                out_channels: 4,
+                kernel: 3,
+                stride: 1,
+            },
+            Block::BatchNorm,
+            Block::Activation {
+                kind: Activation::Relu,
+            },
+            Block::Dropout { rate: 0.1 },
+            Block::Dense { units: 16 },
+            Block::Activation {
+                kind: Activation::Relu,
+            },
+        ],
+    }
+}
+
+fn plan(optimizer: Optimizer, schedule: Schedule) -> TrialPlan {
+    TrialPlan {
+        genome: genome(),
+        hparams: HyperParams {
+            optimizer,
+            learning_rate: if optimizer == Optimizer::Sgd {
+                0.05
+            } else {
+                0.01
+            },
+            schedule,
+            batch_size: 32,
+            weight_decay: 1e-4,
+            epochs: 4,
+        },
+        seed: 5,
+    }
+}
+
+#[test]
+fn every_optimiser_and_schedule_learns_an_easy_task() {
+    let _guard = lock();
+    let data = split();
+    for (optimizer, schedule) in [
+        (Optimizer::Sgd, Schedule::Cosine),
+        (Optimizer::Adam, Schedule::Constant),
+        (Optimizer::AdamW, Schedule::OneCycle),
+    ] {
+        let mut reports = Vec::new();
+        let out = train_trial(&plan(optimizer, schedule), &data, Device::Cpu, &mut |r| {
+            reports.push(r.clone());
+            Control::Continue
+        })
+        .unwrap();
+        assert_eq!(reports.len(), 4);
+        assert_eq!(reports[3].epoch, 4);
+        assert_eq!(reports[3].total_epochs, 4);
+        assert_eq!(out.epochs_run, 4);
+        assert!(!out.stopped);
+        assert_eq!(out.val_accuracy, reports[3].val_accuracy);
+        assert!(out.val_accuracy > 0.9, "{optimizer:?}: {out:?}");
+        assert!(out.test_accuracy > 0.9, "{optimizer:?}: {out:?}");
+        assert!(reports[3].train_loss < reports[0].train_loss, "{reports:?}");
+        assert_eq!(out.params, genome().analyze().unwrap().params);
+    }
+}
+
+#[test]
+fn stop_ends_training_early_and_still_scores() {
+    let _guard = lock();
+    let out = train_trial(
+        &plan(Optimizer::AdamW, Schedule::OneCycle),
+        &split(),
+        Device::Cpu,
+        &mut |r| {
+            if r.epoch == 2 {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        },
+    )
+    .unwrap();
+    assert!(out.stopped);
+    assert_eq!(out.epochs_run, 2);
+    assert!(out.test_accuracy > 0.0 && !out.checkpoint.is_empty());
+}
+
+#[test]
+fn the_same_seed_gives_the_same_model_and_the_checkpoint_scores_the_same() {
+    let _guard = lock();
+    let data = split();
+    let p = plan(Optimizer::Adam, Schedule::Cosine);
+    let a = train_trial(&p, &data, Device::Cpu, &mut |_| Control::Continue).unwrap();
+    let b = train_trial(&p, &data, Device::Cpu, &mut |_| Control::Continue).unwrap();
+    assert_eq!(a.checkpoint, b.checkpoint);
+    assert_eq!(a.val_accuracy, b.val_accuracy);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, &a.checkpoint).unwrap();
+    let (val, test) = evaluate_checkpoint(&p.genome, &path, &data, Device::Cpu).unwrap();
+    assert_eq!((val, test), (a.val_accuracy, a.test_accuracy));
+}
+
+#[test]
+fn a_checkpoint_of_another_genome_is_refused_by_name() {
+    let _guard = lock();
+    let data = split();
+    let out = train_trial(
+        &plan(Optimizer::Sgd, Schedule::Constant),
+        &data,
+        Device::Cpu,
+        &mut |_| Control::Continue,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, &out.checkpoint).unwrap();
+    let mut other = genome();
+    other.blocks[0] = Block::Conv {
+        out_channels: 8,
+        kernel: 3,
+        stride: 1,
+    };
+    let err = evaluate_checkpoint(&other, &path, &data, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tensor b0.bias has shape [4], the genome needs [8]"),
+        "{err}"
+    );
+    let err = evaluate_checkpoint(&genome_with_extra(), &path, &data, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("has no tensor b6.bias"), "{err}");
+    let missing = dir.path().join("nope.safetensors");
+    let err = evaluate_checkpoint(&genome(), &missing, &data, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nope.safetensors") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+fn genome_with_extra() -> Genome {
+    let mut g = genome();
+    g.blocks.push(Block::Dense { units: 8 });
+    g
+}
+
+#[test]
+fn a_nan_loss_is_reported_as_divergence() {
+    let _guard = lock();
+    let data = split();
+    let _ = data.train_x.get(0).fill_(f64::NAN);
+    let err = train_trial(
+        &plan(Optimizer::Adam, Schedule::Constant),
+        &data,
+        Device::Cpu,
+        &mut |_| Control::Continue,
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "training diverged: loss is NaN at epoch 1");
+}
+
+#[test]
+fn a_genome_that_does_not_fit_the_data_is_refused() {
+    let _guard = lock();
+    let data = split();
+    let mut p = plan(Optimizer::Adam, Schedule::Constant);
+    p.genome.input.height = 5;
+    let err = train_trial(&p, &data, Device::Cpu, &mut |_| Control::Continue)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1x5x4") && err.contains("[1, 4, 4]"), "{err}");
+    let mut p = plan(Optimizer::Adam, Schedule::Constant);
+    p.genome.num_classes = 2;
+    let err = train_trial(&p, &data, Device::Cpu, &mut |_| Control::Continue)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2 classes but the data has 3"), "{err}");
+    let mut p = plan(Optimizer::Adam, Schedule::Constant);
+    p.hparams.batch_size = 0;
+    let err = train_trial(&p, &data, Device::Cpu, &mut |_| Control::Continue)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("batch_size"), "{err}");
+}
+
+#[test]
+fn schedules_have_the_documented_shape() {
+    let lr = |s, step| learning_rate(s, 1.0, step, 100);
+    assert_eq!(lr(Schedule::Constant, 0), 1.0);
+    assert_eq!(lr(Schedule::Constant, 99), 1.0);
+    assert_eq!(lr(Schedule::Cosine, 0), 1.0);
+    assert!((lr(Schedule::Cosine, 50) - 0.5).abs() < 1e-12);
+    assert!(lr(Schedule::Cosine, 99) < 1e-3);
+    assert!((lr(Schedule::OneCycle, 0) - 0.1).abs() < 1e-12);
+    assert!((lr(Schedule::OneCycle, 5) - 0.55).abs() < 1e-12);
+    assert_eq!(lr(Schedule::OneCycle, 10), 1.0);
+    assert!((lr(Schedule::OneCycle, 55) - 0.5).abs() < 1e-12);
+    assert!(lr(Schedule::OneCycle, 99) <= 0.0112);
+    for s in [Schedule::Cosine, Schedule::OneCycle] {
+        for step in 0..100 {
+            assert!(lr(s, step) > 0.0 && lr(s, step) <= 1.0, "{s:?} {step}");
+        }
+        for step in 10..99 {
+            assert!(lr(s, step + 1) <= lr(s, step), "{s:?} {step}");
+        }
+    }
+}
+
+#[test]
+fn batches_cover_the_epoch_without_a_lone_example() {
+    assert_eq!(batch_ranges(10, 4), vec![(0, 4), (4, 4), (8, 2)]);
+    assert_eq!(batch_ranges(9, 4), vec![(0, 4), (4, 4)]);
+    assert_eq!(batch_ranges(5, 100), vec![(0, 5)]);
+    assert_eq!(batch_ranges(3, 1), vec![(0, 1), (1, 1), (2, 1)]);
+}
