@@ -9,6 +9,11 @@ bash scripts/setup.sh
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
+echo "==> the master must not link libtorch"
+if cargo tree -p explore-master -e normal,build --prefix none | grep -qE '^(tch|torch-sys) '; then
+  echo "explore-master depends on tch/torch-sys" >&2
+  exit 1
+fi
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo build (binaries for the end-to-end tests)"

@@ -30,4 +30,7 @@ pub enum CommonError {
     Io { path: String, reason: String },
     #[error("mutation rejected: {0}")]
     Mutation(String),
+    /// A TLS certificate or key that cannot be used, or a TLS handshake that failed.
+    #[error("{0}")]
+    Tls(String),
 }

@@ -63,6 +63,32 @@ pub enum Block {
     Dense { units: u32 },
 }
 
+impl Block {
+    /// A 3×3, stride-1 convolution.
+    pub fn conv3(out_channels: u32) -> Block {
+        Block::Conv {
+            out_channels,
+            kernel: 3,
+            stride: 1,
+        }
+    }
+
+    /// A ReLU activation.
+    pub fn relu() -> Block {
+        Block::Activation {
+            kind: Activation::Relu,
+        }
+    }
+
+    /// A 2×2 max-pool.
+    pub fn max_pool2() -> Block {
+        Block::Pool {
+            kind: PoolKind::Max,
+            size: 2,
+        }
+    }
+}
+
 /// Shape of an activation flowing through the network (batch dimension omitted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Shape {

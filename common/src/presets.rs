@@ -1,30 +1,23 @@
 //! Named starting architectures for 28×28 single-channel images, usable as `preset = "..."` in a
 //! spec's `[[seeds]]`.
 
-use crate::genome::{Activation, Block, Genome, InputShape, PoolKind};
+use crate::genome::{Block, Genome, InputShape};
 
 /// Every preset name, in the order `presets` lists them.
 pub const NAMES: &[&str] = &["cnn2", "cnn3", "mlp", "resnet_small"];
 
+use Block as B;
+
 fn conv(out_channels: u32) -> Block {
-    Block::Conv {
-        out_channels,
-        kernel: 3,
-        stride: 1,
-    }
+    B::conv3(out_channels)
 }
 
 fn relu() -> Block {
-    Block::Activation {
-        kind: Activation::Relu,
-    }
+    B::relu()
 }
 
 fn max_pool() -> Block {
-    Block::Pool {
-        kind: PoolKind::Max,
-        size: 2,
-    }
+    B::max_pool2()
 }
 
 fn genome(blocks: Vec<Block>) -> Genome {

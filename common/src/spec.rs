@@ -230,6 +230,9 @@ impl ExperimentSpec {
                 format!("must be 1..=100000, got {}", b.max_trials),
             );
         }
+        if b.max_failures == Some(0) {
+            return key("budget.max_failures", "must be at least 1".into());
+        }
         if b.max_wall_seconds == Some(0) {
             return key("budget.max_wall_seconds", "must be positive".into());
         }
@@ -308,7 +311,13 @@ impl ExperimentSpec {
             return key("seeds", "needs at least one seed model".into());
         }
         for (i, seed) in self.seeds.iter().enumerate() {
-            seed.resolve(i, None)?;
+            let resolved = seed.resolve(i, None)?;
+            self.search
+                .check_constraints(&resolved.genome)
+                .map_err(|e| CommonError::SpecKey {
+                    key: format!("seeds[{i}]"),
+                    reason: format!("breaks the search constraints: {e}"),
+                })?;
         }
         Ok(())
     }
@@ -549,6 +558,16 @@ max_trials = 4
         let text = format!("{MINIMAL}[data]\ndataset = \"idx\"\ntrain_images = \"a\"\n");
         let err = ExperimentSpec::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("data.train_labels"), "{err}");
+    }
+
+    #[test]
+    fn seeds_must_meet_the_search_constraints() {
+        let text = format!("{MINIMAL}[search]\nmax_params = 1000\n");
+        let err = ExperimentSpec::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("seeds[0]") && err.contains("max_params"), "{err}");
+        let text = MINIMAL.replace("max_trials = 4", "max_trials = 4\nmax_failures = 0");
+        let err = ExperimentSpec::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("budget.max_failures"), "{err}");
     }
 
     #[test]

@@ -15,13 +15,23 @@ pub struct ArtifactStore {
     max_bytes: u64,
 }
 
-/// An upload in progress: bytes go to a temporary file while the hash is computed.
+/// An upload in progress: bytes go to a temporary file while the hash is computed. Dropping an
+/// unfinished upload (the client went away mid-stream) removes the temporary file.
 pub struct Upload {
     store: ArtifactStore,
     tmp_path: PathBuf,
     file: tokio::fs::File,
     hasher: Sha256,
     size: u64,
+    finished: bool,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> MasterError {
@@ -40,9 +50,14 @@ pub fn is_sha256(sha: &str) -> bool {
 }
 
 impl ArtifactStore {
-    /// Opens (creating) the directory; blobs larger than `max_bytes` are refused.
+    /// Opens (creating) the directory; blobs larger than `max_bytes` are refused. Partial
+    /// uploads left by a crash are removed.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<ArtifactStore, MasterError> {
-        std::fs::create_dir_all(dir.join("tmp")).map_err(|e| io_err(dir, e))?;
+        let tmp = dir.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| io_err(dir, e))?;
         Ok(ArtifactStore {
             dir: dir.to_path_buf(),
             max_bytes,
@@ -76,6 +91,7 @@ impl ArtifactStore {
             file,
             hasher: Sha256::new(),
             size: 0,
+            finished: false,
         })
     }
 
@@ -139,8 +155,9 @@ impl Upload {
     }
 
     /// Drops the partial file.
-    pub async fn abort(self) {
+    pub async fn abort(mut self) {
         let _ = tokio::fs::remove_file(&self.tmp_path).await;
+        self.finished = true;
     }
 }
 
@@ -170,5 +187,20 @@ mod tests {
             Err(MasterError::NotFound(_))
         ));
         assert!(store.path_of("../etc/passwd").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_upload_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path(), 1024).unwrap();
+        let mut up = store.begin_upload().await.unwrap();
+        up.write(b"half a checkpoint").await.unwrap();
+        drop(up);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+        // A crash leaves files behind; reopening clears them.
+        std::fs::write(dir.path().join("tmp").join("x.part"), b"torn").unwrap();
+        ArtifactStore::open(dir.path(), 1024).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -1,21 +1,25 @@
 //! The `master` command line: `serve`, `submit`, `status` and `best`. Client commands talk to a
 //! running master over the admin service.
 
+use std::error::Error as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use explore_common::client::{admin_client, connect, read_token, AuthChannel, BearerToken};
+use explore_common::client::{
+    admin_client, connect_with, read_token, status_text, AuthChannel, BearerToken, TlsOptions,
+};
 use explore_common::proto::admin_service_client::AdminServiceClient;
 use explore_common::proto::{self, ExperimentSummary, TrialRecord};
 use explore_common::spec::{ExperimentSpec, SeedModel};
+use explore_common::CommonError;
 use tokio_stream::StreamExt;
 
 use crate::auth::token_path;
 use crate::scheduler::SchedulerConfig;
-use crate::server::ServeConfig;
+use crate::server::{ServeConfig, TlsConfig};
 
 /// explore master: the history model pool and the simulated-annealing scheduler.
 #[derive(Debug, Parser)]
@@ -59,6 +63,15 @@ pub struct ServeArgs {
     /// Largest checkpoint accepted, in MiB.
     #[arg(long, default_value_t = 1024)]
     pub max_checkpoint_mib: u64,
+    /// Serve over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl TryFrom<&ServeArgs> for ServeConfig {
@@ -80,6 +93,14 @@ impl TryFrom<&ServeArgs> for ServeConfig {
                 max_attempts: a.max_attempts,
             },
             max_checkpoint_bytes: a.max_checkpoint_mib << 20,
+            tls: match (&a.tls_cert, &a.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsConfig {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: a.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
             ..ServeConfig::default()
         })
     }
@@ -97,6 +118,16 @@ pub struct ConnectArgs {
     /// The master's data directory, where the token is found when the master runs locally.
     #[arg(long, env = "EXPLORE_DATA_DIR", default_value = ".explore")]
     pub data_dir: PathBuf,
+    /// CA (PEM) that signed the master's certificate, for an https:// master [default: the
+    /// system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a master that requires one; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ConnectArgs {
@@ -107,9 +138,22 @@ impl ConnectArgs {
             Some(&token_path(&self.data_dir)),
         )?;
         let token = BearerToken::new(&token)?;
-        let channel = connect(&self.master)
-            .await
-            .with_context(|| format!("is `master serve` running at {}?", self.master))?;
+        let tls = TlsOptions {
+            ca: self.tls_ca.clone(),
+            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+        };
+        // Certificate files and the URL are checked first: their errors need no hint that the
+        // master may be down.
+        tls.check(&self.master)?;
+        let channel = match connect_with(&self.master, &tls).await {
+            Ok(channel) => channel,
+            // A tls error already says what is wrong with the certificates or the handshake.
+            Err(e @ CommonError::Tls(_)) => return Err(e.into()),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("is `master serve` running at {}?", self.master)))
+            }
+        };
         Ok(admin_client(channel, &token))
     }
 }
@@ -220,6 +264,7 @@ pub async fn watch(
         .expect("valid template"),
     );
     let mut failures = 0;
+    let mut last_printed = None;
     loop {
         let summary = match client
             .get_experiment(proto::GetExperimentRequest {
@@ -246,10 +291,20 @@ pub async fn watch(
         } else {
             format!("{:.4}", summary.best_score)
         };
-        bar.set_message(format!(
+        let message = format!(
             "best val {best}  running {}  failed {}  T {:.4}",
             summary.trials_running, summary.trials_failed, summary.temperature
-        ));
+        );
+        // Without a terminal (logs, CI) the bar is hidden: print a line whenever a trial ends.
+        let seen = (summary.trials_completed, summary.trials_failed);
+        if bar.is_hidden() && last_printed != Some(seen) {
+            println!(
+                "trials {}/{}  {message}",
+                summary.trials_completed, summary.max_trials
+            );
+            last_printed = Some(seen);
+        }
+        bar.set_message(message);
         if summary.status != "running" {
             bar.finish();
             println!(
@@ -490,6 +545,10 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
 /// Turns a gRPC status into a readable error.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
     match status.code() {
+        // Only transport failures (a refused TLS handshake, a closed connection) have a cause.
+        _ if status.source().is_some() => {
+            anyhow::anyhow!("master unreachable: {}", status_text(&status))
+        }
         tonic::Code::Unavailable => anyhow::anyhow!("master unreachable: {}", status.message()),
         tonic::Code::Unauthenticated => anyhow::anyhow!(
             "{} (is the token from this master's data directory?)",

@@ -538,15 +538,31 @@ impl Scheduler {
 
     // ---- periodic maintenance -------------------------------------------------------------------
 
+    /// Called once at start-up: the master's own downtime must not cost workers their leases,
+    /// so every held trial gets a fresh lease period to be heartbeated or completed.
+    pub async fn resume(&self) -> Result<(), MasterError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.store.begin().await?;
+        let deadline = now_ms() + self.config.lease.as_millis() as i64;
+        let held = store::extend_held_leases(&mut tx, deadline).await?;
+        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        if held > 0 {
+            info!(held, "resumed: trials in flight keep their leases for one more period");
+        }
+        Ok(())
+    }
+
     /// Reclaims expired leases and applies budgets; called every second by the server.
     pub async fn tick(&self) -> Result<(), MasterError> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
         let now = now_ms();
+        let mut changed = false;
         for trial in store::expired_leases(&mut tx, now).await? {
+            changed = true;
             let worker = trial.worker_id.clone().unwrap_or_default();
             if trial.attempt < self.config.max_attempts as i64 {
-                release_trial(
+                let requeued = release_trial(
                     &mut tx,
                     &trial,
                     &format!(
@@ -556,7 +572,8 @@ impl Scheduler {
                     now,
                 )
                 .await?;
-                warn!(trial_id = %trial.id, attempt = trial.attempt, worker_id = %worker, "lease expired, trial requeued");
+                let outcome = if requeued { "requeued" } else { "cancelled" };
+                warn!(trial_id = %trial.id, attempt = trial.attempt, worker_id = %worker, outcome, "lease expired");
             } else {
                 let reason = format!("lease expired {} times", trial.attempt);
                 store::end_trial(&mut tx, &trial.id, TrialStatus::Failed, &reason, now).await?;
@@ -564,23 +581,26 @@ impl Scheduler {
             }
         }
         for row in store::running_experiments(&mut tx).await? {
-            self.refill_experiment(&mut tx, &row, now).await?;
+            changed |= self.refill_experiment(&mut tx, &row, now).await?;
         }
         tx.commit().await.map_err(store::convert_sqlx_err)?;
-        self.work_available.notify_waiters();
+        // Wake long-polls only when there may be something new for them.
+        if changed {
+            self.work_available.notify_waiters();
+        }
         Ok(())
     }
 
     /// Ends the experiment if its budget is spent, else keeps a trial queued for every connected
-    /// worker slot (never more than the budget allows).
+    /// worker slot (never more than the budget allows). Returns whether anything changed.
     async fn refill_experiment(
         &self,
         conn: &mut SqliteConnection,
         row: &ExperimentRow,
         now: i64,
-    ) -> Result<(), MasterError> {
+    ) -> Result<bool, MasterError> {
         if row.status != ExperimentStatus::Running.as_str() {
-            return Ok(());
+            return Ok(false);
         }
         let spec = parse_spec(row)?;
         let budget = &spec.budget;
@@ -596,7 +616,7 @@ impl Scheduler {
             )
             .await?;
             info!(experiment_id = %row.id, trials = counts.completed, "experiment completed");
-            return Ok(());
+            return Ok(true);
         }
         let max_failures = budget.max_failures.unwrap_or(budget.max_trials);
         if counts.failed >= max_failures {
@@ -604,11 +624,12 @@ impl Scheduler {
             let reason = format!("{} trials failed (limit {max_failures})", counts.failed);
             store::finish_experiment(conn, &row.id, ExperimentStatus::Failed, &reason, now).await?;
             warn!(experiment_id = %row.id, reason = %reason, "experiment failed");
-            return Ok(());
+            return Ok(true);
         }
         if let Some(max_wall) = budget.max_wall_seconds {
             if now - row.created_at_ms >= (max_wall as i64) * 1000 {
-                store::cancel_queued(conn, &row.id, "wall-time budget reached", now).await?;
+                let cancelled =
+                    store::cancel_queued(conn, &row.id, "wall-time budget reached", now).await?;
                 if counts.in_flight() == 0 {
                     store::finish_experiment(
                         conn,
@@ -619,15 +640,20 @@ impl Scheduler {
                     )
                     .await?;
                     info!(experiment_id = %row.id, trials = counts.completed, "experiment completed (wall time)");
+                    return Ok(true);
                 }
-                return Ok(());
+                return Ok(cancelled > 0);
             }
         }
         let since = now - 2 * self.config.lease.as_millis() as i64;
         let target_queued = store::connected_slots(conn, since).await?.max(1);
+        let mut changed = false;
         while counts.queued < target_queued && counts.budgeted() < budget.max_trials {
             match self.propose(conn, row, &spec, counts, now).await {
-                Ok(()) => counts.queued += 1,
+                Ok(()) => {
+                    counts.queued += 1;
+                    changed = true;
+                }
                 Err(e) => {
                     warn!(experiment_id = %row.id, error = %e, "no proposal this round");
                     // A proposal depends only on the pool; with nothing queued or in flight the
@@ -644,12 +670,13 @@ impl Scheduler {
                         )
                         .await?;
                         info!(experiment_id = %row.id, trials = counts.completed, reason = %reason, "experiment completed");
+                        changed = true;
                     }
                     break;
                 }
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Inserts the next trial: a seed while seeds remain, else an annealing proposal.
@@ -755,12 +782,12 @@ async fn release_trial(
     trial: &TrialRow,
     reason: &str,
     now: i64,
-) -> Result<(), MasterError> {
+) -> Result<bool, MasterError> {
     let running = store::get_experiment(conn, &trial.experiment_id)
         .await?
         .is_some_and(|e| e.status == ExperimentStatus::Running.as_str());
     if running {
-        store::requeue_trial(conn, &trial.id, reason).await
+        store::requeue_trial(conn, &trial.id, reason).await?;
     } else {
         store::end_trial(
             conn,
@@ -769,8 +796,9 @@ async fn release_trial(
             &format!("{reason} after the experiment ended"),
             now,
         )
-        .await
+        .await?;
     }
+    Ok(running)
 }
 
 fn validate_result(result: &TrialResult) -> Result<(), MasterError> {

@@ -1494,6 +1494,29 @@ async fn leases_that_expired_while_the_master_was_down_are_reclaimed() {
     assert_eq!(view(&sched, &id).await.counts.completed, 2);
 }
 
+#[tokio::test]
+async fn a_restarted_master_gives_trials_in_flight_a_fresh_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(SHORT_LEASE, 3);
+    let (id, w, held) = {
+        let sched = open_scheduler(dir.path(), cfg.clone()).await;
+        let w = register(&sched, 1).await;
+        let id = within(sched.submit(spec(2, ""))).await.unwrap();
+        let held = lease(&sched, &w).await;
+        sched.store().close().await;
+        (id, w, held)
+    };
+    // Down for longer than a lease: the worker kept training meanwhile.
+    tokio::time::sleep(SHORT_LEASE * 2).await;
+    let sched = open_scheduler(dir.path(), cfg).await;
+    within(sched.resume()).await.unwrap();
+    within(sched.tick()).await.unwrap();
+    let t = trial(&sched, &held.id).await;
+    assert_eq!((t.status.as_str(), t.attempt), ("leased", 1));
+    assert!(finish(&sched, &w, &held, 0.9).await.accepted);
+    assert_eq!(view(&sched, &id).await.counts.completed, 1);
+}
+
 // ---- invariants under random result orders -----------------------------------------------------
 
 #[derive(Debug, Clone)]

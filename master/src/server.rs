@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use explore_common::client::{error_chain, read_pem_certs, read_pem_key};
 use explore_common::proto::admin_service_server::AdminServiceServer;
 use explore_common::proto::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::artifacts::ArtifactStore;
 use crate::auth::{load_or_create_token, TokenAuth};
@@ -33,7 +35,38 @@ pub struct ServeConfig {
     pub max_checkpoint_bytes: u64,
     /// Largest single gRPC message accepted.
     pub max_message_bytes: usize,
+    /// Serve over TLS with these files; `None` serves plain text.
+    pub tls: Option<TlsConfig>,
 }
+
+/// The master's TLS files (PEM). With `client_ca`, every client must present a certificate
+/// signed by it (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The master's certificate chain.
+    pub cert: PathBuf,
+    /// The private key of `cert`.
+    pub key: PathBuf,
+    /// CA whose client certificates are accepted; when set, clients without one are refused.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Reads the files into a tonic server TLS config; errors name the file.
+    pub fn load(&self) -> Result<ServerTlsConfig, MasterError> {
+        let identity = Identity::from_pem(read_pem_certs(&self.cert)?, read_pem_key(&self.key)?);
+        let mut config = ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read_pem_certs(ca)?));
+        }
+        Ok(config)
+    }
+}
+
+/// How long the master waits for a client's TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -43,6 +76,7 @@ impl Default for ServeConfig {
             scheduler: SchedulerConfig::default(),
             max_checkpoint_bytes: 1 << 30,
             max_message_bytes: 4 << 20,
+            tls: None,
         }
     }
 }
@@ -91,6 +125,18 @@ impl MasterHandle {
 
 /// Starts a master and returns once it accepts connections.
 pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
+    // Bad TLS files fail start-up before anything is opened.
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = &config.tls {
+        builder = builder.tls_config(files.load()?).map_err(|e| {
+            MasterError::InvalidArgument(format!(
+                "tls certificate {} and key {} do not work together: {}",
+                files.cert.display(),
+                files.key.display(),
+                error_chain(&e)
+            ))
+        })?;
+    }
     let store = Store::open(&config.data_dir).await?;
     let artifacts = ArtifactStore::open(
         &config.data_dir.join("artifacts"),
@@ -102,7 +148,9 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
         artifacts,
         config.scheduler.clone(),
     ));
-    // Reclaim leases that expired while the master was down before serving anyone.
+    // Trials in flight when the master stopped get one lease period for their workers to
+    // report; then budgets are applied before anyone is served.
+    scheduler.resume().await?;
     scheduler.tick().await?;
 
     let listener = TcpListener::bind(config.listen)
@@ -128,7 +176,7 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(InterceptedService::new(worker, move |r| {
                 worker_auth.check(r)
             }))
@@ -147,7 +195,13 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
             }
         }
     });
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "master listening");
+    tracing::info!(
+        %addr,
+        data_dir = %config.data_dir.display(),
+        tls = config.tls.is_some(),
+        client_certs = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        "master listening"
+    );
     Ok(MasterHandle {
         addr,
         token,
@@ -157,4 +211,20 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
         ticker,
         store,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_certificate_file_is_named() {
+        let tls = TlsConfig {
+            cert: PathBuf::from("/nonexistent/master.pem"),
+            key: PathBuf::from("/nonexistent/master.key"),
+            client_ca: None,
+        };
+        let e = tls.load().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/master.pem"), "{e}");
+    }
 }

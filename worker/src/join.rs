@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use explore_common::client::{connect, worker_client, AuthChannel, BearerToken};
+use explore_common::client::{
+    connect_with, status_text, worker_client, AuthChannel, BearerToken, TlsOptions,
+};
 use explore_common::convert::data_spec_from_proto;
 use explore_common::proto::worker_service_client::WorkerServiceClient;
 use explore_common::proto::{self, TrialCommand, PROTOCOL_VERSION};
@@ -33,6 +35,8 @@ use crate::train::{train_trial, Control, EpochReport, TrialOutcome, TrialPlan};
 pub struct JoinConfig {
     /// URL of the master, e.g. `http://127.0.0.1:50051`.
     pub master: String,
+    /// TLS settings for an `https://` master.
+    pub tls: TlsOptions,
     /// The cluster token.
     pub token: String,
     /// A name shown in the master's logs.
@@ -67,7 +71,11 @@ struct Held {
     cancel: Arc<AtomicBool>,
 }
 
-type HeldTrials = Arc<Mutex<HashMap<String, Held>>>;
+/// Held trials by `(trial id, attempt)`: after a lost lease the same trial may come back to this
+/// worker as a new attempt while the old one is still winding down, and the two must not be
+/// confused (a lease-lost answer for the old attempt must not cancel the new one, nor may the
+/// end of the old one stop the new one's heartbeats).
+type HeldTrials = Arc<Mutex<HashMap<(String, u32), Held>>>;
 
 /// Retries `op` with exponential backoff while the master is unreachable.
 async fn with_retry<T, F, Fut>(
@@ -94,10 +102,10 @@ where
                     return Err(WorkerError::Master(format!(
                         "{what}: master unreachable for {:?}: {}",
                         give_up_after,
-                        s.message()
+                        status_text(&s)
                     )));
                 }
-                warn!(what, retry_in_ms = delay.as_millis() as u64, error = %s.message(), "master unreachable, retrying");
+                warn!(what, retry_in_ms = delay.as_millis() as u64, error = %status_text(&s), "master unreachable, retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
@@ -111,10 +119,16 @@ async fn connect_with_retry(
     config: &JoinConfig,
 ) -> Result<WorkerServiceClient<AuthChannel>, WorkerError> {
     let token = BearerToken::new(&config.token).map_err(|e| WorkerError::Master(e.to_string()))?;
+    // A bad URL or a missing certificate file does not get better by waiting: fail now.
+    // Handshake failures are retried like any other (a restarting master resets connections).
+    config
+        .tls
+        .check(&config.master)
+        .map_err(|e| WorkerError::Master(e.to_string()))?;
     let start = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(500);
     loop {
-        match connect(&config.master).await {
+        match connect_with(&config.master, &config.tls).await {
             Ok(channel) => return Ok(worker_client(channel, &token)),
             Err(e) => {
                 if start.elapsed() >= config.give_up_after {
@@ -187,8 +201,9 @@ pub async fn run(
             break Ok(());
         };
         let trial_id = prepared.trial.trial_id.clone();
+        let key = (trial_id.clone(), prepared.trial.attempt);
         if prepared.cancel.load(Ordering::SeqCst) {
-            held.lock().expect("held lock").remove(&trial_id);
+            held.lock().expect("held lock").remove(&key);
             continue;
         }
         match train_and_report(
@@ -205,7 +220,7 @@ pub async fn run(
             Err(WorkerError::Master(m)) => break Err(WorkerError::Master(m)),
             Err(e) => error!(trial_id = %trial_id, error = %e, "trial could not be reported"),
         }
-        held.lock().expect("held lock").remove(&trial_id);
+        held.lock().expect("held lock").remove(&key);
         done += 1;
         if config.max_trials > 0 && done >= config.max_trials {
             info!(done, "trial limit reached");
@@ -286,8 +301,9 @@ async fn generator_loop(
         idle_since = tokio::time::Instant::now();
         let trial_id = trial.trial_id.clone();
         let cancel = Arc::new(AtomicBool::new(false));
+        let key = (trial_id.clone(), trial.attempt);
         held.lock().expect("held lock").insert(
-            trial_id.clone(),
+            key.clone(),
             Held {
                 attempt: trial.attempt,
                 progress: None,
@@ -297,7 +313,7 @@ async fn generator_loop(
         );
         match prepare(&trial, &config, &cache).await {
             Ok((plan, source, dataset, split)) => {
-                if let Some(h) = held.lock().expect("held lock").get_mut(&trial_id) {
+                if let Some(h) = held.lock().expect("held lock").get_mut(&key) {
                     h.total_epochs = plan.hparams.epochs;
                 }
                 info!(trial_id = %trial_id, attempt = trial.attempt, "trial prepared");
@@ -312,7 +328,7 @@ async fn generator_loop(
             }
             Err(e) => {
                 warn!(trial_id = %trial_id, error = %e, "trial cannot be prepared");
-                held.lock().expect("held lock").remove(&trial_id);
+                held.lock().expect("held lock").remove(&key);
                 let _ = client
                     .fail(proto::FailRequest {
                         worker_id: worker_id.clone(),
@@ -425,7 +441,8 @@ async fn train_and_report(
                 val_accuracy = report.val_accuracy,
                 "epoch done"
             );
-            if let Some(h) = forward_held.lock().expect("held lock").get_mut(&forward_id) {
+            let key = (forward_id.clone(), attempt);
+            if let Some(h) = forward_held.lock().expect("held lock").get_mut(&key) {
                 h.progress = Some(report.clone());
             }
             let r = forward_client
@@ -438,7 +455,7 @@ async fn train_and_report(
                 ))
                 .await;
             if let Ok(r) = r {
-                apply_command(&forward_held, &forward_id, r.into_inner());
+                apply_command(&forward_held, &forward_id, attempt, r.into_inner());
             }
         }
     });
@@ -545,12 +562,19 @@ fn heartbeat_request(
     }
 }
 
-/// Acts on the master's answer to a heartbeat: stop or lease-lost cancel the trial.
-fn apply_command(held: &HeldTrials, trial_id: &str, response: proto::HeartbeatResponse) {
+/// Acts on the master's answer to a heartbeat for `attempt` of a trial: stop or lease-lost
+/// cancel that attempt (and no other).
+fn apply_command(
+    held: &HeldTrials,
+    trial_id: &str,
+    attempt: u32,
+    response: proto::HeartbeatResponse,
+) {
     let command = TrialCommand::try_from(response.command).unwrap_or(TrialCommand::Continue);
     if matches!(command, TrialCommand::Stop | TrialCommand::LeaseLost) {
-        warn!(trial_id, command = ?command, reason = %response.reason, "master asked to drop the trial");
-        if let Some(h) = held.lock().expect("held lock").get(trial_id) {
+        warn!(trial_id, attempt, command = ?command, reason = %response.reason, "master asked to drop the trial");
+        let key = (trial_id.to_string(), attempt);
+        if let Some(h) = held.lock().expect("held lock").get(&key) {
             h.cancel.store(true, Ordering::SeqCst);
         }
     }
@@ -570,13 +594,13 @@ async fn heartbeat_loop(
         if *stop.borrow() {
             return;
         }
-        let snapshot: Vec<(String, Held)> = held
+        let snapshot: Vec<((String, u32), Held)> = held
             .lock()
             .expect("held lock")
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for (trial_id, h) in snapshot {
+        for ((trial_id, _), h) in snapshot {
             let request = heartbeat_request(
                 &worker_id,
                 &trial_id,
@@ -585,9 +609,57 @@ async fn heartbeat_loop(
                 h.total_epochs,
             );
             match client.heartbeat(request).await {
-                Ok(r) => apply_command(&held, &trial_id, r.into_inner()),
+                Ok(r) => apply_command(&held, &trial_id, h.attempt, r.into_inner()),
                 Err(s) => warn!(trial_id = %trial_id, error = %s.message(), "heartbeat failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held_attempt(held: &HeldTrials, trial_id: &str, attempt: u32) -> Arc<AtomicBool> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        held.lock().unwrap().insert(
+            (trial_id.to_string(), attempt),
+            Held {
+                attempt,
+                progress: None,
+                total_epochs: 1,
+                cancel: cancel.clone(),
+            },
+        );
+        cancel
+    }
+
+    fn answer(command: TrialCommand) -> proto::HeartbeatResponse {
+        proto::HeartbeatResponse {
+            command: command as i32,
+            reason: "test".into(),
+        }
+    }
+
+    #[test]
+    fn a_lost_lease_cancels_only_its_own_attempt() {
+        // The lease of attempt 1 was lost while the worker was cut off; back online, it acquired
+        // the same trial again as attempt 2 while attempt 1 was still training.
+        let held: HeldTrials = Arc::new(Mutex::new(HashMap::new()));
+        let old = held_attempt(&held, "trial-x", 1);
+        let new = held_attempt(&held, "trial-x", 2);
+        apply_command(&held, "trial-x", 1, answer(TrialCommand::LeaseLost));
+        assert!(old.load(Ordering::SeqCst), "attempt 1 is dropped");
+        assert!(!new.load(Ordering::SeqCst), "attempt 2 keeps training");
+        // Attempt 1 winding down does not take attempt 2 out of the heartbeats.
+        held.lock().unwrap().remove(&("trial-x".to_string(), 1));
+        assert!(held
+            .lock()
+            .unwrap()
+            .contains_key(&("trial-x".to_string(), 2)));
+        apply_command(&held, "trial-x", 2, answer(TrialCommand::Continue));
+        assert!(!new.load(Ordering::SeqCst));
+        apply_command(&held, "trial-x", 2, answer(TrialCommand::Stop));
+        assert!(new.load(Ordering::SeqCst));
     }
 }

@@ -10,7 +10,7 @@ use explore_common::hparams::HyperParams;
 use explore_common::presets;
 use std::time::Duration;
 
-use explore_common::client::read_token;
+use explore_common::client::{read_token, TlsOptions};
 use explore_worker::cli::{DataArgs, RuntimeArgs};
 use explore_worker::data::Dataset;
 use explore_worker::device::describe;
@@ -47,6 +47,16 @@ struct JoinArgs {
     /// File holding the cluster token (default: $EXPLORE_TOKEN)
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// CA (PEM) that signed the master's certificate, for an https:// master [default: the
+    /// system's roots]
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a master that requires one; needs --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Name shown in the master's logs [default: the host name and process id]
     #[arg(long)]
     name: Option<String>,
@@ -128,6 +138,10 @@ fn run_join(args: JoinArgs) -> Result<()> {
     });
     let config = JoinConfig {
         master: args.master,
+        tls: TlsOptions {
+            ca: args.tls_ca,
+            identity: args.tls_cert.zip(args.tls_key),
+        },
         token,
         name,
         device,

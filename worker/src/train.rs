@@ -1,7 +1,7 @@
 //! Training and scoring one trial: a genome with hyperparameters on a data split.
 //!
 //! Optimisers: `sgd` is SGD with Nesterov momentum 0.9 and L2 weight decay, `adam` is Adam with
-//! L2 weight decay folded into the gradient, `adam_w` is AdamW with decoupled weight decay (all
+//! L2 weight decay folded into the gradient, `adamw` is AdamW with decoupled weight decay (all
 //! with β = (0.9, 0.999)). The learning rate is set before every step by [`learning_rate`]. The
 //! loss is cross-entropy; batches are drawn from a per-epoch permutation of the training split
 //! seeded by the trial's seed.

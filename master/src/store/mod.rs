@@ -490,6 +490,20 @@ pub async fn expired_leases(
     .map_err(convert_sqlx_err)
 }
 
+/// Gives every held trial at least until `deadline_ms`: after a master restart, workers get a
+/// full lease period to reconnect before their trials are taken back.
+pub async fn extend_held_leases(conn: &mut SqliteConnection, deadline_ms: i64) -> Result<u64, MasterError> {
+    let r = sqlx::query(
+        "UPDATE trials SET lease_deadline_ms = MAX(COALESCE(lease_deadline_ms, 0), ?)
+          WHERE status IN ('leased', 'running')",
+    )
+    .bind(deadline_ms)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(r.rows_affected())
+}
+
 /// Trials a worker holds.
 pub async fn trials_held_by(
     conn: &mut SqliteConnection,

@@ -1,0 +1,62 @@
+use std::collections::HashSet;
+
+use super::*;
+use crate::mutation::test_support::rng;
+
+#[test]
+fn every_hparam_operator_fires() {
+    let space = SearchSpace::default();
+    let mut r = rng(3);
+    let mut fired = HashSet::new();
+    let mut hp = HyperParams::default();
+    for _ in 0..300 {
+        let (child, description, ops) = mutate_hparams_traced(&hp, &space, &mut r);
+        assert!(!ops.is_empty() && ops.len() <= 2, "{description}");
+        assert_ne!(child, hp, "{description}");
+        fired.extend(ops);
+        hp = child;
+    }
+    for op in HpOp::ALL {
+        assert!(fired.contains(&op), "{op:?} never fired");
+    }
+}
+
+#[test]
+fn hparams_outside_the_space_are_clamped() {
+    let space = SearchSpace::default();
+    let wild = HyperParams {
+        learning_rate: 5.0,
+        batch_size: 1000,
+        epochs: 50,
+        weight_decay: 0.5,
+        ..HyperParams::default()
+    };
+    for seed in 0..50 {
+        let (hp, text) = mutate_hparams(&wild, &space, &mut rng(seed));
+        assert!(text.contains("clamp lr 5->0.01"), "{text}");
+        assert!(text.contains("clamp batch_size 1000->256"), "{text}");
+        assert!(hp.learning_rate <= 0.01 && hp.epochs <= 4 && hp.weight_decay <= 1e-3);
+        assert!(space.batch_sizes.contains(&hp.batch_size));
+    }
+}
+
+#[test]
+fn tidy_keeps_three_significant_digits() {
+    assert_eq!(tidy(0.003_123_4, 0.0, 1.0), 0.003_12);
+    assert_eq!(tidy(0.002 * 1.55, 0.0, 1.0), 0.0031);
+    assert_eq!(tidy(123_456.0, 0.0, 1e9), 123_000.0);
+    assert_eq!(tidy(5.0, 0.0, 1.0), 1.0);
+    assert_eq!(tidy(f64::NAN, 0.1, 1.0), 0.1);
+    assert_eq!(tidy(0.0, 0.0, 1.0), 0.0);
+}
+
+#[test]
+fn standard_normal_has_unit_moments() {
+    let mut r = rng(13);
+    let n = 20_000;
+    let xs: Vec<f64> = (0..n).map(|_| standard_normal(&mut r)).collect();
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+    assert!(mean.abs() < 0.03, "{mean}");
+    assert!((var - 1.0).abs() < 0.05, "{var}");
+}

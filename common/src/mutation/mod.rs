@@ -1,0 +1,145 @@
+//! Mutation operators: how the search moves from a trained model to a new candidate.
+//!
+//! [`propose`] turns a base model (genome + hyperparameters) into a child that differs from it,
+//! is valid and meets the hard constraints of the [`SearchSpace`]. It is built from
+//! [`mutate_genome`] (one random architecture change) and [`mutate_hparams`] (one or two random
+//! hyperparameter changes). [`sample_hparams`] draws hyperparameters from scratch.
+//!
+//! Architecture operators work on the top-level blocks; blocks nested in residual bodies are only
+//! touched to keep a residual's output shape equal to its input when the channels entering it
+//! change ("refit"). Every child genome is checked with [`Genome::validate`]; an operator that
+//! does not apply, or whose result is invalid, is a [`CommonError::Mutation`] with the reason.
+//! All functions are pure given the random generator, so a seeded generator replays them.
+
+mod architecture;
+mod hparams;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::error::CommonError;
+use crate::genome::Genome;
+use crate::hparams::HyperParams;
+use crate::spec::SearchSpace;
+
+pub use architecture::{mutate_genome, DROPOUT_RATES};
+pub use hparams::{mutate_hparams, sample_hparams};
+
+use hparams::HpBounds;
+
+/// How many architecture mutations [`propose`] tries before giving up.
+pub const MAX_ARCHITECTURE_ATTEMPTS: usize = 32;
+
+/// Probability that an architecture change also changes the hyperparameters.
+const HPARAMS_WITH_ARCHITECTURE_PROBABILITY: f64 = 0.3;
+
+/// A proposed child: architecture, hyperparameters, and a human-readable description of what
+/// changed (e.g. `"widen blocks[4] conv 64->96; lr 0.002->0.0031"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    /// The child architecture; valid and within the space's constraints.
+    pub genome: Genome,
+    /// The child hyperparameters; valid. An architecture-only child keeps its parent's (moved
+    /// into the space only if they do not validate).
+    pub hparams: HyperParams,
+    /// What changed, parts separated by `"; "`, architecture first.
+    pub description: String,
+}
+
+/// A full child of `genome` + `hparams`.
+///
+/// With probability `space.architecture_mutation_probability` the architecture is mutated (and
+/// with probability 0.3 the hyperparameters too), else only the hyperparameters. A rejected
+/// architecture mutation, or one whose child breaks `space.check_constraints`, is retried up to
+/// [`MAX_ARCHITECTURE_ATTEMPTS`] times. The child always differs from the parent (genome hash or
+/// hyperparameters), validates and meets the constraints; otherwise the result is
+/// `Err(CommonError::Mutation(..))` carrying the last reason.
+pub fn propose<R: Rng + ?Sized>(
+    genome: &Genome,
+    hparams: &HyperParams,
+    space: &SearchSpace,
+    rng: &mut R,
+) -> Result<Proposal, CommonError> {
+    let p = space.architecture_mutation_probability;
+    let p = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
+    if rng.gen_bool(p) {
+        let mut last = String::from("no attempt was made");
+        for _ in 0..MAX_ARCHITECTURE_ATTEMPTS {
+            let child = mutate_genome(genome, space, rng).and_then(|(child, description)| {
+                space
+                    .check_constraints(&child)
+                    .map(|()| (child, description))
+            });
+            match child {
+                Ok((child, description)) => {
+                    let (hparams, description) =
+                        if rng.gen_bool(HPARAMS_WITH_ARCHITECTURE_PROBABILITY) {
+                            let (hparams, changes) = mutate_hparams(hparams, space, rng);
+                            (hparams, format!("{description}; {changes}"))
+                        } else if hparams.validate().is_ok() {
+                            (hparams.clone(), description)
+                        } else {
+                            let (clamped, notes) = HpBounds::of(space).clamp(hparams);
+                            (clamped, join_notes(description, notes))
+                        };
+                    return Ok(Proposal {
+                        genome: child,
+                        hparams,
+                        description,
+                    });
+                }
+                Err(e) => last = reason_of(e),
+            }
+        }
+        Err(CommonError::Mutation(format!(
+            "no valid architecture mutation in {MAX_ARCHITECTURE_ATTEMPTS} attempts, last: {last}"
+        )))
+    } else {
+        space.check_constraints(genome).map_err(|e| {
+            CommonError::Mutation(format!(
+                "parent breaks the search constraints: {}",
+                reason_of(e)
+            ))
+        })?;
+        let (child, description) = mutate_hparams(hparams, space, rng);
+        if child == *hparams {
+            return Err(CommonError::Mutation(
+                "no hyperparameter change is possible within the search space".into(),
+            ));
+        }
+        Ok(Proposal {
+            genome: genome.clone(),
+            hparams: child,
+            description,
+        })
+    }
+}
+
+/// A uniformly chosen entry of `options` other than `current`.
+fn pick_other<T: Copy + PartialEq, R: Rng + ?Sized>(
+    options: &[T],
+    current: T,
+    rng: &mut R,
+) -> Option<T> {
+    let others: Vec<T> = options.iter().copied().filter(|o| *o != current).collect();
+    others.choose(rng).copied()
+}
+
+/// The reason inside a rejection, or the whole message of another error.
+fn reason_of(e: CommonError) -> String {
+    match e {
+        CommonError::Mutation(reason) => reason,
+        other => other.to_string(),
+    }
+}
+
+fn join_notes(description: String, notes: Vec<String>) -> String {
+    std::iter::once(description)
+        .chain(notes)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
