@@ -564,7 +564,10 @@ max_trials = 4
     fn seeds_must_meet_the_search_constraints() {
         let text = format!("{MINIMAL}[search]\nmax_params = 1000\n");
         let err = ExperimentSpec::from_toml(&text).unwrap_err().to_string();
-        assert!(err.contains("seeds[0]") && err.contains("max_params"), "{err}");
+        assert!(
+            err.contains("seeds[0]") && err.contains("max_params"),
+            "{err}"
+        );
         let text = MINIMAL.replace("max_trials = 4", "max_trials = 4\nmax_failures = 0");
         let err = ExperimentSpec::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("budget.max_failures"), "{err}");

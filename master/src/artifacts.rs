@@ -201,6 +201,9 @@ mod tests {
         // A crash leaves files behind; reopening clears them.
         std::fs::write(dir.path().join("tmp").join("x.part"), b"torn").unwrap();
         ArtifactStore::open(dir.path(), 1024).unwrap();
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }

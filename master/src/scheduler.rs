@@ -547,7 +547,10 @@ impl Scheduler {
         let held = store::extend_held_leases(&mut tx, deadline).await?;
         tx.commit().await.map_err(store::convert_sqlx_err)?;
         if held > 0 {
-            info!(held, "resumed: trials in flight keep their leases for one more period");
+            info!(
+                held,
+                "resumed: trials in flight keep their leases for one more period"
+            );
         }
         Ok(())
     }

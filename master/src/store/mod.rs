@@ -492,7 +492,10 @@ pub async fn expired_leases(
 
 /// Gives every held trial at least until `deadline_ms`: after a master restart, workers get a
 /// full lease period to reconnect before their trials are taken back.
-pub async fn extend_held_leases(conn: &mut SqliteConnection, deadline_ms: i64) -> Result<u64, MasterError> {
+pub async fn extend_held_leases(
+    conn: &mut SqliteConnection,
+    deadline_ms: i64,
+) -> Result<u64, MasterError> {
     let r = sqlx::query(
         "UPDATE trials SET lease_deadline_ms = MAX(COALESCE(lease_deadline_ms, 0), ?)
           WHERE status IN ('leased', 'running')",
