@@ -149,6 +149,11 @@ pub async fn connect_with(url: &str, tls: &TlsOptions) -> Result<Channel, Common
     endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_keepalive(Some(Duration::from_secs(30)))
+        // HTTP/2 pings notice a master that vanished behind a silent partition within ~40 s,
+        // so calls fail (and are retried) instead of hanging until TCP gives up.
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
         .connect()
         .await
         .map_err(|e| {

@@ -157,11 +157,19 @@ pub struct Analysis {
     pub flops: u64,
 }
 
-/// Running totals while walking the blocks.
+/// Running totals while walking the blocks. The sums saturate: a network too large to count
+/// ends at `u64::MAX` and is refused (instead of overflowing).
 #[derive(Default)]
 struct Counts {
     params: u64,
     flops: u64,
+}
+
+impl Counts {
+    fn add(&mut self, params: u64, flops: u64) {
+        self.params = self.params.saturating_add(params);
+        self.flops = self.flops.saturating_add(flops);
+    }
 }
 
 impl Genome {
@@ -210,8 +218,18 @@ impl Genome {
         }
         // Head: (flatten) + dense to num_classes.
         let features = shape.numel();
-        counts.params += features * self.num_classes as u64 + self.num_classes as u64;
-        counts.flops += 2 * features * self.num_classes as u64;
+        counts.add(
+            features * self.num_classes as u64 + self.num_classes as u64,
+            2 * features * self.num_classes as u64,
+        );
+        if counts.params == u64::MAX || counts.flops == u64::MAX {
+            return Err(GenomeError::Invalid {
+                path: "blocks".into(),
+                reason:
+                    "the network is too large: its parameter or FLOP count does not fit in 64 bits"
+                        .into(),
+            });
+        }
         Ok(Analysis {
             block_outputs,
             features: shape,
@@ -303,8 +321,10 @@ fn infer_block(
             let oh = (h + 2 * pad - kernel) / stride + 1;
             let ow = (w + 2 * pad - kernel) / stride + 1;
             let k2 = (*kernel as u64) * (*kernel as u64);
-            counts.params += k2 * c as u64 * *out_channels as u64 + *out_channels as u64;
-            counts.flops += 2 * k2 * c as u64 * *out_channels as u64 * oh as u64 * ow as u64;
+            counts.add(
+                k2 * c as u64 * *out_channels as u64 + *out_channels as u64,
+                2 * k2 * c as u64 * *out_channels as u64 * oh as u64 * ow as u64,
+            );
             Ok(Shape::Map {
                 c: *out_channels,
                 h: oh,
@@ -316,12 +336,11 @@ fn infer_block(
                 Shape::Map { c, .. } => c,
                 Shape::Flat { n } => n,
             };
-            counts.params += 2 * channels as u64;
-            counts.flops += 2 * input.numel();
+            counts.add(2 * channels as u64, 2 * input.numel());
             Ok(input)
         }
         Block::Activation { .. } => {
-            counts.flops += input.numel();
+            counts.add(0, input.numel());
             Ok(input)
         }
         Block::Pool { size, .. } => {
@@ -343,7 +362,7 @@ fn infer_block(
                     format!("pool of size {size} does not fit a {h}x{w} map"),
                 ));
             }
-            counts.flops += input.numel();
+            counts.add(0, input.numel());
             Ok(Shape::Map {
                 c,
                 h: h / size,
@@ -357,7 +376,7 @@ fn infer_block(
                     format!("global_avg_pool needs a feature map, got vector {input}"),
                 ));
             };
-            counts.flops += input.numel();
+            counts.add(0, input.numel());
             Ok(Shape::Flat { n: c })
         }
         Block::Residual { body } => {
@@ -386,7 +405,7 @@ fn infer_block(
                     format!("residual body must keep its input shape {input}, ends with {shape}"),
                 ));
             }
-            counts.flops += input.numel();
+            counts.add(0, input.numel());
             Ok(input)
         }
         Block::Dropout { rate } => {
@@ -412,8 +431,7 @@ fn infer_block(
                     format!("dense input of {n} features is too large"),
                 ));
             }
-            counts.params += n * *units as u64 + *units as u64;
-            counts.flops += 2 * n * *units as u64;
+            counts.add(n * *units as u64 + *units as u64, 2 * n * *units as u64);
             Ok(Shape::Flat { n: *units })
         }
     }

@@ -92,6 +92,7 @@ pub struct Scheduler {
     config: SchedulerConfig,
     write_lock: Mutex<()>,
     work_available: Notify,
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -120,6 +121,7 @@ impl Scheduler {
             config,
             write_lock: Mutex::new(()),
             work_available: Notify::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -283,6 +285,19 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Stops handing out trials and answers every waiting long-poll now, so a shutting-down
+    /// master does not wait for them to time out.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.work_available.notify_waiters();
+    }
+
+    /// Whether [`Scheduler::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Long-polls for a trial for `worker_id`: returns as soon as one is leased, or `None`
     /// after `wait`.
     pub async fn acquire(
@@ -295,6 +310,9 @@ impl Scheduler {
             let notified = self.work_available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if self.is_draining() {
+                return Ok(None);
+            }
             if let Some(trial) = self.try_lease(worker_id).await? {
                 info!(trial_id = %trial.id, worker_id, attempt = trial.attempt, "trial leased");
                 return Ok(Some(trial));
@@ -340,12 +358,8 @@ impl Scheduler {
         self.check_worker(&mut tx, worker_id).await?;
         let now = now_ms();
         store::touch_worker(&mut tx, worker_id, now).await?;
-        let trial = store::get_trial(&mut tx, trial_id)
-            .await?
-            .ok_or_else(|| MasterError::NotFound(format!("trial {trial_id}")))?;
-        let experiment = store::get_experiment(&mut tx, &trial.experiment_id)
-            .await?
-            .ok_or_else(|| MasterError::Internal("trial without experiment".into()))?;
+        let trial = require_trial(&mut tx, trial_id).await?;
+        let experiment = experiment_of(&mut tx, &trial).await?;
         let deadline = now + self.config.lease.as_millis() as i64;
         let held = store::heartbeat_trial(
             &mut tx,
@@ -404,9 +418,7 @@ impl Scheduler {
         self.check_worker(&mut tx, worker_id).await?;
         let now = now_ms();
         store::touch_worker(&mut tx, worker_id, now).await?;
-        let trial = store::get_trial(&mut tx, trial_id)
-            .await?
-            .ok_or_else(|| MasterError::NotFound(format!("trial {trial_id}")))?;
+        let trial = require_trial(&mut tx, trial_id).await?;
         let status = trial.status()?;
         let current =
             trial.attempt == attempt as i64 && trial.worker_id.as_deref() == Some(worker_id);
@@ -438,9 +450,7 @@ impl Scheduler {
                 reason,
             });
         }
-        let experiment = store::get_experiment(&mut tx, &trial.experiment_id)
-            .await?
-            .ok_or_else(|| MasterError::Internal("trial without experiment".into()))?;
+        let experiment = experiment_of(&mut tx, &trial).await?;
         let spec = parse_spec(&experiment)?;
         let counts = store::trial_counts(&mut tx, &experiment.id).await?;
         let temperature =
@@ -501,18 +511,14 @@ impl Scheduler {
         let mut tx = self.store.begin().await?;
         self.check_worker(&mut tx, worker_id).await?;
         let now = now_ms();
-        let trial = store::get_trial(&mut tx, trial_id)
-            .await?
-            .ok_or_else(|| MasterError::NotFound(format!("trial {trial_id}")))?;
+        let trial = require_trial(&mut tx, trial_id).await?;
         let current =
             trial.attempt == attempt as i64 && trial.worker_id.as_deref() == Some(worker_id);
         if !(current && trial.status()?.is_held()) {
             return Ok(());
         }
         store::end_trial(&mut tx, trial_id, TrialStatus::Failed, &reason, now).await?;
-        let experiment = store::get_experiment(&mut tx, &trial.experiment_id)
-            .await?
-            .ok_or_else(|| MasterError::Internal("trial without experiment".into()))?;
+        let experiment = experiment_of(&mut tx, &trial).await?;
         self.refill_experiment(&mut tx, &experiment, now).await?;
         tx.commit().await.map_err(store::convert_sqlx_err)?;
         warn!(trial_id, worker_id, attempt, reason = %reason, "trial failed");
@@ -780,6 +786,26 @@ impl Scheduler {
 /// Puts a held trial back in the queue as a new attempt, or cancels it when its experiment has
 /// ended: nothing leases a finished experiment's trials, so a requeued one would stay queued
 /// forever.
+/// The trial with this id, or `NotFound`.
+async fn require_trial(
+    conn: &mut SqliteConnection,
+    trial_id: &str,
+) -> Result<TrialRow, MasterError> {
+    store::get_trial(conn, trial_id)
+        .await?
+        .ok_or_else(|| MasterError::NotFound(format!("trial {trial_id}")))
+}
+
+/// The experiment a trial belongs to (the foreign key guarantees it exists).
+async fn experiment_of(
+    conn: &mut SqliteConnection,
+    trial: &TrialRow,
+) -> Result<ExperimentRow, MasterError> {
+    store::get_experiment(conn, &trial.experiment_id)
+        .await?
+        .ok_or_else(|| MasterError::Internal(format!("trial {} without experiment", trial.id)))
+}
+
 async fn release_trial(
     conn: &mut SqliteConnection,
     trial: &TrialRow,

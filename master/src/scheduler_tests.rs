@@ -1660,3 +1660,31 @@ proptest! {
         runtime.block_on(run_ops(max_trials, slots, ops));
     }
 }
+
+#[tokio::test]
+async fn draining_answers_waiting_long_polls_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sched = std::sync::Arc::new(in_memory_scheduler(dir.path()).await);
+    let w = register(&sched, 1).await;
+    let waiter = {
+        let sched = sched.clone();
+        let w = w.clone();
+        tokio::spawn(async move { sched.acquire(w.as_str(), Duration::from_secs(20)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    sched.drain();
+    let answer = within(waiter).await.unwrap().unwrap();
+    assert!(answer.is_none());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Nothing is handed out once draining, even with work queued.
+    within(sched.submit(spec(2, ""))).await.unwrap();
+    assert!(within(sched.acquire(w.as_str(), WAIT))
+        .await
+        .unwrap()
+        .is_none());
+}

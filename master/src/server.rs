@@ -91,7 +91,7 @@ pub struct MasterHandle {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     ticker: JoinHandle<()>,
-    store: Store,
+    scheduler: Arc<Scheduler>,
 }
 
 impl MasterHandle {
@@ -102,10 +102,11 @@ impl MasterHandle {
 
     /// Stops accepting calls, lets in-flight calls finish, and closes the store.
     pub async fn shutdown(self) -> Result<(), MasterError> {
+        self.scheduler.drain();
         let _ = self.shutdown.send(true);
         self.ticker.abort();
         let result = self.server.await;
-        self.store.close().await;
+        self.scheduler.store().close().await;
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(MasterError::Internal(format!("server error: {e}"))),
@@ -209,7 +210,7 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
         shutdown: shutdown_tx,
         server,
         ticker,
-        store,
+        scheduler,
     })
 }
 

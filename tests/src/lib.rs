@@ -2,12 +2,15 @@
 //! as child processes on loopback, and kill them when a test ends (even when it fails).
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+pub mod proxy;
 
 /// Where Fashion-MNIST is installed by Debian's `dataset-fashion-mnist`.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -69,6 +72,20 @@ impl Proc {
         }
     }
 
+    /// Sends SIGKILL (no chance to clean up) and reaps the process.
+    pub fn kill_hard(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            self.child.kill().context("cannot SIGKILL")?;
+        }
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Waits up to `timeout` for the process to exit on its own.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;
@@ -96,41 +113,117 @@ pub struct MasterProc {
     pub proc: Proc,
     pub url: String,
     pub data_dir: PathBuf,
+    /// The bound address; a restart binds it again.
+    pub addr: SocketAddr,
+    /// Where its stderr goes (`<data_dir>.master.log`); restarts append to it.
+    pub log: PathBuf,
+    /// Restart attempts that found the port still taken.
+    pub bind_retries: u32,
+    extra: Vec<String>,
+}
+
+/// Starts `master serve --listen LISTEN` and returns it with the address it printed, or the
+/// reason it exited (e.g. `cannot listen`).
+fn spawn_master(
+    data_dir: &Path,
+    listen: &str,
+    extra: &[String],
+    log: &Path,
+    append: bool,
+) -> Result<(Proc, SocketAddr)> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(log)?;
+    let mut child = Command::new(binary("master"))
+        .args(["serve", "--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .context("cannot start master")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("master listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let mut proc = Proc {
+        name: "master".into(),
+        child,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(addr) => return Ok((proc, addr.parse().context("master printed a bad address")?)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+        }
+        if let Some(status) = proc.child.try_wait()? {
+            bail!(
+                "master exited with {status} before listening (see {})",
+                log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("master did not report its address within 60 s");
+        }
+    }
 }
 
 impl MasterProc {
     /// Starts `master serve` and waits until it prints its address.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Result<MasterProc> {
-        let log = std::fs::File::create(data_dir.with_extension("master.log"))?;
-        let mut child = Command::new(binary("master"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("cannot start master")?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("master listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let proc = Proc {
-            name: "master".into(),
-            child,
-        };
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .context("master did not report its address within 60 s")?;
+        let log = data_dir.with_extension("master.log");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (proc, addr) = spawn_master(data_dir, "127.0.0.1:0", &extra, &log, false)?;
         Ok(MasterProc {
             proc,
             url: format!("http://{addr}"),
             data_dir: data_dir.to_path_buf(),
+            addr,
+            log,
+            bind_retries: 0,
+            extra,
         })
+    }
+
+    /// Kills the master with SIGKILL (no drain, no clean shutdown of the store).
+    pub fn kill(&mut self) -> Result<()> {
+        self.proc.kill_hard()
+    }
+
+    /// Starts the master again on the same address and data directory (after [`kill`] or a
+    /// crash; a master still running is killed first). Binding is retried for up to
+    /// `bind_timeout` while the port is not free yet.
+    ///
+    /// [`kill`]: MasterProc::kill
+    pub fn restart(&mut self, bind_timeout: Duration) -> Result<()> {
+        self.proc.kill_hard()?;
+        let listen = self.addr.to_string();
+        let deadline = Instant::now() + bind_timeout;
+        loop {
+            match spawn_master(&self.data_dir, &listen, &self.extra, &self.log, true) {
+                Ok((proc, addr)) => {
+                    assert_eq!(addr, self.addr, "a restarted master binds the same address");
+                    self.proc = proc;
+                    return Ok(());
+                }
+                Err(e) if Instant::now() < deadline && e.to_string().contains("exited") => {
+                    self.bind_retries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The token file the master created.
@@ -152,10 +245,21 @@ impl MasterProc {
 
 /// Starts `worker join` against `master`; its log goes to `log`.
 pub fn start_worker(master: &MasterProc, name: &str, log: &Path, extra: &[&str]) -> Result<Proc> {
+    start_worker_at(&master.url, &master.token_file(), name, log, extra)
+}
+
+/// Starts `worker join --master URL` (e.g. through a proxy); its log goes to `log`.
+pub fn start_worker_at(
+    url: &str,
+    token_file: &Path,
+    name: &str,
+    log: &Path,
+    extra: &[&str],
+) -> Result<Proc> {
     let log = std::fs::File::create(log)?;
     let child = Command::new(binary("worker"))
-        .args(["join", "--master", &master.url, "--token-file"])
-        .arg(master.token_file())
+        .args(["join", "--master", url, "--token-file"])
+        .arg(token_file)
         .args([
             "--name",
             name,
@@ -193,4 +297,45 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// A log file's text with terminal colour codes removed (empty when it does not exist yet).
+pub fn read_log(path: &Path) -> String {
+    let raw = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            // CSI sequence: ESC [ parameters final-byte.
+            chars.next();
+            for d in chars.by_ref() {
+                if ('@'..='~').contains(&d) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Calls `check` every `every` until it returns `Ok(Some(_))`; fails on its first error, or
+/// after `timeout` naming `what`.
+pub fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(every);
+    }
 }

@@ -594,10 +594,13 @@ async fn heartbeat_loop(
         if *stop.borrow() {
             return;
         }
+        // A trial already told to stop or whose lease was lost needs no more heartbeats (it
+        // stays in `held` until the trainer gets to it).
         let snapshot: Vec<((String, u32), Held)> = held
             .lock()
             .expect("held lock")
             .iter()
+            .filter(|(_, v)| !v.cancel.load(Ordering::SeqCst))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for ((trial_id, _), h) in snapshot {
