@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub max_message_bytes: usize,
     /// Serve over TLS with these files; `None` serves plain text.
     pub tls: Option<TlsConfig>,
+    /// How often expired leases are reclaimed and budgets applied.
+    pub tick_interval: Duration,
 }
 
 /// The master's TLS files (PEM). With `client_ca`, every client must present a certificate
@@ -77,6 +79,7 @@ impl Default for ServeConfig {
             max_checkpoint_bytes: 1 << 30,
             max_message_bytes: 4 << 20,
             tls: None,
+            tick_interval: Duration::from_secs(1),
         }
     }
 }
@@ -188,7 +191,7 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
     );
     let tick_scheduler = scheduler.clone();
     let ticker = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(Duration::from_secs(1));
+        let mut interval = tokio::time::interval(config.tick_interval);
         loop {
             interval.tick().await;
             if let Err(e) = tick_scheduler.tick().await {
