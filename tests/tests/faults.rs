@@ -692,13 +692,13 @@ impl Suite {
     /// recorded", nothing changes.
     fn replay_duplicate(&mut self, t: &proto::TrialRecord) -> Result<()> {
         let mut client = self.worker_api()?;
-        let fake = if t.score > 0.5 { 0.0125 } else { 0.9875 };
+        let forged = if t.score > 0.5 { 0.0125 } else { 0.9875 };
         let request = proto::CompleteRequest {
             worker_id: t.worker_id.clone(),
             trial_id: t.trial_id.clone(),
             attempt: t.attempt,
-            score: fake,
-            metrics: [("test_accuracy".to_string(), fake)].into(),
+            score: forged,
+            metrics: [("test_accuracy".to_string(), forged)].into(),
             checkpoint_sha256: t.checkpoint_sha256.clone(),
             epochs_run: 2,
         };
@@ -718,7 +718,7 @@ impl Suite {
         if after.score != t.score
             || after.metrics.get("test_accuracy") != t.metrics.get("test_accuracy")
             || after.checkpoint_sha256 != t.checkpoint_sha256
-            || best == fake
+            || best == forged
         {
             self.violation(
                 true,
@@ -731,9 +731,9 @@ impl Suite {
     /// Sends the completion of an attempt the master took back: kept in `late_results` only.
     fn replay_late(&mut self, trial_id: &str, attempt: u32, worker_id: &str) -> Result<()> {
         let mut client = self.worker_api()?;
-        let fake = 0.9625 + attempt as f64 / 1000.0;
+        let forged = 0.9625 + attempt as f64 / 1000.0;
         let before: Vec<(i64,)> = self.db(&format!(
-            "SELECT COUNT(*) FROM late_results WHERE trial_id = '{trial_id}' AND attempt = {attempt} AND score = {fake}"
+            "SELECT COUNT(*) FROM late_results WHERE trial_id = '{trial_id}' AND attempt = {attempt} AND score = {forged}"
         ))?;
         let answer = self
             .rt
@@ -741,7 +741,7 @@ impl Suite {
                 worker_id: worker_id.to_string(),
                 trial_id: trial_id.to_string(),
                 attempt,
-                score: fake,
+                score: forged,
                 metrics: HashMap::new(),
                 checkpoint_sha256: String::new(),
                 epochs_run: 2,
@@ -756,7 +756,7 @@ impl Suite {
         }
         let after: Vec<(i64,)> = self.db(&format!(
             "SELECT COUNT(*) FROM late_results WHERE trial_id = '{trial_id}' AND attempt = {attempt}
-               AND worker_id = '{worker_id}' AND score = {fake}"
+               AND worker_id = '{worker_id}' AND score = {forged}"
         ))?;
         if after[0].0 != before[0].0 + 1 {
             self.violation(
@@ -767,7 +767,7 @@ impl Suite {
             );
         }
         let record = self.trial(trial_id)?;
-        if record.score == fake || self.summary()?.best_score == fake {
+        if record.score == forged || self.summary()?.best_score == forged {
             self.violation(true, format!("a late completion was counted: {record:?}"));
         }
         Ok(())
