@@ -69,6 +69,8 @@ pub struct CompleteAnswer {
 /// Progress carried by a heartbeat.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
+    /// Whether training has begun (a prefetched trial waits, leased, until it does).
+    pub started: bool,
     pub epoch: u32,
     pub total_epochs: u32,
     pub train_loss: f64,
@@ -367,15 +369,33 @@ impl Scheduler {
             worker_id,
             attempt as i64,
             progress.epoch as i64,
+            progress.started,
             deadline,
         )
         .await?;
-        tx.commit().await.map_err(store::convert_sqlx_err)?;
         if !held {
+            tx.commit().await.map_err(store::convert_sqlx_err)?;
             return Ok(HeartbeatAnswer::LeaseLost(format!(
                 "trial {trial_id} attempt {attempt} is no longer leased to {worker_id}"
             )));
         }
+        // Once the wall-time budget is spent, a trial that has not started yet is not worth
+        // starting: cancel it instead of letting the experiment's tail grow by a whole trial.
+        if !progress.started
+            && experiment.status == ExperimentStatus::Running.as_str()
+            && wall_time_spent(&parse_spec(&experiment)?, &experiment, now)
+        {
+            let reason = "wall-time budget reached before it started";
+            store::end_trial(&mut tx, trial_id, TrialStatus::Cancelled, reason, now).await?;
+            self.refill_experiment(&mut tx, &experiment, now).await?;
+            tx.commit().await.map_err(store::convert_sqlx_err)?;
+            info!(
+                trial_id,
+                worker_id, "prefetched trial cancelled: wall-time budget reached"
+            );
+            return Ok(HeartbeatAnswer::Stop(reason.to_string()));
+        }
+        tx.commit().await.map_err(store::convert_sqlx_err)?;
         if experiment.status != ExperimentStatus::Running.as_str() {
             return Ok(HeartbeatAnswer::Stop(format!(
                 "experiment {} is {}",
@@ -635,8 +655,8 @@ impl Scheduler {
             warn!(experiment_id = %row.id, reason = %reason, "experiment failed");
             return Ok(true);
         }
-        if let Some(max_wall) = budget.max_wall_seconds {
-            if now - row.created_at_ms >= (max_wall as i64) * 1000 {
+        if budget.max_wall_seconds.is_some() {
+            if wall_time_spent(&spec, row, now) {
                 let cancelled =
                     store::cancel_queued(conn, &row.id, "wall-time budget reached", now).await?;
                 if counts.in_flight() == 0 {
@@ -786,6 +806,13 @@ impl Scheduler {
 /// Puts a held trial back in the queue as a new attempt, or cancels it when its experiment has
 /// ended: nothing leases a finished experiment's trials, so a requeued one would stay queued
 /// forever.
+/// Whether the experiment has used up its wall-time budget (never, without one).
+fn wall_time_spent(spec: &ExperimentSpec, row: &ExperimentRow, now: i64) -> bool {
+    spec.budget
+        .max_wall_seconds
+        .is_some_and(|max| now - row.created_at_ms >= (max as i64) * 1000)
+}
+
 /// The trial with this id, or `NotFound`.
 async fn require_trial(
     conn: &mut SqliteConnection,

@@ -102,6 +102,7 @@ fn result(score: f64) -> TrialResult {
 
 fn progress(epoch: u32) -> Progress {
     Progress {
+        started: epoch > 0,
         epoch,
         total_epochs: 3,
         train_loss: 0.5,
@@ -1687,4 +1688,49 @@ async fn draining_answers_waiting_long_polls_at_once() {
         .await
         .unwrap()
         .is_none());
+}
+
+#[tokio::test]
+async fn after_the_wall_time_a_prefetched_trial_is_cancelled_but_a_started_one_runs_on() {
+    let h = Harness::long().await;
+    let w = register(&h.sched, 2).await;
+    let id = within(h.sched.submit(spec(100, "max_wall_seconds = 1\n")))
+        .await
+        .unwrap();
+    let training = lease(&h.sched, &w).await;
+    let prefetched = lease(&h.sched, &w).await;
+    let started = Progress {
+        started: true,
+        ..progress(0)
+    };
+    assert_eq!(
+        within(h.sched.heartbeat(w.as_str(), &training.id, 1, started))
+            .await
+            .unwrap(),
+        HeartbeatAnswer::Continue
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past the budget: the waiting trial is dropped, the training one may finish.
+    let answer = within(
+        h.sched
+            .heartbeat(w.as_str(), &prefetched.id, 1, progress(0)),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(answer, HeartbeatAnswer::Stop(_)), "{answer:?}");
+    let t = trial(&h.sched, &prefetched.id).await;
+    assert_eq!(t.status, "cancelled");
+    assert_eq!(t.error, "wall-time budget reached before it started");
+    assert_eq!(
+        within(h.sched.heartbeat(w.as_str(), &training.id, 1, started))
+            .await
+            .unwrap(),
+        HeartbeatAnswer::Continue
+    );
+    assert!(finish(&h.sched, &w, &training, 0.8).await.accepted);
+    within(h.sched.tick()).await.unwrap();
+    let v = view(&h.sched, &id).await;
+    assert_eq!(v.row.status, "completed");
+    assert_eq!(v.row.status_reason, "wall-time budget reached");
+    assert_eq!(v.counts.completed, 1);
 }

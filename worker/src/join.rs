@@ -66,6 +66,8 @@ struct PreparedTrial {
 #[derive(Clone)]
 struct Held {
     attempt: u32,
+    /// Training has begun (until then the trial waits, prepared, behind another one).
+    started: bool,
     progress: Option<EpochReport>,
     total_epochs: u32,
     cancel: Arc<AtomicBool>,
@@ -306,6 +308,7 @@ async fn generator_loop(
             key.clone(),
             Held {
                 attempt: trial.attempt,
+                started: false,
                 progress: None,
                 total_epochs: 0,
                 cancel: cancel.clone(),
@@ -403,6 +406,13 @@ async fn train_and_report(
     let reuse = split_cache.take().filter(|(k, _)| *k == key);
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<EpochReport>();
     info!(trial_id = %trial_id, attempt = trial.attempt, epochs = plan.hparams.epochs, "training");
+    if let Some(h) = held
+        .lock()
+        .expect("held lock")
+        .get_mut(&(trial_id.clone(), trial.attempt))
+    {
+        h.started = true;
+    }
     let cancel_flag = cancel.clone();
     let training = tokio::task::spawn_blocking(
         move || -> (Result<TrialOutcome, WorkerError>, Option<SplitData>) {
@@ -450,6 +460,7 @@ async fn train_and_report(
                     &forward_worker,
                     &forward_id,
                     attempt,
+                    true,
                     Some(&report),
                     report.total_epochs,
                 ))
@@ -548,6 +559,7 @@ fn heartbeat_request(
     worker_id: &str,
     trial_id: &str,
     attempt: u32,
+    started: bool,
     progress: Option<&EpochReport>,
     total_epochs: u32,
 ) -> proto::HeartbeatRequest {
@@ -555,6 +567,7 @@ fn heartbeat_request(
         worker_id: worker_id.to_string(),
         trial_id: trial_id.to_string(),
         attempt,
+        started,
         epoch: progress.map(|p| p.epoch).unwrap_or(0),
         total_epochs,
         train_loss: progress.map(|p| p.train_loss).unwrap_or(f64::NAN),
@@ -608,6 +621,7 @@ async fn heartbeat_loop(
                 &worker_id,
                 &trial_id,
                 h.attempt,
+                h.started,
                 h.progress.as_ref(),
                 h.total_epochs,
             );
@@ -629,6 +643,7 @@ mod tests {
             (trial_id.to_string(), attempt),
             Held {
                 attempt,
+                started: false,
                 progress: None,
                 total_epochs: 1,
                 cancel: cancel.clone(),

@@ -81,6 +81,7 @@ impl WorkerService for WorkerApi {
         let worker: WorkerId = parse_id("worker_id", &r.worker_id)?;
         let trial: TrialId = parse_id("trial_id", &r.trial_id)?;
         let progress = Progress {
+            started: r.started,
             epoch: r.epoch,
             total_epochs: r.total_epochs,
             train_loss: r.train_loss,

@@ -370,16 +370,18 @@ pub async fn heartbeat_trial(
     worker_id: &str,
     attempt: i64,
     epoch: i64,
+    started: bool,
     deadline_ms: i64,
 ) -> Result<bool, MasterError> {
     let result = sqlx::query(
         "UPDATE trials SET lease_deadline_ms = ?, epoch = MAX(epoch, ?),
-             status = CASE WHEN ? > 0 THEN 'running' ELSE status END
+             status = CASE WHEN ? > 0 OR ? THEN 'running' ELSE status END
           WHERE id = ? AND worker_id = ? AND attempt = ? AND status IN ('leased', 'running')",
     )
     .bind(deadline_ms)
     .bind(epoch)
     .bind(epoch)
+    .bind(started)
     .bind(trial_id)
     .bind(worker_id)
     .bind(attempt)

@@ -268,7 +268,7 @@ async fn requeued_trial_keeps_its_first_start_time(store: Store) {
         .await
         .unwrap()
         .unwrap();
-    assert!(heartbeat_trial(&mut conn, &id, WORKER, 1, 2, 300)
+    assert!(heartbeat_trial(&mut conn, &id, WORKER, 1, 2, true, 300)
         .await
         .unwrap());
     requeue_trial(&mut conn, &id, "lease of attempt 1 expired")
@@ -296,17 +296,19 @@ async fn heartbeat_needs_the_current_holder(store: Store) {
     let mut conn = store.conn().await.unwrap();
     let id = trial_id(0);
     // Not leased yet.
-    assert!(!heartbeat_trial(&mut conn, &id, WORKER, 1, 0, 1_000)
+    assert!(!heartbeat_trial(&mut conn, &id, WORKER, 1, 0, false, 1_000)
         .await
         .unwrap());
     lease_next_trial(&mut conn, WORKER, 100, 50)
         .await
         .unwrap()
         .unwrap();
-    assert!(!heartbeat_trial(&mut conn, &id, OTHER_WORKER, 1, 0, 1_000)
-        .await
-        .unwrap());
-    assert!(!heartbeat_trial(&mut conn, &id, WORKER, 2, 0, 1_000)
+    assert!(
+        !heartbeat_trial(&mut conn, &id, OTHER_WORKER, 1, 0, false, 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(!heartbeat_trial(&mut conn, &id, WORKER, 2, 0, false, 1_000)
         .await
         .unwrap());
     assert_eq!(
@@ -319,7 +321,7 @@ async fn heartbeat_needs_the_current_holder(store: Store) {
     );
 
     // Epoch 0 extends the lease but the trial stays leased; a later epoch makes it running.
-    assert!(heartbeat_trial(&mut conn, &id, WORKER, 1, 0, 1_000)
+    assert!(heartbeat_trial(&mut conn, &id, WORKER, 1, 0, false, 1_000)
         .await
         .unwrap());
     let t = get_trial(&mut conn, &id).await.unwrap().unwrap();
@@ -327,11 +329,11 @@ async fn heartbeat_needs_the_current_holder(store: Store) {
         (t.status.as_str(), t.lease_deadline_ms, t.epoch),
         ("leased", Some(1_000), 0)
     );
-    assert!(heartbeat_trial(&mut conn, &id, WORKER, 1, 2, 2_000)
+    assert!(heartbeat_trial(&mut conn, &id, WORKER, 1, 2, true, 2_000)
         .await
         .unwrap());
     // Epochs never go backwards.
-    assert!(heartbeat_trial(&mut conn, &id, WORKER, 1, 1, 3_000)
+    assert!(heartbeat_trial(&mut conn, &id, WORKER, 1, 1, true, 3_000)
         .await
         .unwrap());
     let t = get_trial(&mut conn, &id).await.unwrap().unwrap();
@@ -343,7 +345,7 @@ async fn heartbeat_needs_the_current_holder(store: Store) {
     complete_trial(&mut conn, &id, &result(0.5), true, 0.01, 4_000)
         .await
         .unwrap();
-    assert!(!heartbeat_trial(&mut conn, &id, WORKER, 1, 3, 5_000)
+    assert!(!heartbeat_trial(&mut conn, &id, WORKER, 1, 3, true, 5_000)
         .await
         .unwrap());
     let t = get_trial(&mut conn, &id).await.unwrap().unwrap();
@@ -422,9 +424,11 @@ async fn counts_follow_every_status(store: Store) {
         .await
         .unwrap()
         .unwrap(); // 1 leased
-    assert!(heartbeat_trial(&mut conn, &trial_id(1), WORKER, 1, 1, 200)
-        .await
-        .unwrap()); // 1 running
+    assert!(
+        heartbeat_trial(&mut conn, &trial_id(1), WORKER, 1, 1, true, 200)
+            .await
+            .unwrap()
+    ); // 1 running
     complete_trial(&mut conn, &trial_id(2), &result(0.1), true, 0.01, 20)
         .await
         .unwrap();
@@ -535,9 +539,11 @@ async fn expired_leases_are_held_trials_past_their_deadline(store: Store) {
         .await
         .unwrap()
         .unwrap(); // 2: deadline 100
-    assert!(heartbeat_trial(&mut conn, &trial_id(2), WORKER, 1, 1, 100)
-        .await
-        .unwrap());
+    assert!(
+        heartbeat_trial(&mut conn, &trial_id(2), WORKER, 1, 1, true, 100)
+            .await
+            .unwrap()
+    );
     complete_trial(&mut conn, &trial_id(2), &result(0.3), true, 0.01, 50)
         .await
         .unwrap();
