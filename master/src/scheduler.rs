@@ -655,24 +655,22 @@ impl Scheduler {
             warn!(experiment_id = %row.id, reason = %reason, "experiment failed");
             return Ok(true);
         }
-        if budget.max_wall_seconds.is_some() {
-            if wall_time_spent(&spec, row, now) {
-                let cancelled =
-                    store::cancel_queued(conn, &row.id, "wall-time budget reached", now).await?;
-                if counts.in_flight() == 0 {
-                    store::finish_experiment(
-                        conn,
-                        &row.id,
-                        ExperimentStatus::Completed,
-                        "wall-time budget reached",
-                        now,
-                    )
-                    .await?;
-                    info!(experiment_id = %row.id, trials = counts.completed, "experiment completed (wall time)");
-                    return Ok(true);
-                }
-                return Ok(cancelled > 0);
+        if wall_time_spent(&spec, row, now) {
+            let cancelled =
+                store::cancel_queued(conn, &row.id, "wall-time budget reached", now).await?;
+            if counts.in_flight() == 0 {
+                store::finish_experiment(
+                    conn,
+                    &row.id,
+                    ExperimentStatus::Completed,
+                    "wall-time budget reached",
+                    now,
+                )
+                .await?;
+                info!(experiment_id = %row.id, trials = counts.completed, "experiment completed (wall time)");
+                return Ok(true);
             }
+            return Ok(cancelled > 0);
         }
         let since = now - 2 * self.config.lease.as_millis() as i64;
         let target_queued = store::connected_slots(conn, since).await?.max(1);

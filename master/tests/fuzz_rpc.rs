@@ -134,6 +134,8 @@ fn call(real: &Real) -> impl Strategy<Value = Call> {
                         worker_id,
                         trial_id,
                         attempt,
+                        // Both values, without widening the strategy tuple.
+                        started: epoch % 2 == 0,
                         epoch,
                         total_epochs,
                         train_loss,

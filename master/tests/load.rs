@@ -106,6 +106,7 @@ async fn simulated_worker(
                     worker_id: worker_id.clone(),
                     trial_id: trial.trial_id.clone(),
                     attempt: trial.attempt,
+                    started: true,
                     epoch: 1,
                     total_epochs: 1,
                     train_loss: 0.5,

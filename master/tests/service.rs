@@ -436,6 +436,7 @@ async fn full_flow_until_the_experiment_completes() {
             worker_id: w.clone(),
             trial_id: trial.trial_id.clone(),
             attempt: trial.attempt,
+            started: true,
             epoch: 1,
             total_epochs: 2,
             train_loss: 0.4,
