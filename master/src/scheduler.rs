@@ -6,7 +6,6 @@
 //! writer lock (SQLite allows one writer; taking the lock in-process avoids "database is
 //! locked" errors instead of retrying them). The tonic services are thin adapters over this.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use explore_common::annealing::{self, STREAM_ACCEPTANCE, STREAM_PROPOSAL};
@@ -873,9 +872,4 @@ fn validate_result(result: &TrialResult) -> Result<(), MasterError> {
         }
     }
     Ok(())
-}
-
-/// Metrics as a sorted map (for building results from the wire).
-pub fn metrics_from(map: std::collections::HashMap<String, f64>) -> BTreeMap<String, f64> {
-    map.into_iter().collect()
 }

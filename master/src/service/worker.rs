@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{parse_id, trial_assignment};
 use super::ChunkStream;
-use crate::scheduler::{metrics_from, HeartbeatAnswer, Progress, Scheduler};
+use crate::scheduler::{HeartbeatAnswer, Progress, Scheduler};
 use crate::store::TrialResult;
 
 /// Longest long-poll a worker may ask for.
@@ -138,7 +138,7 @@ impl WorkerService for WorkerApi {
         let trial: TrialId = parse_id("trial_id", &r.trial_id)?;
         let result = TrialResult {
             score: r.score,
-            metrics: metrics_from(r.metrics),
+            metrics: r.metrics.into_iter().collect(),
             checkpoint_sha256: (!r.checkpoint_sha256.is_empty()).then_some(r.checkpoint_sha256),
             epochs_run: r.epochs_run,
         };
