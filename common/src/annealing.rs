@@ -2,7 +2,7 @@
 //!
 //! The master keeps the annealing state (the pool of trained models, their scores and the number
 //! of completed trials) in its database and calls these functions to decide what to do next:
-//! [`temperature`] from the cooling schedule, [`draw_base`] to pick a base model from the pool with
+//! [`temperature`] / [`next_temperature`] from the cooling schedule (per annealing chain), [`draw_base`] to pick a base model from the pool with
 //! Boltzmann weights, and [`metropolis_accept`] to decide whether a trained child replaces its
 //! parent as a base. Scores are "higher is better" (validation accuracy).
 //!
@@ -41,25 +41,67 @@ pub fn rng_for(seed: u64, stream: u64, index: u64) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(key)
 }
 
-/// Temperature after `completed` completed trials.
+/// Scheduled temperature of a chain after `results` results, with `progress` (0 to 1) of the
+/// experiment's budget used.
 ///
-/// [`Cooling::Exponential`]: `T0 · rate^completed`; [`Cooling::Linear`]:
-/// `T0 · (1 − completed / max_trials)` (the floor once `completed >= max_trials`, or when
-/// `max_trials` is 0). The result is always clamped to `[min_temperature, initial_temperature]`.
-pub fn temperature(cfg: &AnnealingConfig, completed: u32, max_trials: u32) -> f64 {
+/// [`Cooling::Exponential`]: `T0 · rate^results`; [`Cooling::Linear`] and the cap of
+/// [`Cooling::Adaptive`]: `T0 · (1 − progress)` (the floor once the budget is used up). The result
+/// is always clamped to `[min_temperature, initial_temperature]`.
+pub fn temperature(cfg: &AnnealingConfig, results: u32, progress: f64) -> f64 {
     let t0 = cfg.initial_temperature;
     let raw = match cfg.cooling {
-        Cooling::Exponential => t0 * cfg.cooling_rate.powf(f64::from(completed)),
-        Cooling::Linear => {
-            if max_trials == 0 || completed >= max_trials {
-                0.0
-            } else {
-                t0 * (1.0 - f64::from(completed) / f64::from(max_trials))
-            }
-        }
+        Cooling::Exponential => t0 * cfg.cooling_rate.powf(f64::from(results)),
+        Cooling::Linear | Cooling::Adaptive => linear_ramp(t0, progress),
     };
-    // Written so that a malformed config (NaN, min above initial) cannot panic `clamp`.
+    clamp_temperature(cfg, raw)
+}
+
+/// The temperature of a chain after one more result, given its temperature before it.
+///
+/// Exponential and linear cooling follow [`temperature`]. Adaptive cooling multiplies the current
+/// temperature by `exp(λ (a − target))` (`a` = 1 if the result was accepted, else 0, and
+/// `λ = −2 ln(cooling_rate)`), so the chain's acceptance rate settles near
+/// `target_acceptance`; the linear ramp caps it, so the search still cools over the budget.
+pub fn next_temperature(
+    cfg: &AnnealingConfig,
+    current: f64,
+    results: u32,
+    progress: f64,
+    accepted: bool,
+) -> f64 {
+    match cfg.cooling {
+        Cooling::Exponential | Cooling::Linear => temperature(cfg, results, progress),
+        Cooling::Adaptive => {
+            let lambda = -2.0 * cfg.cooling_rate.ln();
+            let a = if accepted { 1.0 } else { 0.0 };
+            let adapted = current * (lambda * (a - cfg.target_acceptance)).exp();
+            let cap = linear_ramp(cfg.initial_temperature, progress);
+            clamp_temperature(cfg, adapted.min(cap))
+        }
+    }
+}
+
+/// Whether a chain that has gone `since_improvement` results without beating its best should be
+/// reheated.
+pub fn should_reheat(cfg: &AnnealingConfig, since_improvement: u32) -> bool {
+    cfg.reheat_after > 0 && since_improvement >= cfg.reheat_after
+}
+
+/// `t0 · (1 − progress)`, 0 once progress reaches 1 (NaN progress counts as 0).
+fn linear_ramp(t0: f64, progress: f64) -> f64 {
+    let p = if progress.is_nan() { 0.0 } else { progress };
+    if p >= 1.0 {
+        0.0
+    } else {
+        t0 * (1.0 - p.max(0.0))
+    }
+}
+
+/// Clamps to `[min_temperature, initial_temperature]`, written so that a malformed config (NaN,
+/// min above initial) cannot panic.
+fn clamp_temperature(cfg: &AnnealingConfig, raw: f64) -> f64 {
     let floor = cfg.min_temperature;
+    let t0 = cfg.initial_temperature;
     let ceiling = if t0 >= floor { t0 } else { floor };
     if raw.is_nan() || raw <= floor {
         floor
@@ -168,6 +210,7 @@ mod tests {
             cooling: Cooling::Exponential,
             cooling_rate: 0.95,
             min_temperature: 0.002,
+            ..AnnealingConfig::default()
         }
     }
 
@@ -219,23 +262,57 @@ mod tests {
     #[test]
     fn exponential_cooling_starts_at_t0_and_floors() {
         let cfg = exponential();
-        assert_close(temperature(&cfg, 0, 100), 0.05, 1e-15);
-        assert_close(temperature(&cfg, 1, 100), 0.05 * 0.95, 1e-15);
-        assert_close(temperature(&cfg, 10, 100), 0.05 * 0.95f64.powi(10), 1e-15);
-        assert_eq!(temperature(&cfg, 1000, 100), 0.002);
-        assert_eq!(temperature(&cfg, u32::MAX, 100), 0.002);
+        assert_close(temperature(&cfg, 0, 0.0), 0.05, 1e-15);
+        assert_close(temperature(&cfg, 1, 0.5), 0.05 * 0.95, 1e-15);
+        assert_close(temperature(&cfg, 10, 0.5), 0.05 * 0.95f64.powi(10), 1e-15);
+        assert_eq!(temperature(&cfg, 1000, 0.5), 0.002);
+        assert_eq!(temperature(&cfg, u32::MAX, 0.5), 0.002);
     }
 
     #[test]
-    fn linear_cooling_hits_the_floor_at_max_trials() {
+    fn linear_cooling_hits_the_floor_at_the_end_of_the_budget() {
         let cfg = linear();
-        assert_close(temperature(&cfg, 0, 100), 0.05, 1e-15);
-        assert_close(temperature(&cfg, 50, 100), 0.025, 1e-15);
-        assert_eq!(temperature(&cfg, 100, 100), 0.002);
-        assert_eq!(temperature(&cfg, 150, 100), 0.002);
-        assert_eq!(temperature(&cfg, 0, 0), 0.002);
+        assert_close(temperature(&cfg, 0, 0.0), 0.05, 1e-15);
+        assert_close(temperature(&cfg, 7, 0.5), 0.025, 1e-15);
+        assert_eq!(temperature(&cfg, 7, 1.0), 0.002);
+        assert_eq!(temperature(&cfg, 7, 1.5), 0.002);
+        assert_close(temperature(&cfg, 7, f64::NAN), 0.05, 1e-15);
         // Just before the end it is already on the floor (0.05 * 1/100 < 0.002).
-        assert_eq!(temperature(&cfg, 99, 100), 0.002);
+        assert_eq!(temperature(&cfg, 7, 0.99), 0.002);
+    }
+
+    #[test]
+    fn adaptive_cooling_rises_on_acceptance_and_falls_on_rejection() {
+        let cfg = AnnealingConfig {
+            cooling: Cooling::Adaptive,
+            cooling_rate: 0.8,
+            target_acceptance: 0.25,
+            ..exponential()
+        };
+        let t = 0.01;
+        let up = next_temperature(&cfg, t, 1, 0.1, true);
+        let down = next_temperature(&cfg, t, 1, 0.1, false);
+        let lambda = -2.0 * 0.8f64.ln();
+        assert_close(up, t * (lambda * 0.75).exp(), 1e-15);
+        assert_close(down, t * (-lambda * 0.25).exp(), 1e-15);
+        // The linear ramp caps it: near the end of the budget acceptance cannot keep it hot.
+        assert_close(next_temperature(&cfg, 0.04, 1, 0.9, true), 0.005, 1e-12);
+        // At the target rate the temperature is stationary: 1 accept per 3 rejects.
+        let mut t = 0.01;
+        for k in 0..40u32 {
+            t = next_temperature(&cfg, t, k, 0.0, k % 4 == 0);
+        }
+        assert_close(t, 0.01, 1e-9);
+    }
+
+    #[test]
+    fn reheating_waits_for_the_configured_stagnation() {
+        let mut cfg = exponential();
+        cfg.reheat_after = 3;
+        assert!(!should_reheat(&cfg, 2));
+        assert!(should_reheat(&cfg, 3));
+        cfg.reheat_after = 0;
+        assert!(!should_reheat(&cfg, 1000));
     }
 
     #[test]
@@ -245,12 +322,18 @@ mod tests {
             min_temperature: 0.01,
             ..exponential()
         };
-        assert_eq!(temperature(&cfg, 0, 10), 0.01);
+        assert_eq!(temperature(&cfg, 0, 0.0), 0.01);
         let cfg = AnnealingConfig {
             cooling_rate: f64::NAN,
             ..exponential()
         };
-        assert_eq!(temperature(&cfg, 3, 10), 0.002);
+        assert_eq!(temperature(&cfg, 3, 0.0), 0.002);
+        let cfg = AnnealingConfig {
+            cooling: Cooling::Adaptive,
+            ..cfg
+        };
+        // A NaN temperature (and NaN step) recovers to the linear cap, T0 at the start.
+        assert_eq!(next_temperature(&cfg, f64::NAN, 3, 0.0, true), 0.05);
     }
 
     #[test]
@@ -432,10 +515,11 @@ mod tests {
                 cooling: Cooling::Exponential,
                 cooling_rate: rate,
                 min_temperature: t0 * floor_fraction,
+                ..AnnealingConfig::default()
             };
             let mut previous = f64::INFINITY;
             for k in 0..600 {
-                let t = temperature(&cfg, k, max_trials);
+                let t = temperature(&cfg, k, f64::from(k) / f64::from(max_trials));
                 prop_assert!(t <= previous);
                 prop_assert!(t >= cfg.min_temperature && t <= t0);
                 previous = t;
@@ -453,15 +537,42 @@ mod tests {
                 cooling: Cooling::Linear,
                 cooling_rate: 1.0,
                 min_temperature: t0 * floor_fraction,
+                ..AnnealingConfig::default()
             };
             let mut previous = f64::INFINITY;
             for k in 0..=max_trials + 5 {
-                let t = temperature(&cfg, k, max_trials);
+                let t = temperature(&cfg, k, f64::from(k) / f64::from(max_trials));
                 prop_assert!(t <= previous);
                 prop_assert!(t >= cfg.min_temperature && t <= t0);
                 previous = t;
             }
-            prop_assert_eq!(temperature(&cfg, max_trials, max_trials), cfg.min_temperature);
+            prop_assert_eq!(temperature(&cfg, max_trials, 1.0), cfg.min_temperature);
+        }
+
+        #[test]
+        fn adaptive_cooling_stays_in_bounds(
+            t0 in 1e-3f64..1.0,
+            floor_fraction in 1e-3f64..1.0,
+            rate in 0.5f64..0.999,
+            target in 0.05f64..0.95,
+            decisions in prop::collection::vec(any::<bool>(), 1..100),
+        ) {
+            let cfg = AnnealingConfig {
+                initial_temperature: t0,
+                cooling: Cooling::Adaptive,
+                cooling_rate: rate,
+                min_temperature: t0 * floor_fraction,
+                target_acceptance: target,
+                ..AnnealingConfig::default()
+            };
+            let mut t = t0;
+            let n = decisions.len() as f64;
+            for (k, &accepted) in decisions.iter().enumerate() {
+                let progress = k as f64 / n;
+                t = next_temperature(&cfg, t, k as u32 + 1, progress, accepted);
+                prop_assert!(t >= cfg.min_temperature && t <= t0);
+                prop_assert!(t <= (t0 * (1.0 - progress)).max(cfg.min_temperature) + 1e-15);
+            }
         }
 
         #[test]

@@ -26,6 +26,10 @@ pub struct ExperimentSpec {
     pub annealing: AnnealingConfig,
     #[serde(default)]
     pub search: SearchSpace,
+    #[serde(default)]
+    pub early_stopping: EarlyStopping,
+    #[serde(default)]
+    pub inheritance: Inheritance,
     /// Architectures (and optionally hyperparameters) the search starts from.
     #[serde(default = "default_seeds")]
     pub seeds: Vec<SeedModel>,
@@ -56,6 +60,10 @@ pub struct Budget {
     /// Give up on the experiment after this many failed trials (default: `max_trials`).
     #[serde(default)]
     pub max_failures: Option<u32>,
+    /// Total training epochs across all trials (pruned and failed ones count the epochs they
+    /// ran): the compute budget. A trial's epochs are cut to what is left.
+    #[serde(default)]
+    pub max_epochs: Option<u32>,
 }
 
 /// Which data trials train on.
@@ -98,8 +106,13 @@ impl Default for DataConfig {
 pub enum Cooling {
     /// `T_k = T_0 · rate^k`.
     Exponential,
-    /// `T_k = T_0 · (1 − k / max_trials)`, floored at the minimum.
+    /// `T_k = T_0 · (1 − progress)`, floored at the minimum; progress is the used fraction of
+    /// the trial (or epoch) budget.
     Linear,
+    /// Follows the chain's acceptance rate towards `target_acceptance`: after each result
+    /// `T ← T · exp(λ (a − target))` with `a` = 1 for an accepted child and 0 otherwise and
+    /// `λ = −2 ln(cooling_rate)`, capped by the linear schedule so the search still cools.
+    Adaptive,
 }
 
 /// Simulated-annealing settings (see `annealing`).
@@ -114,6 +127,14 @@ pub struct AnnealingConfig {
     pub cooling_rate: f64,
     /// Temperature never drops below this.
     pub min_temperature: f64,
+    /// Annealing chains sharing the pool, each with its own current model and temperature
+    /// (0 = one per connected worker slot).
+    pub chains: u32,
+    /// Acceptance rate adaptive cooling steers each chain towards.
+    pub target_acceptance: f64,
+    /// Reheat a chain (temperature back to the initial one, restart from a draw over the whole
+    /// pool) after this many results in a row that did not beat its best (0 = never).
+    pub reheat_after: u32,
 }
 
 impl Default for AnnealingConfig {
@@ -123,6 +144,65 @@ impl Default for AnnealingConfig {
             cooling: Cooling::Exponential,
             cooling_rate: 0.9,
             min_temperature: 0.001,
+            chains: 0,
+            target_acceptance: 0.3,
+            reheat_after: 6,
+        }
+    }
+}
+
+/// Which rule stops trials that are clearly worse than their peers at the same epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoppingRule {
+    /// Every trial runs all its epochs.
+    None,
+    /// Stop a trial whose validation accuracy is below the median of its peers' at that epoch.
+    Median,
+    /// Asynchronous successive halving: at rung epochs `grace · η^k` a trial goes on only if
+    /// it is in the top `1/η` of the trials that reached that rung.
+    Asha,
+}
+
+/// Early stopping of unpromising trials through the progress stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EarlyStopping {
+    pub rule: StoppingRule,
+    /// No trial is stopped before it has run this many epochs.
+    pub grace_epochs: u32,
+    /// Compare only when at least this many other trials have reported the same epoch.
+    pub min_peers: u32,
+    /// η of [`StoppingRule::Asha`].
+    pub reduction_factor: u32,
+}
+
+impl Default for EarlyStopping {
+    fn default() -> Self {
+        EarlyStopping {
+            rule: StoppingRule::Median,
+            grace_epochs: 1,
+            min_peers: 3,
+            reduction_factor: 3,
+        }
+    }
+}
+
+/// Weight inheritance: a child starts from its parent's trained weights wherever tensor names
+/// and shapes still match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Inheritance {
+    pub enabled: bool,
+    /// An inheriting child trains at most this many epochs: a fine-tune (0 = its own epochs).
+    pub fine_tune_epochs: u32,
+}
+
+impl Default for Inheritance {
+    fn default() -> Self {
+        Inheritance {
+            enabled: true,
+            fine_tune_epochs: 2,
         }
     }
 }
@@ -236,6 +316,9 @@ impl ExperimentSpec {
         if b.max_wall_seconds == Some(0) {
             return key("budget.max_wall_seconds", "must be positive".into());
         }
+        if b.max_epochs == Some(0) {
+            return key("budget.max_epochs", "must be positive".into());
+        }
         let d = &self.data;
         match d.dataset.as_str() {
             "fashion-mnist" => {
@@ -304,6 +387,34 @@ impl ExperimentSpec {
             return key(
                 "annealing.cooling_rate",
                 format!("must be in (0, 1], got {}", a.cooling_rate),
+            );
+        }
+        if a.chains > 256 {
+            return key(
+                "annealing.chains",
+                format!("must be 0 (one per worker slot) to 256, got {}", a.chains),
+            );
+        }
+        if !(a.target_acceptance > 0.0 && a.target_acceptance < 1.0) {
+            return key(
+                "annealing.target_acceptance",
+                format!("must be in (0, 1), got {}", a.target_acceptance),
+            );
+        }
+        if a.cooling == Cooling::Adaptive && a.cooling_rate >= 1.0 {
+            return key(
+                "annealing.cooling_rate",
+                "must be below 1 with adaptive cooling (it sets the adaptation step)".into(),
+            );
+        }
+        let e = &self.early_stopping;
+        if e.min_peers == 0 {
+            return key("early_stopping.min_peers", "must be at least 1".into());
+        }
+        if e.rule == StoppingRule::Asha && e.reduction_factor < 2 {
+            return key(
+                "early_stopping.reduction_factor",
+                format!("must be at least 2, got {}", e.reduction_factor),
             );
         }
         self.search.validate()?;

@@ -35,7 +35,7 @@ fn run(seed: u64) -> (Vec<Step>, f64, f64) {
     let mut pool = vec![(genome, hp, start)];
     let mut trajectory = Vec::new();
     for step in 0..STEPS {
-        let t = temperature(&cfg, step, STEPS);
+        let t = temperature(&cfg, step, f64::from(step) / f64::from(STEPS));
         let scores: Vec<f64> = pool.iter().map(|m| m.2).collect();
         let mut rng = rng_for(seed, STREAM_PROPOSAL, u64::from(step));
         let base = draw_base(&scores, t, &mut rng).expect("finite scores");

@@ -40,6 +40,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Show the best model of an experiment; --export writes it to a directory.
     Best(BestArgs),
+    /// List every trial of an experiment (--json: one JSON object per line).
+    Trials(TrialsArgs),
 }
 
 /// Flags of `master serve`.
@@ -182,6 +184,18 @@ pub struct StatusArgs {
     pub connect: ConnectArgs,
 }
 
+/// Flags of `master trials`.
+#[derive(Debug, Args)]
+pub struct TrialsArgs {
+    /// An experiment id (default: the most recent experiment).
+    pub experiment: Option<String>,
+    /// One JSON object per trial and line, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
 /// Flags of `master best`.
 #[derive(Debug, Args)]
 pub struct BestArgs {
@@ -259,7 +273,7 @@ pub async fn watch(
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} trials  {msg}",
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {prefix}  {msg}",
         )
         .expect("valid template"),
     );
@@ -284,24 +298,31 @@ pub async fn watch(
             }
             Err(status) => return Err(status_error(status)),
         };
-        bar.set_length(summary.max_trials as u64);
-        bar.set_position(summary.trials_completed as u64);
+        // An epoch budget measures compute better than a trial count: follow it when there is one.
+        let finished = summary.trials_completed + summary.trials_pruned;
+        let (unit, done, total) = match summary.max_epochs {
+            0 => ("trials", u64::from(finished), u64::from(summary.max_trials)),
+            max => ("epochs", summary.epochs_spent, max),
+        };
+        bar.set_prefix(unit);
+        bar.set_length(total);
+        bar.set_position(done.min(total));
         let best = if summary.best_score.is_nan() {
             "-".to_string()
         } else {
             format!("{:.4}", summary.best_score)
         };
         let message = format!(
-            "best val {best}  running {}  failed {}  T {:.4}",
-            summary.trials_running, summary.trials_failed, summary.temperature
+            "best val {best}  trials {finished}  running {}  pruned {}  failed {}  T {:.4}",
+            summary.trials_running,
+            summary.trials_pruned,
+            summary.trials_failed,
+            summary.temperature
         );
         // Without a terminal (logs, CI) the bar is hidden: print a line whenever a trial ends.
-        let seen = (summary.trials_completed, summary.trials_failed);
+        let seen = (finished, summary.trials_failed);
         if bar.is_hidden() && last_printed != Some(seen) {
-            println!(
-                "trials {}/{}  {message}",
-                summary.trials_completed, summary.max_trials
-            );
+            println!("{unit} {done}/{total}  {message}");
             last_printed = Some(seen);
         }
         bar.set_message(message);
@@ -356,8 +377,8 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
 
 fn print_summary_header() {
     println!(
-        "{:<22} {:<20} {:<10} {:>9} {:>7} {:>8} {:>9}",
-        "EXPERIMENT", "NAME", "STATUS", "TRIALS", "FAILED", "BEST", "TEMP"
+        "{:<22} {:<20} {:<10} {:>9} {:>7} {:>7} {:>9} {:>8} {:>9}",
+        "EXPERIMENT", "NAME", "STATUS", "TRIALS", "PRUNED", "FAILED", "EPOCHS", "BEST", "TEMP"
     );
 }
 
@@ -367,13 +388,19 @@ fn print_summary(s: &ExperimentSummary) {
     } else {
         format!("{:.4}", s.best_score)
     };
+    let epochs = match s.max_epochs {
+        0 => s.epochs_spent.to_string(),
+        max => format!("{}/{max}", s.epochs_spent),
+    };
     println!(
-        "{:<22} {:<20} {:<10} {:>9} {:>7} {:>8} {:>9.5}",
+        "{:<22} {:<20} {:<10} {:>9} {:>7} {:>7} {:>9} {:>8} {:>9.5}",
         s.experiment_id,
         truncate(&s.name, 20),
         s.status,
-        format!("{}/{}", s.trials_completed, s.max_trials),
+        format!("{}/{}", s.trials_completed + s.trials_pruned, s.max_trials),
+        s.trials_pruned,
         s.trials_failed,
+        epochs,
         best,
         s.temperature
     );
@@ -430,11 +457,13 @@ pub async fn print_leaderboard(
     Ok(())
 }
 
-/// `master best`.
-pub async fn best(args: &BestArgs) -> Result<()> {
-    let mut client = args.connect.admin().await?;
-    let id = match &args.experiment {
-        Some(id) => id.clone(),
+/// The named experiment, or the most recent one.
+async fn experiment_or_latest(
+    client: &mut AdminServiceClient<AuthChannel>,
+    experiment: &Option<String>,
+) -> Result<String> {
+    match experiment {
+        Some(id) => Ok(id.clone()),
         None => client
             .list_experiments(proto::ListExperimentsRequest {})
             .await
@@ -443,8 +472,92 @@ pub async fn best(args: &BestArgs) -> Result<()> {
             .experiments
             .first()
             .map(|e| e.experiment_id.clone())
-            .context("no experiments yet")?,
-    };
+            .context("no experiments yet"),
+    }
+}
+
+/// `master trials`: every trial in proposal order, as a table or as JSON lines.
+pub async fn trials(args: &TrialsArgs) -> Result<()> {
+    let mut client = args.connect.admin().await?;
+    let id = experiment_or_latest(&mut client, &args.experiment).await?;
+    let trials = client
+        .list_trials(proto::ListTrialsRequest {
+            experiment_id: id.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .trials;
+    if args.json {
+        for t in &trials {
+            println!("{}", trial_json(t));
+        }
+        return Ok(());
+    }
+    println!(
+        "{:>4} {:<24} {:<10} {:>5} {:>6} {:>8} {:>8} {:>3}  ORIGIN",
+        "SEQ", "TRIAL", "STATUS", "CHAIN", "EPOCHS", "VAL", "TEST", "INH"
+    );
+    for t in &trials {
+        let value = |v: Option<f64>| {
+            v.filter(|v| v.is_finite())
+                .map_or("-".into(), |v| format!("{v:.4}"))
+        };
+        println!(
+            "{:>4} {:<24} {:<10} {:>5} {:>6} {:>8} {:>8} {:>3}  {}",
+            t.seq,
+            t.trial_id,
+            t.status,
+            t.chain,
+            t.epochs_run,
+            value(Some(t.score)),
+            value(t.metrics.get("test_accuracy").copied()),
+            if t.inherit_from.is_empty() { "" } else { "yes" },
+            truncate(
+                if t.error.is_empty() {
+                    &t.origin
+                } else {
+                    &t.error
+                },
+                70
+            )
+        );
+    }
+    Ok(())
+}
+
+/// A trial as one JSON object (absent scores are `null`).
+fn trial_json(t: &TrialRecord) -> serde_json::Value {
+    let finite = |v: f64| v.is_finite().then_some(v);
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    serde_json::json!({
+        "trial_id": t.trial_id,
+        "seq": t.seq,
+        "status": t.status,
+        "parent_trial_id": text(&t.parent_trial_id),
+        "origin": t.origin,
+        "chain": t.chain,
+        "inherited": !t.inherit_from.is_empty(),
+        "epochs_run": t.epochs_run,
+        "score": finite(t.score),
+        "test_accuracy": t.metrics.get("test_accuracy").copied().and_then(finite),
+        "inherited_tensors": t.metrics.get("inherited_tensors"),
+        "accepted": t.accepted,
+        "temperature": finite(t.temperature),
+        "params": t.params,
+        "flops": t.flops,
+        "genome": serde_json::from_str::<serde_json::Value>(&t.genome_json).ok(),
+        "hparams": serde_json::from_str::<serde_json::Value>(&t.hparams_json).ok(),
+        "created_at_ms": t.created_at_ms,
+        "finished_at_ms": (t.finished_at_ms > 0).then_some(t.finished_at_ms),
+        "error": text(&t.error),
+    })
+}
+
+/// `master best`.
+pub async fn best(args: &BestArgs) -> Result<()> {
+    let mut client = args.connect.admin().await?;
+    let id = experiment_or_latest(&mut client, &args.experiment).await?;
     let best = client
         .get_best_model(proto::GetBestModelRequest {
             experiment_id: id.clone(),

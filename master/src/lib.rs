@@ -8,7 +8,9 @@
 
 pub mod artifacts;
 pub mod auth;
+pub mod chains;
 pub mod cli;
+pub mod early_stop;
 pub mod error;
 pub mod scheduler;
 #[cfg(test)]

@@ -26,6 +26,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Submit(args) => cli::submit(&args).await,
         Command::Status(args) => cli::status(&args).await,
         Command::Best(args) => cli::best(&args).await,
+        Command::Trials(args) => cli::trials(&args).await,
     }
 }
 

@@ -18,10 +18,12 @@ use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
 
 use crate::artifacts::ArtifactStore;
+use crate::chains::{self, ChainResult};
+use crate::early_stop;
 use crate::error::MasterError;
 use crate::store::{
-    self, ExperimentRow, ExperimentStatus, NewTrial, Store, TrialCounts, TrialResult, TrialRow,
-    TrialStatus,
+    self, ChainRow, EpochUsage, ExperimentRow, ExperimentStatus, NewTrial, Store, TrialCounts,
+    TrialResult, TrialRow, TrialStatus,
 };
 
 /// Randomness stream for per-trial training seeds.
@@ -83,7 +85,10 @@ pub struct ExperimentView {
     pub spec: ExperimentSpec,
     pub counts: TrialCounts,
     pub best: Option<TrialRow>,
+    /// Mean temperature of the annealing chains.
     pub temperature: f64,
+    /// Training epochs spent and committed.
+    pub epochs: EpochUsage,
 }
 
 /// The scheduler; cheap to share behind an `Arc`.
@@ -210,14 +215,15 @@ impl Scheduler {
             Some(t) => store::get_trial(conn, t).await?,
             None => None,
         };
-        let temperature =
-            annealing::temperature(&spec.annealing, counts.completed, spec.budget.max_trials);
+        let temperature = chains::mean_temperature(conn, &spec, &row.id).await?;
+        let epochs = store::epoch_usage(conn, &row.id).await?;
         Ok(ExperimentView {
             row,
             spec,
             counts,
             best,
             temperature,
+            epochs,
         })
     }
 
@@ -362,6 +368,13 @@ impl Scheduler {
         let trial = require_trial(&mut tx, trial_id).await?;
         let experiment = experiment_of(&mut tx, &trial).await?;
         let deadline = now + self.config.lease.as_millis() as i64;
+        // A trial never runs more epochs than planned; a report claiming more is clamped so it
+        // cannot overdraw the epoch budget.
+        let planned = HyperParams::from_json(&trial.hparams_json)?.epochs;
+        let progress = Progress {
+            epoch: progress.epoch.min(planned),
+            ..progress
+        };
         let held = store::heartbeat_trial(
             &mut tx,
             trial_id,
@@ -394,6 +407,15 @@ impl Scheduler {
             );
             return Ok(HeartbeatAnswer::Stop(reason.to_string()));
         }
+        if let Some(reason) = self
+            .record_epoch(&mut tx, &experiment, &trial, progress, now)
+            .await?
+        {
+            tx.commit().await.map_err(store::convert_sqlx_err)?;
+            info!(trial_id, worker_id, reason = %reason, "trial pruned");
+            self.work_available.notify_waiters();
+            return Ok(HeartbeatAnswer::Stop(reason));
+        }
         tx.commit().await.map_err(store::convert_sqlx_err)?;
         if experiment.status != ExperimentStatus::Running.as_str() {
             return Ok(HeartbeatAnswer::Stop(format!(
@@ -410,6 +432,77 @@ impl Scheduler {
             "progress"
         );
         Ok(HeartbeatAnswer::Continue)
+    }
+
+    /// Records the validation accuracy an epoch report carries and applies early stopping: when
+    /// the trial is clearly worse than its peers at this epoch it is recorded as pruned (its
+    /// score the accuracy so far) and the reason is returned.
+    async fn record_epoch(
+        &self,
+        conn: &mut SqliteConnection,
+        experiment: &ExperimentRow,
+        trial: &TrialRow,
+        progress: Progress,
+        now: i64,
+    ) -> Result<Option<String>, MasterError> {
+        let val = progress.val_accuracy;
+        if !(progress.started && progress.epoch >= 1 && (0.0..=1.0).contains(&val)) {
+            return Ok(None);
+        }
+        let epoch = i64::from(progress.epoch);
+        let loss = progress
+            .train_loss
+            .is_finite()
+            .then_some(progress.train_loss);
+        store::record_epoch(conn, &trial.id, epoch, val, loss).await?;
+        if experiment.status != ExperimentStatus::Running.as_str() {
+            return Ok(None);
+        }
+        let spec = parse_spec(experiment)?;
+        let total_epochs = HyperParams::from_json(&trial.hparams_json)?.epochs;
+        let peers = store::peer_accuracies(conn, &experiment.id, &trial.id, epoch).await?;
+        let Some(reason) = early_stop::should_stop(
+            &spec.early_stopping,
+            progress.epoch,
+            total_epochs,
+            val,
+            &peers,
+        ) else {
+            return Ok(None);
+        };
+        let chain = chains::load(conn, &spec, &experiment.id, trial.chain).await?;
+        store::prune_trial(conn, &trial.id, val, epoch, &reason, chain.temperature, now).await?;
+        let progress = self.budget_progress(conn, &spec, experiment, now).await?;
+        let result = ChainResult {
+            trial_id: &trial.id,
+            score: val,
+            accepted: false,
+            progress,
+        };
+        chains::record(conn, &spec, chain, result).await?;
+        self.refill_experiment(conn, experiment, now).await?;
+        Ok(Some(reason))
+    }
+
+    /// Used fraction of the experiment's budget (the largest of trials, epochs and wall time).
+    async fn budget_progress(
+        &self,
+        conn: &mut SqliteConnection,
+        spec: &ExperimentSpec,
+        row: &ExperimentRow,
+        now: i64,
+    ) -> Result<f64, MasterError> {
+        let budget = &spec.budget;
+        let counts = store::trial_counts(conn, &row.id).await?;
+        let mut progress = f64::from(counts.finished()) / f64::from(budget.max_trials.max(1));
+        if let Some(max) = budget.max_epochs {
+            let usage = store::epoch_usage(conn, &row.id).await?;
+            progress = progress.max(usage.spent as f64 / f64::from(max));
+        }
+        if let Some(max) = budget.max_wall_seconds {
+            progress = progress.max((now - row.created_at_ms) as f64 / (max as f64 * 1000.0));
+        }
+        Ok(progress.clamp(0.0, 1.0))
     }
 
     /// Records a trial's result. Idempotent on `(trial, attempt)`; a result from a superseded
@@ -471,9 +564,8 @@ impl Scheduler {
         }
         let experiment = experiment_of(&mut tx, &trial).await?;
         let spec = parse_spec(&experiment)?;
-        let counts = store::trial_counts(&mut tx, &experiment.id).await?;
-        let temperature =
-            annealing::temperature(&spec.annealing, counts.completed, spec.budget.max_trials);
+        let chain = chains::load(&mut tx, &spec, &experiment.id, trial.chain).await?;
+        let temperature = chain.temperature;
         let parent_score = match &trial.parent_id {
             Some(p) => store::get_trial(&mut tx, p).await?.and_then(|p| p.score),
             None => None,
@@ -487,7 +579,23 @@ impl Scheduler {
             // Seeds, and children whose parent has no score, are accepted.
             None => true,
         };
+        let result = TrialResult {
+            epochs_run: result
+                .epochs_run
+                .min(HyperParams::from_json(&trial.hparams_json)?.epochs),
+            ..result
+        };
         store::complete_trial(&mut tx, trial_id, &result, accepted, temperature, now).await?;
+        let progress = self
+            .budget_progress(&mut tx, &spec, &experiment, now)
+            .await?;
+        let chain_result = ChainResult {
+            trial_id,
+            score: result.score,
+            accepted,
+            progress,
+        };
+        chains::record(&mut tx, &spec, chain, chain_result).await?;
         let best_score = match &experiment.best_trial_id {
             Some(b) => store::get_trial(&mut tx, b).await?.and_then(|t| t.score),
             None => None,
@@ -633,7 +741,7 @@ impl Scheduler {
         let spec = parse_spec(row)?;
         let budget = &spec.budget;
         let mut counts = store::trial_counts(conn, &row.id).await?;
-        if counts.completed >= budget.max_trials {
+        if counts.finished() >= budget.max_trials {
             store::cancel_queued(conn, &row.id, "budget reached", now).await?;
             store::finish_experiment(
                 conn,
@@ -643,7 +751,7 @@ impl Scheduler {
                 now,
             )
             .await?;
-            info!(experiment_id = %row.id, trials = counts.completed, "experiment completed");
+            info!(experiment_id = %row.id, trials = counts.finished(), "experiment completed");
             return Ok(true);
         }
         let max_failures = budget.max_failures.unwrap_or(budget.max_trials);
@@ -666,19 +774,51 @@ impl Scheduler {
                     now,
                 )
                 .await?;
-                info!(experiment_id = %row.id, trials = counts.completed, "experiment completed (wall time)");
+                info!(experiment_id = %row.id, trials = counts.finished(), "experiment completed (wall time)");
                 return Ok(true);
             }
             return Ok(cancelled > 0);
         }
+        let mut remaining_epochs = match budget.max_epochs {
+            Some(max) => {
+                let usage = store::epoch_usage(conn, &row.id).await?;
+                Some(u64::from(max).saturating_sub(usage.committed))
+            }
+            None => None,
+        };
+        if remaining_epochs == Some(0) {
+            if counts.queued == 0 && counts.in_flight() == 0 {
+                store::finish_experiment(
+                    conn,
+                    &row.id,
+                    ExperimentStatus::Completed,
+                    "epoch budget reached",
+                    now,
+                )
+                .await?;
+                info!(experiment_id = %row.id, trials = counts.finished(), "experiment completed (epoch budget)");
+                return Ok(true);
+            }
+            return Ok(false);
+        }
         let since = now - 2 * self.config.lease.as_millis() as i64;
-        let target_queued = store::connected_slots(conn, since).await?.max(1);
+        let slots = store::connected_slots(conn, since).await?;
+        let target_queued = slots.max(1);
         let mut changed = false;
-        while counts.queued < target_queued && counts.budgeted() < budget.max_trials {
-            match self.propose(conn, row, &spec, counts, now).await {
-                Ok(()) => {
+        while counts.queued < target_queued
+            && counts.budgeted() < budget.max_trials
+            && remaining_epochs != Some(0)
+        {
+            match self
+                .propose(conn, row, &spec, slots, remaining_epochs, now)
+                .await
+            {
+                Ok(epochs) => {
                     counts.queued += 1;
                     changed = true;
+                    if let Some(left) = remaining_epochs.as_mut() {
+                        *left = left.saturating_sub(u64::from(epochs));
+                    }
                 }
                 Err(e) => {
                     warn!(experiment_id = %row.id, error = %e, "no proposal this round");
@@ -695,7 +835,7 @@ impl Scheduler {
                             now,
                         )
                         .await?;
-                        info!(experiment_id = %row.id, trials = counts.completed, reason = %reason, "experiment completed");
+                        info!(experiment_id = %row.id, trials = counts.finished(), reason = %reason, "experiment completed");
                         changed = true;
                     }
                     break;
@@ -705,58 +845,59 @@ impl Scheduler {
         Ok(changed)
     }
 
-    /// Inserts the next trial: a seed while seeds remain, else an annealing proposal.
+    /// Inserts the next trial: a seed while seeds remain, else an annealing proposal from the
+    /// least-loaded chain. Returns the trial's planned epochs (cut to `remaining_epochs`).
     async fn propose(
         &self,
         conn: &mut SqliteConnection,
         row: &ExperimentRow,
         spec: &ExperimentSpec,
-        counts: TrialCounts,
+        connected_slots: u32,
+        remaining_epochs: Option<u64>,
         now: i64,
-    ) -> Result<(), MasterError> {
+    ) -> Result<u32, MasterError> {
         let seq = store::next_seq(conn, &row.id).await?;
         let seeds = spec.resolve_seeds(None)?;
         let trial_seed =
             db_seed(annealing::rng_for(spec.seed, STREAM_TRIAL_SEED, seq as u64).gen());
-        let temperature =
-            annealing::temperature(&spec.annealing, counts.completed, spec.budget.max_trials);
-        let (parent_id, origin, genome, hparams) = if (seq as usize) < seeds.len() {
+        let chain_count = chains::chain_count(spec, connected_slots);
+        let is_seed = (seq as usize) < seeds.len();
+        let chain_index = if is_seed {
+            seq % i64::from(chain_count)
+        } else {
+            chains::least_loaded(conn, &row.id, chain_count).await?
+        };
+        let chain = chains::load(conn, spec, &row.id, chain_index).await?;
+        let cap_epochs = |hp: &mut HyperParams| {
+            if let Some(left) = remaining_epochs {
+                hp.epochs = hp.epochs.min(left.min(u64::from(u32::MAX)) as u32).max(1);
+            }
+        };
+        let (parent_id, origin, genome, hparams, inherit_from) = if is_seed {
             let seed = &seeds[seq as usize];
-            (
-                None,
-                seed.label.clone(),
-                seed.genome.clone(),
-                seed.hparams.clone(),
-            )
+            let mut hparams = seed.hparams.clone();
+            cap_epochs(&mut hparams);
+            (None, seed.label.clone(), seed.genome.clone(), hparams, None)
         } else {
             let mut rng = annealing::rng_for(spec.seed, STREAM_PROPOSAL, seq as u64);
-            let accepted = store::accepted_trials(conn, &row.id).await?;
-            let base = if accepted.is_empty() {
-                // Nothing scored yet: mutate one of the seed trials.
-                let all = store::list_trials(conn, &row.id).await?;
-                let seed_trials: Vec<&TrialRow> = all
-                    .iter()
-                    .filter(|t| (t.seq as usize) < seeds.len())
-                    .collect();
-                if seed_trials.is_empty() {
-                    return Err(MasterError::Internal("no seed trial to mutate".into()));
-                }
-                seed_trials[rng.gen_range(0..seed_trials.len())].clone()
-            } else {
-                let scores: Vec<f64> = accepted
-                    .iter()
-                    .map(|t| t.score.unwrap_or(f64::NAN))
-                    .collect();
-                let index = annealing::draw_base(&scores, temperature, &mut rng)
-                    .ok_or_else(|| MasterError::Internal("no scored base model".into()))?;
-                accepted[index].clone()
-            };
+            let base = self
+                .base_for(conn, row, seeds.len(), &chain, &mut rng)
+                .await?;
+            let inherit_from = base
+                .checkpoint_sha256
+                .clone()
+                .filter(|sha| spec.inheritance.enabled && self.artifacts.contains(sha));
             let base_genome =
                 Genome::from_json(&base.genome_json).map_err(explore_common::CommonError::from)?;
             let base_hparams = HyperParams::from_json(&base.hparams_json)?;
             let mut found = None;
             for _ in 0..UNIQUE_PROPOSAL_TRIES {
-                let p = mutation::propose(&base_genome, &base_hparams, &spec.search, &mut rng)?;
+                let mut p = mutation::propose(&base_genome, &base_hparams, &spec.search, &mut rng)?;
+                let fine_tune = spec.inheritance.fine_tune_epochs;
+                if inherit_from.is_some() && fine_tune > 0 {
+                    p.hparams.epochs = p.hparams.epochs.min(fine_tune);
+                }
+                cap_epochs(&mut p.hparams);
                 if !store::candidate_exists(
                     conn,
                     &row.id,
@@ -775,11 +916,25 @@ impl Scheduler {
                     base.id
                 ))
             })?;
-            (Some(base.id.clone()), p.description, p.genome, p.hparams)
+            let origin = if inherit_from.is_some() {
+                format!("{} (inherits weights)", p.description)
+            } else {
+                p.description
+            };
+            (
+                Some(base.id.clone()),
+                origin,
+                p.genome,
+                p.hparams,
+                inherit_from,
+            )
         };
+        // Mutations respect the constraints already; this guards every path into the queue.
+        spec.search.check_constraints(&genome)?;
         let analysis = genome
             .analyze()
             .map_err(explore_common::CommonError::from)?;
+        let epochs = hparams.epochs;
         let trial = NewTrial {
             id: TrialId::generate().to_string(),
             experiment_id: row.id.clone(),
@@ -792,11 +947,58 @@ impl Scheduler {
             params: analysis.params as i64,
             flops: analysis.flops as i64,
             seed: trial_seed,
-            temperature,
+            temperature: chain.temperature,
+            chain: chain_index,
+            inherit_from,
         };
         store::insert_trial(conn, &trial, now).await?;
-        tracing::debug!(trial_id = %trial.id, seq, origin = %trial.origin, "trial proposed");
-        Ok(())
+        if store::get_chain(conn, &row.id, chain_index)
+            .await?
+            .is_none()
+        {
+            store::save_chain(conn, &chain).await?;
+        }
+        tracing::debug!(trial_id = %trial.id, seq, chain = chain_index, origin = %trial.origin, "trial proposed");
+        Ok(epochs)
+    }
+
+    /// The model a chain's next proposal mutates: the chain's current model; without one, a
+    /// Boltzmann draw (at the chain's temperature) over every accepted trial of the pool; before
+    /// anything is scored, one of the seed trials.
+    async fn base_for(
+        &self,
+        conn: &mut SqliteConnection,
+        row: &ExperimentRow,
+        seed_count: usize,
+        chain: &ChainRow,
+        rng: &mut impl Rng,
+    ) -> Result<TrialRow, MasterError> {
+        if let Some(id) = &chain.current_trial_id {
+            if let Some(current) = store::get_trial(conn, id).await? {
+                if current.status == TrialStatus::Completed.as_str() && current.score.is_some() {
+                    return Ok(current);
+                }
+            }
+        }
+        let accepted = store::accepted_trials(conn, &row.id).await?;
+        if accepted.is_empty() {
+            let all = store::list_trials(conn, &row.id).await?;
+            let seed_trials: Vec<&TrialRow> = all
+                .iter()
+                .filter(|t| (t.seq as usize) < seed_count)
+                .collect();
+            if seed_trials.is_empty() {
+                return Err(MasterError::Internal("no seed trial to mutate".into()));
+            }
+            return Ok(seed_trials[rng.gen_range(0..seed_trials.len())].clone());
+        }
+        let scores: Vec<f64> = accepted
+            .iter()
+            .map(|t| t.score.unwrap_or(f64::NAN))
+            .collect();
+        let index = annealing::draw_base(&scores, chain.temperature, rng)
+            .ok_or_else(|| MasterError::Internal("no scored base model".into()))?;
+        Ok(accepted[index].clone())
     }
 }
 

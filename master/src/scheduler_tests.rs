@@ -916,7 +916,8 @@ async fn experiment_completes_exactly_at_the_trial_budget() {
             ..TrialCounts::default()
         }
     );
-    let cooled = v.spec.annealing.initial_temperature * 0.9f64.powf(4.0);
+    // Two chains (one per connected slot), two results each.
+    let cooled = v.spec.annealing.initial_temperature * 0.9f64.powf(2.0);
     assert!((v.temperature - cooled).abs() < 1e-12, "{}", v.temperature);
     assert!(
         within(h.sched.acquire(a.as_str(), Duration::from_millis(50)))
@@ -1203,9 +1204,10 @@ async fn heartbeats_keep_a_lease_alive() {
         within(h.sched.tick()).await.unwrap();
     }
     let held = trial(&h.sched, &t.id).await;
+    // Reports past the trial's planned epochs (3) are clamped: they cannot overdraw a budget.
     assert_eq!(
         (held.status.as_str(), held.attempt, held.epoch),
-        ("running", 1, 7)
+        ("running", 1, 3)
     );
 }
 
@@ -1733,4 +1735,340 @@ async fn after_the_wall_time_a_prefetched_trial_is_cancelled_but_a_started_one_r
     assert_eq!(v.row.status, "completed");
     assert_eq!(v.row.status_reason, "wall-time budget reached");
     assert_eq!(v.counts.completed, 1);
+}
+
+// ---- search at cluster scale: chains, epoch budgets, early stopping, inheritance ----------------
+
+/// Reports epoch `epoch` of a held trial with a validation accuracy.
+async fn report_epoch(
+    sched: &Scheduler,
+    w: &WorkerId,
+    t: &TrialRow,
+    epoch: u32,
+    val: f64,
+) -> HeartbeatAnswer {
+    let p = Progress {
+        started: true,
+        epoch,
+        total_epochs: HyperParams::from_json(&t.hparams_json).unwrap().epochs,
+        train_loss: 0.4,
+        val_accuracy: val,
+    };
+    within(sched.heartbeat(w.as_str(), &t.id, t.attempt as u32, p))
+        .await
+        .unwrap()
+}
+
+/// Completes a trial with a real uploaded checkpoint, so children can inherit from it.
+async fn finish_with_checkpoint(sched: &Scheduler, w: &WorkerId, t: &TrialRow, score: f64) {
+    let mut upload = within(sched.artifacts().begin_upload()).await.unwrap();
+    within(upload.write(format!("weights of {}", t.id).as_bytes()))
+        .await
+        .unwrap();
+    let (sha, _) = within(upload.finish()).await.unwrap();
+    let r = TrialResult {
+        checkpoint_sha256: Some(sha),
+        ..result(score)
+    };
+    within(sched.complete(w.as_str(), &t.id, t.attempt as u32, r))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn chains_take_turns_and_each_mutates_its_own_current_model() {
+    let h = Harness::long().await;
+    let w = register(&h.sched, 1).await;
+    let extra =
+        "[annealing]\nchains = 2\n[[seeds]]\npreset = \"cnn2\"\n[[seeds]]\npreset = \"cnn3\"\n";
+    let id = within(h.sched.submit(spec(8, extra))).await.unwrap();
+    let mut by_chain: BTreeMap<i64, Vec<TrialRow>> = BTreeMap::new();
+    for k in 0..8 {
+        let t = lease(&h.sched, &w).await;
+        // Scores rise, so every child is accepted and becomes its chain's current model.
+        finish_with_checkpoint(&h.sched, &w, &t, 0.5 + k as f64 / 100.0).await;
+        by_chain
+            .entry(t.chain)
+            .or_default()
+            .push(trial(&h.sched, &t.id).await);
+    }
+    assert_eq!(by_chain.len(), 2, "both chains got work");
+    for (chain, ts) in &by_chain {
+        assert_eq!(ts.len(), 4, "chain {chain} got its share");
+        assert_eq!(ts[0].parent_id, None, "each chain starts from a seed");
+        for pair in ts.windows(2) {
+            assert_eq!(
+                pair[1].parent_id.as_deref(),
+                Some(pair[0].id.as_str()),
+                "chain {chain} mutates its own last accepted model"
+            );
+        }
+    }
+    let v = view(&h.sched, &id).await;
+    assert_eq!(v.row.status, "completed");
+}
+
+#[tokio::test]
+async fn children_inherit_their_parents_checkpoint_and_fine_tune_briefly() {
+    let h = Harness::long().await;
+    let w = register(&h.sched, 1).await;
+    let extra = "[inheritance]\nfine_tune_epochs = 1\n[search]\nepochs = [2, 4]\n";
+    let id = within(h.sched.submit(spec(4, extra))).await.unwrap();
+    let seed = lease(&h.sched, &w).await;
+    assert_eq!(seed.inherit_from, None, "a seed trains from scratch");
+    finish_with_checkpoint(&h.sched, &w, &seed, 0.8).await;
+    let seed = trial(&h.sched, &seed.id).await;
+    let child = lease(&h.sched, &w).await;
+    assert_eq!(child.parent_id.as_deref(), Some(seed.id.as_str()));
+    assert_eq!(child.inherit_from, seed.checkpoint_sha256);
+    assert!(
+        child.origin.ends_with("(inherits weights)"),
+        "{}",
+        child.origin
+    );
+    assert_eq!(
+        HyperParams::from_json(&child.hparams_json).unwrap().epochs,
+        1
+    );
+
+    // Without inheritance the child trains from scratch with its own epochs.
+    let h = Harness::long().await;
+    let w = register(&h.sched, 1).await;
+    let extra = "[inheritance]\nenabled = false\n";
+    within(h.sched.submit(spec(4, extra))).await.unwrap();
+    let seed = lease(&h.sched, &w).await;
+    finish_with_checkpoint(&h.sched, &w, &seed, 0.8).await;
+    let child = lease(&h.sched, &w).await;
+    assert_eq!(child.inherit_from, None);
+    let _ = id;
+}
+
+#[tokio::test]
+async fn a_trial_below_its_peers_median_is_pruned_and_never_a_base() {
+    let h = Harness::long().await;
+    let w = register(&h.sched, 1).await;
+    let extra = "[early_stopping]\nrule = \"median\"\nmin_peers = 2\n[inheritance]\nenabled = false\n[search]\nepochs = [3, 4]\n[[seeds]]\npreset = \"cnn2\"\nhparams = { optimizer = \"adamw\", learning_rate = 0.002, schedule = \"one_cycle\", batch_size = 128, weight_decay = 0.0001, epochs = 3 }\n";
+    let id = within(h.sched.submit(spec(10, extra))).await.unwrap();
+    // Two trials set the curve at epoch 1: 0.80 and 0.90.
+    for val in [0.80, 0.90] {
+        let t = lease(&h.sched, &w).await;
+        assert_eq!(
+            report_epoch(&h.sched, &w, &t, 1, val).await,
+            HeartbeatAnswer::Continue
+        );
+        finish(&h.sched, &w, &t, val + 0.02).await;
+    }
+    // A third one at 0.70 after epoch 1 is below the median 0.85: stopped and recorded.
+    let bad = lease(&h.sched, &w).await;
+    let answer = report_epoch(&h.sched, &w, &bad, 1, 0.70).await;
+    let HeartbeatAnswer::Stop(reason) = answer else {
+        panic!("expected a stop, got {answer:?}");
+    };
+    assert!(reason.contains("median"), "{reason}");
+    let pruned = trial(&h.sched, &bad.id).await;
+    assert_eq!(pruned.status, "pruned");
+    assert_eq!((pruned.score, pruned.epoch), (Some(0.70), 1));
+    assert_eq!(pruned.error, reason);
+    assert_eq!(pruned.accepted, Some(false));
+    // Its late result is kept as history only.
+    let late = finish(&h.sched, &w, &bad, 0.75).await;
+    assert!(!late.accepted, "{late:?}");
+    // A good one at 0.95 goes on; no later trial descends from the pruned one.
+    let good = lease(&h.sched, &w).await;
+    assert_eq!(
+        report_epoch(&h.sched, &w, &good, 1, 0.95).await,
+        HeartbeatAnswer::Continue
+    );
+    finish(&h.sched, &w, &good, 0.95).await;
+    let v = view(&h.sched, &id).await;
+    assert_eq!(v.counts.pruned, 1);
+    for _ in 0..3 {
+        let t = lease(&h.sched, &w).await;
+        assert_ne!(t.parent_id.as_deref(), Some(bad.id.as_str()));
+        finish(&h.sched, &w, &t, 0.5).await;
+    }
+}
+
+#[tokio::test]
+async fn the_epoch_budget_cuts_the_last_trial_and_ends_the_experiment() {
+    let h = Harness::long().await;
+    let w = register(&h.sched, 1).await;
+    let spec = ExperimentSpec::from_toml(
+        "name = \"epochs\"\n[budget]\nmax_trials = 100\nmax_epochs = 7\n[inheritance]\nenabled = false\n[search]\nepochs = [3, 3]\n[[seeds]]\npreset = \"cnn2\"\nhparams = { optimizer = \"adamw\", learning_rate = 0.002, schedule = \"one_cycle\", batch_size = 128, weight_decay = 0.0001, epochs = 3 }\n",
+    )
+    .unwrap();
+    let id = within(h.sched.submit(spec)).await.unwrap();
+    let mut planned = Vec::new();
+    while view(&h.sched, &id).await.row.status == "running" {
+        let t = lease(&h.sched, &w).await;
+        let epochs = HyperParams::from_json(&t.hparams_json).unwrap().epochs;
+        planned.push(epochs);
+        let r = TrialResult {
+            epochs_run: epochs,
+            ..result(0.5 + planned.len() as f64 / 100.0)
+        };
+        within(h.sched.complete(w.as_str(), &t.id, t.attempt as u32, r))
+            .await
+            .unwrap();
+        assert!(planned.len() < 10, "the experiment does not end");
+    }
+    assert_eq!(planned, vec![3, 3, 1], "the last trial gets what is left");
+    let v = view(&h.sched, &id).await;
+    assert_eq!(v.row.status_reason, "epoch budget reached");
+    assert_eq!(v.epochs.spent, 7);
+}
+
+#[tokio::test]
+async fn a_stagnating_chain_is_reheated() {
+    let h = Harness::long().await;
+    let w = register(&h.sched, 1).await;
+    let extra = "[annealing]\nchains = 1\nreheat_after = 2\ninitial_temperature = 0.05\ncooling_rate = 0.5\n";
+    let id = within(h.sched.submit(spec(10, extra))).await.unwrap();
+    for score in [0.9, 0.5] {
+        let t = lease(&h.sched, &w).await;
+        finish(&h.sched, &w, &t, score).await;
+    }
+    let mut conn = h.sched.store().conn().await.unwrap();
+    let chain = store::get_chain(&mut conn, id.as_str(), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((chain.reheats, chain.since_improvement), (0, 1));
+    assert!(
+        (chain.temperature - 0.05 * 0.25).abs() < 1e-12,
+        "{}",
+        chain.temperature
+    );
+    drop(conn);
+    let t = lease(&h.sched, &w).await;
+    finish(&h.sched, &w, &t, 0.4).await;
+    let mut conn = h.sched.store().conn().await.unwrap();
+    let chain = store::get_chain(&mut conn, id.as_str(), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(chain.reheats, 1);
+    assert_eq!(chain.temperature, 0.05, "back to the initial temperature");
+    assert_eq!(
+        chain.current_trial_id, None,
+        "the next base is drawn from the pool"
+    );
+}
+
+/// What a random search run does to one trial it holds.
+#[derive(Debug, Clone)]
+enum SearchOp {
+    Acquire,
+    /// Report an epoch of the n-th held trial with a validation accuracy.
+    Epoch(usize, f64),
+    /// Complete the n-th held trial with a score.
+    Complete(usize, f64),
+}
+
+fn search_op() -> impl Strategy<Value = SearchOp> {
+    prop_oneof![
+        3 => Just(SearchOp::Acquire),
+        3 => (any::<usize>(), 0.0f64..=1.0).prop_map(|(n, v)| SearchOp::Epoch(n, v)),
+        2 => (any::<usize>(), 0.0f64..=1.0).prop_map(|(n, s)| SearchOp::Complete(n, s)),
+    ]
+}
+
+/// Runs random operations against an experiment with chains, early stopping, inheritance, an
+/// epoch budget and tight constraints, checking after each that no dispatched trial breaks the
+/// constraints, no candidate is trained twice and the epoch budget is never over-committed.
+async fn run_search_ops(max_epochs: u32, chains: u32, ops: Vec<SearchOp>) {
+    let dir = tempfile::tempdir().unwrap();
+    let sched = in_memory_scheduler(dir.path()).await;
+    let w = register(&sched, 2).await;
+    let toml = format!(
+        "name = \"prop\"\n[budget]\nmax_trials = 1000\nmax_epochs = {max_epochs}\n\
+         [annealing]\nchains = {chains}\nreheat_after = 2\ncooling = \"adaptive\"\ncooling_rate = 0.8\n\
+         [early_stopping]\nrule = \"median\"\nmin_peers = 1\n\
+         [search]\nmax_params = 600000\nmax_flops = 12000000\nmax_blocks = 14\nepochs = [1, 3]\n"
+    );
+    let spec = ExperimentSpec::from_toml(&toml).unwrap();
+    let space = spec.search.clone();
+    let id = within(sched.submit(spec)).await.unwrap();
+    let mut held: Vec<(TrialRow, u32)> = Vec::new();
+    let mut dispatched: Vec<TrialRow> = Vec::new();
+    for op in ops {
+        match op {
+            SearchOp::Acquire => {
+                if let Some(t) = within(sched.acquire(w.as_str(), Duration::ZERO))
+                    .await
+                    .unwrap()
+                {
+                    dispatched.push(t.clone());
+                    held.push((t, 0));
+                }
+            }
+            SearchOp::Epoch(n, val) if !held.is_empty() => {
+                let i = n % held.len();
+                let planned = HyperParams::from_json(&held[i].0.hparams_json)
+                    .unwrap()
+                    .epochs;
+                let epoch = (held[i].1 + 1).min(planned);
+                let answer = report_epoch(&sched, &w, &held[i].0, epoch, val).await;
+                held[i].1 = epoch;
+                if matches!(answer, HeartbeatAnswer::Stop(_)) {
+                    let (t, _) = held.remove(i);
+                    assert_eq!(trial(&sched, &t.id).await.status, "pruned");
+                }
+            }
+            SearchOp::Complete(n, score) if !held.is_empty() => {
+                let (t, _) = held.remove(n % held.len());
+                finish_with_checkpoint(&sched, &w, &t, score).await;
+            }
+            _ => {}
+        }
+        let v = view(&sched, &id).await;
+        assert!(
+            v.epochs.committed <= u64::from(max_epochs),
+            "committed {:?} over the budget {max_epochs}",
+            v.epochs
+        );
+        let mut seen = HashSet::new();
+        for t in trials(&sched, &id).await {
+            if t.status != "failed" && t.status != "cancelled" {
+                assert!(
+                    seen.insert((t.genome_hash.clone(), t.hparams_json.clone())),
+                    "trial {} repeats a candidate",
+                    t.seq
+                );
+            }
+        }
+    }
+    for t in &dispatched {
+        let genome = Genome::from_json(&t.genome_json).unwrap();
+        space.check_constraints(&genome).unwrap();
+        let analysis = genome.analyze().unwrap();
+        assert!(analysis.params <= space.max_params && analysis.flops <= space.max_flops);
+        if let Some(parent) = &t.parent_id {
+            let parent = trial(&sched, parent).await;
+            // Before anything is scored, children of the seed are proposed to fill the queue.
+            assert!(
+                parent.status == "completed" || parent.seq == 0,
+                "base {} is {}",
+                parent.seq,
+                parent.status
+            );
+            if t.inherit_from.is_some() {
+                assert_eq!(t.inherit_from, parent.checkpoint_sha256);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn search_invariants_hold_under_pruning_chains_and_epoch_budgets(
+        max_epochs in 1u32..=20,
+        chains in 1u32..=3,
+        ops in prop::collection::vec(search_op(), 0..40),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(run_search_ops(max_epochs, chains, ops));
+    }
 }

@@ -63,6 +63,11 @@ train_subset = 1500
 test_subset = 300
 validation_fraction = 0.2
 
+# Every trial must complete here: the suite counts a trial that did not as lost. Pruning is an
+# intended early end, covered by e2e_search.rs.
+[early_stopping]
+rule = "none"
+
 [search]
 epochs = [2, 2]
 channels = [8, 16]

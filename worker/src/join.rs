@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 
 use crate::data::{DataSource, Dataset, DatasetCache, SplitConfig, SplitData};
 use crate::error::WorkerError;
-use crate::train::{train_trial, Control, EpochReport, TrialOutcome, TrialPlan};
+use crate::train::{train_trial, Control, EpochReport, RemoveOnDrop, TrialOutcome, TrialPlan};
 
 /// Settings of `worker join`.
 #[derive(Debug, Clone)]
@@ -52,6 +52,9 @@ pub struct JoinConfig {
     pub idle_exit: Duration,
 }
 
+/// Longest a finished epoch waits for the master's answer to its report before training goes on.
+const EPOCH_ACK_WAIT: Duration = Duration::from_secs(10);
+
 /// A trial acquired and prepared for training.
 struct PreparedTrial {
     trial: proto::Trial,
@@ -60,6 +63,8 @@ struct PreparedTrial {
     dataset: Arc<Dataset>,
     split: SplitConfig,
     cancel: Arc<AtomicBool>,
+    /// The downloaded parent checkpoint named by `plan.parent_checkpoint`, deleted on drop.
+    parent_file: Option<RemoveOnDrop>,
 }
 
 /// What the heartbeat task knows about a held trial.
@@ -314,8 +319,8 @@ async fn generator_loop(
                 cancel: cancel.clone(),
             },
         );
-        match prepare(&trial, &config, &cache).await {
-            Ok((plan, source, dataset, split)) => {
+        match prepare(&trial, &config, &cache, &client).await {
+            Ok((plan, source, dataset, split, parent_file)) => {
                 if let Some(h) = held.lock().expect("held lock").get_mut(&key) {
                     h.total_epochs = plan.hparams.epochs;
                 }
@@ -327,6 +332,7 @@ async fn generator_loop(
                     dataset,
                     split,
                     cancel,
+                    parent_file,
                 });
             }
             Err(e) => {
@@ -345,12 +351,23 @@ async fn generator_loop(
     }
 }
 
-/// Parses the trial and loads its dataset (once per process, through the cache).
+/// What [`prepare`] hands to the trainer stage.
+type Prepared = (
+    TrialPlan,
+    DataSource,
+    Arc<Dataset>,
+    SplitConfig,
+    Option<RemoveOnDrop>,
+);
+
+/// Parses the trial, loads its dataset (once per process, through the cache) and downloads the
+/// parent checkpoint it inherits from, if any.
 async fn prepare(
     trial: &proto::Trial,
     config: &JoinConfig,
     cache: &Arc<DatasetCache>,
-) -> Result<(TrialPlan, DataSource, Arc<Dataset>, SplitConfig), WorkerError> {
+    client: &WorkerServiceClient<AuthChannel>,
+) -> Result<Prepared, WorkerError> {
     let genome =
         Genome::from_json(&trial.genome_json).map_err(|e| WorkerError::Genome(e.to_string()))?;
     let hparams = HyperParams::from_json(&trial.hparams_json)
@@ -375,12 +392,63 @@ async fn prepare(
             dataset.input_shape()
         )));
     }
+    let parent_file = match trial.inherit_checkpoint_sha256.as_str() {
+        "" => None,
+        sha => Some(download_parent(client, config, sha).await?),
+    };
     let plan = TrialPlan {
         genome,
         hparams,
         seed: trial.seed,
+        parent_checkpoint: parent_file.as_ref().map(|f| f.0.clone()),
     };
-    Ok((plan, source, dataset, split))
+    Ok((plan, source, dataset, split, parent_file))
+}
+
+/// A temporary file for one download of a parent checkpoint. Each call gives a new path: two
+/// held trials with the same parent (one training, one prefetched) each own their copy, so the
+/// first one's clean-up cannot delete the other's.
+fn parent_download_path(sha256: &str) -> PathBuf {
+    static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = DOWNLOADS.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!(
+        "explore-worker-{}-{n}-parent-{sha256}.safetensors",
+        std::process::id()
+    ))
+}
+
+/// Downloads a checkpoint by its sha256 into a temporary file, checking the digest.
+async fn download_parent(
+    client: &WorkerServiceClient<AuthChannel>,
+    config: &JoinConfig,
+    sha256: &str,
+) -> Result<RemoveOnDrop, WorkerError> {
+    use sha2::{Digest, Sha256};
+    use tokio_stream::StreamExt;
+    let bytes = with_retry("download parent checkpoint", config.give_up_after, || {
+        let mut c = client.clone();
+        let request = proto::DownloadCheckpointRequest {
+            sha256: sha256.to_string(),
+        };
+        async move {
+            let mut stream = c.download_checkpoint(request).await?.into_inner();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                bytes.extend_from_slice(&chunk?.data);
+            }
+            Ok(bytes)
+        }
+    })
+    .await?;
+    let digest = hex::encode(Sha256::digest(&bytes));
+    if digest != sha256 {
+        return Err(WorkerError::Master(format!(
+            "parent checkpoint {sha256} arrived with digest {digest}"
+        )));
+    }
+    let file = RemoveOnDrop(parent_download_path(sha256));
+    std::fs::write(&file.0, &bytes).map_err(|e| WorkerError::io(&file.0, e))?;
+    Ok(file)
 }
 
 /// The trainer stage for one trial: train on a blocking thread, upload, complete (or fail).
@@ -399,12 +467,16 @@ async fn train_and_report(
         dataset,
         split,
         cancel,
+        parent_file,
     } = prepared;
     let trial_id = trial.trial_id.clone();
     let device = config.device;
     let key = format!("{source:?}|{split:?}|{device:?}");
     let reuse = split_cache.take().filter(|(k, _)| *k == key);
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<EpochReport>();
+    // The forwarder acknowledges each report once the master has answered it, so a stop decided
+    // on this epoch's accuracy (early stopping) takes effect before the next epoch starts.
+    let (ack_tx, ack_rx) = std::sync::mpsc::channel::<()>();
     info!(trial_id = %trial_id, attempt = trial.attempt, epochs = plan.hparams.epochs, "training");
     if let Some(h) = held
         .lock()
@@ -424,7 +496,9 @@ async fn train_and_report(
                 },
             };
             let mut on_epoch = |report: &EpochReport| {
-                let _ = progress_tx.send(report.clone());
+                if progress_tx.send(report.clone()).is_ok() {
+                    let _ = ack_rx.recv_timeout(EPOCH_ACK_WAIT);
+                }
                 if cancel_flag.load(Ordering::SeqCst) {
                     Control::Stop
                 } else {
@@ -468,12 +542,14 @@ async fn train_and_report(
             if let Ok(r) = r {
                 apply_command(&forward_held, &forward_id, attempt, r.into_inner());
             }
+            let _ = ack_tx.send(());
         }
     });
     let (outcome, data) = training
         .await
         .map_err(|e| WorkerError::Torch(format!("training thread panicked: {e}")))?;
     let _ = forwarder.await;
+    drop(parent_file);
     if let Some(data) = data {
         *split_cache = Some((key, data));
     }
@@ -526,6 +602,10 @@ async fn report_success(
     metrics.insert("test_accuracy".to_string(), outcome.test_accuracy);
     metrics.insert("train_loss".to_string(), outcome.train_loss);
     metrics.insert("train_seconds".to_string(), outcome.train_seconds);
+    if outcome.inherited.total > 0 {
+        let copied = outcome.inherited.copied.len() as f64;
+        metrics.insert("inherited_tensors".to_string(), copied);
+    }
     let request = proto::CompleteRequest {
         worker_id: worker_id.to_string(),
         trial_id: trial.trial_id.clone(),
@@ -636,6 +716,21 @@ async fn heartbeat_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Regression: every download of a parent went to one path per (process, parent), so when a
+    // trial and the prefetched trial behind it shared a parent, the first one's clean-up deleted
+    // the second one's file and it failed with "parent checkpoint ... NotFound".
+    #[test]
+    fn two_downloads_of_the_same_parent_get_their_own_files() {
+        let sha = "ab".repeat(32);
+        let first = RemoveOnDrop(parent_download_path(&sha));
+        let second = RemoveOnDrop(parent_download_path(&sha));
+        assert_ne!(first.0, second.0);
+        std::fs::write(&first.0, b"1").unwrap();
+        std::fs::write(&second.0, b"2").unwrap();
+        drop(first);
+        assert_eq!(std::fs::read(&second.0).unwrap(), b"2");
+    }
 
     fn held_attempt(held: &HeldTrials, trial_id: &str, attempt: u32) -> Arc<AtomicBool> {
         let cancel = Arc::new(AtomicBool::new(false));

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod inherit;
 pub mod join;
 pub mod model;
 pub mod train;

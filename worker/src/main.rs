@@ -35,6 +35,8 @@ enum Command {
     Train(TrainArgs),
     /// Score a saved checkpoint on the validation and test splits; prints them as JSON
     Evaluate(EvalArgs),
+    /// Check a genome and print its parameter count, FLOPs per example and block count as JSON
+    Analyze(AnalyzeArgs),
     /// Join a master and train the trials it hands out until stopped (SIGTERM drains)
     Join(JoinArgs),
 }
@@ -94,6 +96,17 @@ struct TrainArgs {
     /// Write the trained weights to this .safetensors file
     #[arg(long, value_name = "FILE")]
     save_checkpoint: Option<PathBuf>,
+    /// Start from a parent's weights (a .safetensors checkpoint): tensors whose name and shape
+    /// match are copied, the rest freshly initialised, as for a cluster trial that inherits
+    #[arg(long, value_name = "FILE")]
+    parent_checkpoint: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct AnalyzeArgs {
+    /// Genome JSON file, or `preset:NAME`
+    #[arg(long, value_name = "FILE")]
+    genome: String,
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +134,7 @@ fn main() {
     let result = match cli.command {
         Command::Train(args) => run_train(args),
         Command::Evaluate(args) => run_evaluate(args),
+        Command::Analyze(args) => run_analyze(args),
         Command::Join(args) => run_join(args),
     };
     if let Err(e) = result {
@@ -190,6 +204,12 @@ fn run_train(args: TrainArgs) -> Result<()> {
     if let Some(path) = &args.save_checkpoint {
         check_safetensors_name(path)?;
     }
+    if let Some(path) = &args.parent_checkpoint {
+        check_safetensors_name(path)?;
+        if !path.is_file() {
+            bail!("parent checkpoint {} does not exist", path.display());
+        }
+    }
     let analysis = genome.analyze()?;
     let device = args.runtime.apply()?;
     let dataset = Dataset::load(&args.data.source()?)?;
@@ -208,6 +228,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
         genome,
         hparams,
         seed: args.seed,
+        parent_checkpoint: args.parent_checkpoint.clone(),
     };
     let outcome = train::train_trial(&plan, &split, device, &mut |r| {
         info!(
@@ -232,6 +253,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
         "train_seconds": outcome.train_seconds,
         "params": outcome.params,
         "flops": analysis.flops,
+        "inherited_tensors": outcome.inherited.copied.len(),
     });
     println!("{result}");
     Ok(())
@@ -248,6 +270,20 @@ fn run_evaluate(args: EvalArgs) -> Result<()> {
     println!(
         "{}",
         json!({ "val_accuracy": val_accuracy, "test_accuracy": test_accuracy })
+    );
+    Ok(())
+}
+
+fn run_analyze(args: AnalyzeArgs) -> Result<()> {
+    let genome = load_genome(&args.genome)?;
+    let analysis = genome.analyze()?;
+    println!(
+        "{}",
+        json!({
+            "params": analysis.params,
+            "flops": analysis.flops,
+            "blocks": genome.depth(),
+        })
     );
     Ok(())
 }

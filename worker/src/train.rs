@@ -23,6 +23,7 @@ use tracing::debug;
 
 use crate::data::SplitData;
 use crate::error::WorkerError;
+use crate::inherit::{inherit_from_file, Inherited};
 use crate::model::{self, GenomeNet};
 
 /// Examples per forward pass when evaluating on a GPU.
@@ -40,6 +41,9 @@ pub struct TrialPlan {
     pub hparams: HyperParams,
     /// Seeds the weight initialisation, dropout and the batch order.
     pub seed: u64,
+    /// A parent's checkpoint to start from: its tensors are copied wherever name and shape
+    /// match (see [`crate::inherit`]).
+    pub parent_checkpoint: Option<PathBuf>,
 }
 
 /// Progress after one epoch.
@@ -82,6 +86,8 @@ pub struct TrialOutcome {
     pub stopped: bool,
     /// Trainable parameters.
     pub params: u64,
+    /// What was inherited from the parent's checkpoint (nothing without one).
+    pub inherited: Inherited,
     /// The var store in safetensors format (see [`crate::model`] for the names).
     pub checkpoint: Vec<u8>,
 }
@@ -96,6 +102,7 @@ impl std::fmt::Debug for TrialOutcome {
             .field("train_seconds", &self.train_seconds)
             .field("stopped", &self.stopped)
             .field("params", &self.params)
+            .field("inherited", &self.inherited.copied.len())
             .field(
                 "checkpoint",
                 &format_args!("<{} bytes>", self.checkpoint.len()),
@@ -134,12 +141,17 @@ pub fn train_trial(
     let vs = nn::VarStore::new(device);
     let net = model::build(&vs.root(), &plan.genome)?;
     let params = model::trainable_params(&vs);
+    let inherited = match &plan.parent_checkpoint {
+        Some(path) => inherit_from_file(&vs, path)?,
+        None => Inherited::default(),
+    };
     let mut opt = optimizer(hp, &vs)?;
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
     rng.set_stream(1);
     let [train_x, train_y, val_x, val_y, test_x, test_y] = on_device(data, device)?;
     debug!(
         params,
+        inherited = inherited.copied.len(),
         steps_per_epoch,
         epochs = hp.epochs,
         "training started"
@@ -218,6 +230,7 @@ pub fn train_trial(
         train_seconds,
         stopped,
         params,
+        inherited,
         checkpoint: checkpoint_bytes(&vs)?,
     })
 }
@@ -406,7 +419,8 @@ fn checkpoint_bytes(vs: &nn::VarStore) -> Result<Vec<u8>, WorkerError> {
 }
 
 /// Deletes a file when dropped.
-struct RemoveOnDrop(PathBuf);
+#[derive(Debug)]
+pub(crate) struct RemoveOnDrop(pub(crate) PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {

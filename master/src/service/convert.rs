@@ -35,6 +35,9 @@ pub fn trial_record(
         data: Some(data_spec_to_proto(&spec.data, spec.seed)),
         seed: t.seed as u64,
         origin: t.origin.clone(),
+        chain: t.chain as u32,
+        inherit_from: t.inherit_from.clone().unwrap_or_default(),
+        epochs_run: t.epoch as u32,
     }
 }
 
@@ -49,6 +52,7 @@ pub fn trial_assignment(t: &TrialRow, spec: &explore_common::spec::ExperimentSpe
         data: Some(data_spec_to_proto(&spec.data, spec.seed)),
         seed: t.seed as u64,
         parent_trial_id: t.parent_id.clone().unwrap_or_default(),
+        inherit_checkpoint_sha256: t.inherit_from.clone().unwrap_or_default(),
     }
 }
 
@@ -70,6 +74,9 @@ pub fn experiment_summary(v: &ExperimentView) -> proto::ExperimentSummary {
         finished_at_ms: v.row.finished_at_ms.unwrap_or(0),
         status_reason: v.row.status_reason.clone(),
         max_wall_seconds: v.spec.budget.max_wall_seconds.unwrap_or(0),
+        trials_pruned: v.counts.pruned,
+        epochs_spent: v.epochs.spent,
+        max_epochs: v.spec.budget.max_epochs.map_or(0, u64::from),
     }
 }
 

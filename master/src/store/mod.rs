@@ -14,7 +14,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{SqliteConnection, SqlitePool};
 
 pub use model::{
-    ExperimentRow, ExperimentStatus, NewTrial, TrialCounts, TrialResult, TrialRow, TrialStatus,
+    ChainRow, EpochUsage, ExperimentRow, ExperimentStatus, NewTrial, TrialCounts, TrialResult,
+    TrialRow, TrialStatus,
 };
 
 use crate::error::MasterError;
@@ -207,8 +208,8 @@ pub async fn insert_trial(
 ) -> Result<(), MasterError> {
     sqlx::query(
         "INSERT INTO trials (id, experiment_id, seq, parent_id, origin, genome_json, genome_hash, hparams_json,
-             params, flops, seed, status, temperature, created_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+             params, flops, seed, status, temperature, created_at_ms, chain, inherit_from)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
     )
     .bind(&t.id)
     .bind(&t.experiment_id)
@@ -223,6 +224,8 @@ pub async fn insert_trial(
     .bind(t.seed)
     .bind(t.temperature)
     .bind(now_ms)
+    .bind(t.chain)
+    .bind(&t.inherit_from)
     .execute(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -288,6 +291,7 @@ pub async fn trial_counts(
             TrialStatus::Leased => counts.leased = n,
             TrialStatus::Running => counts.running = n,
             TrialStatus::Completed => counts.completed = n,
+            TrialStatus::Pruned => counts.pruned = n,
             TrialStatus::Failed => counts.failed = n,
             TrialStatus::Cancelled => counts.cancelled = n,
         }
@@ -415,6 +419,165 @@ pub async fn complete_trial(
     .bind(result.epochs_run as i64)
     .bind(now_ms)
     .bind(trial_id)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// Records a trial that early stopping ended after `epoch` epochs with validation accuracy
+/// `score`; it is never a base for proposals.
+pub async fn prune_trial(
+    conn: &mut SqliteConnection,
+    trial_id: &str,
+    score: f64,
+    epoch: i64,
+    reason: &str,
+    temperature: f64,
+    now_ms: i64,
+) -> Result<(), MasterError> {
+    sqlx::query(
+        "UPDATE trials SET status = 'pruned', score = ?, epoch = ?, error = ?, accepted = 0,
+             temperature = ?, lease_deadline_ms = NULL, finished_at_ms = ?
+          WHERE id = ?",
+    )
+    .bind(score)
+    .bind(epoch)
+    .bind(reason)
+    .bind(temperature)
+    .bind(now_ms)
+    .bind(trial_id)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// Records the validation accuracy a trial reached after `epoch` (a repeated report, e.g. from
+/// a retried heartbeat or a new attempt, replaces the old one).
+pub async fn record_epoch(
+    conn: &mut SqliteConnection,
+    trial_id: &str,
+    epoch: i64,
+    val_accuracy: f64,
+    train_loss: Option<f64>,
+) -> Result<(), MasterError> {
+    sqlx::query(
+        "INSERT OR REPLACE INTO trial_epochs (trial_id, epoch, val_accuracy, train_loss)
+         VALUES (?, ?, ?, ?)",
+    )
+    .bind(trial_id)
+    .bind(epoch)
+    .bind(val_accuracy)
+    .bind(train_loss)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// Validation accuracies that the experiment's other trials reported after `epoch`.
+pub async fn peer_accuracies(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+    trial_id: &str,
+    epoch: i64,
+) -> Result<Vec<f64>, MasterError> {
+    let rows: Vec<(f64,)> = sqlx::query_as(
+        "SELECT e.val_accuracy FROM trial_epochs e JOIN trials t ON t.id = e.trial_id
+          WHERE t.experiment_id = ? AND e.epoch = ? AND e.trial_id != ?",
+    )
+    .bind(experiment_id)
+    .bind(epoch)
+    .bind(trial_id)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(rows.into_iter().map(|(v,)| v).collect())
+}
+
+/// How many training epochs the experiment has spent and committed (see [`EpochUsage`]).
+pub async fn epoch_usage(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<EpochUsage, MasterError> {
+    let (spent, committed): (i64, i64) = sqlx::query_as(
+        "SELECT
+             COALESCE(SUM(CASE WHEN status IN ('completed', 'pruned', 'failed', 'leased', 'running')
+                               THEN epoch ELSE 0 END), 0),
+             COALESCE(SUM(CASE WHEN status IN ('completed', 'pruned', 'failed') THEN epoch
+                               WHEN status IN ('queued', 'leased', 'running')
+                               THEN MAX(epoch, json_extract(hparams_json, '$.epochs'))
+                               ELSE 0 END), 0)
+           FROM trials WHERE experiment_id = ?",
+    )
+    .bind(experiment_id)
+    .fetch_one(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(EpochUsage {
+        spent: spent.max(0) as u64,
+        committed: committed.max(0) as u64,
+    })
+}
+
+/// Per chain: `(chain, queued and held trials, all trials)` of an experiment.
+pub async fn chain_loads(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<Vec<(i64, i64, i64)>, MasterError> {
+    sqlx::query_as(
+        "SELECT chain, SUM(status IN ('queued', 'leased', 'running')), COUNT(*) FROM trials
+          WHERE experiment_id = ? GROUP BY chain",
+    )
+    .bind(experiment_id)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)
+}
+
+/// The state of one annealing chain, if it has been created.
+pub async fn get_chain(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+    chain: i64,
+) -> Result<Option<ChainRow>, MasterError> {
+    sqlx::query_as::<_, ChainRow>("SELECT * FROM chains WHERE experiment_id = ? AND chain = ?")
+        .bind(experiment_id)
+        .bind(chain)
+        .fetch_optional(conn)
+        .await
+        .map_err(convert_sqlx_err)
+}
+
+/// Every chain of an experiment, by index.
+pub async fn list_chains(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<Vec<ChainRow>, MasterError> {
+    sqlx::query_as::<_, ChainRow>("SELECT * FROM chains WHERE experiment_id = ? ORDER BY chain")
+        .bind(experiment_id)
+        .fetch_all(conn)
+        .await
+        .map_err(convert_sqlx_err)
+}
+
+/// Inserts or replaces a chain's state.
+pub async fn save_chain(conn: &mut SqliteConnection, c: &ChainRow) -> Result<(), MasterError> {
+    sqlx::query(
+        "INSERT OR REPLACE INTO chains (experiment_id, chain, temperature, current_trial_id,
+             best_score, since_improvement, results, accepted, reheats)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&c.experiment_id)
+    .bind(c.chain)
+    .bind(c.temperature)
+    .bind(&c.current_trial_id)
+    .bind(c.best_score)
+    .bind(c.since_improvement)
+    .bind(c.results)
+    .bind(c.accepted)
+    .bind(c.reheats)
     .execute(conn)
     .await
     .map_err(convert_sqlx_err)?;

@@ -6,14 +6,16 @@ use std::str::FromStr;
 
 use crate::error::MasterError;
 
-/// Lifecycle of a trial: `queued → leased → running → completed | failed`, or `cancelled` when
-/// the experiment ends before it was trained.
+/// Lifecycle of a trial: `queued → leased → running → completed | pruned | failed`, or
+/// `cancelled` when the experiment ends before it was trained. `pruned` is a trial early stopping
+/// ended because it was clearly worse than its peers at the same epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrialStatus {
     Queued,
     Leased,
     Running,
     Completed,
+    Pruned,
     Failed,
     Cancelled,
 }
@@ -26,6 +28,7 @@ impl TrialStatus {
             TrialStatus::Leased => "leased",
             TrialStatus::Running => "running",
             TrialStatus::Completed => "completed",
+            TrialStatus::Pruned => "pruned",
             TrialStatus::Failed => "failed",
             TrialStatus::Cancelled => "cancelled",
         }
@@ -52,6 +55,7 @@ impl FromStr for TrialStatus {
             "leased" => TrialStatus::Leased,
             "running" => TrialStatus::Running,
             "completed" => TrialStatus::Completed,
+            "pruned" => TrialStatus::Pruned,
             "failed" => TrialStatus::Failed,
             "cancelled" => TrialStatus::Cancelled,
             other => {
@@ -123,6 +127,10 @@ pub struct TrialRow {
     pub created_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
+    /// The annealing chain that proposed the trial.
+    pub chain: i64,
+    /// Checkpoint of the parent whose weights the trial starts from.
+    pub inherit_from: Option<String>,
 }
 
 impl TrialRow {
@@ -152,6 +160,8 @@ pub struct NewTrial {
     pub flops: i64,
     pub seed: i64,
     pub temperature: f64,
+    pub chain: i64,
+    pub inherit_from: Option<String>,
 }
 
 /// Trial counts of one experiment by status.
@@ -161,14 +171,20 @@ pub struct TrialCounts {
     pub leased: u32,
     pub running: u32,
     pub completed: u32,
+    pub pruned: u32,
     pub failed: u32,
     pub cancelled: u32,
 }
 
 impl TrialCounts {
-    /// Trials that count against the budget: everything not failed or cancelled.
+    /// Trials that count against the trial budget: everything not failed or cancelled.
     pub fn budgeted(&self) -> u32 {
-        self.queued + self.leased + self.running + self.completed
+        self.queued + self.leased + self.running + self.finished()
+    }
+
+    /// Trials trained to a result: completed or pruned.
+    pub fn finished(&self) -> u32 {
+        self.completed + self.pruned
     }
 
     /// Trials a worker holds.
@@ -184,4 +200,33 @@ pub struct TrialResult {
     pub metrics: BTreeMap<String, f64>,
     pub checkpoint_sha256: Option<String>,
     pub epochs_run: u32,
+}
+
+/// One row of `chains`: an annealing chain's state.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ChainRow {
+    pub experiment_id: String,
+    pub chain: i64,
+    pub temperature: f64,
+    /// The chain's current model (its last accepted trial); `None` before its first, and after
+    /// a reheat, when the next base is drawn from the whole pool.
+    pub current_trial_id: Option<String>,
+    /// The best score of the chain's trials since its last reheat.
+    pub best_score: Option<f64>,
+    /// Results in a row that did not beat `best_score`.
+    pub since_improvement: i64,
+    /// Results (completed or pruned trials) of the chain.
+    pub results: i64,
+    /// Of those, accepted by the Metropolis rule.
+    pub accepted: i64,
+    pub reheats: i64,
+}
+
+/// Training epochs of an experiment's trials.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EpochUsage {
+    /// Epochs trained so far (ended trials and the progress of running ones).
+    pub spent: u64,
+    /// Epochs trained by ended trials plus the planned epochs of queued and held ones.
+    pub committed: u64,
 }

@@ -35,6 +35,8 @@ fn new_trial(
         flops: 2000 + seq,
         seed: 7 + seq,
         temperature: 0.02,
+        chain: seq % 2,
+        inherit_from: None,
     }
 }
 
@@ -446,6 +448,7 @@ async fn counts_follow_every_status(store: Store) {
             leased: 1,
             running: 1,
             completed: 1,
+            pruned: 0,
             failed: 1,
             cancelled: 1,
         }
@@ -687,6 +690,152 @@ async fn uncommitted_transaction_leaves_nothing(store: Store) {
     assert!(get_experiment(&mut conn, EXP_A).await.unwrap().is_some());
 }
 
+async fn epoch_curves_feed_peers_and_pruning_ends_a_trial(store: Store) {
+    seeded(&store, EXP_A, 1, 3).await;
+    seeded(&store, EXP_B, 2, 1).await;
+    let mut conn = store.conn().await.unwrap();
+    record_epoch(&mut conn, &trial_id(0), 1, 0.80, Some(0.5))
+        .await
+        .unwrap();
+    record_epoch(&mut conn, &trial_id(1), 1, 0.70, None)
+        .await
+        .unwrap();
+    // A repeated report replaces the earlier one.
+    record_epoch(&mut conn, &trial_id(1), 1, 0.75, None)
+        .await
+        .unwrap();
+    record_epoch(&mut conn, &trial_id(1), 2, 0.85, None)
+        .await
+        .unwrap();
+    record_epoch(&mut conn, &trial_id(100), 1, 0.99, None)
+        .await
+        .unwrap();
+    let mut peers = peer_accuracies(&mut conn, EXP_A, &trial_id(2), 1)
+        .await
+        .unwrap();
+    peers.sort_by(f64::total_cmp);
+    assert_eq!(peers, vec![0.75, 0.80], "other experiments are not peers");
+    assert_eq!(
+        peer_accuracies(&mut conn, EXP_A, &trial_id(0), 1)
+            .await
+            .unwrap(),
+        vec![0.75],
+        "a trial is not its own peer"
+    );
+    lease_next_trial(&mut conn, WORKER, 10, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    prune_trial(
+        &mut conn,
+        &trial_id(0),
+        0.8,
+        1,
+        "below the median",
+        0.01,
+        20,
+    )
+    .await
+    .unwrap();
+    let t = get_trial(&mut conn, &trial_id(0)).await.unwrap().unwrap();
+    assert_eq!(t.status, "pruned");
+    assert_eq!((t.score, t.epoch, t.accepted), (Some(0.8), 1, Some(false)));
+    assert_eq!(
+        (t.error.as_str(), t.finished_at_ms),
+        ("below the median", Some(20))
+    );
+    let counts = trial_counts(&mut conn, EXP_A).await.unwrap();
+    assert_eq!(
+        (counts.pruned, counts.finished(), counts.budgeted()),
+        (1, 1, 3)
+    );
+    assert!(accepted_trials(&mut conn, EXP_A).await.unwrap().is_empty());
+}
+
+async fn epoch_usage_counts_run_and_planned_epochs(store: Store) {
+    let mut conn = store.conn().await.unwrap();
+    insert_experiment(&mut conn, EXP_A, "demo", "{}", 1)
+        .await
+        .unwrap();
+    for seq in 0..4 {
+        let hp = format!("{{\"epochs\":{}}}", seq + 2);
+        let t = new_trial(EXP_A, &trial_id(seq), seq, &format!("h{seq}"), &hp);
+        insert_trial(&mut conn, &t, 1).await.unwrap();
+    }
+    assert_eq!(
+        epoch_usage(&mut conn, EXP_A).await.unwrap(),
+        EpochUsage {
+            spent: 0,
+            committed: 2 + 3 + 4 + 5
+        }
+    );
+    // 0 completes after 2 epochs, 1 is pruned after 1, 2 runs its first epoch, 3 is cancelled.
+    lease_next_trial(&mut conn, WORKER, 10, 100).await.unwrap();
+    complete_trial(
+        &mut conn,
+        &trial_id(0),
+        &TrialResult {
+            epochs_run: 2,
+            ..result(0.9)
+        },
+        true,
+        0.01,
+        20,
+    )
+    .await
+    .unwrap();
+    lease_next_trial(&mut conn, WORKER, 10, 100).await.unwrap();
+    prune_trial(&mut conn, &trial_id(1), 0.5, 1, "pruned", 0.01, 30)
+        .await
+        .unwrap();
+    lease_next_trial(&mut conn, WORKER, 10, 100).await.unwrap();
+    heartbeat_trial(&mut conn, &trial_id(2), WORKER, 1, 1, true, 200)
+        .await
+        .unwrap();
+    cancel_queued(&mut conn, EXP_A, "budget", 40).await.unwrap();
+    assert_eq!(
+        epoch_usage(&mut conn, EXP_A).await.unwrap(),
+        EpochUsage {
+            spent: 2 + 1 + 1,
+            committed: 2 + 1 + 4
+        }
+    );
+}
+
+async fn chains_round_trip_and_loads_count_open_trials(store: Store) {
+    seeded(&store, EXP_A, 1, 3).await;
+    let mut conn = store.conn().await.unwrap();
+    assert_eq!(get_chain(&mut conn, EXP_A, 0).await.unwrap(), None);
+    let chain = ChainRow {
+        experiment_id: EXP_A.into(),
+        chain: 1,
+        temperature: 0.02,
+        current_trial_id: Some(trial_id(1)),
+        best_score: Some(0.9),
+        since_improvement: 2,
+        results: 5,
+        accepted: 3,
+        reheats: 1,
+    };
+    save_chain(&mut conn, &chain).await.unwrap();
+    save_chain(
+        &mut conn,
+        &ChainRow {
+            temperature: 0.01,
+            ..chain.clone()
+        },
+    )
+    .await
+    .unwrap();
+    let loaded = get_chain(&mut conn, EXP_A, 1).await.unwrap().unwrap();
+    assert_eq!(loaded.temperature, 0.01);
+    assert_eq!(list_chains(&mut conn, EXP_A).await.unwrap().len(), 1);
+    // seeded() puts trial seq s on chain s % 2: chain 0 holds seqs 0 and 2, chain 1 seq 1.
+    let mut loads = chain_loads(&mut conn, EXP_A).await.unwrap();
+    loads.sort();
+    assert_eq!(loads, vec![(0, 2, 2), (1, 1, 1)]);
+}
+
 macro_rules! store_test_suite {
     ($($case:ident),* $(,)?) => {
         mod in_memory {
@@ -729,6 +878,9 @@ store_test_suite!(
     late_results_are_kept_apart,
     workers_register_and_count_while_recently_seen,
     uncommitted_transaction_leaves_nothing,
+    epoch_curves_feed_peers_and_pruning_ends_a_trial,
+    epoch_usage_counts_run_and_planned_epochs,
+    chains_round_trip_and_loads_count_open_trials,
 );
 
 // ---- file database only ------------------------------------------------------------------------
@@ -748,7 +900,79 @@ async fn reopening_keeps_the_data_and_reapplies_no_migration() {
         .fetch_one(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(migrations, 1);
+    assert_eq!(migrations, 2);
+}
+
+// A pool written by the first release (migration 0001 only) is upgraded in place: every row
+// survives the rebuild of `trials`, foreign keys still hold, and the new status is accepted.
+#[tokio::test]
+async fn a_first_release_pool_is_upgraded_without_losing_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let only_first = dir.path().join("migrations");
+    std::fs::create_dir_all(&only_first).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/0001_init.sql"),
+        only_first.join("0001_init.sql"),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let options = SqliteConnectOptions::new()
+        .filename(data.join(DB_FILE))
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(only_first.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    for statement in [
+        "INSERT INTO experiments (id, name, spec_json, status, created_at_ms) VALUES ('exp-aaaaaaaaaaaaaaaa', 'old', '{}', 'running', 1)",
+        "INSERT INTO trials (id, experiment_id, seq, origin, genome_json, genome_hash, hparams_json, params, flops, seed, status, epoch, score, created_at_ms) VALUES ('trial-0000000000000000', 'exp-aaaaaaaaaaaaaaaa', 0, 'seed', '{}', 'h0', '{}', 1, 1, 1, 'completed', 3, 0.9, 1)",
+        "INSERT INTO trials (id, experiment_id, seq, parent_id, origin, genome_json, genome_hash, hparams_json, params, flops, seed, status, created_at_ms) VALUES ('trial-0000000000000001', 'exp-aaaaaaaaaaaaaaaa', 1, 'trial-0000000000000000', 'child', '{}', 'h1', '{}', 1, 1, 1, 'queued', 2)",
+        "INSERT INTO late_results (trial_id, attempt, worker_id, score, metrics_json, reason, received_at_ms) VALUES ('trial-0000000000000000', 1, 'worker-1111111111111111', 0.5, '{}', 'late', 3)",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    let store = Store::open(&data).await.unwrap();
+    let mut conn = store.conn().await.unwrap();
+    let trials = list_trials(&mut conn, EXP_A).await.unwrap();
+    assert_eq!(trials.len(), 2);
+    assert_eq!(
+        (trials[0].score, trials[0].epoch, trials[0].chain),
+        (Some(0.9), 3, 0)
+    );
+    assert_eq!(
+        trials[1].parent_id.as_deref(),
+        Some("trial-0000000000000000")
+    );
+    let (late,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM late_results")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(late, 1);
+    let violations = sqlx::query("PRAGMA foreign_key_check")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert!(violations.is_empty());
+    let (fk,): (i64,) = sqlx::query_as("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(fk, 1, "foreign keys are back on after the upgrade");
+    prune_trial(&mut conn, &trial_id(1), 0.4, 1, "median rule", 0.01, 9)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&store, &trial_id(1)).await, "pruned");
 }
 
 #[tokio::test]
@@ -817,6 +1041,7 @@ fn status_text_round_trips() {
         TrialStatus::Leased,
         TrialStatus::Running,
         TrialStatus::Completed,
+        TrialStatus::Pruned,
         TrialStatus::Failed,
         TrialStatus::Cancelled,
     ] {

@@ -74,6 +74,7 @@ fn plan(optimizer: Optimizer, schedule: Schedule) -> TrialPlan {
             epochs: 4,
         },
         seed: 5,
+        parent_checkpoint: None,
     }
 }
 

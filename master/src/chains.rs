@@ -1,0 +1,141 @@
+//! Annealing chains: several simulated-annealing walks that share one pool.
+//!
+//! Each chain has a current model (its last accepted trial), its own temperature and a count of
+//! results without improvement. A proposal goes to the least-loaded chain and mutates that
+//! chain's current model; a chain without one (new, or just reheated) draws its base from the
+//! whole pool with Boltzmann weights, which is how chains share what the others found. After each
+//! result the chain cools ([`annealing::next_temperature`]); after `reheat_after` results without
+//! beating its best it reheats: back to the initial temperature, restarting from a pool draw.
+
+use explore_common::annealing;
+use explore_common::spec::ExperimentSpec;
+use sqlx::SqliteConnection;
+use tracing::info;
+
+use crate::error::MasterError;
+use crate::store::{self, ChainRow};
+
+/// Most chains an experiment may have.
+pub const MAX_CHAINS: u32 = 256;
+
+/// How many chains the experiment runs: `annealing.chains`, or one per connected worker slot
+/// when that is 0.
+pub fn chain_count(spec: &ExperimentSpec, connected_slots: u32) -> u32 {
+    match spec.annealing.chains {
+        0 => connected_slots.clamp(1, MAX_CHAINS),
+        n => n.min(MAX_CHAINS),
+    }
+}
+
+/// The chain with the fewest queued and held trials among the first `count` (ties: the fewest
+/// trials overall, then the lowest index), so every chain keeps work in flight and the chains
+/// take turns.
+pub async fn least_loaded(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+    count: u32,
+) -> Result<i64, MasterError> {
+    let loads = store::chain_loads(conn, experiment_id).await?;
+    let load_of = |c: i64| {
+        loads
+            .iter()
+            .find(|(chain, _, _)| *chain == c)
+            .map_or((0, 0), |&(_, open, all)| (open, all))
+    };
+    Ok((0..i64::from(count.max(1)))
+        .min_by_key(|&c| (load_of(c), c))
+        .unwrap_or(0))
+}
+
+/// The chain's state, or a fresh one at the initial temperature.
+pub async fn load(
+    conn: &mut SqliteConnection,
+    spec: &ExperimentSpec,
+    experiment_id: &str,
+    chain: i64,
+) -> Result<ChainRow, MasterError> {
+    Ok(store::get_chain(conn, experiment_id, chain)
+        .await?
+        .unwrap_or_else(|| ChainRow {
+            experiment_id: experiment_id.to_string(),
+            chain,
+            temperature: spec.annealing.initial_temperature,
+            current_trial_id: None,
+            best_score: None,
+            since_improvement: 0,
+            results: 0,
+            accepted: 0,
+            reheats: 0,
+        }))
+}
+
+/// A result of one of the chain's trials.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainResult<'a> {
+    pub trial_id: &'a str,
+    pub score: f64,
+    /// Whether the Metropolis rule accepted it (a pruned trial never is).
+    pub accepted: bool,
+    /// Used fraction of the experiment's budget, for linear and adaptive cooling.
+    pub progress: f64,
+}
+
+/// Applies a result to the chain: moves its current model on acceptance, tracks its best,
+/// cools, and reheats after too long without improvement. Returns the saved state.
+pub async fn record(
+    conn: &mut SqliteConnection,
+    spec: &ExperimentSpec,
+    mut chain: ChainRow,
+    result: ChainResult<'_>,
+) -> Result<ChainRow, MasterError> {
+    let cfg = &spec.annealing;
+    chain.results += 1;
+    if result.accepted {
+        chain.accepted += 1;
+        chain.current_trial_id = Some(result.trial_id.to_string());
+    }
+    if chain.best_score.is_none_or(|b| result.score > b) {
+        chain.best_score = Some(result.score);
+        chain.since_improvement = 0;
+    } else {
+        chain.since_improvement += 1;
+    }
+    chain.temperature = annealing::next_temperature(
+        cfg,
+        chain.temperature,
+        chain.results.clamp(0, i64::from(u32::MAX)) as u32,
+        result.progress,
+        result.accepted,
+    );
+    if annealing::should_reheat(
+        cfg,
+        chain.since_improvement.clamp(0, i64::from(u32::MAX)) as u32,
+    ) {
+        chain.temperature = cfg.initial_temperature;
+        chain.current_trial_id = None;
+        chain.since_improvement = 0;
+        chain.best_score = None;
+        chain.reheats += 1;
+        info!(
+            experiment_id = %chain.experiment_id,
+            chain = chain.chain,
+            reheats = chain.reheats,
+            "chain stagnated: reheated, next base drawn from the whole pool"
+        );
+    }
+    store::save_chain(conn, &chain).await?;
+    Ok(chain)
+}
+
+/// Mean temperature of the experiment's chains (the initial temperature before any exists).
+pub async fn mean_temperature(
+    conn: &mut SqliteConnection,
+    spec: &ExperimentSpec,
+    experiment_id: &str,
+) -> Result<f64, MasterError> {
+    let chains = store::list_chains(conn, experiment_id).await?;
+    if chains.is_empty() {
+        return Ok(spec.annealing.initial_temperature);
+    }
+    Ok(chains.iter().map(|c| c.temperature).sum::<f64>() / chains.len() as f64)
+}
