@@ -243,6 +243,28 @@ impl MasterProc {
     }
 }
 
+/// Starts `n` workers `w0..` against `master`, logging to `dir/worker{i}.log`.
+pub fn start_workers(master: &MasterProc, dir: &Path, n: usize) -> Result<Vec<Proc>> {
+    (0..n)
+        .map(|i| {
+            start_worker(
+                master,
+                &format!("w{i}"),
+                &dir.join(format!("worker{i}.log")),
+                &[],
+            )
+        })
+        .collect()
+}
+
+/// The experiment id that `master submit` printed.
+pub fn submitted_experiment_id(submit_stdout: &str) -> Option<String> {
+    submit_stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("submitted experiment "))
+        .map(|id| id.trim().to_string())
+}
+
 /// Starts `worker join` against `master`; its log goes to `log`.
 pub fn start_worker(master: &MasterProc, name: &str, log: &Path, extra: &[&str]) -> Result<Proc> {
     start_worker_at(&master.url, &master.token_file(), name, log, extra)

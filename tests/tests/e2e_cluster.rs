@@ -8,7 +8,8 @@ use std::time::Duration;
 use explore_common::client::{admin_client, connect, BearerToken};
 use explore_common::proto;
 use explore_tests::{
-    binary, describe, require_fashion_mnist, run, start_worker, MasterProc, FASHION_MNIST_DIR,
+    binary, describe, require_fashion_mnist, run, start_workers, submitted_experiment_id,
+    MasterProc, FASHION_MNIST_DIR,
 };
 
 const MAX_TRIALS: u32 = 6;
@@ -53,17 +54,7 @@ fn master_and_two_workers_run_an_experiment_to_completion() {
         &["--heartbeat-secs", "1", "--lease-secs", "20"],
     )
     .unwrap();
-    let mut workers: Vec<_> = (0..2)
-        .map(|i| {
-            start_worker(
-                &master,
-                &format!("w{i}"),
-                &tmp.path().join(format!("worker{i}.log")),
-                &[],
-            )
-            .unwrap()
-        })
-        .collect();
+    let mut workers = start_workers(&master, tmp.path(), 2).unwrap();
 
     let spec_path = tmp.path().join("spec.toml");
     std::fs::write(&spec_path, spec()).unwrap();
@@ -82,12 +73,7 @@ fn master_and_two_workers_run_an_experiment_to_completion() {
     assert!(submit.status.success(), "{}\n{}", describe(&submit), logs());
     let stdout = String::from_utf8_lossy(&submit.stdout).to_string();
     assert!(stdout.contains("leaderboard"), "{stdout}");
-    let experiment_id = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("submitted experiment "))
-        .expect("experiment id printed")
-        .trim()
-        .to_string();
+    let experiment_id = submitted_experiment_id(&stdout).expect("experiment id printed");
 
     // Accounting, read straight from the admin API.
     let rt = tokio::runtime::Runtime::new().unwrap();

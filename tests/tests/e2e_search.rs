@@ -4,7 +4,9 @@
 //! be recorded as pruned with the reason; children of trained models must start from their
 //! parents' weights (the worker reports how many tensors it copied) and still be scored.
 
-use explore_tests::{describe, require_fashion_mnist, start_worker, MasterProc};
+use explore_tests::{
+    describe, require_fashion_mnist, start_workers, submitted_experiment_id, MasterProc,
+};
 
 const TRAIN_SUBSET: u32 = 1500;
 const TEST_SUBSET: u32 = 300;
@@ -74,17 +76,7 @@ fn a_hopeless_trial_is_pruned_and_children_inherit_weights() {
         &["--heartbeat-secs", "1", "--lease-secs", "20"],
     )
     .unwrap();
-    let _workers: Vec<_> = (0..2)
-        .map(|i| {
-            start_worker(
-                &master,
-                &format!("w{i}"),
-                &tmp.path().join(format!("worker{i}.log")),
-                &[],
-            )
-            .unwrap()
-        })
-        .collect();
+    let _workers = start_workers(&master, tmp.path(), 2).unwrap();
     let spec_path = tmp.path().join("spec.toml");
     std::fs::write(&spec_path, spec()).unwrap();
     let submit = master
@@ -92,12 +84,7 @@ fn a_hopeless_trial_is_pruned_and_children_inherit_weights() {
         .unwrap();
     assert!(submit.status.success(), "{}", describe(&submit));
     let stdout = String::from_utf8_lossy(&submit.stdout).to_string();
-    let experiment_id = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("submitted experiment "))
-        .expect("experiment id printed")
-        .trim()
-        .to_string();
+    let experiment_id = submitted_experiment_id(&stdout).expect("experiment id printed");
 
     let listing = master
         .client(&["trials", &experiment_id, "--json"])
