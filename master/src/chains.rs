@@ -47,7 +47,22 @@ pub async fn least_loaded(
         .unwrap_or(0))
 }
 
-/// The chain's state, or a fresh one at the initial temperature.
+/// The chain's state, created (at the initial temperature, and saved) if it does not exist yet.
+pub async fn load_or_create(
+    conn: &mut SqliteConnection,
+    spec: &ExperimentSpec,
+    experiment_id: &str,
+    chain: i64,
+) -> Result<ChainRow, MasterError> {
+    if let Some(row) = store::get_chain(conn, experiment_id, chain).await? {
+        return Ok(row);
+    }
+    let row = fresh(spec, experiment_id, chain);
+    store::save_chain(conn, &row).await?;
+    Ok(row)
+}
+
+/// The chain's state, or a fresh one at the initial temperature (not saved).
 pub async fn load(
     conn: &mut SqliteConnection,
     spec: &ExperimentSpec,
@@ -56,17 +71,22 @@ pub async fn load(
 ) -> Result<ChainRow, MasterError> {
     Ok(store::get_chain(conn, experiment_id, chain)
         .await?
-        .unwrap_or_else(|| ChainRow {
-            experiment_id: experiment_id.to_string(),
-            chain,
-            temperature: spec.annealing.initial_temperature,
-            current_trial_id: None,
-            best_score: None,
-            since_improvement: 0,
-            results: 0,
-            accepted: 0,
-            reheats: 0,
-        }))
+        .unwrap_or_else(|| fresh(spec, experiment_id, chain)))
+}
+
+/// A chain that has seen nothing yet.
+fn fresh(spec: &ExperimentSpec, experiment_id: &str, chain: i64) -> ChainRow {
+    ChainRow {
+        experiment_id: experiment_id.to_string(),
+        chain,
+        temperature: spec.annealing.initial_temperature,
+        current_trial_id: None,
+        best_score: None,
+        since_improvement: 0,
+        results: 0,
+        accepted: 0,
+        reheats: 0,
+    }
 }
 
 /// A result of one of the chain's trials.

@@ -408,7 +408,7 @@ impl Scheduler {
             return Ok(HeartbeatAnswer::Stop(reason.to_string()));
         }
         if let Some(reason) = self
-            .record_epoch(&mut tx, &experiment, &trial, progress, now)
+            .record_epoch(&mut tx, &experiment, &trial, planned, progress, now)
             .await?
         {
             tx.commit().await.map_err(store::convert_sqlx_err)?;
@@ -442,6 +442,7 @@ impl Scheduler {
         conn: &mut SqliteConnection,
         experiment: &ExperimentRow,
         trial: &TrialRow,
+        total_epochs: u32,
         progress: Progress,
         now: i64,
     ) -> Result<Option<String>, MasterError> {
@@ -459,7 +460,6 @@ impl Scheduler {
             return Ok(None);
         }
         let spec = parse_spec(experiment)?;
-        let total_epochs = HyperParams::from_json(&trial.hparams_json)?.epochs;
         let peers = store::peer_accuracies(conn, &experiment.id, &trial.id, epoch).await?;
         let Some(reason) = early_stop::should_stop(
             &spec.early_stopping,
@@ -867,7 +867,7 @@ impl Scheduler {
         } else {
             chains::least_loaded(conn, &row.id, chain_count).await?
         };
-        let chain = chains::load(conn, spec, &row.id, chain_index).await?;
+        let chain = chains::load_or_create(conn, spec, &row.id, chain_index).await?;
         let cap_epochs = |hp: &mut HyperParams| {
             if let Some(left) = remaining_epochs {
                 hp.epochs = hp.epochs.min(left.min(u64::from(u32::MAX)) as u32).max(1);

@@ -319,21 +319,14 @@ async fn generator_loop(
                 cancel: cancel.clone(),
             },
         );
-        match prepare(&trial, &config, &cache, &client).await {
-            Ok((plan, source, dataset, split, parent_file)) => {
+        let attempt = trial.attempt;
+        match prepare(trial, cancel, &config, &cache, &client).await {
+            Ok(prepared) => {
                 if let Some(h) = held.lock().expect("held lock").get_mut(&key) {
-                    h.total_epochs = plan.hparams.epochs;
+                    h.total_epochs = prepared.plan.hparams.epochs;
                 }
-                info!(trial_id = %trial_id, attempt = trial.attempt, "trial prepared");
-                permit.send(PreparedTrial {
-                    trial,
-                    plan,
-                    source,
-                    dataset,
-                    split,
-                    cancel,
-                    parent_file,
-                });
+                info!(trial_id = %trial_id, attempt, "trial prepared");
+                permit.send(prepared);
             }
             Err(e) => {
                 warn!(trial_id = %trial_id, error = %e, "trial cannot be prepared");
@@ -342,7 +335,7 @@ async fn generator_loop(
                     .fail(proto::FailRequest {
                         worker_id: worker_id.clone(),
                         trial_id,
-                        attempt: trial.attempt,
+                        attempt,
                         reason: e.to_string(),
                     })
                     .await;
@@ -351,23 +344,15 @@ async fn generator_loop(
     }
 }
 
-/// What [`prepare`] hands to the trainer stage.
-type Prepared = (
-    TrialPlan,
-    DataSource,
-    Arc<Dataset>,
-    SplitConfig,
-    Option<RemoveOnDrop>,
-);
-
 /// Parses the trial, loads its dataset (once per process, through the cache) and downloads the
 /// parent checkpoint it inherits from, if any.
 async fn prepare(
-    trial: &proto::Trial,
+    trial: proto::Trial,
+    cancel: Arc<AtomicBool>,
     config: &JoinConfig,
     cache: &Arc<DatasetCache>,
     client: &WorkerServiceClient<AuthChannel>,
-) -> Result<Prepared, WorkerError> {
+) -> Result<PreparedTrial, WorkerError> {
     let genome =
         Genome::from_json(&trial.genome_json).map_err(|e| WorkerError::Genome(e.to_string()))?;
     let hparams = HyperParams::from_json(&trial.hparams_json)
@@ -402,7 +387,15 @@ async fn prepare(
         seed: trial.seed,
         parent_checkpoint: parent_file.as_ref().map(|f| f.0.clone()),
     };
-    Ok((plan, source, dataset, split, parent_file))
+    Ok(PreparedTrial {
+        trial,
+        plan,
+        source,
+        dataset,
+        split,
+        cancel,
+        parent_file,
+    })
 }
 
 /// A temporary file for one download of a parent checkpoint. Each call gives a new path: two
