@@ -261,6 +261,37 @@ impl Genome {
         Ok(genome)
     }
 
+    /// The conv and dense layers whose output goes straight into a batch-norm (the next block of
+    /// the same sequence is `batch_norm`), by their variable prefix in the worker's model
+    /// (`b3`, `b5.r0`; see the worker's `model` module). Batch-norm divides out any scale of
+    /// their weight, so the network's output does not change when such a weight is multiplied
+    /// by a constant: these are the scale-invariant weights of ELR mode (S3), besides its
+    /// cosine head. A layer feeding a residual sum, an activation or the head directly is not
+    /// invariant; neither is one behind a dropout before the batch-norm.
+    pub fn scale_invariant_weights(&self) -> Vec<String> {
+        fn walk(blocks: &[Block], prefix: &str, out: &mut Vec<String>) {
+            for (i, block) in blocks.iter().enumerate() {
+                let path = if prefix.is_empty() {
+                    format!("b{i}")
+                } else {
+                    format!("{prefix}.r{i}")
+                };
+                match block {
+                    Block::Conv { .. } | Block::Dense { .. }
+                        if matches!(blocks.get(i + 1), Some(Block::BatchNorm)) =>
+                    {
+                        out.push(path)
+                    }
+                    Block::Residual { body } => walk(body, &path, out),
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.blocks, "", &mut out);
+        out
+    }
+
     /// Number of blocks, counting those nested inside residual blocks.
     pub fn depth(&self) -> usize {
         fn count(blocks: &[Block]) -> usize {
@@ -447,6 +478,28 @@ mod tests {
             kernel,
             stride: 1,
         }
+    }
+
+    #[test]
+    fn scale_invariant_weights_are_those_feeding_a_batch_norm() {
+        let resnet = crate::presets::preset("resnet_small").unwrap();
+        assert_eq!(
+            resnet.scale_invariant_weights(),
+            ["b0", "b3.r0", "b3.r3", "b6", "b9.r0", "b9.r3"]
+        );
+        let cnn2 = crate::presets::preset("cnn2").unwrap();
+        // the dense layer feeds a relu, not a batch-norm
+        assert_eq!(cnn2.scale_invariant_weights(), ["b0", "b4"]);
+        assert!(crate::presets::preset("mlp")
+            .unwrap()
+            .scale_invariant_weights()
+            .is_empty());
+        let behind_dropout = Genome {
+            input: InputShape::MNIST,
+            num_classes: 10,
+            blocks: vec![conv(8, 3), Block::Dropout { rate: 0.1 }, Block::BatchNorm],
+        };
+        assert!(behind_dropout.scale_invariant_weights().is_empty());
     }
 
     fn small_cnn() -> Genome {

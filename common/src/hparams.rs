@@ -29,6 +29,49 @@ pub enum Schedule {
     OneCycle,
 }
 
+/// Squared norm of one output filter (or dense row) under the default initialisation, uniform
+/// in `±1/sqrt(fan_in)`: `fan_in · (1/fan_in) / 3`, whatever the layer's size. ELR mode uses it
+/// to turn a learning rate into an equivalent learning rate and back.
+pub const DEFAULT_INIT_SQUARED_NORM: f64 = 1.0 / 3.0;
+
+/// The training objective of a trial: what the trainer optimises and how (see the worker's
+/// `objective` module). The plain objective is not serialised, so hyperparameters written
+/// before objectives existed keep their JSON text, hash and duplicate detection.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Objective {
+    /// Cross-entropy on a linear head, one optimizer group with `learning_rate` and
+    /// `weight_decay`.
+    #[default]
+    Plain,
+    /// Equivalent-learning-rate mode (S3): a scale-invariant cosine head
+    /// `logits = scale · normalize(W) · normalize(x)`, every scale-invariant weight projected
+    /// back to its initial norm after each step, and one step-size dimension, `elr`, in place of
+    /// `learning_rate` and `weight_decay` (both unused in this mode).
+    Elr {
+        /// The equivalent learning rate: the optimizer's step size divided by the mean squared
+        /// initial norm of the scale-invariant filters.
+        elr: f64,
+        /// The fixed logit scale S of the cosine head.
+        scale: f64,
+    },
+}
+
+impl Objective {
+    /// Whether this is the plain objective (the serialisation default).
+    pub fn is_plain(&self) -> bool {
+        matches!(self, Objective::Plain)
+    }
+
+    /// The name used in specs and tables: `plain` or `elr`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Objective::Plain => "plain",
+            Objective::Elr { .. } => "elr",
+        }
+    }
+}
+
 /// Everything the trainer needs besides the architecture and the data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +82,9 @@ pub struct HyperParams {
     pub batch_size: u32,
     pub weight_decay: f64,
     pub epochs: u32,
+    /// The training objective; absent in JSON when plain.
+    #[serde(default, skip_serializing_if = "Objective::is_plain")]
+    pub objective: Objective,
 }
 
 impl Default for HyperParams {
@@ -51,6 +97,7 @@ impl Default for HyperParams {
             batch_size: 128,
             weight_decay: 1e-4,
             epochs: 3,
+            objective: Objective::Plain,
         }
     }
 }
@@ -88,6 +135,20 @@ impl HyperParams {
         if self.epochs == 0 || self.epochs > 1000 {
             return bad("epochs", format!("must be 1..=1000, got {}", self.epochs));
         }
+        if let Objective::Elr { elr, scale } = self.objective {
+            if !(elr.is_finite() && elr > 0.0 && elr <= 10.0) {
+                return bad(
+                    "objective.elr.elr",
+                    format!("must be in (0, 10], got {elr}"),
+                );
+            }
+            if !(scale.is_finite() && (1.0..=100.0).contains(&scale)) {
+                return bad(
+                    "objective.elr.scale",
+                    format!("must be in [1, 100], got {scale}"),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -114,6 +175,42 @@ mod tests {
         let hp = HyperParams::default();
         hp.validate().unwrap();
         assert_eq!(HyperParams::from_json(&hp.to_json()).unwrap(), hp);
+    }
+
+    #[test]
+    fn the_plain_objective_is_not_serialised_and_elr_round_trips() {
+        let plain = HyperParams::default();
+        assert!(
+            !plain.to_json().contains("objective"),
+            "{}",
+            plain.to_json()
+        );
+        let old = r#"{"optimizer":"adamw","learning_rate":0.002,"schedule":"one_cycle","batch_size":128,"weight_decay":0.0001,"epochs":3}"#;
+        assert_eq!(plain.to_json(), old);
+        assert_eq!(HyperParams::from_json(old).unwrap(), plain);
+        let elr = HyperParams {
+            objective: Objective::Elr {
+                elr: 0.05,
+                scale: 16.0,
+            },
+            ..HyperParams::default()
+        };
+        assert!(elr
+            .to_json()
+            .contains(r#""objective":{"elr":{"elr":0.05,"scale":16.0}}"#));
+        assert_eq!(HyperParams::from_json(&elr.to_json()).unwrap(), elr);
+        let bad = HyperParams {
+            objective: Objective::Elr {
+                elr: 0.0,
+                scale: 16.0,
+            },
+            ..HyperParams::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("objective.elr.elr"));
     }
 
     #[test]

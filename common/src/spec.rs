@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::CommonError;
 use crate::genome::Genome;
-use crate::hparams::{HyperParams, Optimizer, Schedule};
+use crate::hparams::{HyperParams, Objective, Optimizer, Schedule, DEFAULT_INIT_SQUARED_NORM};
 use crate::presets;
 
 /// A parsed and validated experiment spec.
@@ -30,6 +30,8 @@ pub struct ExperimentSpec {
     pub early_stopping: EarlyStopping,
     #[serde(default)]
     pub inheritance: Inheritance,
+    #[serde(default)]
+    pub training: TrainingConfig,
     /// Architectures (and optionally hyperparameters) the search starts from.
     #[serde(default = "default_seeds")]
     pub seeds: Vec<SeedModel>,
@@ -188,6 +190,45 @@ impl Default for EarlyStopping {
     }
 }
 
+/// The training objective of every trial of the experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectiveKind {
+    /// Cross-entropy on a linear head; learning rate and weight decay are searched.
+    Plain,
+    /// Equivalent-learning-rate mode (S3): a scale-invariant cosine head, weights projected back
+    /// to their initial norms, one searched step size (`search.elr`) instead of learning rate and
+    /// weight decay.
+    Elr,
+}
+
+/// How trials train (`[training]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingConfig {
+    pub objective: ObjectiveKind,
+    /// The logit scale S of ELR mode's cosine head (fixed, not searched).
+    pub elr_scale: f64,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        TrainingConfig {
+            objective: ObjectiveKind::Plain,
+            elr_scale: DEFAULT_ELR_SCALE,
+        }
+    }
+}
+
+/// Default logit scale of ELR mode's cosine head: a softmax over 10 classes can reach a
+/// confident 0.99 when the right class's cosine leads the others by about 0.35.
+pub const DEFAULT_ELR_SCALE: f64 = 16.0;
+
+/// Default `search.elr` range in ELR mode: step sizes of about 7e-4 to 7e-2 on networks with
+/// the default initialisation (squared filter norm 1/3), which covers Adam's and SGD's usual
+/// learning rates.
+pub const DEFAULT_ELR_RANGE: [f64; 2] = [2e-3, 0.2];
+
 /// Weight inheritance: a child starts from its parent's trained weights wherever tensor names
 /// and shapes still match.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -231,6 +272,11 @@ pub struct SearchSpace {
     pub schedules: Vec<Schedule>,
     /// Inclusive weight-decay range (sampled log-uniformly above zero).
     pub weight_decay: [f64; 2],
+    /// Inclusive range of the equivalent learning rate in ELR mode (`training.objective =
+    /// "elr"`), searched log-uniformly in place of `learning_rate` and `weight_decay`
+    /// (default [`DEFAULT_ELR_RANGE`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elr: Option<[f64; 2]>,
     /// Probability that a mutation changes the architecture (else only hyperparameters).
     pub architecture_mutation_probability: f64,
 }
@@ -249,6 +295,7 @@ impl Default for SearchSpace {
             optimizers: vec![Optimizer::AdamW, Optimizer::Adam, Optimizer::Sgd],
             schedules: vec![Schedule::OneCycle, Schedule::Cosine, Schedule::Constant],
             weight_decay: [0.0, 1e-3],
+            elr: None,
             architecture_mutation_probability: 0.6,
         }
     }
@@ -280,6 +327,20 @@ impl ExperimentSpec {
         let spec: ExperimentSpec =
             toml::from_str(text).map_err(|e| CommonError::Spec(toml_error(&e)))?;
         spec.validate()?;
+        if spec.training.objective == ObjectiveKind::Elr {
+            let raw: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| CommonError::Spec(toml_error(&e)))?;
+            let search = raw.get("search").and_then(|v| v.as_table());
+            for replaced in ["learning_rate", "weight_decay"] {
+                if search.is_some_and(|t| t.contains_key(replaced)) {
+                    return Err(CommonError::SpecKey {
+                        key: format!("search.{replaced}"),
+                        reason: "is replaced by search.elr in ELR mode (training.objective = \"elr\"); remove it".into(),
+                    });
+                }
+            }
+        }
         Ok(spec)
     }
 
@@ -430,15 +491,79 @@ impl ExperimentSpec {
                     reason: format!("breaks the search constraints: {e}"),
                 })?;
         }
+        self.validate_training()
+    }
+
+    /// Checks `[training]` against the search space and the seeds.
+    fn validate_training(&self) -> Result<(), CommonError> {
+        let key = |k: &str, reason: String| {
+            Err(CommonError::SpecKey {
+                key: k.to_string(),
+                reason,
+            })
+        };
+        let t = &self.training;
+        if !(t.elr_scale.is_finite() && (1.0..=100.0).contains(&t.elr_scale)) {
+            return key(
+                "training.elr_scale",
+                format!("must be in [1, 100], got {}", t.elr_scale),
+            );
+        }
+        match t.objective {
+            ObjectiveKind::Plain => {
+                if self.search.elr.is_some() {
+                    return key(
+                        "search.elr",
+                        "is only used in ELR mode: set training.objective = \"elr\"".into(),
+                    );
+                }
+            }
+            ObjectiveKind::Elr => {
+                for (i, seed) in self.seeds.iter().enumerate() {
+                    let resolved = seed.resolve(i, None)?;
+                    if resolved.genome.scale_invariant_weights().is_empty() {
+                        return key(
+                            &format!("seeds[{i}]"),
+                            format!(
+                                "({}) has no scale-invariant weight: ELR mode needs a conv or dense block followed directly by batch_norm",
+                                resolved.label
+                            ),
+                        );
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
+    /// The objective a seed trial trains with: plain, or in ELR mode the seed's own ELR
+    /// settings if it has them, else its learning rate converted to its equivalent learning rate on a default-initialised network, clamped
+    /// into `search.elr`.
+    pub fn seed_objective(&self, seed: &HyperParams) -> Objective {
+        match (self.training.objective, seed.objective) {
+            (ObjectiveKind::Plain, _) => Objective::Plain,
+            (ObjectiveKind::Elr, given @ Objective::Elr { .. }) => given,
+            (ObjectiveKind::Elr, Objective::Plain) => {
+                let [lo, hi] = self.search.elr_range();
+                Objective::Elr {
+                    elr: (seed.learning_rate / DEFAULT_INIT_SQUARED_NORM).clamp(lo, hi),
+                    scale: self.training.elr_scale,
+                }
+            }
+        }
+    }
+
     /// The seed models, resolved and validated.
+    /// Their hyperparameters carry the experiment's objective ([`Self::seed_objective`]).
     pub fn resolve_seeds(&self, base_dir: Option<&Path>) -> Result<Vec<ResolvedSeed>, CommonError> {
         self.seeds
             .iter()
             .enumerate()
-            .map(|(i, s)| s.resolve(i, base_dir))
+            .map(|(i, s)| {
+                let mut seed = s.resolve(i, base_dir)?;
+                seed.hparams.objective = self.seed_objective(&seed.hparams);
+                Ok(seed)
+            })
             .collect()
     }
 }
@@ -513,6 +638,14 @@ impl SearchSpace {
                 format!("must be [low, high] with 0 <= low <= high <= 1, got [{w0}, {w1}]"),
             );
         }
+        if let Some([lo, hi]) = self.elr {
+            if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 10.0) {
+                return key(
+                    "elr",
+                    format!("must be [low, high] with 0 < low <= high <= 10, got [{lo}, {hi}]"),
+                );
+            }
+        }
         let p = self.architecture_mutation_probability;
         if !(0.0..=1.0).contains(&p) {
             return key(
@@ -521,6 +654,11 @@ impl SearchSpace {
             );
         }
         Ok(())
+    }
+
+    /// The equivalent-learning-rate range of ELR mode: `elr`, or [`DEFAULT_ELR_RANGE`].
+    pub fn elr_range(&self) -> [f64; 2] {
+        self.elr.unwrap_or(DEFAULT_ELR_RANGE)
     }
 
     /// Whether a genome meets the hard constraints (params, FLOPs, block count); the error says
@@ -682,6 +820,52 @@ max_trials = 4
         let text = MINIMAL.replace("max_trials = 4", "max_trials = 4\nmax_failures = 0");
         let err = ExperimentSpec::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("budget.max_failures"), "{err}");
+    }
+
+    #[test]
+    fn elr_mode_converts_the_seed_learning_rate_and_refuses_what_it_replaces() {
+        let elr = format!("{MINIMAL}[training]\nobjective = \"elr\"\n");
+        let spec = ExperimentSpec::from_toml(&elr).unwrap();
+        let seeds = spec.resolve_seeds(None).unwrap();
+        // default seed learning rate 2e-3 over the default squared norm 1/3
+        match seeds[0].hparams.objective {
+            Objective::Elr { elr, scale } => {
+                assert!((elr - 6e-3).abs() < 1e-12, "{elr}");
+                assert_eq!(scale, DEFAULT_ELR_SCALE);
+            }
+            other => panic!("{other:?}"),
+        }
+        for replaced in ["learning_rate = [0.001, 0.01]", "weight_decay = [0.0, 0.1]"] {
+            let text = format!("{elr}[search]\n{replaced}\nelr = [0.01, 0.1]\n");
+            let err = ExperimentSpec::from_toml(&text).unwrap_err().to_string();
+            let name = replaced.split(' ').next().unwrap();
+            assert!(
+                err.contains(&format!("search.{name}")) && err.contains("search.elr"),
+                "{err}"
+            );
+        }
+        let plain_with_elr = format!("{MINIMAL}[search]\nelr = [0.01, 0.1]\n");
+        let err = ExperimentSpec::from_toml(&plain_with_elr)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("search.elr") && err.contains("training.objective"),
+            "{err}"
+        );
+        let mlp = format!("{elr}[[seeds]]\npreset = \"mlp\"\n");
+        let err = ExperimentSpec::from_toml(&mlp).unwrap_err().to_string();
+        assert!(
+            err.contains("seeds[0]") && err.contains("no scale-invariant weight"),
+            "{err}"
+        );
+        let unknown = format!("{MINIMAL}[training]\nobjective = \"magic\"\n");
+        let err = ExperimentSpec::from_toml(&unknown).unwrap_err().to_string();
+        assert!(err.contains("magic") && err.contains("elr"), "{err}");
+        let plain = ExperimentSpec::from_toml(MINIMAL).unwrap();
+        assert!(plain.resolve_seeds(None).unwrap()[0]
+            .hparams
+            .objective
+            .is_plain());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Property tests of the mutation operators through the public API: children are always valid,
 //! inside the search space, different from their parent, and reproducible from a seed.
 
-use explore_common::hparams::{HyperParams, Optimizer, Schedule};
+use explore_common::hparams::{HyperParams, Objective, Optimizer, Schedule};
 use explore_common::mutation::{mutate_genome, mutate_hparams, propose, sample_hparams};
 use explore_common::presets;
 use explore_common::spec::SearchSpace;
@@ -92,6 +92,7 @@ fn hparams() -> impl Strategy<Value = HyperParams> {
                 batch_size,
                 weight_decay,
                 epochs,
+                objective: Objective::Plain,
             },
         )
 }
@@ -192,6 +193,52 @@ proptest! {
             genome = proposal.genome;
             hp = proposal.hparams;
         }
+    }
+
+    #[test]
+    fn elr_mode_proposals_never_touch_learning_rate_or_weight_decay(
+        seed in any::<u64>(),
+        preset in prop_oneof![Just(0usize), Just(1), Just(3)],
+        steps in 1usize..=20,
+        space in space(),
+        parent in hparams(),
+        elr in 1e-3f64..0.3,
+    ) {
+        let space = SearchSpace { elr: Some([1e-3, 0.3]), ..space };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut genome = preset_genome(preset);
+        prop_assume!(space.check_constraints(&genome).is_ok());
+        let mut hp = HyperParams { objective: Objective::Elr { elr, scale: 16.0 }, ..parent };
+        let (mut accepted, mut tried) = (0, 0);
+        for _ in 0..steps {
+            tried += 1;
+            let proposal = match propose(&genome, &hp, &space, &mut rng) {
+                Ok(p) => p,
+                Err(CommonError::Mutation(reason)) => {
+                    prop_assert!(!reason.is_empty());
+                    continue;
+                }
+                Err(other) => return Err(TestCaseError::fail(format!("not a mutation rejection: {other}"))),
+            };
+            accepted += 1;
+            let child = &proposal.hparams;
+            prop_assert_eq!(child.learning_rate.to_bits(), hp.learning_rate.to_bits(), "{}", proposal.description);
+            prop_assert_eq!(child.weight_decay.to_bits(), hp.weight_decay.to_bits(), "{}", proposal.description);
+            let touched = proposal.description.split("; ").any(|part| {
+                let part = part.strip_prefix("clamp ").unwrap_or(part);
+                part.starts_with("lr ") || part.starts_with("weight_decay ")
+            });
+            prop_assert!(!touched, "{}", proposal.description);
+            let Objective::Elr { elr, scale } = child.objective else {
+                return Err(TestCaseError::fail("the child left ELR mode"));
+            };
+            prop_assert!((1e-3..=0.3).contains(&elr) && scale == 16.0, "elr {elr}");
+            prop_assert!(!proposal.genome.scale_invariant_weights().is_empty(), "{}", proposal.description);
+            genome = proposal.genome;
+            hp = proposal.hparams;
+        }
+        // the ELR and the other hyperparameters leave room to move: most proposals succeed
+        prop_assert!(accepted * 2 >= tried, "{accepted} of {tried} proposals");
     }
 
     #[test]

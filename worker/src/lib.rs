@@ -13,6 +13,7 @@ pub mod error;
 pub mod inherit;
 pub mod join;
 pub mod model;
+pub mod objective;
 pub mod train;
 
 #[cfg(test)]

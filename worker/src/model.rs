@@ -12,6 +12,14 @@
 //! block `j` of a residual body under `b{i}.r{j}` (nested bodies add further `r{k}`), the head
 //! under `head`. Each layer names its tensors like PyTorch (`weight`, `bias`, `running_mean`,
 //! `running_var`), e.g. `b4.weight` or `b3.r1.bias`.
+//!
+//! [`build_with`] varies two things for the training objectives (see [`crate::objective`]): the
+//! head ([`Head::Linear`], or ELR mode's scale-invariant [`Head::Cosine`], which has no bias and
+//! stores its scale as the untrained tensor `head.scale` so a checkpoint says which head it
+//! needs), and an optimizer group for the scale-invariant weights
+//! ([`Genome::scale_invariant_weights`] and the cosine head's weight).
+
+use std::collections::HashSet;
 
 use explore_common::genome::{Activation, Block, Genome, PoolKind, Shape};
 use tch::nn::{self, Init};
@@ -51,7 +59,43 @@ enum Layer {
         weight: Tensor,
         bias: Tensor,
     },
+    /// `scale · normalize(x) · normalize(W)ᵀ`, rows normalised to unit length.
+    Cosine {
+        weight: Tensor,
+        scale: f64,
+    },
 }
+
+/// The classifier head of a built network.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Head {
+    /// A dense layer with bias (`head.weight`, `head.bias`).
+    Linear,
+    /// ELR mode's scale-invariant head: `logits = scale · normalize(x) · normalize(W)ᵀ`
+    /// (`head.weight`; `head.scale` holds the scale, untrained).
+    Cosine { scale: f64 },
+}
+
+/// What [`build_with`] varies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BuildOptions {
+    pub head: Head,
+    /// The optimizer group of the scale-invariant weights (the weights of
+    /// [`Genome::scale_invariant_weights`], and the head's with a cosine head); `None` keeps
+    /// every variable in group 0.
+    pub invariant_group: Option<usize>,
+}
+
+impl BuildOptions {
+    /// A linear head, one optimizer group: the plain objective's network.
+    pub const PLAIN: BuildOptions = BuildOptions {
+        head: Head::Linear,
+        invariant_group: None,
+    };
+}
+
+/// Smallest norm a row is divided by in the cosine head (as `torch.nn.functional.normalize`).
+const NORMALIZE_EPS: f64 = 1e-12;
 
 /// A network built from a genome; use it through [`nn::ModuleT`] or the fallible
 /// [`GenomeNet::f_forward_t`].
@@ -61,10 +105,29 @@ pub struct GenomeNet {
     head: Layer,
 }
 
-/// Creates the variables of `genome` under `vs_root` and returns the network. The genome is
-/// validated first; its shapes come from [`Genome::analyze`].
+/// Creates the variables of `genome` under `vs_root` with a linear head and returns the network.
+/// The genome is validated first; its shapes come from [`Genome::analyze`].
 pub fn build(vs_root: &nn::Path, genome: &Genome) -> Result<GenomeNet, WorkerError> {
+    build_with(vs_root, genome, BuildOptions::PLAIN)
+}
+
+/// [`build`] with a choice of head and an optimizer group for the scale-invariant weights.
+/// Variables are created in the same order with the same initialisation whatever the options,
+/// so the plain network is [`build`]'s exactly.
+pub fn build_with(
+    vs_root: &nn::Path,
+    genome: &Genome,
+    options: BuildOptions,
+) -> Result<GenomeNet, WorkerError> {
     let analysis = genome.analyze()?;
+    let invariant: HashSet<String> = match options.invariant_group {
+        Some(_) => genome.scale_invariant_weights().into_iter().collect(),
+        None => HashSet::new(),
+    };
+    let builder = Builder {
+        invariant: &invariant,
+        group: options.invariant_group.unwrap_or(0),
+    };
     let input = genome.input;
     let mut shape = Shape::Map {
         c: input.channels,
@@ -73,7 +136,8 @@ pub fn build(vs_root: &nn::Path, genome: &Genome) -> Result<GenomeNet, WorkerErr
     };
     let mut layers = Vec::with_capacity(genome.blocks.len());
     for (i, block) in genome.blocks.iter().enumerate() {
-        let (layer, out) = build_block(&(vs_root / format!("b{i}")), block, shape)?;
+        let name = format!("b{i}");
+        let (layer, out) = builder.block(&(vs_root / &name), &name, block, shape)?;
         if out != analysis.block_outputs[i] {
             return Err(WorkerError::Genome(format!(
                 "internal error: blocks[{i}] builds output {out}, genome analysis says {}",
@@ -83,12 +147,65 @@ pub fn build(vs_root: &nn::Path, genome: &Genome) -> Result<GenomeNet, WorkerErr
         layers.push(layer);
         shape = out;
     }
-    let head = dense(&(vs_root / "head"), shape.numel(), genome.num_classes)?;
+    let head_path = vs_root / "head";
+    let head = match options.head {
+        Head::Linear => dense(&head_path, shape.numel(), genome.num_classes)?,
+        Head::Cosine { scale } => {
+            let bound = 1.0 / (shape.numel() as f64).sqrt();
+            let weight = head_path.set_group(builder.group).f_var(
+                "weight",
+                &[genome.num_classes as i64, shape.numel() as i64],
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )?;
+            let mut stored = head_path.f_zeros_no_train("scale", &[1])?;
+            let _ = tch::no_grad(|| stored.f_fill_(scale))?;
+            Layer::Cosine { weight, scale }
+        }
+    };
     Ok(GenomeNet { layers, head })
 }
 
-/// Builds one block whose input has `shape`; returns the layer and its output shape.
-fn build_block(p: &nn::Path, block: &Block, shape: Shape) -> Result<(Layer, Shape), WorkerError> {
+/// Creates layers, putting the scale-invariant weights into their optimizer group.
+struct Builder<'a> {
+    /// Variable prefixes (`b3`, `b5.r0`) of the scale-invariant conv and dense layers.
+    invariant: &'a HashSet<String>,
+    /// Their optimizer group.
+    group: usize,
+}
+
+impl Builder<'_> {
+    /// Builds one block whose input has `shape`, its variables under `p` (named `name`);
+    /// returns the layer and its output shape.
+    fn block(
+        &self,
+        p: &nn::Path,
+        name: &str,
+        block: &Block,
+        shape: Shape,
+    ) -> Result<(Layer, Shape), WorkerError> {
+        let weights = if self.invariant.contains(name) {
+            p.set_group(self.group)
+        } else {
+            p.set_group(0)
+        };
+        build_block(p, &weights, name, block, shape, self)
+    }
+}
+
+/// Builds one block whose input has `shape`; returns the layer and its output shape. Weights of
+/// convs and dense layers are created under `weights` (the same path as `p`, maybe in another
+/// optimizer group).
+fn build_block(
+    p: &nn::Path,
+    weights: &nn::Path,
+    name: &str,
+    block: &Block,
+    shape: Shape,
+    builder: &Builder<'_>,
+) -> Result<(Layer, Shape), WorkerError> {
     let not_a_map =
         |what: &str| WorkerError::Genome(format!("{what} needs a feature map, got {shape}"));
     match block {
@@ -107,7 +224,7 @@ fn build_block(p: &nn::Path, block: &Block, shape: Shape) -> Result<(Layer, Shap
                 lo: -bound,
                 up: bound,
             };
-            let weight = p.f_var("weight", &[*out_channels as i64, c as i64, k, k], init)?;
+            let weight = weights.f_var("weight", &[*out_channels as i64, c as i64, k, k], init)?;
             let bias = p.f_var("bias", &[*out_channels as i64], init)?;
             let out = |n: u32| ((n as i64 + 2 * pad - k) / s + 1) as u32;
             let layer = Layer::Conv {
@@ -166,26 +283,40 @@ fn build_block(p: &nn::Path, block: &Block, shape: Shape) -> Result<(Layer, Shap
             let mut inner = Vec::with_capacity(body.len());
             let mut s = shape;
             for (j, b) in body.iter().enumerate() {
-                let (layer, out) = build_block(&(p / format!("r{j}")), b, s)?;
+                let inner_name = format!("{name}.r{j}");
+                let (layer, out) = builder.block(&(p / format!("r{j}")), &inner_name, b, s)?;
                 inner.push(layer);
                 s = out;
             }
             Ok((Layer::Residual(inner), shape))
         }
         Block::Dropout { rate } => Ok((Layer::Dropout(*rate as f64), shape)),
-        Block::Dense { units } => Ok((dense(p, shape.numel(), *units)?, Shape::Flat { n: *units })),
+        Block::Dense { units } => Ok((
+            dense_in(p, weights, shape.numel(), *units)?,
+            Shape::Flat { n: *units },
+        )),
     }
 }
 
 /// A fully connected layer with PyTorch's default initialisation.
 fn dense(p: &nn::Path, in_features: u64, out_features: u32) -> Result<Layer, WorkerError> {
+    dense_in(p, p, in_features, out_features)
+}
+
+/// [`dense`] with its weight created under `weights` (the same path, maybe another group).
+fn dense_in(
+    p: &nn::Path,
+    weights: &nn::Path,
+    in_features: u64,
+    out_features: u32,
+) -> Result<Layer, WorkerError> {
     let bound = 1.0 / (in_features as f64).sqrt();
     let init = Init::Uniform {
         lo: -bound,
         up: bound,
     };
     Ok(Layer::Dense {
-        weight: p.f_var("weight", &[out_features as i64, in_features as i64], init)?,
+        weight: weights.f_var("weight", &[out_features as i64, in_features as i64], init)?,
         bias: p.f_var("bias", &[out_features as i64], init)?,
     })
 }
@@ -263,8 +394,26 @@ impl Layer {
                 };
                 flat.f_linear(weight, Some(bias))
             }
+            Layer::Cosine { weight, scale } => {
+                let flat = if xs.dim() > 2 {
+                    xs.f_flatten(1, -1)?
+                } else {
+                    xs.shallow_clone()
+                };
+                let x = unit_rows(&flat)?;
+                let w = unit_rows(weight)?;
+                x.f_matmul(&w.f_tr()?)?.f_mul_scalar(*scale)
+            }
         }
     }
+}
+
+/// Each row of a matrix divided by its Euclidean norm (at least [`NORMALIZE_EPS`]).
+fn unit_rows(m: &Tensor) -> Result<Tensor, TchError> {
+    let norms = m
+        .f_norm_scalaropt_dim(2, [1i64].as_slice(), true)?
+        .f_clamp_min(NORMALIZE_EPS)?;
+    m.f_div(&norms)
 }
 
 impl GenomeNet {

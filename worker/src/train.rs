@@ -1,30 +1,33 @@
 //! Training and scoring one trial: a genome with hyperparameters on a data split.
 //!
-//! Optimisers: `sgd` is SGD with Nesterov momentum 0.9 and L2 weight decay, `adam` is Adam with
-//! L2 weight decay folded into the gradient, `adamw` is AdamW with decoupled weight decay (all
-//! with β = (0.9, 0.999)). The learning rate is set before every step by [`learning_rate`]. The
-//! loss is cross-entropy; batches are drawn from a per-epoch permutation of the training split
-//! seeded by the trial's seed.
+//! The trainer drives the trial (epochs, batches drawn from a per-epoch permutation of the
+//! training split seeded by the trial's seed, NaN checks, evaluation, the checkpoint, progress);
+//! what varies between training methods (heads, parameter groups, the step, a hook after each
+//! step, per-epoch metrics) belongs to the trial's [`crate::objective::Objective`]. Optimisers:
+//! `sgd` is SGD with Nesterov momentum 0.9 and L2 weight decay, `adam` is Adam with L2 weight
+//! decay folded into the gradient, `adamw` is AdamW with decoupled weight decay (all with
+//! β = (0.9, 0.999)). Step sizes follow [`learning_rate`]'s schedules.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use explore_common::genome::Genome;
-use explore_common::hparams::{HyperParams, Optimizer, Schedule};
+use explore_common::hparams::{HyperParams, Schedule};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tch::nn::{self, OptimizerConfig};
-use tch::{Device, Kind, Reduction, TchError, Tensor};
+use tch::nn;
+use tch::{Device, Kind, TchError, Tensor};
 use tracing::debug;
 
 use crate::data::SplitData;
 use crate::error::WorkerError;
 use crate::inherit::{inherit_from_file, Inherited};
-use crate::model::{self, GenomeNet};
+use crate::model::{self, BuildOptions, GenomeNet, Head};
+use crate::objective;
 
 /// Examples per forward pass when evaluating on a GPU.
 const EVAL_BATCH_GPU: i64 = 1000;
@@ -57,6 +60,9 @@ pub struct EpochReport {
     pub train_loss: f64,
     /// Accuracy on the validation split after the epoch.
     pub val_accuracy: f64,
+    /// Named per-epoch metrics of the trial's objective (e.g. ELR mode's norm drift), sent
+    /// with the heartbeat and stored with the epoch curve. Empty for the plain objective.
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// What the epoch callback wants next.
@@ -138,19 +144,21 @@ pub fn train_trial(
     let total_steps = steps_per_epoch * hp.epochs as usize;
 
     tch::manual_seed(plan.seed as i64);
+    let mut objective = objective::for_trial(&plan.genome, hp);
     let vs = nn::VarStore::new(device);
-    let net = model::build(&vs.root(), &plan.genome)?;
+    let net = objective.build(&vs.root(), &plan.genome)?;
     let params = model::trainable_params(&vs);
     let inherited = match &plan.parent_checkpoint {
         Some(path) => inherit_from_file(&vs, path)?,
         None => Inherited::default(),
     };
-    let mut opt = optimizer(hp, &vs)?;
+    let mut opt = objective.optimizer(&vs)?;
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
     rng.set_stream(1);
     let [train_x, train_y, val_x, val_y, test_x, test_y] = on_device(data, device)?;
     debug!(
         params,
+        objective = objective.name(),
         inherited = inherited.copied.len(),
         steps_per_epoch,
         epochs = hp.epochs,
@@ -164,6 +172,7 @@ pub fn train_trial(
         total_epochs: hp.epochs,
         train_loss: f64::NAN,
         val_accuracy: 0.0,
+        metrics: BTreeMap::new(),
     };
     let mut stopped = false;
     for epoch in 1..=hp.epochs {
@@ -173,21 +182,12 @@ pub fn train_trial(
         let mut seen = 0i64;
         for (b, &(start, len)) in batches.iter().enumerate() {
             let step = (epoch as usize - 1) * steps_per_epoch + b;
-            opt.set_lr(learning_rate(
-                hp.schedule,
-                hp.learning_rate,
-                step,
-                total_steps,
-            ));
+            objective.set_step_size(&mut opt, step, total_steps);
             let idx = perm.f_narrow(0, start, len)?;
             let xs = train_x.f_index_select(0, &idx)?;
             let ys = train_y.f_index_select(0, &idx)?;
-            let logits = net.f_forward_t(&xs, true)?;
-            let loss =
-                logits.f_cross_entropy_loss::<Tensor>(&ys, None, Reduction::Mean, -100, 0.0)?;
-            opt.zero_grad();
-            loss.f_backward()?;
-            opt.step();
+            let loss = objective.step(&net, &mut opt, &xs, &ys)?;
+            objective.after_step()?;
             loss_sum = loss_sum.f_add(&loss.f_detach()?.f_mul_scalar(len)?)?;
             seen += len;
             if (b + 1) % NAN_CHECK_EVERY == 0 {
@@ -213,6 +213,7 @@ pub fn train_trial(
             total_epochs: hp.epochs,
             train_loss,
             val_accuracy,
+            metrics: objective.epoch_metrics()?,
         };
         debug!(epoch, train_loss, val_accuracy, "epoch finished");
         if on_epoch(&last) == Control::Stop && epoch < hp.epochs {
@@ -236,7 +237,8 @@ pub fn train_trial(
 }
 
 /// Loads a genome's weights from a safetensors checkpoint and scores it on a split: returns
-/// `(val_accuracy, test_accuracy)`.
+/// `(val_accuracy, test_accuracy)`. The head is the one the checkpoint was trained with (a
+/// cosine head when it has `head.scale`, see [`crate::model::Head`]).
 pub fn evaluate_checkpoint(
     genome: &Genome,
     checkpoint: &Path,
@@ -244,13 +246,45 @@ pub fn evaluate_checkpoint(
     device: Device,
 ) -> Result<(f64, f64), WorkerError> {
     check_fits(genome, data)?;
+    let head = head_of_checkpoint(checkpoint)?;
     let mut vs = nn::VarStore::new(device);
-    let net = model::build(&vs.root(), genome)?;
+    let net = model::build_with(
+        &vs.root(),
+        genome,
+        BuildOptions {
+            head,
+            invariant_group: None,
+        },
+    )?;
     load_checkpoint(&mut vs, checkpoint)?;
     let [_, _, val_x, val_y, test_x, test_y] = on_device(data, device)?;
     let val = accuracy(&net, &val_x, &val_y)?;
     let test = accuracy(&net, &test_x, &test_y)?;
     Ok((val, test))
+}
+
+/// The head a checkpoint was trained with: [`Head::Cosine`] with the stored scale when the
+/// file has `head.scale`, else [`Head::Linear`].
+pub fn head_of_checkpoint(path: &Path) -> Result<Head, WorkerError> {
+    let fail = |reason: String| WorkerError::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(fail("file does not exist".into()));
+    }
+    let tensors = Tensor::read_safetensors(path)
+        .map_err(|e| fail(format!("not a readable safetensors file: {e}")))?;
+    match tensors.iter().find(|(name, _)| name == "head.scale") {
+        None => Ok(Head::Linear),
+        Some((_, t)) => {
+            let scale = f64::try_from(&t.f_view([-1])?.f_get(0)?)?;
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(fail(format!("head.scale is {scale}, not a positive scale")));
+            }
+            Ok(Head::Cosine { scale })
+        }
+    }
 }
 
 /// Loads every variable of `vs` from a safetensors file; fails, naming the variable, when one
@@ -348,16 +382,6 @@ fn batch_ranges(n: usize, batch_size: usize) -> Vec<(i64, i64)> {
         out.pop();
     }
     out
-}
-
-fn optimizer(hp: &HyperParams, vs: &nn::VarStore) -> Result<nn::Optimizer, WorkerError> {
-    let wd = hp.weight_decay;
-    let lr = hp.learning_rate;
-    Ok(match hp.optimizer {
-        Optimizer::Sgd => nn::sgd(0.9, 0.0, wd, true).build(vs, lr)?,
-        Optimizer::Adam => nn::adam(0.9, 0.999, wd).build(vs, lr)?,
-        Optimizer::AdamW => nn::adamw(0.9, 0.999, wd).build(vs, lr)?,
-    })
 }
 
 /// Checks that the genome takes the split's images and has a logit for every label.

@@ -5,7 +5,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::pick_other;
-use crate::hparams::{HyperParams, Optimizer, Schedule};
+use crate::hparams::{HyperParams, Objective, Optimizer, Schedule};
 use crate::spec::SearchSpace;
 
 #[cfg(test)]
@@ -13,6 +13,9 @@ mod tests;
 
 /// Standard deviation of the log-normal learning-rate step.
 const LR_LOG_SIGMA: f64 = 0.5;
+
+/// Standard deviation of the log-normal step of the equivalent learning rate (ELR mode).
+const ELR_LOG_SIGMA: f64 = 0.5;
 
 /// Standard deviation of the log-normal weight-decay step.
 const WD_LOG_SIGMA: f64 = 1.0;
@@ -38,7 +41,7 @@ pub fn mutate_hparams<R: Rng + ?Sized>(
     (child, description)
 }
 
-/// Samples hyperparameters uniformly from the space: a log-uniform learning rate, uniform batch
+/// Samples plain-objective hyperparameters uniformly from the space: a log-uniform learning rate, uniform batch
 /// size, optimiser, schedule and epochs, and a weight decay that is log-uniform when the range
 /// starts above zero, else 0 with probability 0.2 and log-uniform in `[high / 1000, high]`
 /// otherwise. Numbers are rounded to three significant digits. Always valid.
@@ -77,6 +80,7 @@ pub fn sample_hparams<R: Rng + ?Sized>(space: &SearchSpace, rng: &mut R) -> Hype
         batch_size,
         weight_decay,
         epochs,
+        objective: Objective::Plain,
     }
 }
 
@@ -89,15 +93,28 @@ enum HpOp {
     Schedule,
     WeightDecay,
     Epochs,
+    /// The equivalent learning rate of ELR mode.
+    Elr,
 }
 
 impl HpOp {
-    const ALL: [HpOp; 6] = [
+    /// The operators of the plain objective (in this order, so seeded replays stay the same).
+    const PLAIN: [HpOp; 6] = [
         HpOp::LearningRate,
         HpOp::BatchSize,
         HpOp::Optimizer,
         HpOp::Schedule,
         HpOp::WeightDecay,
+        HpOp::Epochs,
+    ];
+
+    /// The operators of ELR mode: the ELR replaces learning rate and weight decay, which are
+    /// never touched.
+    const ELR: [HpOp; 5] = [
+        HpOp::Elr,
+        HpOp::BatchSize,
+        HpOp::Optimizer,
+        HpOp::Schedule,
         HpOp::Epochs,
     ];
 }
@@ -111,6 +128,7 @@ pub(super) struct HpBounds {
     optimizers: Vec<Optimizer>,
     schedules: Vec<Schedule>,
     weight_decay: [f64; 2],
+    elr: [f64; 2],
 }
 
 impl HpBounds {
@@ -143,8 +161,16 @@ impl HpBounds {
         } else {
             defaults.weight_decay
         };
+        let [e_lo, e_hi] = space.elr_range();
+        let elr =
+            if e_lo.is_finite() && e_hi.is_finite() && e_lo > 0.0 && e_lo <= e_hi && e_hi <= 10.0 {
+                [e_lo, e_hi]
+            } else {
+                crate::spec::DEFAULT_ELR_RANGE
+            };
         HpBounds {
             learning_rate,
+            elr,
             batch_sizes,
             epochs: [e0, e1],
             optimizers: dedup_or(&space.optimizers, defaults.optimizers),
@@ -157,12 +183,30 @@ impl HpBounds {
     pub(super) fn clamp(&self, hp: &HyperParams) -> (HyperParams, Vec<String>) {
         let mut out = hp.clone();
         let mut notes = Vec::new();
+        let elr_mode = !hp.objective.is_plain();
         let [lr_lo, lr_hi] = self.learning_rate;
-        out.learning_rate = if hp.learning_rate.is_nan() {
-            (lr_lo * lr_hi).sqrt()
-        } else {
-            hp.learning_rate.clamp(lr_lo, lr_hi)
-        };
+        if !elr_mode {
+            out.learning_rate = if hp.learning_rate.is_nan() {
+                (lr_lo * lr_hi).sqrt()
+            } else {
+                hp.learning_rate.clamp(lr_lo, lr_hi)
+            };
+        }
+        if let Objective::Elr { elr, scale } = hp.objective {
+            let [lo, hi] = self.elr;
+            let clamped = if elr.is_nan() {
+                (lo * hi).sqrt()
+            } else {
+                elr.clamp(lo, hi)
+            };
+            if clamped != elr {
+                notes.push(format!("clamp elr {elr}->{clamped}"));
+            }
+            out.objective = Objective::Elr {
+                elr: clamped,
+                scale,
+            };
+        }
         if !self.batch_sizes.contains(&hp.batch_size) {
             out.batch_size = *self
                 .batch_sizes
@@ -177,11 +221,13 @@ impl HpBounds {
             out.schedule = self.schedules[0];
         }
         let [wd_lo, wd_hi] = self.weight_decay;
-        out.weight_decay = if hp.weight_decay.is_nan() {
-            wd_lo
-        } else {
-            hp.weight_decay.clamp(wd_lo, wd_hi)
-        };
+        if !elr_mode {
+            out.weight_decay = if hp.weight_decay.is_nan() {
+                wd_lo
+            } else {
+                hp.weight_decay.clamp(wd_lo, wd_hi)
+            };
+        }
         out.epochs = hp.epochs.clamp(self.epochs[0], self.epochs[1]);
         let f = |x: f64| x.to_string();
         for (field, old, new) in [
@@ -235,7 +281,11 @@ fn mutate_hparams_traced<R: Rng + ?Sized>(
     let bounds = HpBounds::of(space);
     let (mut child, mut notes) = bounds.clamp(hparams);
     let wanted = if rng.gen_bool(0.5) { 2 } else { 1 };
-    let mut order = HpOp::ALL;
+    let mut order: Vec<HpOp> = if hparams.objective.is_plain() {
+        HpOp::PLAIN.to_vec()
+    } else {
+        HpOp::ELR.to_vec()
+    };
     order.shuffle(rng);
     let mut applied = Vec::with_capacity(wanted);
     for op in order {
@@ -317,6 +367,17 @@ fn apply_hp_op<R: Rng + ?Sized>(
             })?;
             hp.weight_decay = new;
             Some(format!("weight_decay {old}->{new}"))
+        }
+        HpOp::Elr => {
+            let Objective::Elr { elr: old, scale } = hp.objective else {
+                return None;
+            };
+            let [lo, hi] = b.elr;
+            let new = redraw(old, || {
+                tidy(old * (ELR_LOG_SIGMA * standard_normal(rng)).exp(), lo, hi)
+            })?;
+            hp.objective = Objective::Elr { elr: new, scale };
+            Some(format!("elr {old}->{new}"))
         }
         HpOp::Epochs => {
             let [e0, e1] = b.epochs;

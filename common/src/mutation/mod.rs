@@ -56,7 +56,8 @@ pub struct Proposal {
 /// with probability 0.3 the hyperparameters too), else only the hyperparameters. A rejected
 /// architecture mutation, or one whose child breaks `space.check_constraints`, is retried up to
 /// [`MAX_ARCHITECTURE_ATTEMPTS`] times. The child always differs from the parent (genome hash or
-/// hyperparameters), validates and meets the constraints; otherwise the result is
+/// hyperparameters), validates, meets the constraints and keeps a scale-invariant weight in
+/// ELR mode ([`check_objective`]); otherwise the result is
 /// `Err(CommonError::Mutation(..))` carrying the last reason.
 pub fn propose<R: Rng + ?Sized>(
     genome: &Genome,
@@ -70,9 +71,9 @@ pub fn propose<R: Rng + ?Sized>(
         let mut last = String::from("no attempt was made");
         for _ in 0..MAX_ARCHITECTURE_ATTEMPTS {
             let child = mutate_genome(genome, space, rng).and_then(|(child, description)| {
-                space
-                    .check_constraints(&child)
-                    .map(|()| (child, description))
+                space.check_constraints(&child)?;
+                check_objective(&child, hparams)?;
+                Ok((child, description))
             });
             match child {
                 Ok((child, description)) => {
@@ -117,6 +118,17 @@ pub fn propose<R: Rng + ?Sized>(
             description,
         })
     }
+}
+
+/// Whether `genome` can train with the objective of `hparams`: ELR mode needs at least one
+/// scale-invariant weight in the trunk ([`Genome::scale_invariant_weights`]).
+pub fn check_objective(genome: &Genome, hparams: &HyperParams) -> Result<(), CommonError> {
+    if !hparams.objective.is_plain() && genome.scale_invariant_weights().is_empty() {
+        return Err(CommonError::Mutation(
+            "ELR mode needs a scale-invariant weight (a conv or dense block followed directly by batch_norm)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A uniformly chosen entry of `options` other than `current`.

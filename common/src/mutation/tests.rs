@@ -48,6 +48,7 @@ fn propose_fails_when_nothing_can_change() {
         batch_size: 64,
         weight_decay: 0.0,
         epochs: 2,
+        objective: Default::default(),
     };
     let err = propose(&preset("cnn2"), &hp, &space, &mut rng(11))
         .unwrap_err()

@@ -1,4 +1,5 @@
 use explore_common::genome::{Activation, Block, InputShape};
+use explore_common::hparams::{Objective, Optimizer};
 
 use super::*;
 use crate::testing::torch_lock as lock;
@@ -72,6 +73,7 @@ fn plan(optimizer: Optimizer, schedule: Schedule) -> TrialPlan {
             batch_size: 32,
             weight_decay: 1e-4,
             epochs: 4,
+            objective: Objective::Plain,
         },
         seed: 5,
         parent_checkpoint: None,
@@ -259,4 +261,115 @@ fn batches_cover_the_epoch_without_a_lone_example() {
     assert_eq!(batch_ranges(9, 4), vec![(0, 4), (4, 4)]);
     assert_eq!(batch_ranges(5, 100), vec![(0, 5)]);
     assert_eq!(batch_ranges(3, 1), vec![(0, 1), (1, 1), (2, 1)]);
+}
+
+/// The training loop as it was before objectives existed (one optimizer group, a fixed
+/// cross-entropy step), kept here to pin the plain objective to it: returns the checkpoint,
+/// the last epoch's loss and validation accuracy.
+fn legacy_plain_training(plan: &TrialPlan, data: &SplitData) -> (Vec<u8>, f64, f64) {
+    use tch::nn::OptimizerConfig;
+    use tch::Reduction;
+    let hp = &plan.hparams;
+    let batches = batch_ranges(data.train_len(), hp.batch_size as usize);
+    let total_steps = batches.len() * hp.epochs as usize;
+    tch::manual_seed(plan.seed as i64);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = model::build(&vs.root(), &plan.genome).unwrap();
+    let (lr, wd) = (hp.learning_rate, hp.weight_decay);
+    let mut opt = match hp.optimizer {
+        Optimizer::Sgd => nn::sgd(0.9, 0.0, wd, true).build(&vs, lr),
+        Optimizer::Adam => nn::adam(0.9, 0.999, wd).build(&vs, lr),
+        Optimizer::AdamW => nn::adamw(0.9, 0.999, wd).build(&vs, lr),
+    }
+    .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
+    rng.set_stream(1);
+    let mut order: Vec<i64> = (0..data.train_len() as i64).collect();
+    let (mut train_loss, mut val_accuracy) = (0.0, 0.0);
+    for epoch in 1..=hp.epochs {
+        order.shuffle(&mut rng);
+        let perm = Tensor::from_slice(&order);
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, Device::Cpu));
+        let mut seen = 0i64;
+        for (b, &(start, len)) in batches.iter().enumerate() {
+            let step = (epoch as usize - 1) * batches.len() + b;
+            opt.set_lr(learning_rate(hp.schedule, lr, step, total_steps));
+            let idx = perm.narrow(0, start, len);
+            let xs = data.train_x.index_select(0, &idx);
+            let ys = data.train_y.index_select(0, &idx);
+            let logits = net.f_forward_t(&xs, true).unwrap();
+            let loss = logits.cross_entropy_loss::<Tensor>(&ys, None, Reduction::Mean, -100, 0.0);
+            opt.zero_grad();
+            loss.backward();
+            opt.step();
+            loss_sum += loss.detach() * len;
+            seen += len;
+        }
+        train_loss = f64::try_from(&loss_sum).unwrap() / seen as f64;
+        val_accuracy = accuracy(&net, &data.val_x, &data.val_y).unwrap();
+    }
+    (checkpoint_bytes(&vs).unwrap(), train_loss, val_accuracy)
+}
+
+#[test]
+fn the_plain_objective_trains_exactly_as_the_trainer_did_before_objectives() {
+    let _guard = lock();
+    let data = split();
+    for (optimizer, schedule) in [
+        (Optimizer::Sgd, Schedule::Cosine),
+        (Optimizer::Adam, Schedule::Constant),
+        (Optimizer::AdamW, Schedule::OneCycle),
+    ] {
+        let p = plan(optimizer, schedule);
+        let out = train_trial(&p, &data, Device::Cpu, &mut |r| {
+            assert!(r.metrics.is_empty(), "{:?}", r.metrics);
+            Control::Continue
+        })
+        .unwrap();
+        let (checkpoint, train_loss, val_accuracy) = legacy_plain_training(&p, &data);
+        assert!(
+            out.checkpoint == checkpoint,
+            "{optimizer:?}: weights differ"
+        );
+        assert_eq!(
+            out.train_loss.to_bits(),
+            train_loss.to_bits(),
+            "{optimizer:?}"
+        );
+        assert_eq!(out.val_accuracy, val_accuracy, "{optimizer:?}");
+    }
+}
+
+#[test]
+fn an_elr_trial_learns_reports_its_metrics_and_its_checkpoint_scores_the_same() {
+    let _guard = lock();
+    let data = split();
+    let mut p = plan(Optimizer::Sgd, Schedule::Cosine);
+    p.hparams.objective = Objective::Elr {
+        elr: 0.3,
+        scale: 16.0,
+    };
+    let mut reports = Vec::new();
+    let out = train_trial(&p, &data, Device::Cpu, &mut |r| {
+        reports.push(r.clone());
+        Control::Continue
+    })
+    .unwrap();
+    assert!(out.val_accuracy > 0.9, "{out:?}");
+    assert_eq!(reports.len(), 4);
+    for r in &reports {
+        assert!(r.metrics["elr.norm_error"] < 1e-5, "{:?}", r.metrics);
+        assert!(r.metrics["elr.norm_drift"] > 0.0, "{:?}", r.metrics);
+        // conv b0 feeds a batch-norm; the dense layer feeds a relu; plus the head
+        assert_eq!(r.metrics["elr.invariant_weights"], 2.0, "{:?}", r.metrics);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, &out.checkpoint).unwrap();
+    assert_eq!(
+        head_of_checkpoint(&path).unwrap(),
+        Head::Cosine { scale: 16.0 }
+    );
+    let (val, test) = evaluate_checkpoint(&p.genome, &path, &data, Device::Cpu).unwrap();
+    assert_eq!((val, test), (out.val_accuracy, out.test_accuracy));
 }

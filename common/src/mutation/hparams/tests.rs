@@ -4,20 +4,31 @@ use super::*;
 use crate::mutation::test_support::rng;
 
 #[test]
-fn every_hparam_operator_fires() {
+fn every_hparam_operator_of_each_objective_fires() {
     let space = SearchSpace::default();
-    let mut r = rng(3);
-    let mut fired = HashSet::new();
-    let mut hp = HyperParams::default();
-    for _ in 0..300 {
-        let (child, description, ops) = mutate_hparams_traced(&hp, &space, &mut r);
-        assert!(!ops.is_empty() && ops.len() <= 2, "{description}");
-        assert_ne!(child, hp, "{description}");
-        fired.extend(ops);
-        hp = child;
-    }
-    for op in HpOp::ALL {
-        assert!(fired.contains(&op), "{op:?} never fired");
+    let elr = HyperParams {
+        objective: Objective::Elr {
+            elr: 0.01,
+            scale: 16.0,
+        },
+        ..HyperParams::default()
+    };
+    for (start, ops) in [
+        (HyperParams::default(), HpOp::PLAIN.to_vec()),
+        (elr, HpOp::ELR.to_vec()),
+    ] {
+        let mut r = rng(3);
+        let mut fired = HashSet::new();
+        let mut hp = start.clone();
+        for _ in 0..300 {
+            let (child, description, applied) = mutate_hparams_traced(&hp, &space, &mut r);
+            assert!(!applied.is_empty() && applied.len() <= 2, "{description}");
+            assert_ne!(child, hp, "{description}");
+            assert_eq!(child.objective.is_plain(), start.objective.is_plain());
+            fired.extend(applied);
+            hp = child;
+        }
+        assert_eq!(fired, ops.into_iter().collect::<HashSet<_>>());
     }
 }
 

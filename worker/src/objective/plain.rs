@@ -1,0 +1,60 @@
+//! The plain objective: cross-entropy on a linear head, one optimizer group with the trial's
+//! learning rate (on its schedule) and weight decay.
+
+use explore_common::genome::Genome;
+use explore_common::hparams::HyperParams;
+use tch::nn;
+use tch::{TchError, Tensor};
+
+use super::{cross_entropy_step, optimizer_for, Objective};
+use crate::error::WorkerError;
+use crate::model::{self, GenomeNet};
+use crate::train::learning_rate;
+
+/// Cross-entropy with the optimizer, learning rate, schedule and weight decay of the trial.
+#[derive(Debug, Clone)]
+pub struct Plain {
+    hparams: HyperParams,
+}
+
+impl Plain {
+    /// The plain objective of a trial with these hyperparameters.
+    pub fn new(hparams: HyperParams) -> Plain {
+        Plain { hparams }
+    }
+}
+
+impl Objective for Plain {
+    fn name(&self) -> &'static str {
+        "plain"
+    }
+
+    fn build(&self, root: &nn::Path, genome: &Genome) -> Result<GenomeNet, WorkerError> {
+        model::build(root, genome)
+    }
+
+    fn optimizer(&mut self, vs: &nn::VarStore) -> Result<nn::Optimizer, WorkerError> {
+        let hp = &self.hparams;
+        optimizer_for(hp.optimizer, vs, hp.learning_rate, hp.weight_decay)
+    }
+
+    fn set_step_size(&mut self, opt: &mut nn::Optimizer, step: usize, total_steps: usize) {
+        let hp = &self.hparams;
+        opt.set_lr(learning_rate(
+            hp.schedule,
+            hp.learning_rate,
+            step,
+            total_steps,
+        ));
+    }
+
+    fn step(
+        &mut self,
+        net: &GenomeNet,
+        opt: &mut nn::Optimizer,
+        xs: &Tensor,
+        ys: &Tensor,
+    ) -> Result<Tensor, TchError> {
+        cross_entropy_step(net, opt, xs, ys)
+    }
+}
