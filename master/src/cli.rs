@@ -1,6 +1,7 @@
 //! The `master` command line: `serve`, `submit`, `status` and `best`. Client commands talk to a
 //! running master over the admin service.
 
+use std::collections::BTreeMap;
 use std::error::Error as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -494,17 +495,49 @@ pub async fn trials(args: &TrialsArgs) -> Result<()> {
         }
         return Ok(());
     }
-    println!(
-        "{:>4} {:<24} {:<10} {:>5} {:>6} {:>8} {:>8} {:>3}  ORIGIN",
-        "SEQ", "TRIAL", "STATUS", "CHAIN", "EPOCHS", "VAL", "TEST", "INH"
-    );
-    for t in &trials {
+    for line in trials_table(&trials) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Widest `name=value,...` cell of the METRICS column.
+const METRICS_CELL: usize = 60;
+
+/// The `master trials` table, header first. A METRICS column (the last epoch's named metrics
+/// as `name=value,...`) appears only when some trial has any.
+fn trials_table(trials: &[TrialRecord]) -> Vec<String> {
+    let cells: Vec<String> = trials
+        .iter()
+        .map(|t| truncate(&metrics_cell(&t.epoch_metrics), METRICS_CELL))
+        .collect();
+    let width = cells.iter().map(|c| c.chars().count()).max().unwrap_or(0);
+    let metrics = |cell: &str| {
+        if width == 0 {
+            String::new()
+        } else {
+            format!(" {cell:<width$}")
+        }
+    };
+    let mut lines = vec![format!(
+        "{:>4} {:<24} {:<10} {:>5} {:>6} {:>8} {:>8} {:>3}{}  ORIGIN",
+        "SEQ",
+        "TRIAL",
+        "STATUS",
+        "CHAIN",
+        "EPOCHS",
+        "VAL",
+        "TEST",
+        "INH",
+        metrics("METRICS")
+    )];
+    for (t, cell) in trials.iter().zip(&cells) {
         let value = |v: Option<f64>| {
             v.filter(|v| v.is_finite())
                 .map_or("-".into(), |v| format!("{v:.4}"))
         };
-        println!(
-            "{:>4} {:<24} {:<10} {:>5} {:>6} {:>8} {:>8} {:>3}  {}",
+        lines.push(format!(
+            "{:>4} {:<24} {:<10} {:>5} {:>6} {:>8} {:>8} {:>3}{}  {}",
             t.seq,
             t.trial_id,
             t.status,
@@ -513,6 +546,7 @@ pub async fn trials(args: &TrialsArgs) -> Result<()> {
             value(Some(t.score)),
             value(t.metrics.get("test_accuracy").copied()),
             if t.inherit_from.is_empty() { "" } else { "yes" },
+            metrics(if cell.is_empty() { "-" } else { cell }),
             truncate(
                 if t.error.is_empty() {
                     &t.origin
@@ -521,9 +555,36 @@ pub async fn trials(args: &TrialsArgs) -> Result<()> {
                 },
                 70
             )
-        );
+        ));
     }
-    Ok(())
+    lines
+}
+
+/// Named metrics as `name=value,...` in name order; empty for none.
+fn metrics_cell(metrics: &std::collections::HashMap<String, f64>) -> String {
+    let sorted: BTreeMap<&String, &f64> = metrics.iter().collect();
+    sorted
+        .into_iter()
+        .map(|(name, v)| format!("{name}={}", compact_number(*v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A number in few characters: up to four decimals without trailing zeros, or scientific
+/// notation for very small and very large magnitudes.
+fn compact_number(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return v.to_string();
+    }
+    if (1e-3..1e6).contains(&v.abs()) {
+        let fixed = format!("{v:.4}");
+        fixed
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    } else {
+        format!("{v:.3e}")
+    }
 }
 
 /// A trial as one JSON object (absent scores are `null`).
@@ -542,6 +603,8 @@ fn trial_json(t: &TrialRecord) -> serde_json::Value {
         "score": finite(t.score),
         "test_accuracy": t.metrics.get("test_accuracy").copied().and_then(finite),
         "inherited_tensors": t.metrics.get("inherited_tensors"),
+        // The last epoch's named metrics (objective-specific, e.g. "elr.norm_drift"), by name.
+        "epoch_metrics": t.epoch_metrics.iter().collect::<BTreeMap<_, _>>(),
         "accepted": t.accepted,
         "temperature": finite(t.temperature),
         "params": t.params,
@@ -668,5 +731,69 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
             status.message()
         ),
         _ => anyhow::anyhow!("{}", status.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u32, epoch_metrics: &[(&str, f64)]) -> TrialRecord {
+        TrialRecord {
+            trial_id: format!("trial-{seq:016}"),
+            seq,
+            status: "running".into(),
+            origin: "seed cnn2".into(),
+            score: f64::NAN,
+            epoch_metrics: epoch_metrics
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_json_line_carries_the_last_epoch_metrics_by_name() {
+        let t = record(0, &[("elr.norm_drift", 0.0125), ("a.b", 2.0)]);
+        let json = trial_json(&t);
+        assert_eq!(
+            json["epoch_metrics"],
+            serde_json::json!({"a.b": 2.0, "elr.norm_drift": 0.0125})
+        );
+        assert_eq!(
+            trial_json(&record(1, &[]))["epoch_metrics"],
+            serde_json::json!({})
+        );
+    }
+
+    #[test]
+    fn the_table_has_a_metrics_column_only_when_a_trial_has_metrics() {
+        let plain = trials_table(&[record(0, &[]), record(1, &[])]);
+        assert!(!plain[0].contains("METRICS"), "{plain:?}");
+        let table = trials_table(&[
+            record(0, &[]),
+            record(1, &[("elr.norm_drift", 0.000012), ("z", 12.5)]),
+        ]);
+        assert!(table[0].contains("METRICS"), "{table:?}");
+        assert!(
+            table[2].contains(" elr.norm_drift=1.200e-5,z=12.5 "),
+            "{table:?}"
+        );
+        // The column is padded, so ORIGIN stays aligned; a trial without metrics shows "-".
+        let origin = |line: &str| line.rfind("seed cnn2").unwrap();
+        assert_eq!(origin(&table[1]), origin(&table[2]));
+        assert!(table[1].contains(" - "), "{table:?}");
+    }
+
+    #[test]
+    fn numbers_are_compact() {
+        assert_eq!(compact_number(0.5), "0.5");
+        assert_eq!(compact_number(0.12345), "0.1235");
+        assert_eq!(compact_number(3.0), "3");
+        assert_eq!(compact_number(-2.25), "-2.25");
+        assert_eq!(compact_number(0.0), "0");
+        assert_eq!(compact_number(1.5e-7), "1.500e-7");
+        assert_eq!(compact_number(2.0e9), "2.000e9");
     }
 }

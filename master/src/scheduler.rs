@@ -6,12 +6,12 @@
 //! writer lock (SQLite allows one writer; taking the lock in-process avoids "database is
 //! locked" errors instead of retrying them). The tonic services are thin adapters over this.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use explore_common::annealing::{self, STREAM_ACCEPTANCE, STREAM_PROPOSAL};
-use explore_common::mutation;
 use explore_common::spec::ExperimentSpec;
-use explore_common::{ExperimentId, Genome, HyperParams, TrialId, WorkerId};
+use explore_common::{ExperimentId, HyperParams, TrialId, WorkerId};
 use rand::Rng;
 use sqlx::SqliteConnection;
 use tokio::sync::{Mutex, Notify};
@@ -21,6 +21,7 @@ use crate::artifacts::ArtifactStore;
 use crate::chains::{self, ChainResult};
 use crate::early_stop;
 use crate::error::MasterError;
+use crate::proposals;
 use crate::store::{
     self, ChainRow, EpochUsage, ExperimentRow, ExperimentStatus, NewTrial, Store, TrialCounts,
     TrialResult, TrialRow, TrialStatus,
@@ -28,8 +29,6 @@ use crate::store::{
 
 /// Randomness stream for per-trial training seeds.
 const STREAM_TRIAL_SEED: u64 = 3;
-/// Attempts to find a proposal that is not already in the pool.
-const UNIQUE_PROPOSAL_TRIES: u64 = 16;
 
 /// Timing and limits of the scheduler.
 #[derive(Debug, Clone)]
@@ -68,7 +67,7 @@ pub struct CompleteAnswer {
 }
 
 /// Progress carried by a heartbeat.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Progress {
     /// Whether training has begun (a prefetched trial waits, leased, until it does).
     pub started: bool,
@@ -76,7 +75,15 @@ pub struct Progress {
     pub total_epochs: u32,
     pub train_loss: f64,
     pub val_accuracy: f64,
+    /// Named metrics of `epoch` from the trial's training objective, stored with the epoch
+    /// (checked by [`validate_epoch_metrics`]); empty for the plain objective.
+    pub metrics: BTreeMap<String, f64>,
 }
+
+/// Most named metrics one epoch report may carry.
+pub const MAX_EPOCH_METRICS: usize = 32;
+/// Longest name of an epoch metric.
+pub const MAX_EPOCH_METRIC_NAME: usize = 64;
 
 /// An experiment with its counts, for status displays.
 #[derive(Debug, Clone)]
@@ -239,6 +246,16 @@ impl Scheduler {
         store::list_trials(&mut conn, experiment_id).await
     }
 
+    /// Per trial of an experiment, the named metrics of its last recorded epoch (trials
+    /// without any are absent).
+    pub async fn last_epoch_metrics(
+        &self,
+        experiment_id: &str,
+    ) -> Result<HashMap<String, BTreeMap<String, f64>>, MasterError> {
+        let mut conn = self.store.conn().await?;
+        store::last_epoch_metrics(&mut conn, experiment_id).await
+    }
+
     /// The experiment's stored spec.
     pub async fn spec_of(&self, experiment_id: &str) -> Result<ExperimentSpec, MasterError> {
         let mut conn = self.store.conn().await?;
@@ -360,6 +377,8 @@ impl Scheduler {
         trial_id
             .parse::<TrialId>()
             .map_err(|e| MasterError::InvalidArgument(e.to_string()))?;
+        // Checked before anything is written: a refused report leaves no trace.
+        validate_epoch_metrics(&progress.metrics)?;
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
         self.check_worker(&mut tx, worker_id).await?;
@@ -408,7 +427,7 @@ impl Scheduler {
             return Ok(HeartbeatAnswer::Stop(reason.to_string()));
         }
         if let Some(reason) = self
-            .record_epoch(&mut tx, &experiment, &trial, planned, progress, now)
+            .record_epoch(&mut tx, &experiment, &trial, planned, &progress, now)
             .await?
         {
             tx.commit().await.map_err(store::convert_sqlx_err)?;
@@ -443,7 +462,7 @@ impl Scheduler {
         experiment: &ExperimentRow,
         trial: &TrialRow,
         total_epochs: u32,
-        progress: Progress,
+        progress: &Progress,
         now: i64,
     ) -> Result<Option<String>, MasterError> {
         let val = progress.val_accuracy;
@@ -455,7 +474,7 @@ impl Scheduler {
             .train_loss
             .is_finite()
             .then_some(progress.train_loss);
-        store::record_epoch(conn, &trial.id, epoch, val, loss).await?;
+        store::record_epoch(conn, &trial.id, epoch, val, loss, &progress.metrics).await?;
         if experiment.status != ExperimentStatus::Running.as_str() {
             return Ok(None);
         }
@@ -813,12 +832,32 @@ impl Scheduler {
                 .propose(conn, row, &spec, slots, remaining_epochs, now)
                 .await
             {
-                Ok(epochs) => {
+                Ok(Ok(epochs)) => {
                     counts.queued += 1;
                     changed = true;
                     if let Some(left) = remaining_epochs.as_mut() {
                         *left = left.saturating_sub(u64::from(epochs));
                     }
+                }
+                Ok(Err(exhausted)) => {
+                    // Only a result can add a base to the pool: with nothing queued or in
+                    // flight none will come, so the search space is exhausted for good.
+                    if counts.queued == 0 && counts.in_flight() == 0 {
+                        let reason = exhausted.to_string();
+                        store::finish_experiment(
+                            conn,
+                            &row.id,
+                            ExperimentStatus::Completed,
+                            &reason,
+                            now,
+                        )
+                        .await?;
+                        info!(experiment_id = %row.id, trials = counts.finished(), reason = %reason, "experiment completed");
+                        changed = true;
+                    } else {
+                        info!(experiment_id = %row.id, reason = %exhausted, "no proposal until more results come in");
+                    }
+                    break;
                 }
                 Err(e) => {
                     warn!(experiment_id = %row.id, error = %e, "no proposal this round");
@@ -846,7 +885,9 @@ impl Scheduler {
     }
 
     /// Inserts the next trial: a seed while seeds remain, else an annealing proposal from the
-    /// least-loaded chain. Returns the trial's planned epochs (cut to `remaining_epochs`).
+    /// least-loaded chain (falling back to other bases when that chain's model has no untried
+    /// child, see [`proposals`]). Returns the trial's planned epochs (cut to
+    /// `remaining_epochs`), or that no base of the pool yielded an untried candidate.
     async fn propose(
         &self,
         conn: &mut SqliteConnection,
@@ -855,7 +896,7 @@ impl Scheduler {
         connected_slots: u32,
         remaining_epochs: Option<u64>,
         now: i64,
-    ) -> Result<u32, MasterError> {
+    ) -> Result<Result<u32, proposals::Exhausted>, MasterError> {
         let seq = store::next_seq(conn, &row.id).await?;
         let seeds = spec.resolve_seeds(None)?;
         let trial_seed =
@@ -883,51 +924,24 @@ impl Scheduler {
             let base = self
                 .base_for(conn, row, seeds.len(), &chain, &mut rng)
                 .await?;
-            let inherit_from = base
-                .checkpoint_sha256
-                .clone()
-                .filter(|sha| spec.inheritance.enabled && self.artifacts.contains(sha));
-            let base_genome =
-                Genome::from_json(&base.genome_json).map_err(explore_common::CommonError::from)?;
-            let base_hparams = HyperParams::from_json(&base.hparams_json)?;
-            let mut found = None;
-            for _ in 0..UNIQUE_PROPOSAL_TRIES {
-                let mut p = mutation::propose(&base_genome, &base_hparams, &spec.search, &mut rng)?;
-                let fine_tune = spec.inheritance.fine_tune_epochs;
-                if inherit_from.is_some() && fine_tune > 0 {
-                    p.hparams.epochs = p.hparams.epochs.min(fine_tune);
-                }
-                cap_epochs(&mut p.hparams);
-                if !store::candidate_exists(
-                    conn,
-                    &row.id,
-                    &p.genome.canonical_hash(),
-                    &p.hparams.to_json(),
-                )
-                .await?
-                {
-                    found = Some(p);
-                    break;
-                }
-            }
-            let p = found.ok_or_else(|| {
-                MasterError::Internal(format!(
-                    "no new proposal from {} after {UNIQUE_PROPOSAL_TRIES} tries",
-                    base.id
-                ))
-            })?;
-            let origin = if inherit_from.is_some() {
+            let search = proposals::Search {
+                spec,
+                experiment_id: &row.id,
+                artifacts: &self.artifacts,
+                remaining_epochs,
+                seq,
+                seed_count: seeds.len(),
+            };
+            let p = match search.find(conn, &chain, base, &mut rng).await? {
+                Ok(p) => p,
+                Err(exhausted) => return Ok(Err(exhausted)),
+            };
+            let origin = if p.inherit_from.is_some() {
                 format!("{} (inherits weights)", p.description)
             } else {
                 p.description
             };
-            (
-                Some(base.id.clone()),
-                origin,
-                p.genome,
-                p.hparams,
-                inherit_from,
-            )
+            (Some(p.base.id), origin, p.genome, p.hparams, p.inherit_from)
         };
         // Mutations respect the constraints already; this guards every path into the queue.
         spec.search.check_constraints(&genome)?;
@@ -959,7 +973,7 @@ impl Scheduler {
             store::save_chain(conn, &chain).await?;
         }
         tracing::debug!(trial_id = %trial.id, seq, chain = chain_index, origin = %trial.origin, "trial proposed");
-        Ok(epochs)
+        Ok(Ok(epochs))
     }
 
     /// The model a chain's next proposal mutates: the chain's current model; without one, a
@@ -1054,6 +1068,38 @@ async fn release_trial(
         .await?;
     }
     Ok(running)
+}
+
+/// Checks the named metrics of an epoch report: at most [`MAX_EPOCH_METRICS`] of them, names of
+/// 1 to [`MAX_EPOCH_METRIC_NAME`] characters of `[a-z0-9_.]`, finite values. The error names
+/// the offending metric.
+pub fn validate_epoch_metrics(metrics: &BTreeMap<String, f64>) -> Result<(), MasterError> {
+    if metrics.len() > MAX_EPOCH_METRICS {
+        return Err(MasterError::InvalidArgument(format!(
+            "at most {MAX_EPOCH_METRICS} epoch metrics, got {}",
+            metrics.len()
+        )));
+    }
+    for (name, value) in metrics {
+        let well_formed = !name.is_empty()
+            && name.len() <= MAX_EPOCH_METRIC_NAME
+            && name
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.'));
+        if !well_formed {
+            // Debug formatting escapes control characters, and a long name is cut.
+            let shown: String = name.chars().take(MAX_EPOCH_METRIC_NAME + 1).collect();
+            return Err(MasterError::InvalidArgument(format!(
+                "epoch metric {shown:?}: a name must be 1 to {MAX_EPOCH_METRIC_NAME} characters of a-z, 0-9, '_' and '.'"
+            )));
+        }
+        if !value.is_finite() {
+            return Err(MasterError::InvalidArgument(format!(
+                "epoch metric {name:?} = {value}: values must be finite"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn validate_result(result: &TrialResult) -> Result<(), MasterError> {

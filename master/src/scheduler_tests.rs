@@ -2,7 +2,7 @@
 //! reproducibility and restarts. Timing-dependent cases use short leases and bounded waits; every
 //! await that could hang runs under [`within`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,6 +107,7 @@ fn progress(epoch: u32) -> Progress {
         total_epochs: 3,
         train_loss: 0.5,
         val_accuracy: f64::NAN,
+        metrics: BTreeMap::new(),
     }
 }
 
@@ -1147,7 +1148,9 @@ async fn experiment_ends_when_the_search_space_is_exhausted() {
     );
     assert_eq!(v.row.status, "completed", "{}", v.row.status_reason);
     assert!(
-        v.row.status_reason.contains("no new proposal"),
+        v.row
+            .status_reason
+            .starts_with("search space exhausted: no untried candidate within the constraints"),
         "{}",
         v.row.status_reason
     );
@@ -1706,9 +1709,12 @@ async fn after_the_wall_time_a_prefetched_trial_is_cancelled_but_a_started_one_r
         ..progress(0)
     };
     assert_eq!(
-        within(h.sched.heartbeat(w.as_str(), &training.id, 1, started))
-            .await
-            .unwrap(),
+        within(
+            h.sched
+                .heartbeat(w.as_str(), &training.id, 1, started.clone())
+        )
+        .await
+        .unwrap(),
         HeartbeatAnswer::Continue
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -1753,6 +1759,7 @@ async fn report_epoch(
         total_epochs: HyperParams::from_json(&t.hparams_json).unwrap().epochs,
         train_loss: 0.4,
         val_accuracy: val,
+        metrics: BTreeMap::new(),
     };
     within(sched.heartbeat(w.as_str(), &t.id, t.attempt as u32, p))
         .await
@@ -2071,4 +2078,216 @@ proptest! {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(run_search_ops(max_epochs, chains, ops));
     }
+}
+
+// ---- per-epoch metrics of the training objective ------------------------------------------------
+
+fn epoch_metrics(named: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    named.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+#[test]
+fn epoch_metrics_are_checked_by_name_count_and_value() {
+    use crate::scheduler::validate_epoch_metrics;
+    let refused = |m: BTreeMap<String, f64>| match validate_epoch_metrics(&m) {
+        Err(MasterError::InvalidArgument(message)) => message,
+        other => panic!("{m:?} was not refused: {other:?}"),
+    };
+    validate_epoch_metrics(&BTreeMap::new()).unwrap();
+    validate_epoch_metrics(&epoch_metrics(&[
+        ("elr.norm_drift", -0.5),
+        ("a_1.b2", 0.0),
+        (&"x".repeat(64), 1e300),
+    ]))
+    .unwrap();
+    for bad in ["", "Upper", "with space", "dash-ed", "é", &"x".repeat(65)] {
+        let message = refused(epoch_metrics(&[("ok", 1.0), (bad, 1.0)]));
+        let shown: String = bad.chars().take(65).collect();
+        assert!(message.contains(&format!("{shown:?}")), "{message}");
+    }
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let message = refused(epoch_metrics(&[("elr.norm_drift", bad)]));
+        assert!(message.contains("\"elr.norm_drift\""), "{message}");
+    }
+    let full: BTreeMap<String, f64> = (0..32).map(|i| (format!("m{i}"), 1.0)).collect();
+    validate_epoch_metrics(&full).unwrap();
+    let too_many: BTreeMap<String, f64> = (0..33).map(|i| (format!("m{i}"), 1.0)).collect();
+    assert!(refused(too_many).contains("at most 32"));
+}
+
+#[tokio::test]
+async fn a_heartbeat_with_a_bad_epoch_metric_is_refused_naming_it_and_records_nothing() {
+    let h = Harness::long().await;
+    let w = register(&h.sched, 1).await;
+    let id = within(h.sched.submit(spec(4, ""))).await.unwrap();
+    let t = lease(&h.sched, &w).await;
+    let beat = |metrics: BTreeMap<String, f64>| Progress {
+        started: true,
+        epoch: 1,
+        total_epochs: 3,
+        train_loss: 0.4,
+        val_accuracy: 0.7,
+        metrics,
+    };
+    let curve = |sched: Arc<Scheduler>, trial_id: String| async move {
+        let mut conn = within(sched.store().conn()).await.unwrap();
+        store::epoch_curve(&mut conn, &trial_id).await.unwrap()
+    };
+    for (metrics, named) in [
+        (
+            epoch_metrics(&[("elr.norm_drift", 0.1), ("Norm-Drift", 0.2)]),
+            "epoch metric \"Norm-Drift\"",
+        ),
+        (
+            epoch_metrics(&[("elr.norm_drift", f64::NAN)]),
+            "epoch metric \"elr.norm_drift\" = NaN",
+        ),
+    ] {
+        let answer = within(h.sched.heartbeat(w.as_str(), &t.id, 1, beat(metrics))).await;
+        match answer {
+            Err(MasterError::InvalidArgument(message)) => {
+                assert!(message.contains(named), "{message}")
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+    assert!(
+        curve(h.sched.clone(), t.id.clone()).await.is_empty(),
+        "a refused report records no epoch"
+    );
+    let after = trial(&h.sched, &t.id).await;
+    assert_eq!(
+        (after.status.as_str(), after.epoch, after.lease_deadline_ms),
+        ("leased", 0, t.lease_deadline_ms),
+        "nor progress, nor a longer lease"
+    );
+
+    // A good report is stored with its epoch and read back as the trial's last-epoch metrics.
+    let good = epoch_metrics(&[("elr.norm_drift", 0.125)]);
+    let answer = within(h.sched.heartbeat(w.as_str(), &t.id, 1, beat(good.clone())))
+        .await
+        .unwrap();
+    assert_eq!(answer, HeartbeatAnswer::Continue);
+    let rows = curve(h.sched.clone(), t.id.clone()).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].epoch, rows[0].val_accuracy), (1, 0.7));
+    assert_eq!(rows[0].metrics(), good);
+    let last = within(h.sched.last_epoch_metrics(id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(last, HashMap::from([(t.id.clone(), good)]));
+}
+
+// ---- proposal exhaustion -----------------------------------------------------------------------
+
+/// Runs an experiment with one single-slot worker and synthetic scores until it ends (or
+/// `budget + 5` completions, which it must not need); returns its view.
+async fn run_synthetic(sched: &Scheduler, id: &ExperimentId, budget: u32) -> ExperimentView {
+    let w = register(sched, 1).await;
+    let mut n = 0u64;
+    while view(sched, id).await.row.status == "running" {
+        assert!(n <= u64::from(budget) + 5, "experiment does not end");
+        let t = within(sched.acquire(w.as_str(), Duration::ZERO))
+            .await
+            .unwrap()
+            .expect("a running experiment keeps a trial queued for its worker");
+        let answer = finish(sched, &w, &t, 0.5 + ((n * 37) % 101) as f64 / 250.0).await;
+        assert_eq!(answer.reason, "", "{answer:?}");
+        n += 1;
+    }
+    view(sched, id).await
+}
+
+/// Every trial of the experiment is a distinct candidate.
+async fn assert_all_distinct(sched: &Scheduler, id: &ExperimentId) {
+    let mut seen = HashSet::new();
+    for t in trials(sched, id).await {
+        assert!(
+            seen.insert((t.genome_hash.clone(), t.hparams_json.clone())),
+            "trial {} repeats an earlier candidate",
+            t.seq
+        );
+    }
+}
+
+/// Narrow hyperparameters, an architecture that cannot grow: a cnn2's every model has only a
+/// handful of untried children, yet the space holds thousands of candidates.
+const NARROW_SPACE: &str = "[search]\nmax_blocks = 12\nchannels = [32, 64]\n\
+    dense_units = [64, 128]\nbatch_sizes = [64, 128]\noptimizers = [\"adamw\"]\n\
+    schedules = [\"one_cycle\"]\nlearning_rate = [0.002, 0.002]\n\
+    weight_decay = [0.0001, 0.0001]\nepochs = [3, 3]\n";
+
+/// Hyperparameters only: 4 batch sizes × 3 optimisers × 3 schedules × 2 epoch counts = 72
+/// candidates besides the seed (whose 3 epochs are outside the range).
+const TINY_SPACE: &str = "[search]\narchitecture_mutation_probability = 0.0\n\
+    batch_sizes = [32, 64, 128, 256]\noptimizers = [\"adamw\", \"sgd\", \"adam\"]\n\
+    schedules = [\"one_cycle\", \"cosine\", \"constant\"]\nlearning_rate = [0.002, 0.002]\n\
+    weight_decay = [0.0001, 0.0001]\nepochs = [1, 2]\n";
+
+// Regression: a chain whose current model had no untried child in 16 tries ended the whole
+// experiment ("no new proposal: internal error: no new proposal from trial-… after 16 tries");
+// here after 81 of 2,000 trials. The proposal now falls back to other bases of the pool.
+#[tokio::test]
+async fn a_chain_model_without_untried_children_does_not_end_the_experiment() {
+    const BUDGET: u32 = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let sched = in_memory_scheduler(dir.path()).await;
+    let id = within(sched.submit(spec(BUDGET, NARROW_SPACE)))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let v = run_synthetic(&sched, &id, BUDGET).await;
+    assert_eq!(
+        (v.row.status.as_str(), v.row.status_reason.as_str()),
+        ("completed", "trial budget reached")
+    );
+    assert_eq!(v.counts.completed, BUDGET);
+    assert_all_distinct(&sched, &id).await;
+    println!("{BUDGET} trials in {:?}", started.elapsed());
+}
+
+// Regression, the same cause: a truly tiny space ended after 37 of its 73 candidates with an
+// internal error. Now the search covers the space and then says plainly that it is exhausted,
+// the same way in every replay.
+#[tokio::test]
+async fn a_truly_tiny_space_is_covered_then_ends_as_exhausted() {
+    const BUDGET: u32 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
+    for name in ["a", "b"] {
+        let sched = in_memory_scheduler(&dir.path().join(name)).await;
+        let id = within(sched.submit(spec(BUDGET, TINY_SPACE)))
+            .await
+            .unwrap();
+        let v = run_synthetic(&sched, &id, BUDGET).await;
+        assert_eq!(v.row.status, "completed");
+        let reason = &v.row.status_reason;
+        assert!(
+            reason.starts_with(
+                "search space exhausted: no untried candidate within the constraints after "
+            ),
+            "{reason}"
+        );
+        assert!(
+            v.counts.completed >= 65 && v.counts.completed <= 73,
+            "{} of the 73 candidates tried before: {reason}",
+            v.counts.completed
+        );
+        assert_eq!(v.counts.queued + v.counts.in_flight(), 0);
+        assert_all_distinct(&sched, &id).await;
+        let all = trials(&sched, &id).await;
+        runs.push((
+            reason.clone(),
+            all.iter()
+                .map(|t| {
+                    (
+                        t.genome_hash.clone(),
+                        t.hparams_json.clone(),
+                        t.origin.clone(),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        ));
+    }
+    assert_eq!(runs[0], runs[1], "the fallback is deterministic");
 }

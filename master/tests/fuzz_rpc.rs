@@ -1,9 +1,9 @@
 //! Fuzzing the RPC handlers through a real in-process server: every RPC of both services, with
 //! arbitrary strings (ids, names, specs, checkpoint addresses), arbitrary floats (scores,
-//! metrics, progress), arbitrary integers and checkpoint streams (some over the size limit),
-//! mixed with valid ids so the calls get past the first checks. No call may
+//! metrics, progress, epoch metrics), arbitrary integers and checkpoint streams (some over the
+//! size limit), mixed with valid ids so the calls get past the first checks. No call may
 //! panic or be answered `Internal`/`Unknown`, and a refused call must leave the pool, the
-//! workers, the late results and the artifact store exactly as they were.
+//! workers, the late results, the epoch curves and the artifact store exactly as they were.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -92,6 +92,21 @@ fn call(real: &Real) -> impl Strategy<Value = Call> {
         float(),
         0..70,
     );
+    // Epoch metrics: mostly well-formed names (so valid maps occur), some garbage, up to past
+    // the limit of 32 entries.
+    let epoch_metrics = |sizes: std::ops::Range<usize>| {
+        proptest::collection::hash_map(
+            prop_oneof![
+                4 => "[a-z0-9_.]{1,66}",
+                1 => any::<String>(),
+                1 => Just(String::new()),
+                1 => Just("Elr.Drift".to_string()),
+            ],
+            prop_oneof![3 => -10.0f64..10.0, 1 => float()],
+            sizes,
+        )
+    };
+    let epoch_metrics = prop_oneof![3 => epoch_metrics(0..4), 1 => epoch_metrics(30..36)];
     let sha = prop_oneof![
         any::<String>(),
         "[0-9a-f]{64}",
@@ -126,10 +141,20 @@ fn call(real: &Real) -> impl Strategy<Value = Call> {
             any::<u32>(),
             any::<u32>(),
             float(),
-            float()
+            float(),
+            epoch_metrics
         )
             .prop_map(
-                |(worker_id, trial_id, attempt, epoch, total_epochs, train_loss, val_accuracy)| {
+                |(
+                    worker_id,
+                    trial_id,
+                    attempt,
+                    epoch,
+                    total_epochs,
+                    train_loss,
+                    val_accuracy,
+                    metrics,
+                )| {
                     Call::Heartbeat(proto::HeartbeatRequest {
                         worker_id,
                         trial_id,
@@ -140,6 +165,7 @@ fn call(real: &Real) -> impl Strategy<Value = Call> {
                         total_epochs,
                         train_loss,
                         val_accuracy,
+                        metrics,
                     })
                 }
             ),
@@ -255,6 +281,9 @@ type TrialState = (
     String,
 );
 
+/// A `trial_epochs` row.
+type EpochState = (String, i64, f64, Option<f64>, Option<String>);
+
 /// Everything a call could change: table contents (less `last_seen_ms`) and artifact files.
 async fn state(db: &Path, artifacts: &Path) -> String {
     let mut conn = SqliteConnectOptions::new()
@@ -286,6 +315,13 @@ async fn state(db: &Path, artifacts: &Path) -> String {
         .fetch_all(&mut conn)
         .await
         .unwrap();
+    let epochs: Vec<EpochState> = sqlx::query_as(
+        "SELECT trial_id, epoch, val_accuracy, train_loss, metrics_json FROM trial_epochs
+          ORDER BY trial_id, epoch",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
     conn.close().await.unwrap();
     let mut files = BTreeMap::new();
     let mut stack = vec![artifacts.to_path_buf()];
@@ -299,7 +335,7 @@ async fn state(db: &Path, artifacts: &Path) -> String {
             }
         }
     }
-    format!("{experiments:?}\n{trials:?}\n{workers:?}\n{late:?}\n{files:?}")
+    format!("{experiments:?}\n{trials:?}\n{workers:?}\n{late:?}\n{epochs:?}\n{files:?}")
 }
 
 #[test]

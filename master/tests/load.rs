@@ -111,6 +111,7 @@ async fn simulated_worker(
                     total_epochs: 1,
                     train_loss: 0.5,
                     val_accuracy: 0.5,
+                    metrics: Default::default(),
                 })
                 .await,
         );

@@ -390,6 +390,78 @@ async fn best_model_is_not_found_before_any_completion() {
     master.stop().await;
 }
 
+/// What trial `n` of the full flow reports with its epoch: odd ones a named metric, even ones
+/// none (the plain objective).
+fn epoch_metrics(n: usize) -> std::collections::HashMap<String, f64> {
+    match n % 2 {
+        1 => [("elr.norm_drift".to_string(), n as f64 / 8.0)].into(),
+        _ => Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn a_heartbeat_with_a_bad_epoch_metric_is_refused_naming_it() {
+    let master = Master::start().await;
+    let mut worker = master.worker().await;
+    let mut admin = master.admin().await;
+    let id = submit(&mut admin, MINIMAL).await;
+    let w = register(&mut worker, 1).await;
+    let trial = within(worker.acquire(proto::AcquireRequest {
+        worker_id: w.clone(),
+        wait_ms: 2_000,
+    }))
+    .await
+    .unwrap()
+    .into_inner()
+    .trial
+    .expect("a trial is queued");
+    let beat = |metrics: &[(&str, f64)]| proto::HeartbeatRequest {
+        worker_id: w.clone(),
+        trial_id: trial.trial_id.clone(),
+        attempt: trial.attempt,
+        started: true,
+        epoch: 1,
+        total_epochs: 2,
+        train_loss: 0.4,
+        val_accuracy: 0.6,
+        metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    };
+    for (metrics, named) in [
+        (vec![("elr norm drift", 0.1)], "\"elr norm drift\""),
+        (
+            vec![("elr.norm_drift", f64::NAN)],
+            "\"elr.norm_drift\" = NaN",
+        ),
+        (
+            vec![("elr.norm_drift", f64::INFINITY)],
+            "\"elr.norm_drift\" = inf",
+        ),
+    ] {
+        let err = within(worker.heartbeat(beat(&metrics))).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        assert!(err.message().contains(named), "{}", err.message());
+    }
+    let listed = within(admin.list_trials(proto::ListTrialsRequest {
+        experiment_id: id.clone(),
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    let held = listed
+        .trials
+        .iter()
+        .find(|t| t.trial_id == trial.trial_id)
+        .unwrap();
+    assert_eq!((held.status.as_str(), held.epochs_run), ("leased", 0));
+    assert!(held.epoch_metrics.is_empty());
+    let ok = within(worker.heartbeat(beat(&[("elr.norm_drift", 0.5)])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.command, proto::TrialCommand::Continue as i32);
+    master.stop().await;
+}
+
 #[tokio::test]
 async fn full_flow_until_the_experiment_completes() {
     let master = Master::start().await;
@@ -441,6 +513,7 @@ async fn full_flow_until_the_experiment_completes() {
             total_epochs: 2,
             train_loss: 0.4,
             val_accuracy: *score,
+            metrics: epoch_metrics(n),
         }))
         .await
         .unwrap()
@@ -511,6 +584,7 @@ async fn full_flow_until_the_experiment_completes() {
         best.metrics.get("test_accuracy").copied(),
         Some(0.74 - 0.01)
     );
+    assert_eq!(best.epoch_metrics, epoch_metrics(3));
     let stream = within(admin.download_checkpoint(proto::DownloadCheckpointRequest {
         sha256: best.checkpoint_sha256.clone(),
     }))
@@ -533,6 +607,7 @@ async fn full_flow_until_the_experiment_completes() {
         assert_eq!(t.score, scores[n]);
         assert_eq!(t.worker_id, w);
         assert_eq!(t.origin == "seed cnn2", n == 0, "{}", t.origin);
+        assert_eq!(t.epoch_metrics, epoch_metrics(n), "trial {n}");
     }
     assert!(listed.trials[0].accepted, "the seed is accepted");
 

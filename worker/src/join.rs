@@ -532,8 +532,11 @@ async fn train_and_report(
                     report.total_epochs,
                 ))
                 .await;
-            if let Ok(r) = r {
-                apply_command(&forward_held, &forward_id, attempt, r.into_inner());
+            match r {
+                Ok(r) => apply_command(&forward_held, &forward_id, attempt, r.into_inner()),
+                Err(s) => {
+                    warn!(trial_id = %forward_id, error = %s.message(), "epoch heartbeat failed")
+                }
             }
             let _ = ack_tx.send(());
         }
@@ -628,6 +631,9 @@ async fn report_success(
     Ok(())
 }
 
+/// The heartbeat for a held trial, with its last epoch report if any. The report's named
+/// metrics travel along, less any non-finite value (a diverging objective's NaN): the master
+/// refuses those, and a refused heartbeat would not extend the lease.
 fn heartbeat_request(
     worker_id: &str,
     trial_id: &str,
@@ -645,6 +651,15 @@ fn heartbeat_request(
         total_epochs,
         train_loss: progress.map(|p| p.train_loss).unwrap_or(f64::NAN),
         val_accuracy: progress.map(|p| p.val_accuracy).unwrap_or(f64::NAN),
+        metrics: progress
+            .map(|p| {
+                p.metrics
+                    .iter()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -738,6 +753,29 @@ mod tests {
             },
         );
         cancel
+    }
+
+    #[test]
+    fn a_heartbeat_carries_the_epoch_metrics_but_no_non_finite_value() {
+        let report = EpochReport {
+            epoch: 2,
+            total_epochs: 3,
+            train_loss: 0.4,
+            val_accuracy: 0.8,
+            metrics: [
+                ("elr.norm_drift".to_string(), 0.25),
+                ("elr.diverged".to_string(), f64::NAN),
+            ]
+            .into(),
+        };
+        let r = heartbeat_request("worker-1", "trial-1", 1, true, Some(&report), 3);
+        assert_eq!(r.epoch, 2);
+        assert_eq!(
+            r.metrics,
+            HashMap::from([("elr.norm_drift".to_string(), 0.25)])
+        );
+        let before = heartbeat_request("worker-1", "trial-1", 1, false, None, 3);
+        assert!(before.metrics.is_empty());
     }
 
     fn answer(command: TrialCommand) -> proto::HeartbeatResponse {

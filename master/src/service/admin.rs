@@ -74,8 +74,12 @@ impl AdminService for AdminApi {
         let id: ExperimentId = parse_id("experiment_id", &request.into_inner().experiment_id)?;
         let spec = self.scheduler.spec_of(id.as_str()).await?;
         let trials = self.scheduler.trials(id.as_str()).await?;
+        let epoch_metrics = self.scheduler.last_epoch_metrics(id.as_str()).await?;
         Ok(Response::new(proto::ListTrialsResponse {
-            trials: trials.iter().map(|t| trial_record(t, &spec)).collect(),
+            trials: trials
+                .iter()
+                .map(|t| trial_record(t, &spec, epoch_metrics.get(&t.id)))
+                .collect(),
         }))
     }
 
@@ -88,7 +92,12 @@ impl AdminService for AdminApi {
         let best = view.best.ok_or_else(|| {
             MasterError::NotFound(format!("experiment {id} has no completed trial yet"))
         })?;
-        Ok(Response::new(trial_record(&best, &view.spec)))
+        let epoch_metrics = self.scheduler.last_epoch_metrics(id.as_str()).await?;
+        Ok(Response::new(trial_record(
+            &best,
+            &view.spec,
+            epoch_metrics.get(&best.id),
+        )))
     }
 
     type DownloadCheckpointStream = ChunkStream;

@@ -1,5 +1,7 @@
 //! Store rows and scheduler views into their wire form.
 
+use std::collections::BTreeMap;
+
 use explore_common::convert::data_spec_to_proto;
 use explore_common::proto;
 
@@ -7,10 +9,12 @@ use crate::error::MasterError;
 use crate::scheduler::ExperimentView;
 use crate::store::TrialRow;
 
-/// A trial row as a `TrialRecord`; `data` and `seed` come from the experiment.
+/// A trial row as a `TrialRecord`; `data` and `seed` come from the experiment, `epoch_metrics`
+/// are the named metrics of the trial's last recorded epoch.
 pub fn trial_record(
     t: &TrialRow,
     spec: &explore_common::spec::ExperimentSpec,
+    epoch_metrics: Option<&BTreeMap<String, f64>>,
 ) -> proto::TrialRecord {
     proto::TrialRecord {
         trial_id: t.id.clone(),
@@ -38,6 +42,9 @@ pub fn trial_record(
         chain: t.chain as u32,
         inherit_from: t.inherit_from.clone().unwrap_or_default(),
         epochs_run: t.epoch as u32,
+        epoch_metrics: epoch_metrics
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default(),
     }
 }
 

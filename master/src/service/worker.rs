@@ -86,6 +86,7 @@ impl WorkerService for WorkerApi {
             total_epochs: r.total_epochs,
             train_loss: r.train_loss,
             val_accuracy: r.val_accuracy,
+            metrics: r.metrics.into_iter().collect(),
         };
         let answer = self
             .scheduler

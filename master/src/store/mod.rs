@@ -6,6 +6,7 @@ mod model;
 #[cfg(test)]
 mod tests;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,8 +15,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{SqliteConnection, SqlitePool};
 
 pub use model::{
-    ChainRow, EpochUsage, ExperimentRow, ExperimentStatus, NewTrial, TrialCounts, TrialResult,
-    TrialRow, TrialStatus,
+    ChainRow, EpochRow, EpochUsage, ExperimentRow, ExperimentStatus, NewTrial, TrialCounts,
+    TrialResult, TrialRow, TrialStatus,
 };
 
 use crate::error::MasterError;
@@ -453,27 +454,74 @@ pub async fn prune_trial(
     Ok(())
 }
 
-/// Records the validation accuracy a trial reached after `epoch` (a repeated report, e.g. from
-/// a retried heartbeat or a new attempt, replaces the old one).
+/// Records the validation accuracy a trial reached after `epoch`, with the objective's named
+/// metrics of that epoch (stored as NULL when there are none). A repeated report, e.g. from a
+/// retried heartbeat or a new attempt, replaces the old one.
 pub async fn record_epoch(
     conn: &mut SqliteConnection,
     trial_id: &str,
     epoch: i64,
     val_accuracy: f64,
     train_loss: Option<f64>,
+    metrics: &BTreeMap<String, f64>,
 ) -> Result<(), MasterError> {
+    let metrics_json = if metrics.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(metrics).map_err(|e| MasterError::Internal(e.to_string()))?)
+    };
     sqlx::query(
-        "INSERT OR REPLACE INTO trial_epochs (trial_id, epoch, val_accuracy, train_loss)
-         VALUES (?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO trial_epochs (trial_id, epoch, val_accuracy, train_loss, metrics_json)
+         VALUES (?, ?, ?, ?, ?)",
     )
     .bind(trial_id)
     .bind(epoch)
     .bind(val_accuracy)
     .bind(train_loss)
+    .bind(metrics_json)
     .execute(conn)
     .await
     .map_err(convert_sqlx_err)?;
     Ok(())
+}
+
+/// A trial's epoch curve in epoch order.
+pub async fn epoch_curve(
+    conn: &mut SqliteConnection,
+    trial_id: &str,
+) -> Result<Vec<EpochRow>, MasterError> {
+    sqlx::query_as::<_, EpochRow>(
+        "SELECT trial_id, epoch, val_accuracy, train_loss, metrics_json FROM trial_epochs
+          WHERE trial_id = ? ORDER BY epoch",
+    )
+    .bind(trial_id)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)
+}
+
+/// Per trial of an experiment, the named metrics of its last recorded epoch (the highest one up
+/// to the trial's current epoch count, so a requeued trial does not show what an abandoned
+/// attempt got further with). Trials whose last epoch has no metrics are absent.
+pub async fn last_epoch_metrics(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<HashMap<String, BTreeMap<String, f64>>, MasterError> {
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT t.id, e.metrics_json FROM trials t JOIN trial_epochs e ON e.trial_id = t.id
+          WHERE t.experiment_id = ? AND e.metrics_json IS NOT NULL
+            AND e.epoch = (SELECT MAX(l.epoch) FROM trial_epochs l
+                            WHERE l.trial_id = t.id AND l.epoch <= t.epoch)",
+    )
+    .bind(experiment_id)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, json)| (id, model::parse_epoch_metrics(json.as_deref())))
+        .filter(|(_, m)| !m.is_empty())
+        .collect())
 }
 
 /// Validation accuracies that the experiment's other trials reported after `epoch`.

@@ -145,6 +145,30 @@ impl TrialRow {
     }
 }
 
+/// One row of `trial_epochs`: what a heartbeat reported after an epoch.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct EpochRow {
+    pub trial_id: String,
+    pub epoch: i64,
+    pub val_accuracy: f64,
+    pub train_loss: Option<f64>,
+    /// The objective's named metrics as a JSON object; `None` when the epoch had none.
+    pub metrics_json: Option<String>,
+}
+
+impl EpochRow {
+    /// The parsed metrics column (empty when there were none).
+    pub fn metrics(&self) -> BTreeMap<String, f64> {
+        parse_epoch_metrics(self.metrics_json.as_deref())
+    }
+}
+
+/// Parses a `trial_epochs.metrics_json` value; NULL (or unreadable) is no metrics.
+pub(crate) fn parse_epoch_metrics(json: Option<&str>) -> BTreeMap<String, f64> {
+    json.and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default()
+}
+
 /// A new trial to insert.
 #[derive(Debug, Clone)]
 pub struct NewTrial {

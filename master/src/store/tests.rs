@@ -2,7 +2,7 @@
 //! private in-memory database and a WAL file database in a temporary directory (one suite
 //! instantiated per backend, as Quickwit's `metastore_test_suite!`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::*;
 
@@ -694,20 +694,27 @@ async fn epoch_curves_feed_peers_and_pruning_ends_a_trial(store: Store) {
     seeded(&store, EXP_A, 1, 3).await;
     seeded(&store, EXP_B, 2, 1).await;
     let mut conn = store.conn().await.unwrap();
-    record_epoch(&mut conn, &trial_id(0), 1, 0.80, Some(0.5))
-        .await
-        .unwrap();
-    record_epoch(&mut conn, &trial_id(1), 1, 0.70, None)
+    record_epoch(
+        &mut conn,
+        &trial_id(0),
+        1,
+        0.80,
+        Some(0.5),
+        &BTreeMap::new(),
+    )
+    .await
+    .unwrap();
+    record_epoch(&mut conn, &trial_id(1), 1, 0.70, None, &BTreeMap::new())
         .await
         .unwrap();
     // A repeated report replaces the earlier one.
-    record_epoch(&mut conn, &trial_id(1), 1, 0.75, None)
+    record_epoch(&mut conn, &trial_id(1), 1, 0.75, None, &BTreeMap::new())
         .await
         .unwrap();
-    record_epoch(&mut conn, &trial_id(1), 2, 0.85, None)
+    record_epoch(&mut conn, &trial_id(1), 2, 0.85, None, &BTreeMap::new())
         .await
         .unwrap();
-    record_epoch(&mut conn, &trial_id(100), 1, 0.99, None)
+    record_epoch(&mut conn, &trial_id(100), 1, 0.99, None, &BTreeMap::new())
         .await
         .unwrap();
     let mut peers = peer_accuracies(&mut conn, EXP_A, &trial_id(2), 1)
@@ -750,6 +757,91 @@ async fn epoch_curves_feed_peers_and_pruning_ends_a_trial(store: Store) {
         (1, 1, 3)
     );
     assert!(accepted_trials(&mut conn, EXP_A).await.unwrap().is_empty());
+}
+
+async fn epoch_metrics_round_trip_and_an_epoch_without_any_stores_null(store: Store) {
+    seeded(&store, EXP_A, 1, 3).await;
+    seeded(&store, EXP_B, 2, 1).await;
+    let mut conn = store.conn().await.unwrap();
+    let drift = BTreeMap::from([
+        ("elr.norm_drift".to_string(), 0.0125),
+        ("elr.scale".to_string(), -3.5e-9),
+    ]);
+    let none = BTreeMap::new();
+    record_epoch(&mut conn, &trial_id(0), 1, 0.5, Some(0.9), &drift)
+        .await
+        .unwrap();
+    record_epoch(&mut conn, &trial_id(0), 2, 0.6, None, &none)
+        .await
+        .unwrap();
+    let curve = epoch_curve(&mut conn, &trial_id(0)).await.unwrap();
+    assert_eq!(
+        curve,
+        vec![
+            EpochRow {
+                trial_id: trial_id(0),
+                epoch: 1,
+                val_accuracy: 0.5,
+                train_loss: Some(0.9),
+                metrics_json: curve[0].metrics_json.clone(),
+            },
+            EpochRow {
+                trial_id: trial_id(0),
+                epoch: 2,
+                val_accuracy: 0.6,
+                train_loss: None,
+                metrics_json: None,
+            },
+        ]
+    );
+    assert_eq!(curve[0].metrics(), drift, "values survive exactly");
+    assert!(curve[1].metrics().is_empty());
+    let (stored,): (Option<String>,) =
+        sqlx::query_as("SELECT metrics_json FROM trial_epochs WHERE trial_id = ? AND epoch = 2")
+            .bind(trial_id(0))
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(stored, None, "no metrics is NULL, not an empty object");
+
+    // The last recorded epoch counts, up to the trial's own epoch count: trial 0 (epoch 2) has
+    // none at its last epoch; trial 1 shows epoch 2's; trial 2 was requeued back to epoch 1, so
+    // what its abandoned attempt reported for epoch 3 is not its last epoch.
+    let later = BTreeMap::from([("elr.norm_drift".to_string(), 0.5)]);
+    record_epoch(&mut conn, &trial_id(1), 1, 0.5, None, &drift)
+        .await
+        .unwrap();
+    record_epoch(&mut conn, &trial_id(1), 2, 0.6, None, &later)
+        .await
+        .unwrap();
+    record_epoch(&mut conn, &trial_id(2), 1, 0.5, None, &drift)
+        .await
+        .unwrap();
+    record_epoch(&mut conn, &trial_id(2), 3, 0.7, None, &later)
+        .await
+        .unwrap();
+    record_epoch(&mut conn, &trial_id(100), 1, 0.5, None, &later)
+        .await
+        .unwrap();
+    for (n, epoch) in [(0, 2), (1, 2), (2, 1)] {
+        sqlx::query("UPDATE trials SET epoch = ? WHERE id = ?")
+            .bind(epoch)
+            .bind(trial_id(n))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    let last = last_epoch_metrics(&mut conn, EXP_A).await.unwrap();
+    assert_eq!(
+        last,
+        HashMap::from([(trial_id(1), later.clone()), (trial_id(2), drift.clone())])
+    );
+    // A repeated report replaces the epoch's metrics too.
+    record_epoch(&mut conn, &trial_id(1), 2, 0.6, None, &none)
+        .await
+        .unwrap();
+    let last = last_epoch_metrics(&mut conn, EXP_A).await.unwrap();
+    assert!(!last.contains_key(&trial_id(1)), "{last:?}");
 }
 
 async fn epoch_usage_counts_run_and_planned_epochs(store: Store) {
@@ -879,6 +971,7 @@ store_test_suite!(
     workers_register_and_count_while_recently_seen,
     uncommitted_transaction_leaves_nothing,
     epoch_curves_feed_peers_and_pruning_ends_a_trial,
+    epoch_metrics_round_trip_and_an_epoch_without_any_stores_null,
     epoch_usage_counts_run_and_planned_epochs,
     chains_round_trip_and_loads_count_open_trials,
 );
@@ -900,7 +993,7 @@ async fn reopening_keeps_the_data_and_reapplies_no_migration() {
         .fetch_one(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(migrations, 2);
+    assert_eq!(migrations, 3);
 }
 
 // A pool written by the first release (migration 0001 only) is upgraded in place: every row
@@ -973,6 +1066,77 @@ async fn a_first_release_pool_is_upgraded_without_losing_rows() {
         .await
         .unwrap();
     assert_eq!(status_of(&store, &trial_id(1)).await, "pruned");
+}
+
+// A pool written before epoch metrics (migrations 0001 and 0002) keeps its epoch curves: the
+// new column is NULL for the old rows, which read back as epochs without metrics.
+#[tokio::test]
+async fn a_pool_from_before_epoch_metrics_keeps_its_curves() {
+    let dir = tempfile::tempdir().unwrap();
+    let older = dir.path().join("migrations");
+    std::fs::create_dir_all(&older).unwrap();
+    for file in ["0001_init.sql", "0002_search.sql"] {
+        std::fs::copy(
+            format!("{}/migrations/{file}", env!("CARGO_MANIFEST_DIR")),
+            older.join(file),
+        )
+        .unwrap();
+    }
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let options = SqliteConnectOptions::new()
+        .filename(data.join(DB_FILE))
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(older.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    for statement in [
+        "INSERT INTO experiments (id, name, spec_json, status, created_at_ms) VALUES ('exp-aaaaaaaaaaaaaaaa', 'old', '{}', 'running', 1)",
+        "INSERT INTO trials (id, experiment_id, seq, origin, genome_json, genome_hash, hparams_json, params, flops, seed, status, epoch, created_at_ms) VALUES ('trial-0000000000000000', 'exp-aaaaaaaaaaaaaaaa', 0, 'seed', '{}', 'h0', '{}', 1, 1, 1, 'running', 2, 1)",
+        "INSERT INTO trial_epochs (trial_id, epoch, val_accuracy, train_loss) VALUES ('trial-0000000000000000', 1, 0.5, 0.9)",
+        "INSERT INTO trial_epochs (trial_id, epoch, val_accuracy, train_loss) VALUES ('trial-0000000000000000', 2, 0.6, NULL)",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    let store = Store::open(&data).await.unwrap();
+    let mut conn = store.conn().await.unwrap();
+    let curve = epoch_curve(&mut conn, &trial_id(0)).await.unwrap();
+    let rows: Vec<(i64, f64, Option<f64>, Option<String>)> = curve
+        .iter()
+        .map(|e| {
+            (
+                e.epoch,
+                e.val_accuracy,
+                e.train_loss,
+                e.metrics_json.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, vec![(1, 0.5, Some(0.9), None), (2, 0.6, None, None)]);
+    assert!(last_epoch_metrics(&mut conn, EXP_A)
+        .await
+        .unwrap()
+        .is_empty());
+    // New reports on the upgraded pool carry metrics.
+    let drift = BTreeMap::from([("elr.norm_drift".to_string(), 0.25)]);
+    record_epoch(&mut conn, &trial_id(0), 2, 0.6, None, &drift)
+        .await
+        .unwrap();
+    assert_eq!(
+        last_epoch_metrics(&mut conn, EXP_A).await.unwrap(),
+        HashMap::from([(trial_id(0), drift)])
+    );
 }
 
 #[tokio::test]
