@@ -869,6 +869,21 @@ max_trials = 4
     }
 
     #[test]
+    fn every_example_spec_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                ExperimentSpec::from_file(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "{seen} example specs in {}", dir.display());
+    }
+
+    #[test]
     fn unknown_preset_lists_the_known_ones() {
         let text = format!("{MINIMAL}[[seeds]]\npreset = \"nope\"\n");
         let err = ExperimentSpec::from_toml(&text).unwrap_err().to_string();

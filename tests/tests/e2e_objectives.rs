@@ -1,0 +1,167 @@
+//! Training objectives through the cluster with the real binaries on loopback: an experiment
+//! in equivalent-learning-rate mode (S3) on a Fashion-MNIST subset with a master and two
+//! workers. Every trial must record its objective in its hyperparameters and the ELR metrics of
+//! its epochs in the pool (norms held at their initial values); mutations must move the ELR and
+//! never learning rate or weight decay; the exported best model, with its cosine head, must
+//! re-score to its reported accuracy.
+
+use explore_tests::{
+    binary, describe, require_fashion_mnist, run, start_workers, submitted_experiment_id,
+    MasterProc, FASHION_MNIST_DIR,
+};
+
+const TRAIN_SUBSET: u32 = 1500;
+const TEST_SUBSET: u32 = 300;
+const SEED: u64 = 11;
+
+fn elr_spec() -> String {
+    format!(
+        r#"
+name = "e2e-elr"
+seed = {SEED}
+
+[budget]
+max_trials = 5
+
+[data]
+dataset = "fashion-mnist"
+train_subset = {TRAIN_SUBSET}
+test_subset = {TEST_SUBSET}
+validation_fraction = 0.2
+
+[training]
+objective = "elr"
+
+[early_stopping]
+rule = "none"
+
+[inheritance]
+enabled = false
+
+[search]
+elr = [0.01, 0.3]
+epochs = [2, 2]
+channels = [8, 16]
+dense_units = [32]
+batch_sizes = [64]
+optimizers = ["sgd"]
+schedules = ["cosine"]
+architecture_mutation_probability = 0.3
+
+[[seeds]]
+preset = "cnn2"
+hparams = {{ optimizer = "sgd", learning_rate = 0.03, schedule = "cosine", batch_size = 64, weight_decay = 0.0, epochs = 2 }}
+"#
+    )
+}
+
+#[test]
+fn an_elr_experiment_records_its_objective_and_metrics_and_exports_a_rescorable_model() {
+    require_fashion_mnist();
+    let tmp = tempfile::tempdir().unwrap();
+    let master = MasterProc::start(
+        &tmp.path().join("master"),
+        &["--heartbeat-secs", "1", "--lease-secs", "20"],
+    )
+    .unwrap();
+    let _workers = start_workers(&master, tmp.path(), 2).unwrap();
+    let spec_path = tmp.path().join("spec.toml");
+    std::fs::write(&spec_path, elr_spec()).unwrap();
+    let submit = master
+        .client(&["submit", spec_path.to_str().unwrap(), "--watch"])
+        .unwrap();
+    assert!(submit.status.success(), "{}", describe(&submit));
+    let experiment_id =
+        submitted_experiment_id(&String::from_utf8_lossy(&submit.stdout)).expect("id printed");
+
+    let listing = master
+        .client(&["trials", &experiment_id, "--json"])
+        .unwrap();
+    assert!(listing.status.success(), "{}", describe(&listing));
+    let trials: Vec<serde_json::Value> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let dump = serde_json::to_string_pretty(&trials).unwrap();
+    let completed: Vec<_> = trials
+        .iter()
+        .filter(|t| t["status"] == "completed")
+        .collect();
+    assert_eq!(completed.len(), 5, "{dump}");
+    for t in &completed {
+        let hp = &t["hparams"];
+        let elr = hp["objective"]["elr"]["elr"]
+            .as_f64()
+            .expect("an ELR trial");
+        assert!((0.01..=0.3).contains(&elr), "{dump}");
+        assert_eq!(hp["objective"]["elr"]["scale"], 16.0, "{dump}");
+        // the seed's learning rate 0.03 is kept as it was and never searched
+        assert_eq!(hp["learning_rate"], 0.03, "{dump}");
+        assert_eq!(hp["weight_decay"], 0.0, "{dump}");
+        let metrics = &t["epoch_metrics"];
+        assert!(
+            metrics["elr.norm_error"]
+                .as_f64()
+                .expect("ELR metrics stored")
+                < 1e-5,
+            "{dump}"
+        );
+        assert!(metrics["elr.norm_drift"].as_f64().unwrap() > 0.0, "{dump}");
+        assert!(t["score"].as_f64().unwrap() > 0.5, "{dump}");
+    }
+    // the seed: 0.03 over the default squared norm 1/3 (rounded by the conversion)
+    let seed = trials.iter().find(|t| t["seq"] == 0).unwrap();
+    let seed_elr = seed["hparams"]["objective"]["elr"]["elr"].as_f64().unwrap();
+    assert!((seed_elr - 0.09).abs() < 1e-9, "{dump}");
+    assert!(
+        completed
+            .iter()
+            .any(|t| t["origin"].as_str().unwrap().contains("elr ")),
+        "no mutation moved the ELR: {dump}"
+    );
+
+    let export_dir = tmp.path().join("best");
+    let best = master
+        .client(&[
+            "best",
+            &experiment_id,
+            "--export",
+            export_dir.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(best.status.success(), "{}", describe(&best));
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export_dir.join("model.json")).unwrap())
+            .unwrap();
+    let reported = card["validation_accuracy"].as_f64().unwrap();
+    let eval = run(
+        &binary("worker"),
+        &[
+            "evaluate",
+            "--genome",
+            export_dir.join("genome.json").to_str().unwrap(),
+            "--checkpoint",
+            export_dir.join("weights.safetensors").to_str().unwrap(),
+            "--data-dir",
+            FASHION_MNIST_DIR,
+            "--train-subset",
+            &TRAIN_SUBSET.to_string(),
+            "--test-subset",
+            &TEST_SUBSET.to_string(),
+            "--validation-fraction",
+            "0.2",
+            "--split-seed",
+            &SEED.to_string(),
+            "--device",
+            "cpu",
+        ],
+    )
+    .unwrap();
+    assert!(eval.status.success(), "{}", describe(&eval));
+    let scores: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let val = scores["val_accuracy"].as_f64().unwrap();
+    assert!(
+        (val - reported).abs() < 1e-9,
+        "re-scored {val}, reported {reported}"
+    );
+}
