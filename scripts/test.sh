@@ -6,6 +6,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 bash scripts/setup.sh
+# setup.sh installs the data sets, so a test that finds one missing must fail, not skip.
+export EXPLORE_REQUIRE_DATA=1
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

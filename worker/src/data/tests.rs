@@ -212,11 +212,35 @@ fn sources_come_from_the_experiment_config() {
     assert_eq!(split.split_seed, 9);
 }
 
+/// Whether a missing data set fails a test instead of skipping it: under CI (`CI` set and not
+/// `false`/`0`, as CI services set it) or with `EXPLORE_REQUIRE_DATA=1`. scripts/test.sh
+/// installs the data, so there a missing data set is a broken set-up, not a reason to skip.
+fn data_required() -> bool {
+    let set = |name: &str| {
+        std::env::var(name)
+            .map(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false"))
+            .unwrap_or(false)
+    };
+    set("CI") || std::env::var("EXPLORE_REQUIRE_DATA").is_ok_and(|v| v.trim() == "1")
+}
+
 #[test]
 fn fashion_mnist_loads_when_installed() {
     let source = DataSource::fashion_mnist_default();
-    if !source.files()[0].exists() {
-        eprintln!("skipping: fashion-mnist is not installed");
+    let file = &source.files()[0];
+    if !file.exists() {
+        assert!(
+            !data_required(),
+            "{} is missing (CI or EXPLORE_REQUIRE_DATA=1 requires it): install it with \
+             `apt-get install dataset-fashion-mnist` (scripts/test.sh does)",
+            file.display()
+        );
+        eprintln!(
+            "skipping fashion_mnist_loads_when_installed: {} is missing (install it with \
+             `apt-get install dataset-fashion-mnist`; set CI=true or EXPLORE_REQUIRE_DATA=1 to \
+             make this a failure)",
+            file.display()
+        );
         return;
     }
     let ds = Dataset::load(&source).unwrap();
