@@ -265,6 +265,81 @@ pub fn submitted_experiment_id(submit_stdout: &str) -> Option<String> {
         .map(|id| id.trim().to_string())
 }
 
+/// Submits the spec text with `master submit --watch` (so it returns when the experiment has
+/// ended) and returns the experiment id and `master trials --json`, one object per trial.
+pub fn submit_and_list_trials(
+    master: &MasterProc,
+    dir: &Path,
+    spec: &str,
+) -> Result<(String, Vec<serde_json::Value>)> {
+    let spec_path = dir.join("spec.toml");
+    std::fs::write(&spec_path, spec)?;
+    let submit = master.client(&["submit", &spec_path.to_string_lossy(), "--watch"])?;
+    if !submit.status.success() {
+        bail!("submit failed: {}", describe(&submit));
+    }
+    let experiment_id = submitted_experiment_id(&String::from_utf8_lossy(&submit.stdout))
+        .with_context(|| format!("no experiment id printed: {}", describe(&submit)))?;
+    let listing = master.client(&["trials", &experiment_id, "--json"])?;
+    if !listing.status.success() {
+        bail!("master trials failed: {}", describe(&listing));
+    }
+    let trials = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).context("one JSON object per line"))
+        .collect::<Result<_>>()?;
+    Ok((experiment_id, trials))
+}
+
+/// The split a test experiment trains on, as `worker evaluate` flags take it.
+#[derive(Debug, Clone, Copy)]
+pub struct Split {
+    pub train_subset: u32,
+    pub test_subset: u32,
+    pub validation_fraction: f64,
+    pub seed: u64,
+}
+
+/// Re-scores an export of `master best --export` with `worker evaluate` on Fashion-MNIST:
+/// returns the export's model card (`model.json`) and the `(validation, test)` accuracies the
+/// exported weights reach on `split`.
+pub fn rescore_export(export_dir: &Path, split: Split) -> Result<(serde_json::Value, f64, f64)> {
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export_dir.join("model.json"))?)?;
+    let eval = run(
+        &binary("worker"),
+        &[
+            "evaluate",
+            "--genome",
+            &export_dir.join("genome.json").to_string_lossy(),
+            "--checkpoint",
+            &export_dir.join("weights.safetensors").to_string_lossy(),
+            "--data-dir",
+            FASHION_MNIST_DIR,
+            "--train-subset",
+            &split.train_subset.to_string(),
+            "--test-subset",
+            &split.test_subset.to_string(),
+            "--validation-fraction",
+            &split.validation_fraction.to_string(),
+            "--split-seed",
+            &split.seed.to_string(),
+            "--device",
+            "cpu",
+        ],
+    )?;
+    if !eval.status.success() {
+        bail!("worker evaluate failed: {}", describe(&eval));
+    }
+    let scores: serde_json::Value = serde_json::from_slice(&eval.stdout)?;
+    let score = |key: &str| {
+        scores[key]
+            .as_f64()
+            .with_context(|| format!("no {key} in {scores}"))
+    };
+    Ok((card, score("val_accuracy")?, score("test_accuracy")?))
+}
+
 /// Starts `worker join` against `master`; its log goes to `log`.
 pub fn start_worker(master: &MasterProc, name: &str, log: &Path, extra: &[&str]) -> Result<Proc> {
     start_worker_at(&master.url, &master.token_file(), name, log, extra)

@@ -8,8 +8,8 @@ use std::time::Duration;
 use explore_common::client::{admin_client, connect, BearerToken};
 use explore_common::proto;
 use explore_tests::{
-    binary, describe, require_fashion_mnist, run, start_workers, submitted_experiment_id,
-    MasterProc, FASHION_MNIST_DIR,
+    describe, require_fashion_mnist, rescore_export, start_workers, submitted_experiment_id,
+    MasterProc, Split,
 };
 
 const MAX_TRIALS: u32 = 6;
@@ -139,44 +139,21 @@ fn master_and_two_workers_run_an_experiment_to_completion() {
         .iter()
         .map(|t| t.score)
         .fold(f64::NEG_INFINITY, f64::max);
-    let card: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(export_dir.join("model.json")).unwrap())
-            .unwrap();
+    let split = Split {
+        train_subset: TRAIN_SUBSET,
+        test_subset: TEST_SUBSET,
+        validation_fraction: 0.2,
+        seed: SEED,
+    };
+    let (card, val, test) = rescore_export(&export_dir, split).unwrap();
     let reported = card["validation_accuracy"].as_f64().unwrap();
     assert_eq!(reported, pool_max, "best model is the pool's maximum");
 
     // The exported weights, loaded back, reproduce the reported validation accuracy.
-    let eval = run(
-        &binary("worker"),
-        &[
-            "evaluate",
-            "--genome",
-            export_dir.join("genome.json").to_str().unwrap(),
-            "--checkpoint",
-            export_dir.join("weights.safetensors").to_str().unwrap(),
-            "--data-dir",
-            FASHION_MNIST_DIR,
-            "--train-subset",
-            &TRAIN_SUBSET.to_string(),
-            "--test-subset",
-            &TEST_SUBSET.to_string(),
-            "--validation-fraction",
-            "0.2",
-            "--split-seed",
-            &SEED.to_string(),
-            "--device",
-            "cpu",
-        ],
-    )
-    .unwrap();
-    assert!(eval.status.success(), "{}", describe(&eval));
-    let scores: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
-    let val = scores["val_accuracy"].as_f64().unwrap();
     assert!(
         (val - reported).abs() < 1e-9,
         "re-scored validation accuracy {val} differs from the reported {reported}"
     );
-    let test = scores["test_accuracy"].as_f64().unwrap();
     let reported_test = card["metrics"]["test_accuracy"].as_f64().unwrap();
     assert!(
         (test - reported_test).abs() < 1e-9,

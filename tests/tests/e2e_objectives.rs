@@ -6,8 +6,8 @@
 //! re-score to its reported accuracy.
 
 use explore_tests::{
-    binary, describe, require_fashion_mnist, run, start_workers, submitted_experiment_id,
-    MasterProc, FASHION_MNIST_DIR,
+    describe, require_fashion_mnist, rescore_export, start_workers, submit_and_list_trials,
+    MasterProc, Split,
 };
 
 const TRAIN_SUBSET: u32 = 1500;
@@ -65,23 +65,7 @@ fn an_elr_experiment_records_its_objective_and_metrics_and_exports_a_rescorable_
     )
     .unwrap();
     let _workers = start_workers(&master, tmp.path(), 2).unwrap();
-    let spec_path = tmp.path().join("spec.toml");
-    std::fs::write(&spec_path, elr_spec()).unwrap();
-    let submit = master
-        .client(&["submit", spec_path.to_str().unwrap(), "--watch"])
-        .unwrap();
-    assert!(submit.status.success(), "{}", describe(&submit));
-    let experiment_id =
-        submitted_experiment_id(&String::from_utf8_lossy(&submit.stdout)).expect("id printed");
-
-    let listing = master
-        .client(&["trials", &experiment_id, "--json"])
-        .unwrap();
-    assert!(listing.status.success(), "{}", describe(&listing));
-    let trials: Vec<serde_json::Value> = String::from_utf8_lossy(&listing.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let (experiment_id, trials) = submit_and_list_trials(&master, tmp.path(), &elr_spec()).unwrap();
     let dump = serde_json::to_string_pretty(&trials).unwrap();
     let completed: Vec<_> = trials
         .iter()
@@ -130,36 +114,14 @@ fn an_elr_experiment_records_its_objective_and_metrics_and_exports_a_rescorable_
         ])
         .unwrap();
     assert!(best.status.success(), "{}", describe(&best));
-    let card: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(export_dir.join("model.json")).unwrap())
-            .unwrap();
+    let split = Split {
+        train_subset: TRAIN_SUBSET,
+        test_subset: TEST_SUBSET,
+        validation_fraction: 0.2,
+        seed: SEED,
+    };
+    let (card, val, _) = rescore_export(&export_dir, split).unwrap();
     let reported = card["validation_accuracy"].as_f64().unwrap();
-    let eval = run(
-        &binary("worker"),
-        &[
-            "evaluate",
-            "--genome",
-            export_dir.join("genome.json").to_str().unwrap(),
-            "--checkpoint",
-            export_dir.join("weights.safetensors").to_str().unwrap(),
-            "--data-dir",
-            FASHION_MNIST_DIR,
-            "--train-subset",
-            &TRAIN_SUBSET.to_string(),
-            "--test-subset",
-            &TEST_SUBSET.to_string(),
-            "--validation-fraction",
-            "0.2",
-            "--split-seed",
-            &SEED.to_string(),
-            "--device",
-            "cpu",
-        ],
-    )
-    .unwrap();
-    assert!(eval.status.success(), "{}", describe(&eval));
-    let scores: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
-    let val = scores["val_accuracy"].as_f64().unwrap();
     assert!(
         (val - reported).abs() < 1e-9,
         "re-scored {val}, reported {reported}"

@@ -5,7 +5,7 @@
 //! parents' weights (the worker reports how many tensors it copied) and still be scored.
 
 use explore_tests::{
-    describe, require_fashion_mnist, start_workers, submitted_experiment_id, MasterProc,
+    describe, require_fashion_mnist, start_workers, submit_and_list_trials, MasterProc,
 };
 
 const TRAIN_SUBSET: u32 = 1500;
@@ -77,23 +77,7 @@ fn a_hopeless_trial_is_pruned_and_children_inherit_weights() {
     )
     .unwrap();
     let _workers = start_workers(&master, tmp.path(), 2).unwrap();
-    let spec_path = tmp.path().join("spec.toml");
-    std::fs::write(&spec_path, spec()).unwrap();
-    let submit = master
-        .client(&["submit", spec_path.to_str().unwrap(), "--watch"])
-        .unwrap();
-    assert!(submit.status.success(), "{}", describe(&submit));
-    let stdout = String::from_utf8_lossy(&submit.stdout).to_string();
-    let experiment_id = submitted_experiment_id(&stdout).expect("experiment id printed");
-
-    let listing = master
-        .client(&["trials", &experiment_id, "--json"])
-        .unwrap();
-    assert!(listing.status.success(), "{}", describe(&listing));
-    let trials: Vec<serde_json::Value> = String::from_utf8_lossy(&listing.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let (_, trials) = submit_and_list_trials(&master, tmp.path(), &spec()).unwrap();
     let dump = serde_json::to_string_pretty(&trials).unwrap();
 
     // The hopeless seed (seq 2) was stopped after its first epoch, with the reason recorded.
