@@ -843,16 +843,7 @@ impl Scheduler {
                     // Only a result can add a base to the pool: with nothing queued or in
                     // flight none will come, so the search space is exhausted for good.
                     if counts.queued == 0 && counts.in_flight() == 0 {
-                        let reason = exhausted.to_string();
-                        store::finish_experiment(
-                            conn,
-                            &row.id,
-                            ExperimentStatus::Completed,
-                            &reason,
-                            now,
-                        )
-                        .await?;
-                        info!(experiment_id = %row.id, trials = counts.finished(), reason = %reason, "experiment completed");
+                        end_search(conn, row, &counts, &exhausted.to_string(), now).await?;
                         changed = true;
                     } else {
                         info!(experiment_id = %row.id, reason = %exhausted, "no proposal until more results come in");
@@ -865,16 +856,8 @@ impl Scheduler {
                     // pool cannot change, so no later round can do better: the search is over.
                     let permanent = !matches!(e, MasterError::Store(_) | MasterError::Io { .. });
                     if permanent && counts.queued == 0 && counts.in_flight() == 0 {
-                        let reason = format!("no new proposal: {e}");
-                        store::finish_experiment(
-                            conn,
-                            &row.id,
-                            ExperimentStatus::Completed,
-                            &reason,
-                            now,
-                        )
-                        .await?;
-                        info!(experiment_id = %row.id, trials = counts.finished(), reason = %reason, "experiment completed");
+                        end_search(conn, row, &counts, &format!("no new proposal: {e}"), now)
+                            .await?;
                         changed = true;
                     }
                     break;
@@ -1014,6 +997,20 @@ impl Scheduler {
             .ok_or_else(|| MasterError::Internal("no scored base model".into()))?;
         Ok(accepted[index].clone())
     }
+}
+
+/// Ends a running experiment whose search can go no further (nothing queued or in flight), with
+/// `reason` as its status message.
+async fn end_search(
+    conn: &mut SqliteConnection,
+    row: &ExperimentRow,
+    counts: &TrialCounts,
+    reason: &str,
+    now: i64,
+) -> Result<(), MasterError> {
+    store::finish_experiment(conn, &row.id, ExperimentStatus::Completed, reason, now).await?;
+    info!(experiment_id = %row.id, trials = counts.finished(), reason = %reason, "experiment completed");
+    Ok(())
 }
 
 /// Puts a held trial back in the queue as a new attempt, or cancels it when its experiment has
