@@ -220,6 +220,9 @@ impl Default for TrainingConfig {
     }
 }
 
+/// The search keys ELR mode replaces with `search.elr`: setting them in ELR mode is an error.
+pub const ELR_REPLACED_KEYS: [&str; 2] = ["learning_rate", "weight_decay"];
+
 /// Default logit scale of ELR mode's cosine head: a softmax over 10 classes can reach a
 /// confident 0.99 when the right class's cosine leads the others by about 0.35.
 pub const DEFAULT_ELR_SCALE: f64 = 16.0;
@@ -327,21 +330,44 @@ impl ExperimentSpec {
         let spec: ExperimentSpec =
             toml::from_str(text).map_err(|e| CommonError::Spec(toml_error(&e)))?;
         spec.validate()?;
-        if spec.training.objective == ObjectiveKind::Elr {
-            let raw: toml::Table = text
-                .parse()
-                .map_err(|e: toml::de::Error| CommonError::Spec(toml_error(&e)))?;
-            let search = raw.get("search").and_then(|v| v.as_table());
-            for replaced in ["learning_rate", "weight_decay"] {
-                if search.is_some_and(|t| t.contains_key(replaced)) {
-                    return Err(CommonError::SpecKey {
-                        key: format!("search.{replaced}"),
-                        reason: "is replaced by search.elr in ELR mode (training.objective = \"elr\"); remove it".into(),
-                    });
+        spec.check_replaced_keys(text)?;
+        Ok(spec)
+    }
+
+    /// In ELR mode, refuses TOML text that sets a search key the ELR replaces
+    /// ([`ELR_REPLACED_KEYS`]); the parsed spec cannot tell, since those keys have defaults.
+    pub fn check_replaced_keys(&self, text: &str) -> Result<(), CommonError> {
+        if self.training.objective != ObjectiveKind::Elr {
+            return Ok(());
+        }
+        let raw: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| CommonError::Spec(toml_error(&e)))?;
+        let search = raw.get("search").and_then(|v| v.as_table());
+        for replaced in ELR_REPLACED_KEYS {
+            if search.is_some_and(|t| t.contains_key(replaced)) {
+                return Err(CommonError::SpecKey {
+                    key: format!("search.{replaced}"),
+                    reason: "is replaced by search.elr in ELR mode (training.objective = \"elr\"); remove it".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The spec as TOML text that [`ExperimentSpec::from_toml`] reads back as this spec; in
+    /// ELR mode without the search keys the ELR replaces.
+    pub fn to_toml(&self) -> Result<String, CommonError> {
+        let mut table =
+            toml::Table::try_from(self).map_err(|e| CommonError::Spec(e.to_string()))?;
+        if self.training.objective == ObjectiveKind::Elr {
+            if let Some(search) = table.get_mut("search").and_then(|v| v.as_table_mut()) {
+                for replaced in ELR_REPLACED_KEYS {
+                    search.remove(replaced);
                 }
             }
         }
-        Ok(spec)
+        toml::to_string(&table).map_err(|e| CommonError::Spec(e.to_string()))
     }
 
     /// Reads, parses and validates a spec file.
@@ -866,6 +892,22 @@ max_trials = 4
             .hparams
             .objective
             .is_plain());
+    }
+
+    #[test]
+    fn an_elr_spec_re_encodes_without_the_keys_it_replaces() {
+        let text = format!(
+            "{MINIMAL}[training]\nobjective = \"elr\"\n[search]\nelr = [0.01, 0.1]\n[[seeds]]\npreset = \"cnn2\"\n"
+        );
+        let spec = ExperimentSpec::from_toml(&text).unwrap();
+        let encoded = spec.to_toml().unwrap();
+        assert!(!encoded.contains("learning_rate = ["), "{encoded}");
+        assert_eq!(ExperimentSpec::from_toml(&encoded).unwrap(), spec);
+        let plain = ExperimentSpec::from_toml(MINIMAL).unwrap();
+        assert_eq!(
+            ExperimentSpec::from_toml(&plain.to_toml().unwrap()).unwrap(),
+            plain
+        );
     }
 
     #[test]

@@ -238,9 +238,10 @@ pub fn prepare_spec(path: &Path) -> Result<String> {
             .collect();
     }
     spec.validate()
+        .and_then(|()| spec.check_replaced_keys(&text))
         .with_context(|| format!("in {}", path.display()))?;
     if inline {
-        return toml::to_string(&spec).context("cannot re-encode the spec");
+        return spec.to_toml().context("cannot re-encode the spec");
     }
     Ok(text)
 }
@@ -751,6 +752,34 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    /// Regression: an ELR spec whose seed is a genome file was re-encoded with the default
+    /// `search.learning_rate` and `search.weight_decay`, which the master then refused as keys
+    /// that ELR mode replaces.
+    #[test]
+    fn an_elr_spec_with_a_genome_file_seed_is_inlined_into_a_spec_the_master_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let genome = explore_common::presets::preset("cnn2").unwrap();
+        std::fs::write(dir.path().join("net.json"), genome.canonical_json()).unwrap();
+        let elr = "name = \"x\"\n[budget]\nmax_trials = 3\n[training]\nobjective = \"elr\"\n";
+        let path = dir.path().join("spec.toml");
+        std::fs::write(
+            &path,
+            format!("{elr}[search]\nelr = [0.01, 0.1]\n[[seeds]]\ngenome_file = \"net.json\"\n"),
+        )
+        .unwrap();
+        let inlined = prepare_spec(&path).unwrap();
+        let spec = ExperimentSpec::from_toml(&inlined).unwrap();
+        assert_eq!(spec.seeds[0].genome.as_ref(), Some(&genome));
+        // a replaced key the user did write is still refused, before anything is sent
+        std::fs::write(
+            &path,
+            format!("{elr}[search]\nlearning_rate = [0.001, 0.01]\n[[seeds]]\ngenome_file = \"net.json\"\n"),
+        )
+        .unwrap();
+        let err = format!("{:#}", prepare_spec(&path).unwrap_err());
+        assert!(err.contains("search.learning_rate"), "{err}");
     }
 
     #[test]
