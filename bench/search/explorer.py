@@ -66,6 +66,13 @@ def build_spec(settings, seed, run_dir, overrides):
     }
     for override in overrides:
         deep_merge(spec, override)
+    if spec.get("training", {}).get("objective") == "elr":
+        # ELR mode searches one step size in place of learning rate and weight decay: the same
+        # step sizes as the space's learning-rate range, on default-initialised norms (1/3).
+        search = spec["search"]
+        lo, hi = search.pop("learning_rate")
+        search.pop("weight_decay")
+        search.setdefault("elr", [lo * 3, hi * 3])
     return spec
 
 
