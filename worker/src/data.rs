@@ -294,6 +294,9 @@ impl Dataset {
             test_x,
             test_y,
             num_classes: self.num_classes,
+            train_domain: None,
+            val_domain: None,
+            domain_names: Vec::new(),
         })
     }
 
@@ -466,6 +469,13 @@ pub struct SplitData {
     pub test_y: Tensor,
     /// Number of classes of the dataset (largest label + 1).
     pub num_classes: u32,
+    /// With several training domains (`[[data.domains]]`): the domain index (`i64 [N]`, into
+    /// `domain_names`) of each training example. `None` for single-source data.
+    pub train_domain: Option<Tensor>,
+    /// The domain index of each validation example, like `train_domain`.
+    pub val_domain: Option<Tensor>,
+    /// Names of the training domains, in domain-index order; empty for single-source data.
+    pub domain_names: Vec<String>,
 }
 
 impl SplitData {
@@ -482,6 +492,11 @@ impl SplitData {
     /// Examples in the test split.
     pub fn test_len(&self) -> usize {
         self.test_y.size()[0] as usize
+    }
+
+    /// Number of training domains (0 for single-source data).
+    pub fn num_domains(&self) -> usize {
+        self.domain_names.len()
     }
 
     /// Device the tensors live on.

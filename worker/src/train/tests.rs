@@ -29,6 +29,9 @@ fn split() -> SplitData {
         test_x,
         test_y,
         num_classes: 3,
+        train_domain: None,
+        val_domain: None,
+        domain_names: Vec::new(),
     }
 }
 
