@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what explore needs on a Debian machine and is a no-op when it is all there:
-# Debian packages (the Fashion-MNIST dataset), libtorch (scripts/setup-libtorch.sh).
+# Debian packages (the Fashion-MNIST dataset), the MNIST and scikit-learn digits datasets
+# (scripts/setup-data.sh), libtorch (scripts/setup-libtorch.sh).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -18,4 +19,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
+bash "$root/scripts/setup-data.sh"
 bash "$root/scripts/setup-libtorch.sh"

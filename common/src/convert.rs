@@ -3,7 +3,7 @@
 
 use crate::error::CommonError;
 use crate::proto;
-use crate::spec::DataConfig;
+use crate::spec::{DataConfig, DomainConfig, DomainTransform};
 
 /// The wire form of an experiment's data settings, with the seed that fixes the split.
 pub fn data_spec_to_proto(cfg: &DataConfig, split_seed: u64) -> proto::DataSpec {
@@ -17,7 +17,37 @@ pub fn data_spec_to_proto(cfg: &DataConfig, split_seed: u64) -> proto::DataSpec 
         test_subset: cfg.test_subset,
         validation_fraction: cfg.validation_fraction,
         split_seed,
+        transform: transform_to_proto(&cfg.transform),
+        per_class: cfg.per_class,
+        domains: cfg
+            .domains
+            .iter()
+            .map(|d| proto::DomainSpec {
+                name: d.name.clone(),
+                dataset: d.dataset.clone().unwrap_or_default(),
+                transform: transform_to_proto(&d.transform),
+                target: d.target,
+            })
+            .collect(),
     }
+}
+
+fn transform_to_proto(t: &DomainTransform) -> Option<proto::DomainTransform> {
+    (!t.is_identity()).then_some(proto::DomainTransform {
+        rotate: t.rotate,
+        invert: t.invert,
+        low_contrast: t.low_contrast,
+        noise: t.noise,
+    })
+}
+
+fn transform_from_proto(t: Option<&proto::DomainTransform>) -> DomainTransform {
+    t.map_or_else(DomainTransform::default, |t| DomainTransform {
+        rotate: t.rotate,
+        invert: t.invert,
+        low_contrast: t.low_contrast,
+        noise: t.noise,
+    })
 }
 
 /// Data settings and split seed from their wire form.
@@ -32,16 +62,25 @@ pub fn data_spec_from_proto(spec: &proto::DataSpec) -> Result<(DataConfig, u64),
         train_subset: spec.train_subset,
         test_subset: spec.test_subset,
         validation_fraction: spec.validation_fraction,
+        per_class: spec.per_class,
+        transform: transform_from_proto(spec.transform.as_ref()),
+        domains: spec
+            .domains
+            .iter()
+            .map(|d| DomainConfig {
+                name: d.name.clone(),
+                dataset: opt(&d.dataset),
+                transform: transform_from_proto(d.transform.as_ref()),
+                target: d.target,
+            })
+            .collect(),
     };
     if cfg.dataset.is_empty() {
         return Err(CommonError::Spec("trial.data.dataset is missing".into()));
     }
-    if !(cfg.validation_fraction > 0.0 && cfg.validation_fraction < 0.9) {
-        return Err(CommonError::Spec(format!(
-            "trial.data.validation_fraction must be in (0, 0.9), got {}",
-            cfg.validation_fraction
-        )));
-    }
+    // The master validated the spec; a worker checks again so a bad trial fails with the key.
+    cfg.validate()
+        .map_err(|e| CommonError::Spec(format!("trial: {e}")))?;
     Ok((cfg, spec.split_seed))
 }
 
@@ -60,6 +99,7 @@ mod tests {
             train_subset: 500,
             test_subset: 100,
             validation_fraction: 0.2,
+            ..DataConfig::default()
         };
         let (back, seed) = data_spec_from_proto(&data_spec_to_proto(&cfg, 7)).unwrap();
         assert_eq!(back, cfg);
@@ -69,5 +109,50 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("dataset"));
+    }
+
+    #[test]
+    fn domains_and_transforms_round_trip() {
+        let cfg = DataConfig {
+            dataset: "mnist".into(),
+            per_class: 20,
+            domains: vec![
+                DomainConfig {
+                    name: "rot".into(),
+                    dataset: None,
+                    transform: DomainTransform {
+                        rotate: 30.0,
+                        invert: true,
+                        low_contrast: 0.5,
+                        noise: 0.1,
+                    },
+                    target: false,
+                },
+                DomainConfig {
+                    name: "plain".into(),
+                    dataset: Some("fashion-mnist".into()),
+                    transform: DomainTransform::default(),
+                    target: false,
+                },
+                DomainConfig {
+                    name: "digits".into(),
+                    dataset: Some("digits".into()),
+                    transform: DomainTransform::default(),
+                    target: true,
+                },
+            ],
+            ..DataConfig::default()
+        };
+        let (back, _) = data_spec_from_proto(&data_spec_to_proto(&cfg, 1)).unwrap();
+        assert_eq!(back, cfg);
+        let single = DataConfig {
+            transform: DomainTransform {
+                rotate: -45.0,
+                ..DomainTransform::default()
+            },
+            ..DataConfig::default()
+        };
+        let (back, _) = data_spec_from_proto(&data_spec_to_proto(&single, 1)).unwrap();
+        assert_eq!(back, single);
     }
 }

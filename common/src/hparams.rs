@@ -55,6 +55,23 @@ pub enum Objective {
         /// The fixed logit scale S of the cosine head.
         scale: f64,
     },
+    /// Domain disentanglement (S5): the trunk's features are projected into a domain-invariant
+    /// and a domain-specific part of `dim` values each; the task head sees only the invariant
+    /// part, a domain head the specific part, and `lambda` weighs a CLUB estimate of the mutual
+    /// information between the two parts (warmed up over training). Needs multi-domain data.
+    Disentangle {
+        /// Weight of the mutual-information penalty after warm-up.
+        lambda: f64,
+        /// Size of each of the two feature parts.
+        dim: u32,
+    },
+    /// Domain-adversarial training (DANN, Ganin et al. 2016), a baseline for S5: a domain
+    /// classifier on the trunk's features behind a gradient-reversal layer of weight `lambda`
+    /// (warmed up over training). Needs multi-domain data.
+    Dann {
+        /// Weight of the reversed domain gradient after warm-up.
+        lambda: f64,
+    },
 }
 
 impl Objective {
@@ -63,11 +80,24 @@ impl Objective {
         matches!(self, Objective::Plain)
     }
 
-    /// The name used in specs and tables: `plain` or `elr`.
+    /// Whether this is ELR mode, which replaces learning rate and weight decay by `elr` and
+    /// needs scale-invariant weights.
+    pub fn is_elr(&self) -> bool {
+        matches!(self, Objective::Elr { .. })
+    }
+
+    /// Whether the objective trains on domain labels (`[[data.domains]]`).
+    pub fn needs_domains(&self) -> bool {
+        matches!(self, Objective::Disentangle { .. } | Objective::Dann { .. })
+    }
+
+    /// The name used in specs and tables: `plain`, `elr`, `disentangle` or `dann`.
     pub fn name(&self) -> &'static str {
         match self {
             Objective::Plain => "plain",
             Objective::Elr { .. } => "elr",
+            Objective::Disentangle { .. } => "disentangle",
+            Objective::Dann { .. } => "dann",
         }
     }
 }
@@ -135,18 +165,43 @@ impl HyperParams {
         if self.epochs == 0 || self.epochs > 1000 {
             return bad("epochs", format!("must be 1..=1000, got {}", self.epochs));
         }
-        if let Objective::Elr { elr, scale } = self.objective {
-            if !(elr.is_finite() && elr > 0.0 && elr <= 10.0) {
-                return bad(
-                    "objective.elr.elr",
-                    format!("must be in (0, 10], got {elr}"),
-                );
+        match self.objective {
+            Objective::Plain => {}
+            Objective::Elr { elr, scale } => {
+                if !(elr.is_finite() && elr > 0.0 && elr <= 10.0) {
+                    return bad(
+                        "objective.elr.elr",
+                        format!("must be in (0, 10], got {elr}"),
+                    );
+                }
+                if !(scale.is_finite() && (1.0..=100.0).contains(&scale)) {
+                    return bad(
+                        "objective.elr.scale",
+                        format!("must be in [1, 100], got {scale}"),
+                    );
+                }
             }
-            if !(scale.is_finite() && (1.0..=100.0).contains(&scale)) {
-                return bad(
-                    "objective.elr.scale",
-                    format!("must be in [1, 100], got {scale}"),
-                );
+            Objective::Disentangle { lambda, dim } => {
+                if !(lambda.is_finite() && (0.0..=100.0).contains(&lambda)) {
+                    return bad(
+                        "objective.disentangle.lambda",
+                        format!("must be in [0, 100], got {lambda}"),
+                    );
+                }
+                if !(1..=1024).contains(&dim) {
+                    return bad(
+                        "objective.disentangle.dim",
+                        format!("must be 1..=1024, got {dim}"),
+                    );
+                }
+            }
+            Objective::Dann { lambda } => {
+                if !(lambda.is_finite() && (0.0..=100.0).contains(&lambda)) {
+                    return bad(
+                        "objective.dann.lambda",
+                        format!("must be in [0, 100], got {lambda}"),
+                    );
+                }
             }
         }
         Ok(())

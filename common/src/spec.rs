@@ -10,6 +10,10 @@ use crate::genome::Genome;
 use crate::hparams::{HyperParams, Objective, Optimizer, Schedule, DEFAULT_INIT_SQUARED_NORM};
 use crate::presets;
 
+mod data;
+
+pub use data::{DataConfig, DomainConfig, DomainTransform, NAMED_DATASETS};
+
 /// A parsed and validated experiment spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,40 +70,6 @@ pub struct Budget {
     /// ran): the compute budget. A trial's epochs are cut to what is left.
     #[serde(default)]
     pub max_epochs: Option<u32>,
-}
-
-/// Which data trials train on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DataConfig {
-    /// `"fashion-mnist"` (resolved by each worker, see `worker join --data-dir`) or `"idx"`.
-    pub dataset: String,
-    /// With `dataset = "idx"`: paths of the MNIST-format IDX files (optionally gzipped).
-    pub train_images: Option<String>,
-    pub train_labels: Option<String>,
-    pub test_images: Option<String>,
-    pub test_labels: Option<String>,
-    /// Train on at most this many training examples (0 or absent = all).
-    pub train_subset: u32,
-    /// Report test accuracy on at most this many test examples (0 or absent = all).
-    pub test_subset: u32,
-    /// Fraction of the training examples held out as the validation split (the score).
-    pub validation_fraction: f64,
-}
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        DataConfig {
-            dataset: "fashion-mnist".into(),
-            train_images: None,
-            train_labels: None,
-            test_images: None,
-            test_labels: None,
-            train_subset: 0,
-            test_subset: 0,
-            validation_fraction: 0.1,
-        }
-    }
 }
 
 /// How the temperature cools.
@@ -200,6 +170,13 @@ pub enum ObjectiveKind {
     /// to their initial norms, one searched step size (`search.elr`) instead of learning rate and
     /// weight decay.
     Elr,
+    /// Domain disentanglement (S5): invariant and specific feature parts, the task head on the
+    /// invariant part, a CLUB mutual-information penalty between the parts. Needs
+    /// `[[data.domains]]` with at least two training domains and a target domain.
+    Disentangle,
+    /// Domain-adversarial training (DANN), the baseline S5 is measured against. Needs
+    /// `[[data.domains]]` with at least two training domains.
+    Dann,
 }
 
 /// How trials train (`[training]`).
@@ -209,6 +186,12 @@ pub struct TrainingConfig {
     pub objective: ObjectiveKind,
     /// The logit scale S of ELR mode's cosine head (fixed, not searched).
     pub elr_scale: f64,
+    /// Weight of the disentangle objective's mutual-information penalty after warm-up.
+    pub disentangle_lambda: f64,
+    /// Size of each of the disentangle objective's two feature parts.
+    pub disentangle_dim: u32,
+    /// Weight of DANN's reversed domain gradient after warm-up.
+    pub dann_lambda: f64,
 }
 
 impl Default for TrainingConfig {
@@ -216,9 +199,19 @@ impl Default for TrainingConfig {
         TrainingConfig {
             objective: ObjectiveKind::Plain,
             elr_scale: DEFAULT_ELR_SCALE,
+            disentangle_lambda: DEFAULT_DISENTANGLE_LAMBDA,
+            disentangle_dim: DEFAULT_DISENTANGLE_DIM,
+            dann_lambda: DEFAULT_DANN_LAMBDA,
         }
     }
 }
+
+/// Default weight of the disentangle objective's mutual-information penalty.
+pub const DEFAULT_DISENTANGLE_LAMBDA: f64 = 0.1;
+/// Default size of each of the disentangle objective's feature parts.
+pub const DEFAULT_DISENTANGLE_DIM: u32 = 32;
+/// Default weight of DANN's reversed gradient (the paper's value, reached after warm-up).
+pub const DEFAULT_DANN_LAMBDA: f64 = 1.0;
 
 /// The search keys ELR mode replaces with `search.elr`: setting them in ELR mode is an error.
 pub const ELR_REPLACED_KEYS: [&str; 2] = ["learning_rate", "weight_decay"];
@@ -406,51 +399,7 @@ impl ExperimentSpec {
         if b.max_epochs == Some(0) {
             return key("budget.max_epochs", "must be positive".into());
         }
-        let d = &self.data;
-        match d.dataset.as_str() {
-            "fashion-mnist" => {
-                for (k, v) in [
-                    ("data.train_images", &d.train_images),
-                    ("data.train_labels", &d.train_labels),
-                    ("data.test_images", &d.test_images),
-                    ("data.test_labels", &d.test_labels),
-                ] {
-                    if v.is_some() {
-                        return key(k, "is only allowed with dataset = \"idx\"".into());
-                    }
-                }
-            }
-            "idx" => {
-                for (k, v) in [
-                    ("data.train_images", &d.train_images),
-                    ("data.train_labels", &d.train_labels),
-                    ("data.test_images", &d.test_images),
-                    ("data.test_labels", &d.test_labels),
-                ] {
-                    if v.as_deref().is_none_or(|p| p.trim().is_empty()) {
-                        return key(k, "is required with dataset = \"idx\"".into());
-                    }
-                }
-            }
-            other => {
-                return key(
-                    "data.dataset",
-                    format!("must be \"fashion-mnist\" or \"idx\", got {other:?}"),
-                )
-            }
-        }
-        if !(d.validation_fraction > 0.0 && d.validation_fraction < 0.9) {
-            return key(
-                "data.validation_fraction",
-                format!("must be in (0, 0.9), got {}", d.validation_fraction),
-            );
-        }
-        if d.train_subset != 0 && d.train_subset < 100 {
-            return key(
-                "data.train_subset",
-                format!("must be 0 (all) or at least 100, got {}", d.train_subset),
-            );
-        }
+        self.data.validate()?;
         let a = &self.annealing;
         if !(a.initial_temperature.is_finite() && a.initial_temperature > 0.0) {
             return key(
@@ -535,15 +484,29 @@ impl ExperimentSpec {
                 format!("must be in [1, 100], got {}", t.elr_scale),
             );
         }
-        match t.objective {
-            ObjectiveKind::Plain => {
-                if self.search.elr.is_some() {
-                    return key(
-                        "search.elr",
-                        "is only used in ELR mode: set training.objective = \"elr\"".into(),
-                    );
-                }
+        for (k, lambda) in [
+            ("training.disentangle_lambda", t.disentangle_lambda),
+            ("training.dann_lambda", t.dann_lambda),
+        ] {
+            if !(lambda.is_finite() && (0.0..=100.0).contains(&lambda)) {
+                return key(k, format!("must be in [0, 100], got {lambda}"));
             }
+        }
+        if !(1..=1024).contains(&t.disentangle_dim) {
+            return key(
+                "training.disentangle_dim",
+                format!("must be 1..=1024, got {}", t.disentangle_dim),
+            );
+        }
+        if t.objective != ObjectiveKind::Elr && self.search.elr.is_some() {
+            return key(
+                "search.elr",
+                "is only used in ELR mode: set training.objective = \"elr\"".into(),
+            );
+        }
+        match t.objective {
+            ObjectiveKind::Disentangle | ObjectiveKind::Dann => self.check_domains()?,
+            ObjectiveKind::Plain => {}
             ObjectiveKind::Elr => {
                 for (i, seed) in self.seeds.iter().enumerate() {
                     let resolved = seed.resolve(i, None)?;
@@ -562,14 +525,52 @@ impl ExperimentSpec {
         Ok(())
     }
 
+    /// The domain objectives need labelled domains: at least two training domains in
+    /// `[[data.domains]]`, and for `disentangle` a target domain (whose test file is what the
+    /// disentangled features are for).
+    fn check_domains(&self) -> Result<(), CommonError> {
+        let (objective, needs_target) = match self.training.objective {
+            ObjectiveKind::Disentangle => ("disentangle", true),
+            _ => ("dann", false),
+        };
+        let training = self.data.training_domains().count();
+        if training < 2 {
+            return Err(CommonError::SpecKey {
+                key: "data.domains".into(),
+                reason: format!(
+                    "objective = \"{objective}\" needs at least two training domains \
+                     ([[data.domains]] with target = false), got {training}"
+                ),
+            });
+        }
+        if needs_target && self.data.target_domain().is_none() {
+            return Err(CommonError::SpecKey {
+                key: "data.domains".into(),
+                reason: format!(
+                    "objective = \"{objective}\" needs a target domain ([[data.domains]] with \
+                     target = true): its test file measures the transfer"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The objective a seed trial trains with: plain, or in ELR mode the seed's own ELR
     /// settings if it has them, else its learning rate converted to its equivalent learning rate on a default-initialised network, clamped
     /// into `search.elr`.
     pub fn seed_objective(&self, seed: &HyperParams) -> Objective {
-        match (self.training.objective, seed.objective) {
+        let t = &self.training;
+        match (t.objective, seed.objective) {
             (ObjectiveKind::Plain, _) => Objective::Plain,
+            (ObjectiveKind::Disentangle, _) => Objective::Disentangle {
+                lambda: t.disentangle_lambda,
+                dim: t.disentangle_dim,
+            },
+            (ObjectiveKind::Dann, _) => Objective::Dann {
+                lambda: t.dann_lambda,
+            },
             (ObjectiveKind::Elr, given @ Objective::Elr { .. }) => given,
-            (ObjectiveKind::Elr, Objective::Plain) => {
+            (ObjectiveKind::Elr, _) => {
                 let [lo, hi] = self.search.elr_range();
                 Objective::Elr {
                     elr: (seed.learning_rate / DEFAULT_INIT_SQUARED_NORM).clamp(lo, hi),
@@ -923,6 +924,73 @@ max_trials = 4
             }
         }
         assert!(seen >= 2, "{seen} example specs in {}", dir.display());
+    }
+
+    const THREE_ROTATIONS: &str = r#"
+[[data.domains]]
+name = "r15"
+transform = { rotate = 15 }
+[[data.domains]]
+name = "r30"
+transform = { rotate = 30 }
+[[data.domains]]
+name = "upright"
+target = true
+"#;
+
+    #[test]
+    fn domain_objectives_need_labelled_domains() {
+        for objective in ["disentangle", "dann"] {
+            let bare = format!("{MINIMAL}[training]\nobjective = \"{objective}\"\n");
+            let err = ExperimentSpec::from_toml(&bare).unwrap_err().to_string();
+            assert!(
+                err.contains("data.domains") && err.contains("two training domains"),
+                "{err}"
+            );
+            let one = format!(
+                "{bare}[[data.domains]]\nname = \"a\"\n[[data.domains]]\nname = \"t\"\ntarget = true\n"
+            );
+            let err = ExperimentSpec::from_toml(&one).unwrap_err().to_string();
+            assert!(err.contains("got 1"), "{err}");
+            let spec = ExperimentSpec::from_toml(&format!("{bare}{THREE_ROTATIONS}")).unwrap();
+            assert_eq!(spec.data.training_domains().count(), 2);
+        }
+        let no_target = format!(
+            "{MINIMAL}[training]\nobjective = \"disentangle\"\n[[data.domains]]\nname = \"a\"\n[[data.domains]]\nname = \"b\"\ntransform = {{ invert = true }}\n"
+        );
+        let err = ExperimentSpec::from_toml(&no_target)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("target domain"), "{err}");
+        // DANN trains on the training domains alone; a target is optional
+        let dann = no_target.replace("disentangle", "dann");
+        ExperimentSpec::from_toml(&dann).unwrap();
+    }
+
+    #[test]
+    fn domain_objectives_reach_the_seed_hyperparameters() {
+        let text = format!(
+            "{MINIMAL}[training]\nobjective = \"disentangle\"\ndisentangle_lambda = 0.5\ndisentangle_dim = 16\n{THREE_ROTATIONS}"
+        );
+        let spec = ExperimentSpec::from_toml(&text).unwrap();
+        let seeds = spec.resolve_seeds(None).unwrap();
+        assert_eq!(
+            seeds[0].hparams.objective,
+            Objective::Disentangle {
+                lambda: 0.5,
+                dim: 16
+            }
+        );
+        let plain = format!("{MINIMAL}{THREE_ROTATIONS}");
+        let spec = ExperimentSpec::from_toml(&plain).unwrap();
+        assert_eq!(
+            spec.resolve_seeds(None).unwrap()[0].hparams.objective,
+            Objective::Plain
+        );
+        assert_eq!(
+            ExperimentSpec::from_toml(&spec.to_toml().unwrap()).unwrap(),
+            spec
+        );
     }
 
     #[test]

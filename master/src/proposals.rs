@@ -12,8 +12,8 @@
 //!    scored), up to [`FALLBACK_BASES`] bases in all; 1–3 share `FALLBACK_BASES ×
 //!    FALLBACK_TRIES` mutations equally (a small pool gets more tries per base);
 //! 4. fresh hyperparameters ([`mutation::sample_hparams`]) for each distinct architecture among
-//!    all these bases, `(FALLBACK_BASES + 1) × FRESH_TRIES` samples shared equally (plain
-//!    objective only, since the sampler draws plain-objective settings).
+//!    all these bases, `(FALLBACK_BASES + 1) × FRESH_TRIES` samples shared equally, each with
+//!    its base's objective (not in ELR mode, whose step size the sampler does not draw).
 //!
 //! Only when none of this yields a candidate does the proposal report [`Exhausted`]: after at
 //! most [`MAX_ATTEMPTS`] candidates over at most `1 + FALLBACK_BASES` bases, whatever the pool's
@@ -256,12 +256,13 @@ impl Search<'_> {
         let genome =
             Genome::from_json(&base.genome_json).map_err(explore_common::CommonError::from)?;
         let hparams = HyperParams::from_json(&base.hparams_json)?;
-        if !hparams.objective.is_plain() || self.spec.search.check_constraints(&genome).is_err() {
+        if hparams.objective.is_elr() || self.spec.search.check_constraints(&genome).is_err() {
             return Ok(None);
         }
         for _ in 0..tries {
             *attempts += 1;
-            let sampled = mutation::sample_hparams(&self.spec.search, rng);
+            let mut sampled = mutation::sample_hparams(&self.spec.search, rng);
+            sampled.objective = hparams.objective;
             if sampled == hparams || mutation::check_objective(&genome, &sampled).is_err() {
                 continue;
             }

@@ -3,7 +3,9 @@
 //! workers. Every trial must record its objective in its hyperparameters and the ELR metrics of
 //! its epochs in the pool (norms held at their initial values); mutations must move the ELR and
 //! never learning rate or weight decay; the exported best model, with its cosine head, must
-//! re-score to its reported accuracy.
+//! re-score to its reported accuracy. Then the domain objectives (S5 and its DANN baseline) on
+//! rotated Fashion-MNIST domains: every trial records its objective and the per-epoch domain
+//! metrics, and its score is the training domains' validation accuracy.
 
 use explore_tests::{
     describe, require_fashion_mnist, rescore_export, start_workers, submit_and_list_trials,
@@ -126,4 +128,98 @@ fn an_elr_experiment_records_its_objective_and_metrics_and_exports_a_rescorable_
         (val - reported).abs() < 1e-9,
         "re-scored {val}, reported {reported}"
     );
+}
+
+/// Two rotated training domains and an upright target, from a small Fashion-MNIST subset.
+fn domain_spec(objective: &str) -> String {
+    format!(
+        r#"
+name = "e2e-{objective}"
+seed = {SEED}
+
+[budget]
+max_trials = 3
+
+[data]
+dataset = "fashion-mnist"
+train_subset = 600
+test_subset = {TEST_SUBSET}
+validation_fraction = 0.2
+
+[[data.domains]]
+name = "rot30"
+transform = {{ rotate = 30 }}
+
+[[data.domains]]
+name = "rot60"
+transform = {{ rotate = 60 }}
+
+[[data.domains]]
+name = "upright"
+target = true
+
+[training]
+objective = "{objective}"
+disentangle_dim = 16
+
+[early_stopping]
+rule = "none"
+
+[inheritance]
+enabled = false
+
+[search]
+epochs = [2, 2]
+channels = [8, 16]
+dense_units = [32]
+batch_sizes = [64]
+optimizers = ["adam"]
+schedules = ["constant"]
+
+[[seeds]]
+preset = "cnn2"
+hparams = {{ optimizer = "adam", learning_rate = 0.002, schedule = "constant", batch_size = 64, weight_decay = 0.0, epochs = 2 }}
+"#
+    )
+}
+
+#[test]
+fn domain_objectives_record_their_objective_and_domain_metrics_through_the_cluster() {
+    require_fashion_mnist();
+    let tmp = tempfile::tempdir().unwrap();
+    let master = MasterProc::start(
+        &tmp.path().join("master"),
+        &["--heartbeat-secs", "1", "--lease-secs", "20"],
+    )
+    .unwrap();
+    let _workers = start_workers(&master, tmp.path(), 2).unwrap();
+    for objective in ["disentangle", "dann"] {
+        let dir = tmp.path().join(objective);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (_, trials) = submit_and_list_trials(&master, &dir, &domain_spec(objective)).unwrap();
+        let dump = serde_json::to_string_pretty(&trials).unwrap();
+        let completed: Vec<_> = trials
+            .iter()
+            .filter(|t| t["status"] == "completed")
+            .collect();
+        assert_eq!(completed.len(), 3, "{dump}");
+        for t in &completed {
+            let settings = &t["hparams"]["objective"][objective];
+            assert!(settings.is_object(), "{objective} not recorded: {dump}");
+            if objective == "disentangle" {
+                assert_eq!(settings["dim"], 16, "{dump}");
+            }
+            let metrics = &t["epoch_metrics"];
+            for key in ["target_acc", "domain_probe", "probe_chance"] {
+                let value = metrics[format!("{objective}.{key}")]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{objective}.{key} missing: {dump}"));
+                assert!((0.0..=1.0).contains(&value), "{dump}");
+            }
+            assert_eq!(metrics[format!("{objective}.probe_chance")], 0.5, "{dump}");
+            // the score is the training domains' validation accuracy: after two epochs on
+            // 1,200 rotated images, above the chance of 10 classes
+            assert!(t["score"].as_f64().unwrap() > 0.15, "{dump}");
+        }
+    }
 }

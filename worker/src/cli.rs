@@ -118,6 +118,7 @@ impl SplitArgs {
             test_subset: self.test_subset,
             validation_fraction: self.validation_fraction,
             split_seed: self.split_seed,
+            per_class: 0,
         }
     }
 }

@@ -16,7 +16,13 @@
 //! with the mean and standard deviation of the training split (not the validation or test
 //! split); labels become `i64` tensors `[N]`.
 
+mod digits;
+mod domains;
 mod idx;
+mod transform;
+
+pub use digits::DIGITS_TEST_ROWS;
+pub use domains::DataPlan;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,11 +49,28 @@ const FASHION_MNIST_FILES: [&str; 4] = [
     "t10k-labels-idx1-ubyte",
 ];
 
-/// Where a dataset's four IDX files are.
+/// Where `scripts/setup.sh` installs the datasets that have no Debian package (MNIST, digits):
+/// `$EXPLORE_DATA_DIR`, else `$EXPLORE_CACHE/data`, else `~/.cache/explore/data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EXPLORE_DATA_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(cache) = std::env::var_os("EXPLORE_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(cache).join("data");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".cache/explore/data")
+}
+
+/// Where a dataset's files are.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DataSource {
     /// Fashion-MNIST in `dir`, under its usual file names (gzipped or not).
     FashionMnist { dir: PathBuf },
+    /// MNIST in `dir` (`<data dir>/mnist`), under its usual file names (gzipped or not).
+    Mnist { dir: PathBuf },
+    /// scikit-learn's 8×8 digits, one CSV file (see the `digits` module).
+    Digits { file: PathBuf },
     /// Four explicit IDX files (optionally gzipped).
     Idx {
         train_images: PathBuf,
@@ -66,46 +89,63 @@ impl DataSource {
     }
 
     /// The source an experiment's `[data]` section names; `fashion_mnist_dir` is where this
-    /// worker keeps Fashion-MNIST.
+    /// worker keeps Fashion-MNIST, [`default_data_dir`] where it keeps MNIST and digits.
     pub fn from_config(cfg: &DataConfig, fashion_mnist_dir: &Path) -> Result<Self, WorkerError> {
-        match cfg.dataset.as_str() {
+        if cfg.dataset == "idx" {
+            let need = |value: &Option<String>, key: &str| {
+                value.as_ref().map(PathBuf::from).ok_or_else(|| {
+                    WorkerError::Source(format!("data.{key} is required with dataset = \"idx\""))
+                })
+            };
+            return Ok(DataSource::Idx {
+                train_images: need(&cfg.train_images, "train_images")?,
+                train_labels: need(&cfg.train_labels, "train_labels")?,
+                test_images: need(&cfg.test_images, "test_images")?,
+                test_labels: need(&cfg.test_labels, "test_labels")?,
+            });
+        }
+        Self::named(&cfg.dataset, fashion_mnist_dir, &default_data_dir())
+    }
+
+    /// A dataset known by name: Fashion-MNIST in `fashion_mnist_dir`, MNIST and digits under
+    /// `data_dir`.
+    pub fn named(
+        name: &str,
+        fashion_mnist_dir: &Path,
+        data_dir: &Path,
+    ) -> Result<Self, WorkerError> {
+        match name {
             "fashion-mnist" | "fashion_mnist" => Ok(DataSource::FashionMnist {
                 dir: fashion_mnist_dir.to_path_buf(),
             }),
-            "idx" => {
-                let need = |value: &Option<String>, key: &str| {
-                    value.as_ref().map(PathBuf::from).ok_or_else(|| {
-                        WorkerError::Source(format!(
-                            "data.{key} is required with dataset = \"idx\""
-                        ))
-                    })
-                };
-                Ok(DataSource::Idx {
-                    train_images: need(&cfg.train_images, "train_images")?,
-                    train_labels: need(&cfg.train_labels, "train_labels")?,
-                    test_images: need(&cfg.test_images, "test_images")?,
-                    test_labels: need(&cfg.test_labels, "test_labels")?,
-                })
-            }
+            "mnist" => Ok(DataSource::Mnist {
+                dir: data_dir.join("mnist"),
+            }),
+            "digits" => Ok(DataSource::Digits {
+                file: data_dir.join("digits/digits.csv.gz"),
+            }),
             other => Err(WorkerError::Source(format!(
-                "unknown dataset {other:?}, expected \"fashion-mnist\" or \"idx\""
+                "unknown dataset {other:?}, expected \"fashion-mnist\", \"mnist\", \"digits\" or \"idx\""
             ))),
         }
     }
 
-    /// Paths of the training images, training labels, test images and test labels. For
-    /// Fashion-MNIST each is the `.gz` file, or the uncompressed one when only that exists.
+    /// Paths of the training images, training labels, test images and test labels (for
+    /// digits, four times its one file). For Fashion-MNIST and MNIST each is the `.gz` file, or
+    /// the uncompressed one when only that exists.
     pub fn files(&self) -> [PathBuf; 4] {
         match self {
-            DataSource::FashionMnist { dir } => FASHION_MNIST_FILES.map(|name| {
-                let gz = dir.join(format!("{name}.gz"));
-                let raw = dir.join(name);
-                if !gz.exists() && raw.exists() {
-                    raw
-                } else {
-                    gz
-                }
-            }),
+            DataSource::Digits { file } => [file.clone(), file.clone(), file.clone(), file.clone()],
+            DataSource::FashionMnist { dir } | DataSource::Mnist { dir } => FASHION_MNIST_FILES
+                .map(|name| {
+                    let gz = dir.join(format!("{name}.gz"));
+                    let raw = dir.join(name);
+                    if !gz.exists() && raw.exists() {
+                        raw
+                    } else {
+                        gz
+                    }
+                }),
             DataSource::Idx {
                 train_images,
                 train_labels,
@@ -130,6 +170,11 @@ impl DataSource {
                 "install it with `apt-get install dataset-fashion-mnist` (into {FASHION_MNIST_DIR}) \
                  or put the fashion-mnist files into {}",
                 dir.display()
+            ),
+            DataSource::Mnist { .. } | DataSource::Digits { .. } => format!(
+                "run scripts/setup.sh, which installs MNIST and the digits into {} \
+                 ($EXPLORE_DATA_DIR overrides it)",
+                default_data_dir().display()
             ),
             DataSource::Idx { .. } => "check the path".to_string(),
         }
@@ -157,6 +202,23 @@ pub struct Dataset {
 impl Dataset {
     /// Reads and checks the four files of `source`; errors name the offending file.
     pub fn load(source: &DataSource) -> Result<Dataset, WorkerError> {
+        if let DataSource::Digits { file } = source {
+            let digits = digits::read(file, &source.missing_hint())?;
+            let dataset = Dataset::from_raw(
+                (1, 8, 8),
+                digits.train.0,
+                digits.train.1,
+                digits.test.0,
+                digits.test.1,
+            )?;
+            info!(
+                train = dataset.train_len(),
+                test = dataset.test_len(),
+                source = %file.display(),
+                "dataset loaded"
+            );
+            return Ok(dataset);
+        }
         let [train_images, train_labels, test_images, test_labels] = source.files();
         let hint = source.missing_hint();
         let train = idx::read_images(&train_images, &hint)?;
@@ -273,16 +335,71 @@ impl Dataset {
     /// Builds the tensors of one split on `device`; see the module documentation for the exact
     /// semantics.
     pub fn split(&self, cfg: &SplitConfig, device: Device) -> Result<SplitData, WorkerError> {
-        let (train_idx, val_idx) = split_indices(self.train_len(), cfg)?;
-        let test_n = match cfg.test_subset as usize {
+        let (train_idx, val_idx) = self.select(cfg, cfg.split_seed)?;
+        let test_n = self.test_count(cfg);
+        self.split_at(&train_idx, &val_idx, test_n, device)
+    }
+
+    /// The training and validation indices into the training file: [`split_indices`], or with
+    /// `per_class` the first `per_class` examples of each class in the seeded order, of which
+    /// the last `round(n × validation_fraction)` are held out.
+    pub(crate) fn select(
+        &self,
+        cfg: &SplitConfig,
+        seed: u64,
+    ) -> Result<(Vec<usize>, Vec<usize>), WorkerError> {
+        let seeded = SplitConfig {
+            split_seed: seed,
+            ..cfg.clone()
+        };
+        if cfg.per_class == 0 {
+            return split_indices(self.train_len(), &seeded);
+        }
+        let mut order: Vec<usize> = (0..self.train_len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        let mut taken = vec![0u32; self.num_classes as usize];
+        order.retain(|&i| {
+            let class = &mut taken[self.train_labels[i] as usize];
+            *class += 1;
+            *class <= cfg.per_class
+        });
+        let n = order.len();
+        let n_val = (n as f64 * cfg.validation_fraction).round() as usize;
+        if n_val == 0 || n_val >= n {
+            return Err(WorkerError::Split(format!(
+                "per_class = {} keeps {n} training examples; validation_fraction {} leaves {n_val} \
+                 for validation and {} for training; both need at least one",
+                cfg.per_class,
+                cfg.validation_fraction,
+                n.saturating_sub(n_val)
+            )));
+        }
+        let val = order.split_off(n - n_val);
+        Ok((order, val))
+    }
+
+    /// How many test examples a split uses: the first `test_subset` (all when 0).
+    pub(crate) fn test_count(&self, cfg: &SplitConfig) -> usize {
+        match cfg.test_subset as usize {
             0 => self.test_len(),
             k => k.min(self.test_len()),
-        };
-        let lut = self.normalisation_table(&train_idx);
-        let train_x = self.images_tensor(&self.train_images, &train_idx, &lut, device)?;
-        let train_y = labels_tensor(&self.train_labels, &train_idx, device)?;
-        let val_x = self.images_tensor(&self.train_images, &val_idx, &lut, device)?;
-        let val_y = labels_tensor(&self.train_labels, &val_idx, device)?;
+        }
+    }
+
+    /// The tensors of the split with these training and validation indices (into the training
+    /// file) and the first `test_n` test examples, normalised with the training examples.
+    pub(crate) fn split_at(
+        &self,
+        train_idx: &[usize],
+        val_idx: &[usize],
+        test_n: usize,
+        device: Device,
+    ) -> Result<SplitData, WorkerError> {
+        let lut = self.normalisation_table(train_idx);
+        let train_x = self.images_tensor(&self.train_images, train_idx, &lut, device)?;
+        let train_y = labels_tensor(&self.train_labels, train_idx, device)?;
+        let val_x = self.images_tensor(&self.train_images, val_idx, &lut, device)?;
+        let val_y = labels_tensor(&self.train_labels, val_idx, device)?;
         let test_idx: Vec<usize> = (0..test_n).collect();
         let test_x = self.images_tensor(&self.test_images, &test_idx, &lut, device)?;
         let test_y = labels_tensor(&self.test_labels, &test_idx, device)?;
@@ -432,6 +549,8 @@ pub struct SplitConfig {
     pub validation_fraction: f64,
     /// Seed of the permutation that picks the subset and the validation split.
     pub split_seed: u64,
+    /// Few-shot: keep this many training examples per class before the hold-out (0 = all).
+    pub per_class: u32,
 }
 
 impl Default for SplitConfig {
@@ -441,6 +560,7 @@ impl Default for SplitConfig {
             test_subset: 0,
             validation_fraction: 0.1,
             split_seed: 42,
+            per_class: 0,
         }
     }
 }
@@ -453,6 +573,7 @@ impl SplitConfig {
             test_subset: cfg.test_subset,
             validation_fraction: cfg.validation_fraction,
             split_seed,
+            per_class: cfg.per_class,
         }
     }
 }

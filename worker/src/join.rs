@@ -26,7 +26,7 @@ use tch::Device;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::data::{DataSource, Dataset, DatasetCache, SplitConfig, SplitData};
+use crate::data::{DataPlan, DatasetCache, SplitConfig, SplitData};
 use crate::error::WorkerError;
 use crate::train::{train_trial, Control, EpochReport, RemoveOnDrop, TrialOutcome, TrialPlan};
 
@@ -59,8 +59,9 @@ const EPOCH_ACK_WAIT: Duration = Duration::from_secs(10);
 struct PreparedTrial {
     trial: proto::Trial,
     plan: TrialPlan,
-    source: DataSource,
-    dataset: Arc<Dataset>,
+    /// Identifies the data (the `[data]` section as the trial carries it) for split reuse.
+    data_key: String,
+    dataset: DataPlan,
     split: SplitConfig,
     cancel: Arc<AtomicBool>,
     /// The downloaded parent checkpoint named by `plan.parent_checkpoint`, deleted on drop.
@@ -363,13 +364,15 @@ async fn prepare(
         .ok_or_else(|| WorkerError::Genome("trial.data is missing".into()))?;
     let (data_config, split_seed) =
         data_spec_from_proto(data).map_err(|e| WorkerError::Genome(e.to_string()))?;
-    let source = DataSource::from_config(&data_config, &config.fashion_mnist_dir)?;
     let split = SplitConfig::from_config(&data_config, split_seed);
     let cache = cache.clone();
-    let load_source = source.clone();
-    let dataset = tokio::task::spawn_blocking(move || cache.get_or_load(&load_source))
-        .await
-        .map_err(|e| WorkerError::Torch(format!("data loading task: {e}")))??;
+    let data_key = format!("{data_config:?}");
+    let fashion_mnist_dir = config.fashion_mnist_dir.clone();
+    let dataset = tokio::task::spawn_blocking(move || {
+        DataPlan::resolve(&data_config, &fashion_mnist_dir, &cache)
+    })
+    .await
+    .map_err(|e| WorkerError::Torch(format!("data loading task: {e}")))??;
     if dataset.input_shape() != genome.input {
         return Err(WorkerError::Genome(format!(
             "genome expects input {:?} but the dataset has {:?}",
@@ -390,7 +393,7 @@ async fn prepare(
     Ok(PreparedTrial {
         trial,
         plan,
-        source,
+        data_key,
         dataset,
         split,
         cancel,
@@ -456,7 +459,7 @@ async fn train_and_report(
     let PreparedTrial {
         trial,
         plan,
-        source,
+        data_key,
         dataset,
         split,
         cancel,
@@ -464,7 +467,7 @@ async fn train_and_report(
     } = prepared;
     let trial_id = trial.trial_id.clone();
     let device = config.device;
-    let key = format!("{source:?}|{split:?}|{device:?}");
+    let key = format!("{data_key}|{split:?}|{device:?}");
     let reuse = split_cache.take().filter(|(k, _)| *k == key);
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<EpochReport>();
     // The forwarder acknowledges each report once the master has answered it, so a stop decided

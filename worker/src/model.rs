@@ -14,9 +14,10 @@
 //! `running_var`), e.g. `b4.weight` or `b3.r1.bias`.
 //!
 //! [`build_with`] varies two things for the training objectives (see [`crate::objective`]): the
-//! head ([`Head::Linear`], or ELR mode's scale-invariant [`Head::Cosine`], which has no bias and
+//! head ([`Head::Linear`]; ELR mode's scale-invariant [`Head::Cosine`], which has no bias and
 //! stores its scale as the untrained tensor `head.scale` so a checkpoint says which head it
-//! needs), and an optimizer group for the scale-invariant weights
+//! needs; or the disentangle objective's [`Head::Split`], whose `split.*` tensors say the same),
+//! and an optimizer group for the scale-invariant weights
 //! ([`Genome::scale_invariant_weights`] and the cosine head's weight).
 
 use std::collections::HashSet;
@@ -74,6 +75,11 @@ pub enum Head {
     /// ELR mode's scale-invariant head: `logits = scale · normalize(x) · normalize(W)ᵀ`
     /// (`head.weight`; `head.scale` holds the scale, untrained).
     Cosine { scale: f64 },
+    /// The disentangle objective's split head: the trunk's features are projected into an
+    /// invariant part (`split.inv`) and a specific part (`split.spec`) of `dim` values each; the
+    /// class head (`head`) sees only the invariant part, a domain head (`split.domain`, `domains`
+    /// outputs) only the specific part. Inference uses the invariant path alone.
+    Split { dim: u32, domains: u32 },
 }
 
 /// What [`build_with`] varies.
@@ -103,6 +109,28 @@ const NORMALIZE_EPS: f64 = 1e-12;
 pub struct GenomeNet {
     layers: Vec<Layer>,
     head: Layer,
+    split: Option<SplitLayers>,
+}
+
+/// The projections of a [`Head::Split`] network.
+#[derive(Debug)]
+struct SplitLayers {
+    invariant: Layer,
+    specific: Layer,
+    domain: Layer,
+}
+
+/// What a [`Head::Split`] network computes for a batch.
+#[derive(Debug)]
+pub struct SplitOutput {
+    /// The domain-invariant features `[N, dim]`.
+    pub invariant: Tensor,
+    /// The domain-specific features `[N, dim]`.
+    pub specific: Tensor,
+    /// Class logits from the invariant features `[N, num_classes]`.
+    pub logits: Tensor,
+    /// Domain logits from the specific features `[N, domains]`.
+    pub domain_logits: Tensor,
 }
 
 /// Creates the variables of `genome` under `vs_root` with a linear head and returns the network.
@@ -164,8 +192,31 @@ pub fn build_with(
             let _ = tch::no_grad(|| stored.f_fill_(scale))?;
             Layer::Cosine { weight, scale }
         }
+        Head::Split { dim, domains } => {
+            if dim == 0 || domains == 0 {
+                return Err(WorkerError::Genome(format!(
+                    "a split head needs at least one feature and one domain, got dim {dim} and {domains} domains"
+                )));
+            }
+            let split_path = vs_root / "split";
+            let split = SplitLayers {
+                invariant: dense(&(&split_path / "inv"), shape.numel(), dim)?,
+                specific: dense(&(&split_path / "spec"), shape.numel(), dim)?,
+                domain: dense(&(&split_path / "domain"), dim as u64, domains)?,
+            };
+            let head = dense(&head_path, dim as u64, genome.num_classes)?;
+            return Ok(GenomeNet {
+                layers,
+                head,
+                split: Some(split),
+            });
+        }
     };
-    Ok(GenomeNet { layers, head })
+    Ok(GenomeNet {
+        layers,
+        head,
+        split: None,
+    })
 }
 
 /// Creates layers, putting the scale-invariant weights into their optimizer group.
@@ -418,13 +469,54 @@ fn unit_rows(m: &Tensor) -> Result<Tensor, TchError> {
 
 impl GenomeNet {
     /// Computes the logits `[N, num_classes]` of a batch `[N, C, H, W]`; `train` enables
-    /// dropout and batch statistics (and updates the running statistics).
+    /// dropout and batch statistics (and updates the running statistics). A split network
+    /// classifies from its invariant features.
     pub fn f_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, TchError> {
+        let features = self.f_features_t(xs, train)?;
+        self.f_head(&features, train)
+    }
+
+    /// The trunk's output for a batch, flattened to `[N, features]`: what the head sees.
+    pub fn f_features_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, TchError> {
         let mut ys = xs.shallow_clone();
         for layer in &self.layers {
             ys = layer.forward(&ys, train)?;
         }
-        self.head.forward(&ys, train)
+        if ys.dim() > 2 {
+            ys.f_flatten(1, -1)
+        } else {
+            Ok(ys)
+        }
+    }
+
+    /// The logits of trunk features from [`GenomeNet::f_features_t`] (through the invariant
+    /// projection first in a split network).
+    pub fn f_head(&self, features: &Tensor, train: bool) -> Result<Tensor, TchError> {
+        match &self.split {
+            None => self.head.forward(features, train),
+            Some(split) => {
+                let invariant = split.invariant.forward(features, train)?;
+                self.head.forward(&invariant, train)
+            }
+        }
+    }
+
+    /// Both feature parts and both heads of a [`Head::Split`] network; `None` for other heads.
+    pub fn f_split_t(&self, xs: &Tensor, train: bool) -> Result<Option<SplitOutput>, TchError> {
+        let Some(split) = &self.split else {
+            return Ok(None);
+        };
+        let features = self.f_features_t(xs, train)?;
+        let invariant = split.invariant.forward(&features, train)?;
+        let specific = split.specific.forward(&features, train)?;
+        let logits = self.head.forward(&invariant, train)?;
+        let domain_logits = split.domain.forward(&specific, train)?;
+        Ok(Some(SplitOutput {
+            invariant,
+            specific,
+            logits,
+            domain_logits,
+        }))
     }
 }
 

@@ -27,7 +27,7 @@ use crate::data::SplitData;
 use crate::error::WorkerError;
 use crate::inherit::{inherit_from_file, Inherited};
 use crate::model::{self, BuildOptions, GenomeNet, Head};
-use crate::objective;
+use crate::objective::{self, Batch, EpochData};
 
 /// Examples per forward pass when evaluating on a GPU.
 const EVAL_BATCH_GPU: i64 = 1000;
@@ -144,7 +144,7 @@ pub fn train_trial(
     let total_steps = steps_per_epoch * hp.epochs as usize;
 
     tch::manual_seed(plan.seed as i64);
-    let mut objective = objective::for_trial(&plan.genome, hp);
+    let mut objective = objective::for_trial(&plan.genome, hp, data.num_domains())?;
     let vs = nn::VarStore::new(device);
     let net = objective.build(&vs.root(), &plan.genome)?;
     let params = model::trainable_params(&vs);
@@ -156,6 +156,17 @@ pub fn train_trial(
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
     rng.set_stream(1);
     let [train_x, train_y, val_x, val_y, test_x, test_y] = on_device(data, device)?;
+    let train_domain = optional_on_device(&data.train_domain, device)?;
+    let val_domain = optional_on_device(&data.val_domain, device)?;
+    let epoch_data = EpochData {
+        train_x: &train_x,
+        train_domain: train_domain.as_ref(),
+        val_x: &val_x,
+        val_domain: val_domain.as_ref(),
+        test_x: &test_x,
+        test_y: &test_y,
+        num_domains: data.num_domains(),
+    };
     debug!(
         params,
         objective = objective.name(),
@@ -186,7 +197,16 @@ pub fn train_trial(
             let idx = perm.f_narrow(0, start, len)?;
             let xs = train_x.f_index_select(0, &idx)?;
             let ys = train_y.f_index_select(0, &idx)?;
-            let loss = objective.step(&net, &mut opt, &xs, &ys)?;
+            let domains = match &train_domain {
+                Some(d) => Some(d.f_index_select(0, &idx)?),
+                None => None,
+            };
+            let batch = Batch {
+                xs: &xs,
+                ys: &ys,
+                domains: domains.as_ref(),
+            };
+            let loss = objective.step(&net, &mut opt, &batch)?;
             objective.after_step()?;
             loss_sum = loss_sum.f_add(&loss.f_detach()?.f_mul_scalar(len)?)?;
             seen += len;
@@ -213,7 +233,7 @@ pub fn train_trial(
             total_epochs: hp.epochs,
             train_loss,
             val_accuracy,
-            metrics: objective.epoch_metrics()?,
+            metrics: objective.epoch_metrics(&net, &epoch_data)?,
         };
         debug!(epoch, train_loss, val_accuracy, "epoch finished");
         if on_epoch(&last) == Control::Stop && epoch < hp.epochs {
@@ -264,7 +284,8 @@ pub fn evaluate_checkpoint(
 }
 
 /// The head a checkpoint was trained with: [`Head::Cosine`] with the stored scale when the
-/// file has `head.scale`, else [`Head::Linear`].
+/// file has `head.scale`, [`Head::Split`] with the stored sizes when it has `split.inv.weight`
+/// and `split.domain.weight`, else [`Head::Linear`].
 pub fn head_of_checkpoint(path: &Path) -> Result<Head, WorkerError> {
     let fail = |reason: String| WorkerError::Checkpoint {
         path: path.to_path_buf(),
@@ -275,15 +296,41 @@ pub fn head_of_checkpoint(path: &Path) -> Result<Head, WorkerError> {
     }
     let tensors = Tensor::read_safetensors(path)
         .map_err(|e| fail(format!("not a readable safetensors file: {e}")))?;
-    match tensors.iter().find(|(name, _)| name == "head.scale") {
-        None => Ok(Head::Linear),
-        Some((_, t)) => {
-            let scale = f64::try_from(&t.f_view([-1])?.f_get(0)?)?;
-            if !(scale.is_finite() && scale > 0.0) {
-                return Err(fail(format!("head.scale is {scale}, not a positive scale")));
-            }
-            Ok(Head::Cosine { scale })
+    let find = |wanted: &str| {
+        tensors
+            .iter()
+            .find(|(name, _)| name == wanted)
+            .map(|(_, t)| t)
+    };
+    if let Some(t) = find("head.scale") {
+        let scale = f64::try_from(&t.f_view([-1])?.f_get(0)?)?;
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(fail(format!("head.scale is {scale}, not a positive scale")));
         }
+        return Ok(Head::Cosine { scale });
+    }
+    match (find("split.inv.weight"), find("split.domain.weight")) {
+        (None, None) => Ok(Head::Linear),
+        (Some(inv), Some(domain)) => {
+            let (inv, domain) = (inv.size(), domain.size());
+            match (inv.as_slice(), domain.as_slice()) {
+                ([dim, _], [domains, dim2]) if dim == dim2 && *dim > 0 && *domains > 0 => {
+                    Ok(Head::Split {
+                        dim: *dim as u32,
+                        domains: *domains as u32,
+                    })
+                }
+                _ => Err(fail(format!(
+                    "split.inv.weight {inv:?} and split.domain.weight {domain:?} do not fit together"
+                ))),
+            }
+        }
+        (Some(_), None) => Err(fail(
+            "has split.inv.weight but no split.domain.weight".into(),
+        )),
+        (None, Some(_)) => Err(fail(
+            "has split.domain.weight but no split.inv.weight".into(),
+        )),
     }
 }
 
@@ -424,6 +471,10 @@ fn on_device(data: &SplitData, device: Device) -> Result<[Tensor; 6], WorkerErro
         move_(&data.test_x)?,
         move_(&data.test_y)?,
     ])
+}
+
+fn optional_on_device(t: &Option<Tensor>, device: Device) -> Result<Option<Tensor>, TchError> {
+    t.as_ref().map(|t| t.f_to_device(device)).transpose()
 }
 
 /// Serialises a var store to safetensors bytes through a temporary file.

@@ -183,7 +183,7 @@ impl HpBounds {
     pub(super) fn clamp(&self, hp: &HyperParams) -> (HyperParams, Vec<String>) {
         let mut out = hp.clone();
         let mut notes = Vec::new();
-        let elr_mode = !hp.objective.is_plain();
+        let elr_mode = hp.objective.is_elr();
         let [lr_lo, lr_hi] = self.learning_rate;
         if !elr_mode {
             out.learning_rate = if hp.learning_rate.is_nan() {
@@ -281,10 +281,10 @@ fn mutate_hparams_traced<R: Rng + ?Sized>(
     let bounds = HpBounds::of(space);
     let (mut child, mut notes) = bounds.clamp(hparams);
     let wanted = if rng.gen_bool(0.5) { 2 } else { 1 };
-    let mut order: Vec<HpOp> = if hparams.objective.is_plain() {
-        HpOp::PLAIN.to_vec()
-    } else {
+    let mut order: Vec<HpOp> = if hparams.objective.is_elr() {
         HpOp::ELR.to_vec()
+    } else {
+        HpOp::PLAIN.to_vec()
     };
     order.shuffle(rng);
     let mut applied = Vec::with_capacity(wanted);

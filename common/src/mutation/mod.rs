@@ -123,7 +123,7 @@ pub fn propose<R: Rng + ?Sized>(
 /// Whether `genome` can train with the objective of `hparams`: ELR mode needs at least one
 /// scale-invariant weight in the trunk ([`Genome::scale_invariant_weights`]).
 pub fn check_objective(genome: &Genome, hparams: &HyperParams) -> Result<(), CommonError> {
-    if !hparams.objective.is_plain() && genome.scale_invariant_weights().is_empty() {
+    if hparams.objective.is_elr() && genome.scale_invariant_weights().is_empty() {
         return Err(CommonError::Mutation(
             "ELR mode needs a scale-invariant weight (a conv or dense block followed directly by batch_norm)".into(),
         ));

@@ -31,6 +31,7 @@ fn cfg(train_subset: u32, fraction: f64, seed: u64) -> SplitConfig {
         test_subset: 0,
         validation_fraction: fraction,
         split_seed: seed,
+        per_class: 0,
     }
 }
 
@@ -145,6 +146,7 @@ fn split_tensors_have_the_right_shapes_and_normalisation() {
                 test_subset: 4,
                 validation_fraction: 0.2,
                 split_seed: 3,
+                per_class: 0,
             },
             Device::Cpu,
         )
@@ -175,6 +177,7 @@ fn split_tensors_have_the_right_shapes_and_normalisation() {
                 test_subset: 4,
                 validation_fraction: 0.2,
                 split_seed: 3,
+                per_class: 0,
             },
             Device::Cpu,
         )

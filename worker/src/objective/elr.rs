@@ -43,7 +43,7 @@ use explore_common::hparams::{HyperParams, DEFAULT_INIT_SQUARED_NORM};
 use tch::nn;
 use tch::{Device, Kind, TchError, Tensor};
 
-use super::{cross_entropy_step, optimizer_for, Objective};
+use super::{cross_entropy_step, optimizer_for, Batch, EpochData, Objective};
 use crate::error::WorkerError;
 use crate::model::{self, BuildOptions, GenomeNet, Head};
 use crate::train::learning_rate;
@@ -179,10 +179,9 @@ impl Objective for Elr {
         &mut self,
         net: &GenomeNet,
         opt: &mut nn::Optimizer,
-        xs: &Tensor,
-        ys: &Tensor,
+        batch: &Batch<'_>,
     ) -> Result<Tensor, TchError> {
-        cross_entropy_step(net, opt, xs, ys)
+        cross_entropy_step(net, opt, batch)
     }
 
     fn after_step(&mut self) -> Result<(), TchError> {
@@ -205,7 +204,11 @@ impl Objective for Elr {
         })
     }
 
-    fn epoch_metrics(&mut self) -> Result<BTreeMap<String, f64>, TchError> {
+    fn epoch_metrics(
+        &mut self,
+        _net: &GenomeNet,
+        _data: &EpochData<'_>,
+    ) -> Result<BTreeMap<String, f64>, TchError> {
         let drift = match self.drift.take() {
             Some(d) => f64::try_from(&d.f_to_device(Device::Cpu)?)?,
             None => 0.0,

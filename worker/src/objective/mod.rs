@@ -8,12 +8,18 @@
 //! every optimizer step ([`Objective::after_step`]) and named per-epoch metrics
 //! ([`Objective::epoch_metrics`], sent with the heartbeat).
 //!
-//! Two implementations: [`Plain`] (cross-entropy on a linear head, the trainer's behaviour
-//! before objectives existed, bit for bit) and [`Elr`] (S3's equivalent-learning-rate mode).
+//! Four implementations: [`Plain`] (cross-entropy on a linear head, the trainer's behaviour
+//! before objectives existed, bit for bit), [`Elr`] (S3's equivalent-learning-rate mode),
+//! [`Disentangle`] (S5's domain-invariant / domain-specific split with a CLUB
+//! mutual-information penalty) and [`Dann`] (domain-adversarial training, S5's baseline).
 //! [`for_trial`] picks one from the trial's hyperparameters.
 
+mod club;
+mod dann;
+mod disentangle;
 mod elr;
 mod plain;
+mod probe;
 
 use std::collections::BTreeMap;
 
@@ -22,8 +28,12 @@ use explore_common::hparams::{HyperParams, Objective as ObjectiveSettings, Optim
 use tch::nn::{self, OptimizerConfig};
 use tch::{Reduction, TchError, Tensor};
 
+pub use club::Club;
+pub use dann::Dann;
+pub use disentangle::Disentangle;
 pub use elr::{Elr, INVARIANT_GROUP};
 pub use plain::Plain;
+pub use probe::{linear_probe_accuracy, warm_up};
 
 use crate::error::WorkerError;
 use crate::model::GenomeNet;
@@ -51,8 +61,7 @@ pub trait Objective: Send {
         &mut self,
         net: &GenomeNet,
         opt: &mut nn::Optimizer,
-        xs: &Tensor,
-        ys: &Tensor,
+        batch: &Batch<'_>,
     ) -> Result<Tensor, TchError>;
 
     /// Runs after every optimizer step.
@@ -61,20 +70,91 @@ pub trait Objective: Send {
     }
 
     /// Named metrics of the epoch just finished (names of `[a-z0-9_.]`, values finite); called
-    /// once per epoch, it may reset what it accumulates.
-    fn epoch_metrics(&mut self) -> Result<BTreeMap<String, f64>, TchError> {
+    /// once per epoch with the network and the split, it may reset what it accumulates.
+    fn epoch_metrics(
+        &mut self,
+        _net: &GenomeNet,
+        _data: &EpochData<'_>,
+    ) -> Result<BTreeMap<String, f64>, TchError> {
         Ok(BTreeMap::new())
     }
 }
 
-/// The objective that trains `genome` with `hparams` (their `objective` field decides).
-pub fn for_trial(genome: &Genome, hparams: &HyperParams) -> Box<dyn Objective> {
-    match hparams.objective {
+/// One training batch, on the training device.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    /// Images `[N, C, H, W]`.
+    pub xs: &'a Tensor,
+    /// Class labels `[N]`.
+    pub ys: &'a Tensor,
+    /// Domain indices `[N]` with multi-domain data, else `None`.
+    pub domains: Option<&'a Tensor>,
+}
+
+/// The split an objective may look at after an epoch, on the training device.
+#[derive(Debug)]
+pub struct EpochData<'a> {
+    pub train_x: &'a Tensor,
+    /// Domain index of each training example (multi-domain data only).
+    pub train_domain: Option<&'a Tensor>,
+    pub val_x: &'a Tensor,
+    /// Domain index of each validation example (multi-domain data only).
+    pub val_domain: Option<&'a Tensor>,
+    /// The test split: the target domain's with multi-domain data.
+    pub test_x: &'a Tensor,
+    pub test_y: &'a Tensor,
+    /// Number of training domains (0 for single-source data).
+    pub num_domains: usize,
+}
+
+/// The objective that trains `genome` with `hparams` (their `objective` field decides) on data
+/// with `num_domains` training domains (0 for single-source data). The domain objectives need
+/// at least two.
+pub fn for_trial(
+    genome: &Genome,
+    hparams: &HyperParams,
+    num_domains: usize,
+) -> Result<Box<dyn Objective>, WorkerError> {
+    let need_domains = |name: &str| {
+        if num_domains < 2 {
+            return Err(WorkerError::HyperParams(format!(
+                "the {name} objective needs data with at least two training domains \
+                 ([[data.domains]]), this trial's data has {num_domains}"
+            )));
+        }
+        Ok(())
+    };
+    Ok(match hparams.objective {
         ObjectiveSettings::Plain => Box::new(Plain::new(hparams.clone())),
         ObjectiveSettings::Elr { elr, scale } => {
             Box::new(Elr::new(genome.clone(), hparams.clone(), elr, scale))
         }
-    }
+        ObjectiveSettings::Disentangle { lambda, dim } => {
+            need_domains("disentangle")?;
+            Box::new(Disentangle::new(
+                hparams.clone(),
+                lambda,
+                dim,
+                num_domains as u32,
+            ))
+        }
+        ObjectiveSettings::Dann { lambda } => {
+            need_domains("dann")?;
+            Box::new(Dann::new(hparams.clone(), lambda, num_domains as u32))
+        }
+    })
+}
+
+/// The domain labels of a batch, or an error naming the objective when the data has none.
+pub(crate) fn batch_domains<'a>(
+    batch: &Batch<'a>,
+    objective: &str,
+) -> Result<&'a Tensor, TchError> {
+    batch.domains.ok_or_else(|| {
+        TchError::Kind(format!(
+            "the {objective} objective got a batch without domain labels"
+        ))
+    })
 }
 
 /// Builds the optimizer family of `hparams` over `vs` with the given weight decay: `sgd` is SGD
@@ -99,13 +179,17 @@ pub(crate) fn optimizer_for(
 pub(crate) fn cross_entropy_step(
     net: &GenomeNet,
     opt: &mut nn::Optimizer,
-    xs: &Tensor,
-    ys: &Tensor,
+    batch: &Batch<'_>,
 ) -> Result<Tensor, TchError> {
-    let logits = net.f_forward_t(xs, true)?;
-    let loss = logits.f_cross_entropy_loss::<Tensor>(ys, None, Reduction::Mean, -100, 0.0)?;
+    let logits = net.f_forward_t(batch.xs, true)?;
+    let loss = cross_entropy(&logits, batch.ys)?;
     opt.zero_grad();
     loss.f_backward()?;
     opt.step();
     Ok(loss)
+}
+
+/// Mean cross-entropy of logits `[N, K]` against labels `[N]`.
+pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, TchError> {
+    logits.f_cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0)
 }

@@ -6,7 +6,7 @@ use explore_common::hparams::HyperParams;
 use tch::nn;
 use tch::{TchError, Tensor};
 
-use super::{cross_entropy_step, optimizer_for, Objective};
+use super::{cross_entropy_step, optimizer_for, Batch, Objective};
 use crate::error::WorkerError;
 use crate::model::{self, GenomeNet};
 use crate::train::learning_rate;
@@ -52,9 +52,8 @@ impl Objective for Plain {
         &mut self,
         net: &GenomeNet,
         opt: &mut nn::Optimizer,
-        xs: &Tensor,
-        ys: &Tensor,
+        batch: &Batch<'_>,
     ) -> Result<Tensor, TchError> {
-        cross_entropy_step(net, opt, xs, ys)
+        cross_entropy_step(net, opt, batch)
     }
 }
