@@ -262,3 +262,91 @@ fn datasets_can_be_shared_across_threads() {
     fn sent<T: Send>() {}
     sent::<SplitData>();
 }
+
+/// The dataset `name` from where `scripts/setup.sh` installs it, or `None` (a skip, or a
+/// failure when data is required) when it is not there.
+fn installed(name: &str) -> Option<Dataset> {
+    let source =
+        DataSource::named(name, Path::new(FASHION_MNIST_DIR), &default_data_dir()).unwrap();
+    let file = &source.files()[0];
+    if !file.exists() {
+        assert!(
+            !data_required(),
+            "{} is missing (CI or EXPLORE_REQUIRE_DATA=1 requires it): run scripts/setup.sh",
+            file.display()
+        );
+        eprintln!(
+            "skipping: {} is missing (run scripts/setup.sh)",
+            file.display()
+        );
+        return None;
+    }
+    Some(Dataset::load(&source).unwrap())
+}
+
+#[test]
+fn mnist_loads_when_installed() {
+    let Some(ds) = installed("mnist") else { return };
+    assert_eq!((ds.channels, ds.height, ds.width), (1, 28, 28));
+    assert_eq!(
+        (ds.train_len(), ds.test_len(), ds.num_classes),
+        (60_000, 10_000, 10)
+    );
+}
+
+#[test]
+fn digits_load_when_installed_and_resize_to_mnist_geometry() {
+    let Some(ds) = installed("digits") else {
+        return;
+    };
+    assert_eq!((ds.channels, ds.height, ds.width), (1, 8, 8));
+    assert_eq!(
+        (ds.train_len(), ds.test_len(), ds.num_classes),
+        (1797 - DIGITS_TEST_ROWS, DIGITS_TEST_ROWS, 10)
+    );
+    // MNIST → digits: a training domain of 28×28 and the 8×8 digits as the target, which is
+    // resized to 28×28 and is the whole test split
+    let Some(mnist) = installed("mnist") else {
+        return;
+    };
+    let _guard = crate::testing::torch_lock();
+    let cfg = DataConfig {
+        dataset: "mnist".into(),
+        train_subset: 500,
+        domains: vec![
+            explore_common::spec::DomainConfig {
+                name: "mnist".into(),
+                dataset: None,
+                transform: Default::default(),
+                target: false,
+            },
+            explore_common::spec::DomainConfig {
+                name: "inverted".into(),
+                dataset: None,
+                transform: explore_common::spec::DomainTransform {
+                    invert: true,
+                    ..Default::default()
+                },
+                target: false,
+            },
+            explore_common::spec::DomainConfig {
+                name: "digits".into(),
+                dataset: Some("digits".into()),
+                transform: Default::default(),
+                target: true,
+            },
+        ],
+        ..DataConfig::default()
+    };
+    drop(mnist);
+    let plan = DataPlan::resolve(&cfg, Path::new(FASHION_MNIST_DIR), &DatasetCache::new()).unwrap();
+    let split = plan
+        .split(&SplitConfig::from_config(&cfg, 1), Device::Cpu)
+        .unwrap();
+    assert_eq!(
+        split.test_x.size(),
+        vec![DIGITS_TEST_ROWS as i64, 1, 28, 28]
+    );
+    assert_eq!((split.train_len(), split.val_len()), (900, 100));
+    assert_eq!(split.domain_names, vec!["mnist", "inverted"]);
+}
