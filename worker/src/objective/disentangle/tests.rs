@@ -217,4 +217,22 @@ fn the_dann_baseline_trains_on_labelled_domains_and_reports_its_metrics() {
     }
     assert!(outcome.val_accuracy > 0.9, "{outcome:?}");
     assert!(last["dann.target_acc"] > 0.8, "{metrics:?}");
+    // the checkpoint carries the discriminator, which scoring ignores
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, &outcome.checkpoint).unwrap();
+    let names: Vec<String> = Tensor::read_safetensors(&path)
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("dann.")), "{names:?}");
+    let (val, test) = crate::train::evaluate_checkpoint(
+        &plan(Settings::Plain).genome,
+        &path,
+        &split(),
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!((val, test), (outcome.val_accuracy, outcome.test_accuracy));
 }
