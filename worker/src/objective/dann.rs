@@ -20,20 +20,17 @@ use std::collections::BTreeMap;
 use explore_common::genome::Genome;
 use explore_common::hparams::HyperParams;
 use tch::nn;
-use tch::{Kind, TchError, Tensor};
+use tch::{TchError, Tensor};
 
-use super::probe::{features_of, strided, warm_up};
+use super::probe::{correct, domain_metrics, progress, warm_up};
 use super::{
-    batch_domains, cross_entropy, linear_probe_accuracy, optimizer_for, Batch, EpochData, Objective,
+    batch_domains, cross_entropy, optimizer_of, set_scheduled_lr, Batch, EpochData, Objective,
 };
 use crate::error::WorkerError;
 use crate::model::{self, GenomeNet};
-use crate::train::{accuracy, learning_rate};
 
 /// Hidden units of the domain discriminator.
 pub const DISCRIMINATOR_HIDDEN: i64 = 64;
-/// At most this many examples of each split feed the domain probe.
-const PROBE_EXAMPLES: i64 = 2000;
 
 /// The DANN objective of one trial.
 #[derive(Debug)]
@@ -125,19 +122,12 @@ impl Objective for Dann {
             self.domains as i64,
         )?;
         self.discriminator = Some(Discriminator { w1, b1, w2, b2 });
-        let hp = &self.hparams;
-        optimizer_for(hp.optimizer, vs, hp.learning_rate, hp.weight_decay)
+        optimizer_of(&self.hparams, vs)
     }
 
     fn set_step_size(&mut self, opt: &mut nn::Optimizer, step: usize, total_steps: usize) {
-        let hp = &self.hparams;
-        opt.set_lr(learning_rate(
-            hp.schedule,
-            hp.learning_rate,
-            step,
-            total_steps,
-        ));
-        self.progress = step as f64 / total_steps.max(1) as f64;
+        set_scheduled_lr(opt, &self.hparams, step, total_steps);
+        self.progress = progress(step, total_steps);
     }
 
     fn step(
@@ -159,11 +149,7 @@ impl Objective for Dann {
         opt.zero_grad();
         loss.f_backward()?;
         opt.step();
-        let hits = domain_logits
-            .f_argmax(-1, false)?
-            .f_eq_tensor(domains)?
-            .f_sum(Kind::Int64)?;
-        self.correct += i64::try_from(&hits)?;
+        self.correct += correct(&domain_logits, domains)?;
         self.seen += domains.size()[0];
         Ok(loss)
     }
@@ -173,28 +159,8 @@ impl Objective for Dann {
         net: &GenomeNet,
         data: &EpochData<'_>,
     ) -> Result<BTreeMap<String, f64>, TchError> {
-        let mut metrics = BTreeMap::new();
-        if let (Some(train_domain), Some(val_domain)) = (data.train_domain, data.val_domain) {
-            let device = data.train_x.device();
-            let train_idx = strided(data.train_x.size()[0], PROBE_EXAMPLES, device)?;
-            let val_idx = strided(data.val_x.size()[0], PROBE_EXAMPLES, device)?;
-            let trunk = |xs: &Tensor| net.f_features_t(xs, false);
-            let probe = linear_probe_accuracy(
-                &features_of(data.train_x, &train_idx, trunk)?,
-                &train_domain.f_index_select(0, &train_idx)?,
-                &features_of(data.val_x, &val_idx, trunk)?,
-                &val_domain.f_index_select(0, &val_idx)?,
-                data.num_domains as i64,
-            )?;
-            metrics.insert("dann.domain_probe".into(), probe);
-            metrics.insert(
-                "dann.probe_chance".into(),
-                1.0 / data.num_domains.max(1) as f64,
-            );
-        }
-        let target = accuracy(net, data.test_x, data.test_y)
-            .map_err(|e| TchError::Kind(format!("target-domain accuracy: {e}")))?;
-        metrics.insert("dann.target_acc".into(), target);
+        let trunk = |xs: &Tensor| net.f_features_t(xs, false);
+        let mut metrics = domain_metrics("dann", net, data, trunk)?;
         if self.seen > 0 {
             metrics.insert(
                 "dann.discriminator_acc".into(),

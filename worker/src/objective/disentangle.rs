@@ -38,14 +38,12 @@ use explore_common::hparams::HyperParams;
 use tch::nn;
 use tch::{Kind, TchError, Tensor};
 
-use super::probe::{features_of, strided, warm_up};
+use super::probe::{correct, domain_metrics, progress, warm_up};
 use super::{
-    batch_domains, cross_entropy, linear_probe_accuracy, optimizer_for, Batch, EpochData, Objective,
+    batch_domains, cross_entropy, optimizer_of, set_scheduled_lr, Batch, Club, EpochData, Objective,
 };
 use crate::error::WorkerError;
-use crate::model::{self, BuildOptions, GenomeNet, Head};
-use crate::objective::Club;
-use crate::train::{accuracy, learning_rate};
+use crate::model::{self, BuildOptions, GenomeNet, Head, SplitOutput};
 
 /// Hidden units of the CLUB network.
 const CLUB_HIDDEN: i64 = 64;
@@ -53,8 +51,6 @@ const CLUB_HIDDEN: i64 = 64;
 const STANDARDISE_EPSILON: f64 = 1e-4;
 /// Maximum-likelihood steps of the CLUB network per training step.
 const CLUB_STEPS: usize = 2;
-/// At most this many examples of each split feed the domain probe.
-const PROBE_EXAMPLES: i64 = 2000;
 
 /// The disentangle objective of one trial.
 #[derive(Debug)]
@@ -95,6 +91,13 @@ impl Disentangle {
     }
 }
 
+/// The split head's outputs; an error when the network has no split head.
+fn split_of(net: &GenomeNet, xs: &Tensor, train: bool) -> Result<SplitOutput, TchError> {
+    net.f_split_t(xs, train)?.ok_or_else(|| {
+        TchError::Kind("the disentangle objective needs a network with a split head".into())
+    })
+}
+
 /// Each coordinate of `x` centred and scaled to unit variance over the batch.
 fn standardise(x: &Tensor) -> Result<Tensor, TchError> {
     let dims = Some([0i64].as_slice());
@@ -127,19 +130,12 @@ impl Objective for Disentangle {
     fn optimizer(&mut self, vs: &nn::VarStore) -> Result<nn::Optimizer, WorkerError> {
         let dim = self.dim as i64;
         self.club = Some(Club::new(vs.device(), dim, dim, CLUB_HIDDEN)?);
-        let hp = &self.hparams;
-        optimizer_for(hp.optimizer, vs, hp.learning_rate, hp.weight_decay)
+        optimizer_of(&self.hparams, vs)
     }
 
     fn set_step_size(&mut self, opt: &mut nn::Optimizer, step: usize, total_steps: usize) {
-        let hp = &self.hparams;
-        opt.set_lr(learning_rate(
-            hp.schedule,
-            hp.learning_rate,
-            step,
-            total_steps,
-        ));
-        self.progress = step as f64 / total_steps.max(1) as f64;
+        set_scheduled_lr(opt, &self.hparams, step, total_steps);
+        self.progress = progress(step, total_steps);
     }
 
     fn step(
@@ -149,9 +145,7 @@ impl Objective for Disentangle {
         batch: &Batch<'_>,
     ) -> Result<Tensor, TchError> {
         let domains = batch_domains(batch, "disentangle")?;
-        let out = net.f_split_t(batch.xs, true)?.ok_or_else(|| {
-            TchError::Kind("the disentangle objective needs a network with a split head".into())
-        })?;
+        let out = split_of(net, batch.xs, true)?;
         let lambda = self.current_lambda();
         let club = self.club.as_mut().ok_or_else(|| {
             TchError::Kind("the CLUB estimator is built with the optimizer".into())
@@ -174,12 +168,7 @@ impl Objective for Disentangle {
         opt.step();
         self.mi_sum += f64::try_from(&mi.f_detach()?)?;
         self.steps += 1;
-        let hits = out
-            .domain_logits
-            .f_argmax(-1, false)?
-            .f_eq_tensor(domains)?
-            .f_sum(Kind::Int64)?;
-        self.specific_correct += i64::try_from(&hits)?;
+        self.specific_correct += correct(&out.domain_logits, domains)?;
         self.seen += domains.size()[0];
         Ok(loss)
     }
@@ -189,33 +178,8 @@ impl Objective for Disentangle {
         net: &GenomeNet,
         data: &EpochData<'_>,
     ) -> Result<BTreeMap<String, f64>, TchError> {
-        let invariant = |xs: &Tensor| -> Result<Tensor, TchError> {
-            let out = net.f_split_t(xs, false)?.ok_or_else(|| {
-                TchError::Kind("the disentangle objective needs a network with a split head".into())
-            })?;
-            Ok(out.invariant)
-        };
-        let mut metrics = BTreeMap::new();
-        if let (Some(train_domain), Some(val_domain)) = (data.train_domain, data.val_domain) {
-            let device = data.train_x.device();
-            let train_idx = strided(data.train_x.size()[0], PROBE_EXAMPLES, device)?;
-            let val_idx = strided(data.val_x.size()[0], PROBE_EXAMPLES, device)?;
-            let probe = linear_probe_accuracy(
-                &features_of(data.train_x, &train_idx, invariant)?,
-                &train_domain.f_index_select(0, &train_idx)?,
-                &features_of(data.val_x, &val_idx, invariant)?,
-                &val_domain.f_index_select(0, &val_idx)?,
-                data.num_domains as i64,
-            )?;
-            metrics.insert("disentangle.domain_probe".into(), probe);
-            metrics.insert(
-                "disentangle.probe_chance".into(),
-                1.0 / data.num_domains.max(1) as f64,
-            );
-        }
-        let target = accuracy(net, data.test_x, data.test_y)
-            .map_err(|e| TchError::Kind(format!("target-domain accuracy: {e}")))?;
-        metrics.insert("disentangle.target_acc".into(), target);
+        let invariant = |xs: &Tensor| Ok(split_of(net, xs, false)?.invariant);
+        let mut metrics = domain_metrics("disentangle", net, data, invariant)?;
         if self.steps > 0 {
             metrics.insert("disentangle.mi".into(), self.mi_sum / self.steps as f64);
         }

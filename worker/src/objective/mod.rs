@@ -174,6 +174,30 @@ pub(crate) fn optimizer_for(
     })
 }
 
+/// The optimizer a trial's own settings name: its optimizer, learning rate and weight decay,
+/// over every variable of `vs`.
+pub(crate) fn optimizer_of(
+    hp: &HyperParams,
+    vs: &nn::VarStore,
+) -> Result<nn::Optimizer, WorkerError> {
+    optimizer_for(hp.optimizer, vs, hp.learning_rate, hp.weight_decay)
+}
+
+/// Sets the learning rate of `hp`'s schedule at `step` of `total_steps`.
+pub(crate) fn set_scheduled_lr(
+    opt: &mut nn::Optimizer,
+    hp: &HyperParams,
+    step: usize,
+    total_steps: usize,
+) {
+    opt.set_lr(crate::train::learning_rate(
+        hp.schedule,
+        hp.learning_rate,
+        step,
+        total_steps,
+    ));
+}
+
 /// The cross-entropy step both objectives use: forward in training mode, mean cross-entropy,
 /// zero the gradients, backward, optimizer step. Returns the loss.
 pub(crate) fn cross_entropy_step(

@@ -6,10 +6,9 @@ use explore_common::hparams::HyperParams;
 use tch::nn;
 use tch::{TchError, Tensor};
 
-use super::{cross_entropy_step, optimizer_for, Batch, Objective};
+use super::{cross_entropy_step, optimizer_of, set_scheduled_lr, Batch, Objective};
 use crate::error::WorkerError;
 use crate::model::{self, GenomeNet};
-use crate::train::learning_rate;
 
 /// Cross-entropy with the optimizer, learning rate, schedule and weight decay of the trial.
 #[derive(Debug, Clone)]
@@ -34,18 +33,11 @@ impl Objective for Plain {
     }
 
     fn optimizer(&mut self, vs: &nn::VarStore) -> Result<nn::Optimizer, WorkerError> {
-        let hp = &self.hparams;
-        optimizer_for(hp.optimizer, vs, hp.learning_rate, hp.weight_decay)
+        optimizer_of(&self.hparams, vs)
     }
 
     fn set_step_size(&mut self, opt: &mut nn::Optimizer, step: usize, total_steps: usize) {
-        let hp = &self.hparams;
-        opt.set_lr(learning_rate(
-            hp.schedule,
-            hp.learning_rate,
-            step,
-            total_steps,
-        ));
+        set_scheduled_lr(opt, &self.hparams, step, total_steps);
     }
 
     fn step(

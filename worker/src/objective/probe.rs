@@ -2,9 +2,17 @@
 //! features still carries), the features of a strided sample of a split, and the warm-up
 //! schedule of a loss weight.
 
+use std::collections::BTreeMap;
+
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Reduction, TchError, Tensor};
 
+use super::EpochData;
+use crate::model::GenomeNet;
+use crate::train::accuracy;
+
+/// At most this many examples of each split feed the domain probe.
+const PROBE_EXAMPLES: i64 = 2000;
 /// Examples per forward pass when extracting features.
 const FEATURE_BATCH: i64 = 250;
 /// Full-batch optimisation steps of the linear probe.
@@ -18,6 +26,54 @@ const PROBE_LEARNING_RATE: f64 = 0.05;
 pub fn warm_up(progress: f64) -> f64 {
     let p = progress.clamp(0.0, 1.0);
     2.0 / (1.0 + (-10.0 * p).exp()) - 1.0
+}
+
+/// Training progress in `[0, 1]` at optimizer step `step` of `total_steps`.
+pub(crate) fn progress(step: usize, total_steps: usize) -> f64 {
+    step as f64 / total_steps.max(1) as f64
+}
+
+/// How many rows of `logits` pick their label.
+pub(crate) fn correct(logits: &Tensor, labels: &Tensor) -> Result<i64, TchError> {
+    let hits = logits
+        .f_argmax(-1, false)?
+        .f_eq_tensor(labels)?
+        .f_sum(Kind::Int64)?;
+    i64::try_from(&hits)
+}
+
+/// The metrics both domain objectives report, named `<prefix>.<metric>`: `target_acc` (the
+/// test split, which is the target domain's), and with domain labels `domain_probe` (a linear
+/// probe predicting the domain from `features`, fitted on the training split, scored on the
+/// validation split) and `probe_chance`.
+pub(crate) fn domain_metrics(
+    prefix: &str,
+    net: &GenomeNet,
+    data: &EpochData<'_>,
+    features: impl Fn(&Tensor) -> Result<Tensor, TchError>,
+) -> Result<BTreeMap<String, f64>, TchError> {
+    let mut metrics = BTreeMap::new();
+    if let (Some(train_domain), Some(val_domain)) = (data.train_domain, data.val_domain) {
+        let device = data.train_x.device();
+        let train_idx = strided(data.train_x.size()[0], PROBE_EXAMPLES, device)?;
+        let val_idx = strided(data.val_x.size()[0], PROBE_EXAMPLES, device)?;
+        let probe = linear_probe_accuracy(
+            &features_of(data.train_x, &train_idx, &features)?,
+            &train_domain.f_index_select(0, &train_idx)?,
+            &features_of(data.val_x, &val_idx, &features)?,
+            &val_domain.f_index_select(0, &val_idx)?,
+            data.num_domains as i64,
+        )?;
+        metrics.insert(format!("{prefix}.domain_probe"), probe);
+        metrics.insert(
+            format!("{prefix}.probe_chance"),
+            1.0 / data.num_domains.max(1) as f64,
+        );
+    }
+    let target = accuracy(net, data.test_x, data.test_y)
+        .map_err(|e| TchError::Kind(format!("target-domain accuracy: {e}")))?;
+    metrics.insert(format!("{prefix}.target_acc"), target);
+    Ok(metrics)
 }
 
 /// Indices `0, s, 2s, …` of at most `max` examples spread evenly over `n` (a split is ordered
