@@ -3,7 +3,7 @@
 
 use crate::error::CommonError;
 use crate::proto;
-use crate::spec::{DataConfig, DomainConfig, DomainTransform};
+use crate::spec::{DataConfig, DomainConfig, DomainTransform, HistoryConfig};
 
 /// The wire form of an experiment's data settings, with the seed that fixes the split.
 pub fn data_spec_to_proto(cfg: &DataConfig, split_seed: u64) -> proto::DataSpec {
@@ -29,6 +29,13 @@ pub fn data_spec_to_proto(cfg: &DataConfig, split_seed: u64) -> proto::DataSpec 
                 target: d.target,
             })
             .collect(),
+        history: cfg.history.as_ref().map(|h| proto::HistorySpec {
+            dataset: h.dataset.clone(),
+            transform: transform_to_proto(&h.transform),
+            per_class: h.per_class,
+            library_per_class: h.library_per_class,
+            test_subset: h.test_subset,
+        }),
     }
 }
 
@@ -74,6 +81,13 @@ pub fn data_spec_from_proto(spec: &proto::DataSpec) -> Result<(DataConfig, u64),
                 target: d.target,
             })
             .collect(),
+        history: spec.history.as_ref().map(|h| HistoryConfig {
+            dataset: h.dataset.clone(),
+            transform: transform_from_proto(h.transform.as_ref()),
+            per_class: h.per_class,
+            library_per_class: h.library_per_class,
+            test_subset: h.test_subset,
+        }),
     };
     if cfg.dataset.is_empty() {
         return Err(CommonError::Spec("trial.data.dataset is missing".into()));
@@ -154,5 +168,21 @@ mod tests {
         };
         let (back, _) = data_spec_from_proto(&data_spec_to_proto(&single, 1)).unwrap();
         assert_eq!(back, single);
+        let history = DataConfig {
+            dataset: "mnist".into(),
+            history: Some(HistoryConfig {
+                dataset: "fashion-mnist".into(),
+                transform: DomainTransform {
+                    rotate: 30.0,
+                    ..DomainTransform::default()
+                },
+                per_class: 30,
+                library_per_class: 12,
+                test_subset: 500,
+            }),
+            ..DataConfig::default()
+        };
+        let (back, _) = data_spec_from_proto(&data_spec_to_proto(&history, 1)).unwrap();
+        assert_eq!(back, history);
     }
 }

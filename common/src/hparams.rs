@@ -72,6 +72,17 @@ pub enum Objective {
         /// Weight of the reversed domain gradient after warm-up.
         lambda: f64,
     },
+    /// Gradient-mixing fine-tune (S4): every step mixes the gradient of a new-task batch with
+    /// the gradient of a replayed batch of the history library (`[data.history]`), normalised
+    /// and weighted by their cosine; on conflict the part of the new-task gradient that opposes
+    /// the history gradient is removed first. Needs `[data.history]`.
+    GradientMixing,
+    /// Experience replay with a fixed mix, a baseline for S4: the update is the mean of the
+    /// new-task and the history gradients. Needs `[data.history]`.
+    Replay,
+    /// A-GEM, a baseline for S4: on conflict the new-task gradient projected off the history
+    /// gradient, else unchanged. Needs `[data.history]`.
+    Agem,
 }
 
 impl Objective {
@@ -86,18 +97,30 @@ impl Objective {
         matches!(self, Objective::Elr { .. })
     }
 
+    /// Whether the objective replays a history library (`[data.history]`).
+    pub fn needs_history(&self) -> bool {
+        matches!(
+            self,
+            Objective::GradientMixing | Objective::Replay | Objective::Agem
+        )
+    }
+
     /// Whether the objective trains on domain labels (`[[data.domains]]`).
     pub fn needs_domains(&self) -> bool {
         matches!(self, Objective::Disentangle { .. } | Objective::Dann { .. })
     }
 
-    /// The name used in specs and tables: `plain`, `elr`, `disentangle` or `dann`.
+    /// The name used in specs and tables: `plain`, `elr`, `disentangle`, `dann`,
+    /// `gradient_mixing`, `replay` or `agem`.
     pub fn name(&self) -> &'static str {
         match self {
             Objective::Plain => "plain",
             Objective::Elr { .. } => "elr",
             Objective::Disentangle { .. } => "disentangle",
             Objective::Dann { .. } => "dann",
+            Objective::GradientMixing => "gradient_mixing",
+            Objective::Replay => "replay",
+            Objective::Agem => "agem",
         }
     }
 }
@@ -166,7 +189,7 @@ impl HyperParams {
             return bad("epochs", format!("must be 1..=1000, got {}", self.epochs));
         }
         match self.objective {
-            Objective::Plain => {}
+            Objective::Plain | Objective::GradientMixing | Objective::Replay | Objective::Agem => {}
             Objective::Elr { elr, scale } => {
                 if !(elr.is_finite() && elr > 0.0 && elr <= 10.0) {
                     return bad(

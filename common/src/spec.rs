@@ -11,8 +11,10 @@ use crate::hparams::{HyperParams, Objective, Optimizer, Schedule, DEFAULT_INIT_S
 use crate::presets;
 
 mod data;
+mod transfer;
 
-pub use data::{DataConfig, DomainConfig, DomainTransform, NAMED_DATASETS};
+pub use data::{DataConfig, DomainConfig, DomainTransform, HistoryConfig, NAMED_DATASETS};
+pub use transfer::{default_settings as default_transfer_settings, TransferConfig, TransferSeed};
 
 /// A parsed and validated experiment spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +41,9 @@ pub struct ExperimentSpec {
     /// Architectures (and optionally hyperparameters) the search starts from.
     #[serde(default = "default_seeds")]
     pub seeds: Vec<SeedModel>,
+    /// Start from an earlier experiment's trained models instead (see [`TransferConfig`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferConfig>,
 }
 
 fn default_seed() -> u64 {
@@ -51,6 +56,7 @@ fn default_seeds() -> Vec<SeedModel> {
         genome_file: None,
         genome: None,
         hparams: None,
+        transfer: None,
     }]
 }
 
@@ -177,6 +183,14 @@ pub enum ObjectiveKind {
     /// Domain-adversarial training (DANN), the baseline S5 is measured against. Needs
     /// `[[data.domains]]` with at least two training domains.
     Dann,
+    /// Gradient-mixing fine-tune (S4): new-task gradients mixed with gradients replayed from a
+    /// history library of the source task, never undoing the history direction. Needs
+    /// `[data.history]`.
+    GradientMixing,
+    /// Experience replay with a fixed mix (S4's baseline). Needs `[data.history]`.
+    Replay,
+    /// A-GEM (S4's baseline). Needs `[data.history]`.
+    Agem,
 }
 
 /// How trials train (`[training]`).
@@ -306,6 +320,10 @@ pub struct SeedModel {
     pub genome: Option<Genome>,
     /// Hyperparameters of the seed trial (default: [`HyperParams::default`]).
     pub hparams: Option<HyperParams>,
+    /// Set by the master for the seeds of a `[transfer]` experiment: the source model whose
+    /// weights the seed starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferSeed>,
 }
 
 /// A seed after resolution: the architecture and hyperparameters to train first.
@@ -314,6 +332,8 @@ pub struct ResolvedSeed {
     pub label: String,
     pub genome: Genome,
     pub hparams: HyperParams,
+    /// The checkpoint (sha256) the seed trial inherits: a `[transfer]` source model's.
+    pub inherit_from: Option<String>,
 }
 
 impl ExperimentSpec {
@@ -400,6 +420,9 @@ impl ExperimentSpec {
             return key("budget.max_epochs", "must be positive".into());
         }
         self.data.validate()?;
+        if let Some(t) = &self.transfer {
+            t.validate()?;
+        }
         let a = &self.annealing;
         if !(a.initial_temperature.is_finite() && a.initial_temperature > 0.0) {
             return key(
@@ -457,8 +480,14 @@ impl ExperimentSpec {
         if self.seeds.is_empty() {
             return key("seeds", "needs at least one seed model".into());
         }
+        // The seeds of a transfer experiment come from its source (the master derives them and
+        // checks the source's models against the constraints); until then they are placeholders.
+        let derived = self.seeds.iter().all(|s| s.transfer.is_some());
         for (i, seed) in self.seeds.iter().enumerate() {
             let resolved = seed.resolve(i, None)?;
+            if self.transfer.is_some() && !derived {
+                continue;
+            }
             self.search
                 .check_constraints(&resolved.genome)
                 .map_err(|e| CommonError::SpecKey {
@@ -498,6 +527,18 @@ impl ExperimentSpec {
                 format!("must be 1..=1024, got {}", t.disentangle_dim),
             );
         }
+        let replays = matches!(
+            t.objective,
+            ObjectiveKind::GradientMixing | ObjectiveKind::Replay | ObjectiveKind::Agem
+        );
+        if !replays && self.data.history.is_some() {
+            return key(
+                "data.history",
+                "is only used by the gradient-mixing fine-tune and its baselines: set \
+                 training.objective = \"gradient_mixing\" (or \"replay\", \"agem\")"
+                    .into(),
+            );
+        }
         if t.objective != ObjectiveKind::Elr && self.search.elr.is_some() {
             return key(
                 "search.elr",
@@ -506,6 +547,9 @@ impl ExperimentSpec {
         }
         match t.objective {
             ObjectiveKind::Disentangle | ObjectiveKind::Dann => self.check_domains()?,
+            ObjectiveKind::GradientMixing | ObjectiveKind::Replay | ObjectiveKind::Agem => {
+                self.check_history()?
+            }
             ObjectiveKind::Plain => {}
             ObjectiveKind::Elr => {
                 for (i, seed) in self.seeds.iter().enumerate() {
@@ -521,6 +565,34 @@ impl ExperimentSpec {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The objectives that replay a history library need `[data.history]` and single-source
+    /// data to fine-tune on.
+    fn check_history(&self) -> Result<(), CommonError> {
+        let objective = self.seed_objective(&HyperParams::default());
+        let name = objective.name();
+        // A transfer experiment replays its source experiment's data unless told otherwise.
+        if self.data.history.is_none() && self.transfer.is_none() {
+            return Err(CommonError::SpecKey {
+                key: "data.history".into(),
+                reason: format!(
+                    "objective = \"{name}\" needs [data.history]: the source task whose \
+                     examples are replayed (for example dataset = \"fashion-mnist\"), or \
+                     [transfer] from an experiment whose data it replays"
+                ),
+            });
+        }
+        if !self.data.domains.is_empty() {
+            return Err(CommonError::SpecKey {
+                key: "data.domains".into(),
+                reason: format!(
+                    "objective = \"{name}\" fine-tunes on one source: [[data.domains]] is for \
+                     the domain objectives"
+                ),
+            });
         }
         Ok(())
     }
@@ -569,6 +641,9 @@ impl ExperimentSpec {
             (ObjectiveKind::Dann, _) => Objective::Dann {
                 lambda: t.dann_lambda,
             },
+            (ObjectiveKind::GradientMixing, _) => Objective::GradientMixing,
+            (ObjectiveKind::Replay, _) => Objective::Replay,
+            (ObjectiveKind::Agem, _) => Objective::Agem,
             (ObjectiveKind::Elr, given @ Objective::Elr { .. }) => given,
             (ObjectiveKind::Elr, _) => {
                 let [lo, hi] = self.search.elr_range();
@@ -691,27 +766,48 @@ impl SearchSpace {
     /// Whether a genome meets the hard constraints (params, FLOPs, block count); the error says
     /// which limit it breaks.
     pub fn check_constraints(&self, genome: &Genome) -> Result<(), CommonError> {
+        match self.constraint_violation(genome)? {
+            Some((_, message)) => Err(CommonError::Mutation(message)),
+            None => Ok(()),
+        }
+    }
+
+    /// The first constraint `genome` breaks, as its key (`search.max_params`,
+    /// `search.max_flops`, `search.max_blocks`) and a sentence; `None` when it meets them all.
+    pub fn constraint_violation(
+        &self,
+        genome: &Genome,
+    ) -> Result<Option<(&'static str, String)>, CommonError> {
         let analysis = genome.analyze()?;
         if self.max_params > 0 && analysis.params > self.max_params {
-            return Err(CommonError::Mutation(format!(
-                "{} parameters exceed search.max_params = {}",
-                analysis.params, self.max_params
+            return Ok(Some((
+                "search.max_params",
+                format!(
+                    "{} parameters exceed search.max_params = {}",
+                    analysis.params, self.max_params
+                ),
             )));
         }
         if self.max_flops > 0 && analysis.flops > self.max_flops {
-            return Err(CommonError::Mutation(format!(
-                "{} FLOPs exceed search.max_flops = {}",
-                analysis.flops, self.max_flops
+            return Ok(Some((
+                "search.max_flops",
+                format!(
+                    "{} FLOPs exceed search.max_flops = {}",
+                    analysis.flops, self.max_flops
+                ),
             )));
         }
         if genome.depth() > self.max_blocks as usize {
-            return Err(CommonError::Mutation(format!(
-                "{} blocks exceed search.max_blocks = {}",
-                genome.depth(),
-                self.max_blocks
+            return Ok(Some((
+                "search.max_blocks",
+                format!(
+                    "{} blocks exceed search.max_blocks = {}",
+                    genome.depth(),
+                    self.max_blocks
+                ),
             )));
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -776,10 +872,15 @@ impl SeedModel {
             key: k("hparams"),
             reason: e.to_string(),
         })?;
+        let (label, inherit_from) = match &self.transfer {
+            Some(t) => (t.label.clone(), Some(t.checkpoint_sha256.clone())),
+            None => (label, None),
+        };
         Ok(ResolvedSeed {
             label,
             genome,
             hparams,
+            inherit_from,
         })
     }
 }
@@ -965,6 +1066,46 @@ target = true
         // DANN trains on the training domains alone; a target is optional
         let dann = no_target.replace("disentangle", "dann");
         ExperimentSpec::from_toml(&dann).unwrap();
+    }
+
+    #[test]
+    fn gradient_mixing_needs_a_history_and_a_history_needs_gradient_mixing() {
+        let bare = format!("{MINIMAL}[training]\nobjective = \"gradient_mixing\"\n");
+        let err = ExperimentSpec::from_toml(&bare).unwrap_err().to_string();
+        assert!(err.contains("data.history"), "{err}");
+        let history = "[data.history]\ndataset = \"fashion-mnist\"\nper_class = 30\n";
+        let text = format!("{bare}{history}");
+        let spec = ExperimentSpec::from_toml(&text).unwrap();
+        let h = spec.data.history.as_ref().unwrap();
+        assert_eq!(
+            (h.per_class, h.library_per_class, h.test_subset),
+            (30, 20, 1000)
+        );
+        assert_eq!(
+            spec.resolve_seeds(None).unwrap()[0].hparams.objective,
+            Objective::GradientMixing
+        );
+        assert_eq!(
+            ExperimentSpec::from_toml(&spec.to_toml().unwrap()).unwrap(),
+            spec
+        );
+        let unused = format!("{MINIMAL}{history}");
+        let err = ExperimentSpec::from_toml(&unused).unwrap_err().to_string();
+        assert!(
+            err.contains("data.history") && err.contains("gradient_mixing"),
+            "{err}"
+        );
+        let too_big = format!("{bare}{history}library_per_class = 31\n");
+        let err = ExperimentSpec::from_toml(&too_big).unwrap_err().to_string();
+        assert!(err.contains("data.history.library_per_class"), "{err}");
+        let unknown = format!("{bare}[data.history]\ndataset = \"cifar\"\n");
+        let err = ExperimentSpec::from_toml(&unknown).unwrap_err().to_string();
+        assert!(err.contains("data.history.dataset"), "{err}");
+        let with_domains = format!("{bare}{history}{THREE_ROTATIONS}");
+        let err = ExperimentSpec::from_toml(&with_domains)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("data.domains"), "{err}");
     }
 
     #[test]

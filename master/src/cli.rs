@@ -234,6 +234,7 @@ pub fn prepare_spec(path: &Path) -> Result<String> {
                 genome_file: None,
                 genome: given.preset.is_none().then_some(s.genome),
                 hparams: Some(s.hparams),
+                transfer: given.transfer.clone(),
             })
             .collect();
     }

@@ -19,6 +19,7 @@ mod scheduler_tests;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod transfer;
 
 pub use error::MasterError;
 pub use server::{start, MasterHandle, ServeConfig};

@@ -26,6 +26,7 @@ use crate::store::{
     self, ChainRow, EpochUsage, ExperimentRow, ExperimentStatus, NewTrial, Store, TrialCounts,
     TrialResult, TrialRow, TrialStatus,
 };
+use crate::transfer;
 
 /// Randomness stream for per-trial training seeds.
 const STREAM_TRIAL_SEED: u64 = 3;
@@ -158,6 +159,10 @@ impl Scheduler {
     /// Validates and records a new experiment, then queues its first trials.
     pub async fn submit(&self, spec: ExperimentSpec) -> Result<ExperimentId, MasterError> {
         spec.validate()?;
+        let spec = {
+            let mut conn = self.store.conn().await?;
+            transfer::derive_seeds(&mut conn, &self.artifacts, &spec).await?
+        };
         // Resolve seeds now so the stored spec is self-contained.
         let seeds = spec.resolve_seeds(None)?;
         let mut stored = spec.clone();
@@ -172,6 +177,7 @@ impl Scheduler {
                 genome_file: None,
                 genome: given.preset.is_none().then(|| s.genome.clone()),
                 hparams: Some(s.hparams.clone()),
+                transfer: given.transfer.clone(),
             })
             .collect();
         let spec_json =
@@ -901,7 +907,14 @@ impl Scheduler {
             let seed = &seeds[seq as usize];
             let mut hparams = seed.hparams.clone();
             cap_epochs(&mut hparams);
-            (None, seed.label.clone(), seed.genome.clone(), hparams, None)
+            let inherit_from = seed.inherit_from.clone();
+            (
+                None,
+                seed.label.clone(),
+                seed.genome.clone(),
+                hparams,
+                inherit_from,
+            )
         } else {
             let mut rng = annealing::rng_for(spec.seed, STREAM_PROPOSAL, seq as u64);
             let base = self

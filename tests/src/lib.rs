@@ -304,30 +304,50 @@ pub struct Split {
 /// returns the export's model card (`model.json`) and the `(validation, test)` accuracies the
 /// exported weights reach on `split`.
 pub fn rescore_export(export_dir: &Path, split: Split) -> Result<(serde_json::Value, f64, f64)> {
-    let card: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(export_dir.join("model.json"))?)?;
-    let eval = run(
-        &binary("worker"),
+    let (train, test, fraction, seed) = (
+        split.train_subset.to_string(),
+        split.test_subset.to_string(),
+        split.validation_fraction.to_string(),
+        split.seed.to_string(),
+    );
+    rescore_export_on(
+        export_dir,
         &[
-            "evaluate",
-            "--genome",
-            &export_dir.join("genome.json").to_string_lossy(),
-            "--checkpoint",
-            &export_dir.join("weights.safetensors").to_string_lossy(),
             "--data-dir",
             FASHION_MNIST_DIR,
             "--train-subset",
-            &split.train_subset.to_string(),
+            &train,
             "--test-subset",
-            &split.test_subset.to_string(),
+            &test,
             "--validation-fraction",
-            &split.validation_fraction.to_string(),
+            &fraction,
             "--split-seed",
-            &split.seed.to_string(),
-            "--device",
-            "cpu",
+            &seed,
         ],
-    )?;
+    )
+}
+
+/// Re-scores an export like [`rescore_export`] on the data `data_args` (flags of `worker
+/// evaluate`, e.g. `--data-config FILE --split-seed N`) name.
+pub fn rescore_export_on(
+    export_dir: &Path,
+    data_args: &[&str],
+) -> Result<(serde_json::Value, f64, f64)> {
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export_dir.join("model.json"))?)?;
+    let genome = export_dir.join("genome.json");
+    let weights = export_dir.join("weights.safetensors");
+    let mut args = vec![
+        "evaluate",
+        "--genome",
+        genome.to_str().context("export path is not UTF-8")?,
+        "--checkpoint",
+        weights.to_str().context("export path is not UTF-8")?,
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(data_args);
+    let eval = run(&binary("worker"), &args)?;
     if !eval.status.success() {
         bail!("worker evaluate failed: {}", describe(&eval));
     }

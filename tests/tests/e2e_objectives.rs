@@ -5,7 +5,8 @@
 //! never learning rate or weight decay; the exported best model, with its cosine head, must
 //! re-score to its reported accuracy. Then the domain objectives (S5 and its DANN baseline) on
 //! rotated Fashion-MNIST domains: every trial records its objective and the per-epoch domain
-//! metrics, and its score is the training domains' validation accuracy.
+//! metrics, and its score is the training domains' validation accuracy. Last, S4: a
+//! gradient-mixing experiment on a few-shot rotated domain replaying the upright source.
 
 use explore_tests::{
     describe, require_fashion_mnist, rescore_export, start_workers, submit_and_list_trials,
@@ -221,5 +222,91 @@ fn domain_objectives_record_their_objective_and_domain_metrics_through_the_clust
             // 1,200 rotated images, above the chance of 10 classes
             assert!(t["score"].as_f64().unwrap() > 0.15, "{dump}");
         }
+    }
+}
+
+fn gradient_mixing_spec() -> String {
+    format!(
+        r#"
+name = "e2e-gradient-mixing"
+seed = {SEED}
+
+[budget]
+max_trials = 3
+
+[data]
+dataset = "fashion-mnist"
+per_class = 30
+test_subset = {TEST_SUBSET}
+validation_fraction = 0.2
+transform = {{ rotate = 90 }}
+
+[data.history]
+dataset = "fashion-mnist"
+per_class = 20
+library_per_class = 10
+test_subset = {TEST_SUBSET}
+
+[training]
+objective = "gradient_mixing"
+
+[early_stopping]
+rule = "none"
+
+[inheritance]
+enabled = false
+
+[search]
+epochs = [2, 2]
+channels = [8, 16]
+dense_units = [32]
+batch_sizes = [32]
+optimizers = ["adam"]
+schedules = ["constant"]
+
+[[seeds]]
+preset = "cnn2"
+hparams = {{ optimizer = "adam", learning_rate = 0.002, schedule = "constant", batch_size = 32, weight_decay = 0.0, epochs = 2 }}
+"#
+    )
+}
+
+/// S4 through the cluster: a gradient-mixing experiment on a few-shot rotated domain with the
+/// upright source as its history library; every trial records the objective and the
+/// per-epoch retention metrics of its epochs.
+#[test]
+fn a_gradient_mixing_experiment_replays_its_history_and_records_retention() {
+    require_fashion_mnist();
+    let tmp = tempfile::tempdir().unwrap();
+    let master = MasterProc::start(
+        &tmp.path().join("master"),
+        &["--heartbeat-secs", "1", "--lease-secs", "20"],
+    )
+    .unwrap();
+    let _workers = start_workers(&master, tmp.path(), 2).unwrap();
+    let (_, trials) = submit_and_list_trials(&master, tmp.path(), &gradient_mixing_spec()).unwrap();
+    let dump = serde_json::to_string_pretty(&trials).unwrap();
+    let completed: Vec<_> = trials
+        .iter()
+        .filter(|t| t["status"] == "completed")
+        .collect();
+    assert_eq!(completed.len(), 3, "{dump}");
+    for t in &completed {
+        assert_eq!(t["hparams"]["objective"], "gradient_mixing", "{dump}");
+        let metrics = &t["epoch_metrics"];
+        for key in ["source_acc", "conflict_rate"] {
+            let value = metrics[format!("gradient_mixing.{key}")]
+                .as_f64()
+                .unwrap_or_else(|| panic!("gradient_mixing.{key} missing: {dump}"));
+            assert!((0.0..=1.0).contains(&value), "{dump}");
+        }
+        assert!(
+            metrics["gradient_mixing.library_changed"]
+                .as_f64()
+                .is_some(),
+            "{dump}"
+        );
+        // 240 rotated training images, two epochs: above the chance of 10 classes
+        assert!(t["score"].as_f64().unwrap() > 0.15, "{dump}");
     }
 }

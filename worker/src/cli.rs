@@ -6,13 +6,24 @@ use std::path::PathBuf;
 use clap::Args;
 use tch::Device;
 
-use crate::data::{DataSource, SplitConfig, FASHION_MNIST_DIR};
+use explore_common::spec::DataConfig;
+
+use crate::data::{DataPlan, DataSource, DatasetCache, SplitConfig, SplitData, FASHION_MNIST_DIR};
 use crate::device::parse_device;
 use crate::error::WorkerError;
 
 /// Which data to train on and how to split it.
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
+    /// A TOML file with a `[data]` section as in an experiment spec (any dataset, derived
+    /// domains, few-shot, `[data.history]`); replaces the other data and split flags except
+    /// --data-dir and --split-seed
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["train_images", "train_labels", "test_images", "test_labels", "train_subset", "test_subset", "validation_fraction"]
+    )]
+    pub data_config: Option<PathBuf>,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -20,6 +31,20 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    /// Loads the data the flags name and cuts the split on `device`.
+    pub fn load_split(&self, device: Device) -> Result<SplitData, WorkerError> {
+        let Some(path) = &self.data_config else {
+            let dataset = crate::data::Dataset::load(&self.source()?)?;
+            return dataset.split(&self.split_config(), device);
+        };
+        let cfg = read_data_config(path)?;
+        let plan = DataPlan::resolve(&cfg, &self.source.fashion_mnist_dir(), &DatasetCache::new())?;
+        plan.split(
+            &SplitConfig::from_config(&cfg, self.split.split_seed),
+            device,
+        )
+    }
+
     /// The data source the flags name.
     pub fn source(&self) -> Result<DataSource, WorkerError> {
         self.source.source()
@@ -91,6 +116,23 @@ impl SourceArgs {
             test_labels: file(&self.test_labels),
         })
     }
+}
+
+/// Reads a `[data]` section (or a file of `[data]` keys at the top level) and validates it.
+pub fn read_data_config(path: &std::path::Path) -> Result<DataConfig, WorkerError> {
+    let bad = |reason: String| WorkerError::Source(format!("{}: {reason}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| WorkerError::io(path, e))?;
+    let mut table: toml::Table = text.parse().map_err(|e| bad(format!("not TOML: {e}")))?;
+    let data = match table.remove("data") {
+        Some(toml::Value::Table(data)) => data,
+        Some(_) => return Err(bad("`data` must be a table ([data])".into())),
+        None => table,
+    };
+    let cfg: DataConfig = toml::Value::Table(data)
+        .try_into()
+        .map_err(|e| bad(format!("not a [data] section: {e}")))?;
+    cfg.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(cfg)
 }
 
 /// How to cut the data into training, validation and test splits.

@@ -355,14 +355,7 @@ impl Dataset {
         if cfg.per_class == 0 {
             return split_indices(self.train_len(), &seeded);
         }
-        let mut order: Vec<usize> = (0..self.train_len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-        let mut taken = vec![0u32; self.num_classes as usize];
-        order.retain(|&i| {
-            let class = &mut taken[self.train_labels[i] as usize];
-            *class += 1;
-            *class <= cfg.per_class
-        });
+        let mut order = self.class_balanced(cfg.per_class, seed);
         let n = order.len();
         let n_val = (n as f64 * cfg.validation_fraction).round() as usize;
         if n_val == 0 || n_val >= n {
@@ -376,6 +369,58 @@ impl Dataset {
         }
         let val = order.split_off(n - n_val);
         Ok((order, val))
+    }
+
+    /// Indices into the training file: the first `per_class` examples of each class in an
+    /// order seeded by `seed` (fewer for a class with fewer), in that order.
+    pub(crate) fn class_balanced(&self, per_class: u32, seed: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.train_len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        let mut taken = vec![0u32; self.num_classes as usize];
+        order.retain(|&i| {
+            let class = &mut taken[self.train_labels[i] as usize];
+            *class += 1;
+            *class <= per_class
+        });
+        order
+    }
+
+    /// The training images at `idx`, normalised with `lut`, as `f32 [N, C, H, W]`.
+    pub(crate) fn train_tensor(
+        &self,
+        idx: &[usize],
+        lut: &[[f32; 256]],
+        device: Device,
+    ) -> Result<Tensor, WorkerError> {
+        self.images_tensor(&self.train_images, idx, lut, device)
+    }
+
+    /// The test images at `idx`, normalised with `lut`.
+    pub(crate) fn test_tensor(
+        &self,
+        idx: &[usize],
+        lut: &[[f32; 256]],
+        device: Device,
+    ) -> Result<Tensor, WorkerError> {
+        self.images_tensor(&self.test_images, idx, lut, device)
+    }
+
+    /// The training labels at `idx`, as `i64 [N]`.
+    pub(crate) fn train_labels_tensor(
+        &self,
+        idx: &[usize],
+        device: Device,
+    ) -> Result<Tensor, WorkerError> {
+        labels_tensor(&self.train_labels, idx, device)
+    }
+
+    /// The test labels at `idx`.
+    pub(crate) fn test_labels_tensor(
+        &self,
+        idx: &[usize],
+        device: Device,
+    ) -> Result<Tensor, WorkerError> {
+        labels_tensor(&self.test_labels, idx, device)
     }
 
     /// How many test examples a split uses: the first `test_subset` (all when 0).
@@ -414,12 +459,13 @@ impl Dataset {
             train_domain: None,
             val_domain: None,
             domain_names: Vec::new(),
+            history: None,
         })
     }
 
     /// For each channel and byte value, the normalised `f32`: `(v / 255 − mean) / std`, with
     /// the mean and standard deviation of the examples in `train_idx`.
-    fn normalisation_table(&self, train_idx: &[usize]) -> Vec<[f32; 256]> {
+    pub(crate) fn normalisation_table(&self, train_idx: &[usize]) -> Vec<[f32; 256]> {
         let plane = self.height as usize * self.width as usize;
         let image = self.image_len();
         let mut hist = vec![[0u64; 256]; self.channels as usize];
@@ -597,6 +643,24 @@ pub struct SplitData {
     pub val_domain: Option<Tensor>,
     /// Names of the training domains, in domain-index order; empty for single-source data.
     pub domain_names: Vec<String>,
+    /// The gradient-mixing objective's source task (`[data.history]`), else `None`.
+    pub history: Option<HistorySplit>,
+}
+
+/// The source task of a gradient-mixing fine-tune, as tensors normalised like the new task's
+/// images (see [`crate::data::DataPlan`]).
+#[derive(Debug)]
+pub struct HistorySplit {
+    /// Candidates for the history library: `per_class` training examples of each class.
+    pub candidates_x: Tensor,
+    pub candidates_y: Tensor,
+    /// The source's test examples that measure retention.
+    pub test_x: Tensor,
+    pub test_y: Tensor,
+    /// Examples per class in the replayed library.
+    pub library_per_class: u32,
+    /// Classes of the source dataset.
+    pub num_classes: u32,
 }
 
 impl SplitData {

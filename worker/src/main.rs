@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use explore_common::client::{read_token, TlsOptions};
 use explore_worker::cli::{DataArgs, RuntimeArgs};
-use explore_worker::data::Dataset;
 use explore_worker::device::describe;
 use explore_worker::join::{self, JoinConfig};
 use explore_worker::train::{self, Control, TrialPlan};
@@ -212,8 +211,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
     }
     let analysis = genome.analyze()?;
     let device = args.runtime.apply()?;
-    let dataset = Dataset::load(&args.data.source()?)?;
-    let split = dataset.split(&args.data.split_config(), device)?;
+    let split = args.data.load_split(device)?;
     info!(
         device = %describe(device),
         threads = tch::get_num_threads(),
@@ -230,7 +228,9 @@ fn run_train(args: TrainArgs) -> Result<()> {
         seed: args.seed,
         parent_checkpoint: args.parent_checkpoint.clone(),
     };
+    let mut metrics = std::collections::BTreeMap::new();
     let outcome = train::train_trial(&plan, &split, device, &mut |r| {
+        metrics = r.metrics.clone();
         info!(
             epoch = r.epoch,
             of = r.total_epochs,
@@ -254,6 +254,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
         "params": outcome.params,
         "flops": analysis.flops,
         "inherited_tensors": outcome.inherited.copied.len(),
+        "metrics": metrics,
     });
     println!("{result}");
     Ok(())
@@ -263,8 +264,7 @@ fn run_evaluate(args: EvalArgs) -> Result<()> {
     let genome = load_genome(&args.genome)?;
     check_safetensors_name(&args.checkpoint)?;
     let device = args.runtime.apply()?;
-    let dataset = Dataset::load(&args.data.source()?)?;
-    let split = dataset.split(&args.data.split_config(), device)?;
+    let split = args.data.load_split(device)?;
     let (val_accuracy, test_accuracy) =
         train::evaluate_checkpoint(&genome, &args.checkpoint, &split, device)?;
     println!(

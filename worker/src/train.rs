@@ -144,7 +144,7 @@ pub fn train_trial(
     let total_steps = steps_per_epoch * hp.epochs as usize;
 
     tch::manual_seed(plan.seed as i64);
-    let mut objective = objective::for_trial(&plan.genome, hp, data.num_domains())?;
+    let mut objective = objective::for_trial(&plan.genome, hp, data, device)?;
     let vs = nn::VarStore::new(device);
     let net = objective.build(&vs.root(), &plan.genome)?;
     let params = model::trainable_params(&vs);

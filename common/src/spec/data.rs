@@ -58,6 +58,10 @@ pub struct DataConfig {
     /// and a transform, tagged as a training domain or the target domain.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<DomainConfig>,
+    /// The history library of the gradient-mixing objective (S4): a class-balanced sample of
+    /// the source task's training examples, replayed while fine-tuning on this data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryConfig>,
 }
 
 impl Default for DataConfig {
@@ -74,6 +78,7 @@ impl Default for DataConfig {
             per_class: 0,
             transform: DomainTransform::default(),
             domains: Vec::new(),
+            history: None,
         }
     }
 }
@@ -128,6 +133,95 @@ impl DomainTransform {
             return key("noise", format!("must be in [0, 1], got {}", self.noise));
         }
         Ok(())
+    }
+}
+
+/// The source task whose knowledge a gradient-mixing fine-tune keeps (`[data.history]`).
+///
+/// The worker draws `per_class` training examples of each class of `dataset` (seeded by the
+/// split seed, so the same spec gives the same candidates on every worker), resized to this
+/// data's geometry and derived by `transform`; of these, `library_per_class` per class form the
+/// history library that is replayed, re-chosen after every epoch. The source's first
+/// `test_subset` test examples measure what is retained (forgetting).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// A named dataset: `"fashion-mnist"`, `"mnist"` or `"digits"`.
+    pub dataset: String,
+    /// How the source derives from its dataset (identity by default).
+    #[serde(default, skip_serializing_if = "DomainTransform::is_identity")]
+    pub transform: DomainTransform,
+    /// Candidate examples per class drawn from the source's training file.
+    #[serde(default = "default_history_per_class")]
+    pub per_class: u32,
+    /// Examples per class in the replayed library (at most `per_class`).
+    #[serde(default = "default_history_library")]
+    pub library_per_class: u32,
+    /// Source test examples that measure retention (the first ones of its test file).
+    #[serde(default = "default_history_test_subset")]
+    pub test_subset: u32,
+}
+
+fn default_history_per_class() -> u32 {
+    40
+}
+
+fn default_history_library() -> u32 {
+    20
+}
+
+fn default_history_test_subset() -> u32 {
+    1000
+}
+
+impl HistoryConfig {
+    /// A history of `dataset` derived by `transform`, with the default sizes.
+    pub fn replaying(dataset: &str, transform: DomainTransform) -> Self {
+        HistoryConfig {
+            dataset: dataset.to_string(),
+            transform,
+            per_class: default_history_per_class(),
+            library_per_class: default_history_library(),
+            test_subset: default_history_test_subset(),
+        }
+    }
+
+    /// Checks the section; errors name `data.history.<field>`.
+    pub fn validate(&self) -> Result<(), CommonError> {
+        let key = |field: &str, reason: String| {
+            Err(CommonError::SpecKey {
+                key: format!("data.history.{field}"),
+                reason,
+            })
+        };
+        if !NAMED_DATASETS.contains(&self.dataset.as_str()) {
+            return key(
+                "dataset",
+                format!(
+                    "must be \"fashion-mnist\", \"mnist\" or \"digits\", got {:?}",
+                    self.dataset
+                ),
+            );
+        }
+        if !(1..=10_000).contains(&self.per_class) {
+            return key(
+                "per_class",
+                format!("must be 1..=10000, got {}", self.per_class),
+            );
+        }
+        if self.library_per_class == 0 || self.library_per_class > self.per_class {
+            return key(
+                "library_per_class",
+                format!(
+                    "must be 1..=per_class ({}), got {}",
+                    self.per_class, self.library_per_class
+                ),
+            );
+        }
+        if self.test_subset == 0 {
+            return key("test_subset", "must be at least 1".into());
+        }
+        self.transform.validate("data.history.transform")
     }
 }
 
@@ -227,6 +321,9 @@ impl DataConfig {
             );
         }
         self.transform.validate("data.transform")?;
+        if let Some(history) = &self.history {
+            history.validate()?;
+        }
         if self.domains.is_empty() {
             return Ok(());
         }

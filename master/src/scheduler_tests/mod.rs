@@ -13,6 +13,7 @@ mod proposals;
 mod restarts;
 mod results;
 mod submission;
+mod transfer;
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;

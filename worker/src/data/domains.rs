@@ -16,13 +16,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use explore_common::genome::InputShape;
-use explore_common::spec::{DataConfig, DomainTransform};
+use explore_common::spec::{DataConfig, DomainTransform, HistoryConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Tensor};
 
 use super::transform::{self, Geometry};
-use super::{default_data_dir, DataSource, Dataset, DatasetCache, SplitConfig, SplitData};
+use super::{
+    default_data_dir, DataSource, Dataset, DatasetCache, HistorySplit, SplitConfig, SplitData,
+};
 use crate::error::WorkerError;
 
 /// One domain: a loaded dataset and how to derive the domain from it.
@@ -41,6 +43,15 @@ pub struct DataPlan {
     /// Whether the parts are labelled domains (`[[data.domains]]`), so splits carry domain
     /// indices.
     labelled: bool,
+    /// The gradient-mixing objective's source task (`[data.history]`).
+    history: Option<History>,
+}
+
+/// The source task of a gradient-mixing fine-tune, loaded.
+#[derive(Debug, Clone)]
+struct History {
+    part: Part,
+    config: HistoryConfig,
 }
 
 impl DataPlan {
@@ -54,6 +65,7 @@ impl DataPlan {
                 target: false,
             }],
             labelled: false,
+            history: None,
         }
     }
 
@@ -64,13 +76,30 @@ impl DataPlan {
         fashion_mnist_dir: &Path,
         cache: &DatasetCache,
     ) -> Result<Self, WorkerError> {
+        let data_dir = default_data_dir();
+        let history = match &cfg.history {
+            None => None,
+            Some(config) => {
+                let source = DataSource::named(&config.dataset, fashion_mnist_dir, &data_dir)?;
+                Some(History {
+                    part: Part {
+                        name: format!("history:{}", config.dataset),
+                        dataset: cache.get_or_load(&source)?,
+                        transform: config.transform,
+                        target: false,
+                    },
+                    config: config.clone(),
+                })
+            }
+        };
         if cfg.domains.is_empty() {
             let source = DataSource::from_config(cfg, fashion_mnist_dir)?;
             let mut plan = DataPlan::single(cache.get_or_load(&source)?);
             plan.parts[0].transform = cfg.transform;
+            plan.history = history;
+            plan.check_channels()?;
             return Ok(plan);
         }
-        let data_dir = default_data_dir();
         let mut parts = Vec::with_capacity(cfg.domains.len());
         for domain in &cfg.domains {
             let source = DataSource::named(cfg.dataset_of(domain), fashion_mnist_dir, &data_dir)?;
@@ -84,6 +113,7 @@ impl DataPlan {
         let plan = DataPlan {
             parts,
             labelled: true,
+            history,
         };
         plan.check_channels()?;
         Ok(plan)
@@ -91,7 +121,13 @@ impl DataPlan {
 
     fn check_channels(&self) -> Result<(), WorkerError> {
         let (c, _, _) = self.geometry()?;
-        if let Some(other) = self.parts.iter().find(|p| p.dataset.channels != c) {
+        let history = self.history.as_ref().map(|h| &h.part);
+        if let Some(other) = self
+            .parts
+            .iter()
+            .chain(history)
+            .find(|p| p.dataset.channels != c)
+        {
             return Err(WorkerError::Source(format!(
                 "domain {:?} has {}-channel images but the first training domain has {c}; \
                  all domains need the same number of channels",
@@ -138,7 +174,7 @@ impl DataPlan {
     /// without transform or few-shot takes [`Dataset::split`] unchanged.
     pub fn split(&self, cfg: &SplitConfig, device: Device) -> Result<SplitData, WorkerError> {
         if let [only] = self.parts.as_slice() {
-            if !self.labelled && only.transform.is_identity() {
+            if !self.labelled && only.transform.is_identity() && self.history.is_none() {
                 return only.dataset.split(cfg, device);
             }
         }
@@ -188,6 +224,9 @@ impl DataPlan {
         let train_idx: Vec<usize> = (0..n_train).collect();
         let val_idx: Vec<usize> = (n_train..n_train + n_val).collect();
         let mut split = pooled.split_at(&train_idx, &val_idx, n_test, device)?;
+        if let Some(history) = &self.history {
+            split.history = Some(history.split(&pooled, &train_idx, cfg, geometry, device)?);
+        }
         if self.labelled {
             split.train_domain = Some(domain_tensor(&train.domains, device)?);
             split.val_domain = Some(domain_tensor(&val.domains, device)?);
@@ -196,6 +235,52 @@ impl DataPlan {
         Ok(split)
     }
 }
+
+impl History {
+    /// The history's candidates (`per_class` training examples of each class, in a seeded
+    /// order) and its first `test_subset` test examples, resized to `geometry`, derived, and
+    /// normalised like the new task's images (with `pooled`'s statistics over `train_idx`).
+    fn split(
+        &self,
+        pooled: &Dataset,
+        train_idx: &[usize],
+        cfg: &SplitConfig,
+        geometry: Geometry,
+        device: Device,
+    ) -> Result<HistorySplit, WorkerError> {
+        let d = &self.part.dataset;
+        let candidates = d.class_balanced(self.config.per_class, cfg.split_seed ^ HISTORY_SEED);
+        let test_idx: Vec<usize> =
+            (0..(self.config.test_subset as usize).min(d.test_len())).collect();
+        let mut train = Pooled::default();
+        let mut test = Pooled::default();
+        let mut rng = noise_rng(cfg.split_seed ^ HISTORY_SEED, 0, 0);
+        train.extend(&self.part, Which::Train, &candidates, 0, geometry, &mut rng);
+        let mut rng = noise_rng(cfg.split_seed ^ HISTORY_SEED, 0, 1);
+        test.extend(&self.part, Which::Test, &test_idx, 0, geometry, &mut rng);
+        let lut = pooled.normalisation_table(train_idx);
+        let all = |n: usize| (0..n).collect::<Vec<usize>>();
+        let (n_train, n_test) = (train.labels.len(), test.labels.len());
+        let source = Dataset::from_raw(
+            geometry,
+            train.pixels,
+            train.labels,
+            test.pixels,
+            test.labels,
+        )?;
+        Ok(HistorySplit {
+            candidates_x: source.train_tensor(&all(n_train), &lut, device)?,
+            candidates_y: source.train_labels_tensor(&all(n_train), device)?,
+            test_x: source.test_tensor(&all(n_test), &lut, device)?,
+            test_y: source.test_labels_tensor(&all(n_test), device)?,
+            library_per_class: self.config.library_per_class,
+            num_classes: d.num_classes,
+        })
+    }
+}
+
+/// Mixed into the split seed for the history's sample and noise.
+const HISTORY_SEED: u64 = 0x0068_6973_746f_7279;
 
 /// The index of part `index` among the training parts.
 fn domain_index(plan: &DataPlan, index: usize) -> usize {

@@ -8,16 +8,18 @@
 //! every optimizer step ([`Objective::after_step`]) and named per-epoch metrics
 //! ([`Objective::epoch_metrics`], sent with the heartbeat).
 //!
-//! Four implementations: [`Plain`] (cross-entropy on a linear head, the trainer's behaviour
+//! Five implementations: [`Plain`] (cross-entropy on a linear head, the trainer's behaviour
 //! before objectives existed, bit for bit), [`Elr`] (S3's equivalent-learning-rate mode),
 //! [`Disentangle`] (S5's domain-invariant / domain-specific split with a CLUB
-//! mutual-information penalty) and [`Dann`] (domain-adversarial training, S5's baseline).
+//! mutual-information penalty), [`Dann`] (domain-adversarial training, S5's baseline) and
+//! [`GradientMixing`] (S4's fine-tune that replays a history library without undoing it).
 //! [`for_trial`] picks one from the trial's hyperparameters.
 
 mod club;
 mod dann;
 mod disentangle;
 mod elr;
+mod gradient_mixing;
 mod plain;
 mod probe;
 
@@ -26,15 +28,17 @@ use std::collections::BTreeMap;
 use explore_common::genome::Genome;
 use explore_common::hparams::{HyperParams, Objective as ObjectiveSettings, Optimizer};
 use tch::nn::{self, OptimizerConfig};
-use tch::{Reduction, TchError, Tensor};
+use tch::{Device, Reduction, TchError, Tensor};
 
 pub use club::Club;
 pub use dann::Dann;
 pub use disentangle::Disentangle;
 pub use elr::{Elr, INVARIANT_GROUP};
+pub use gradient_mixing::{mix, Agem, Combine, GradientMixing, MixByCosine, Mixed, Replay};
 pub use plain::Plain;
 pub use probe::{linear_probe_accuracy, warm_up};
 
+use crate::data::SplitData;
 use crate::error::WorkerError;
 use crate::model::GenomeNet;
 
@@ -107,14 +111,16 @@ pub struct EpochData<'a> {
     pub num_domains: usize,
 }
 
-/// The objective that trains `genome` with `hparams` (their `objective` field decides) on data
-/// with `num_domains` training domains (0 for single-source data). The domain objectives need
-/// at least two.
+/// The objective that trains `genome` with `hparams` (their `objective` field decides) on
+/// `data`, on `device`. The domain objectives need at least two training domains, the
+/// gradient-mixing fine-tune a history library (`[data.history]`).
 pub fn for_trial(
     genome: &Genome,
     hparams: &HyperParams,
-    num_domains: usize,
+    data: &SplitData,
+    device: Device,
 ) -> Result<Box<dyn Objective>, WorkerError> {
+    let num_domains = data.num_domains();
     let need_domains = |name: &str| {
         if num_domains < 2 {
             return Err(WorkerError::HyperParams(format!(
@@ -141,6 +147,21 @@ pub fn for_trial(
         ObjectiveSettings::Dann { lambda } => {
             need_domains("dann")?;
             Box::new(Dann::new(hparams.clone(), lambda, num_domains as u32))
+        }
+        ObjectiveSettings::GradientMixing | ObjectiveSettings::Replay | ObjectiveSettings::Agem => {
+            let rule: Box<dyn Combine> = match hparams.objective {
+                ObjectiveSettings::Replay => Box::new(Replay),
+                ObjectiveSettings::Agem => Box::new(Agem),
+                _ => Box::new(MixByCosine),
+            };
+            let history = data.history.as_ref().ok_or_else(|| {
+                WorkerError::HyperParams(format!(
+                    "the {} objective needs a history library ([data.history]), this trial's \
+                     data has none",
+                    rule.name()
+                ))
+            })?;
+            Box::new(GradientMixing::new(rule, hparams.clone(), history, device)?)
         }
     })
 }

@@ -32,6 +32,7 @@ fn split() -> SplitData {
         train_domain: None,
         val_domain: None,
         domain_names: Vec::new(),
+        history: None,
     }
 }
 

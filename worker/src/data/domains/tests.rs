@@ -59,6 +59,7 @@ fn training_domains_are_pooled_and_the_target_is_only_tested_on() {
             part("mid", flat(120, 4, 20, 8, 4), false),
         ],
         labelled: true,
+        history: None,
     };
     assert_eq!(plan.domain_names(), vec!["dark", "mid"]);
     // resized to the first training domain's 4×4
@@ -189,4 +190,41 @@ fn a_config_without_files_names_the_missing_file_and_the_set_up() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("train-images-idx3-ubyte"), "{err}");
+}
+
+#[test]
+fn a_history_is_class_balanced_resized_and_normalised_like_the_new_task() {
+    let _guard = crate::testing::torch_lock();
+    let mut plan = DataPlan::single(flat(100, 4, 40, 8, 4));
+    plan.history = Some(History {
+        part: part("history", flat(200, 8, 90, 30, 3), false),
+        config: HistoryConfig {
+            dataset: "mnist".into(),
+            transform: DomainTransform::default(),
+            per_class: 5,
+            library_per_class: 2,
+            test_subset: 12,
+        },
+    });
+    let split = plan.split(&cfg(3), Device::Cpu).unwrap();
+    let history = split.history.as_ref().unwrap();
+    assert_eq!(history.candidates_x.size(), vec![15, 1, 4, 4]);
+    assert_eq!(history.test_x.size(), vec![12, 1, 4, 4]);
+    let labels = ints(&history.candidates_y);
+    for class in 0..3 {
+        assert_eq!(labels.iter().filter(|&&l| l == class).count(), 5);
+    }
+    assert_eq!((history.library_per_class, history.num_classes), (2, 3));
+    // Normalised with the new task's statistics: the new task's flat 100 is the mean, so its
+    // images are 0 and the brighter history's are positive (the same table for both).
+    assert!(floats(&split.train_x).iter().all(|&v| v == 0.0));
+    let values = floats(&history.candidates_x);
+    assert!(
+        values.iter().all(|&v| v > 0.0 && v == values[0]),
+        "{:?}",
+        &values[..4]
+    );
+    // deterministic: the same candidates again
+    let again = plan.split(&cfg(3), Device::Cpu).unwrap();
+    assert_eq!(ints(&again.history.unwrap().candidates_y), labels);
 }

@@ -67,6 +67,7 @@ fn split() -> SplitData {
         train_domain: Some(train_domain),
         val_domain: Some(val_domain),
         domain_names: (0..DOMAINS).map(|d| format!("d{d}")).collect(),
+        history: None,
     }
 }
 
