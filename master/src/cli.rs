@@ -507,12 +507,49 @@ pub async fn trials(args: &TrialsArgs) -> Result<()> {
 const METRICS_CELL: usize = 60;
 
 /// The `master trials` table, header first. A METRICS column (the last epoch's named metrics
-/// as `name=value,...`) appears only when some trial has any.
+/// as `name=value,...`; a probe's scores without their `probe.` prefix) appears only when some
+/// trial has any; a PREDICTED column (the transfer predictor's `mean±std`) only when some trial
+/// has a prediction. Probes are numbered `p1`, `p2`, ….
 fn trials_table(trials: &[TrialRecord]) -> Vec<String> {
+    let is_probe = |t: &TrialRecord| t.kind == proto::TrialKind::Probe as i32;
     let cells: Vec<String> = trials
         .iter()
-        .map(|t| truncate(&metrics_cell(&t.epoch_metrics), METRICS_CELL))
+        .map(|t| {
+            let cell = if is_probe(t) {
+                let scores = t
+                    .metrics
+                    .iter()
+                    .filter_map(|(k, v)| k.strip_prefix("probe.").map(|k| (k.to_string(), *v)))
+                    .collect();
+                metrics_cell(&scores)
+            } else {
+                metrics_cell(&t.epoch_metrics)
+            };
+            truncate(&cell, METRICS_CELL)
+        })
         .collect();
+    let predicted: Vec<String> = trials
+        .iter()
+        .map(|t| {
+            if t.predicted_score.is_finite() {
+                format!("{:.3}±{:.3}", t.predicted_score, t.predicted_std)
+            } else {
+                String::new()
+            }
+        })
+        .collect();
+    let predicted_width = predicted
+        .iter()
+        .map(|c| c.chars().count())
+        .max()
+        .unwrap_or(0);
+    let prediction = |cell: &str| {
+        if predicted_width == 0 {
+            String::new()
+        } else {
+            format!(" {cell:>predicted_width$}")
+        }
+    };
     let width = cells.iter().map(|c| c.chars().count()).max().unwrap_or(0);
     let metrics = |cell: &str| {
         if width == 0 {
@@ -522,7 +559,7 @@ fn trials_table(trials: &[TrialRecord]) -> Vec<String> {
         }
     };
     let mut lines = vec![format!(
-        "{:>4} {:<24} {:<10} {:>5} {:>6} {:>8} {:>8} {:>3}{}  ORIGIN",
+        "{:>4} {:<24} {:<10} {:>5} {:>6} {:>8} {:>8}{} {:>3}{}  ORIGIN",
         "SEQ",
         "TRIAL",
         "STATUS",
@@ -530,24 +567,39 @@ fn trials_table(trials: &[TrialRecord]) -> Vec<String> {
         "EPOCHS",
         "VAL",
         "TEST",
+        prediction("PREDICTED"),
         "INH",
         metrics("METRICS")
     )];
-    for (t, cell) in trials.iter().zip(&cells) {
+    for ((t, cell), predicted) in trials.iter().zip(&cells).zip(&predicted) {
         let value = |v: Option<f64>| {
             v.filter(|v| v.is_finite())
                 .map_or("-".into(), |v| format!("{v:.4}"))
         };
+        let probe = is_probe(t);
         lines.push(format!(
-            "{:>4} {:<24} {:<10} {:>5} {:>6} {:>8} {:>8} {:>3}{}  {}",
-            t.seq,
+            "{:>4} {:<24} {:<10} {:>5} {:>6} {:>8} {:>8}{} {:>3}{}  {}",
+            if probe {
+                format!("p{}", t.seq)
+            } else {
+                t.seq.to_string()
+            },
             t.trial_id,
             t.status,
-            t.chain,
+            if probe {
+                "-".into()
+            } else {
+                t.chain.to_string()
+            },
             t.epochs_run,
-            value(Some(t.score)),
+            value(if probe { None } else { Some(t.score) }),
             value(t.metrics.get("test_accuracy").copied()),
-            if t.inherit_from.is_empty() { "" } else { "yes" },
+            prediction(predicted),
+            if t.inherit_from.is_empty() || probe {
+                ""
+            } else {
+                "yes"
+            },
             metrics(if cell.is_empty() { "-" } else { cell }),
             truncate(
                 if t.error.is_empty() {
@@ -596,6 +648,7 @@ fn trial_json(t: &TrialRecord) -> serde_json::Value {
     serde_json::json!({
         "trial_id": t.trial_id,
         "seq": t.seq,
+        "kind": if t.kind == proto::TrialKind::Probe as i32 { "probe" } else { "train" },
         "status": t.status,
         "parent_trial_id": text(&t.parent_trial_id),
         "origin": t.origin,
@@ -607,6 +660,12 @@ fn trial_json(t: &TrialRecord) -> serde_json::Value {
         "inherited_tensors": t.metrics.get("inherited_tensors"),
         // The last epoch's named metrics (objective-specific, e.g. "elr.norm_drift"), by name.
         "epoch_metrics": t.epoch_metrics.iter().collect::<BTreeMap<_, _>>(),
+        "accepted": t.accepted,
+        // The transfer predictor's fine-tuned validation accuracy and its standard deviation.
+        "predicted_score": finite(t.predicted_score),
+        "predicted_std": finite(t.predicted_std),
+        // Every metric of the result (a probe's scores are "probe.*").
+        "metrics": t.metrics.iter().collect::<BTreeMap<_, _>>(),
         "accepted": t.accepted,
         "temperature": finite(t.temperature),
         "params": t.params,
@@ -747,6 +806,8 @@ mod tests {
             status: "running".into(),
             origin: "seed cnn2".into(),
             score: f64::NAN,
+            predicted_score: f64::NAN,
+            predicted_std: f64::NAN,
             epoch_metrics: epoch_metrics
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
@@ -814,6 +875,42 @@ mod tests {
         let origin = |line: &str| line.rfind("seed cnn2").unwrap();
         assert_eq!(origin(&table[1]), origin(&table[2]));
         assert!(table[1].contains(" - "), "{table:?}");
+    }
+
+    #[test]
+    fn probes_show_their_scores_and_fine_tunes_their_prediction() {
+        let probe = TrialRecord {
+            kind: proto::TrialKind::Probe as i32,
+            seq: 1,
+            score: 0.37,
+            origin: "probe of transfer src#4 (source val 0.9012)".into(),
+            metrics: [
+                ("probe.logme".to_string(), 0.5612),
+                ("probe.latency_ms".to_string(), 0.41),
+            ]
+            .into(),
+            inherit_from: "ab".repeat(32),
+            ..record(1, &[])
+        };
+        let fine_tune = TrialRecord {
+            score: 0.84,
+            predicted_score: 0.8213,
+            predicted_std: 0.0301,
+            inherit_from: "ab".repeat(32),
+            ..record(0, &[])
+        };
+        let table = trials_table(&[probe, fine_tune]);
+        assert!(table[0].contains("PREDICTED"), "{table:?}");
+        // a probe is numbered p1, has no chain, no validation score and no inheritance mark;
+        // its scores fill the metrics column without their prefix
+        assert!(table[1].trim_start().starts_with("p1 "), "{table:?}");
+        assert!(table[1].contains("latency_ms=0.41,logme=0.5612"), "{table:?}");
+        assert!(!table[1].contains("0.3700") && !table[1].contains("yes"), "{table:?}");
+        assert!(table[2].contains("0.821±0.030"), "{table:?}");
+        assert!(table[2].contains("0.8400") && table[2].contains("yes"), "{table:?}");
+        // without a prediction anywhere there is no PREDICTED column
+        let plain = trials_table(&[record(0, &[])]);
+        assert!(!plain[0].contains("PREDICTED"), "{plain:?}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod chains;
 pub mod cli;
 pub mod early_stop;
 pub mod error;
+pub mod predictor;
 pub mod proposals;
 pub mod scheduler;
 #[cfg(test)]

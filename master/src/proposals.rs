@@ -167,7 +167,7 @@ impl Search<'_> {
     ) -> Result<Vec<TrialRow>, MasterError> {
         let mut pool = store::accepted_trials(conn, self.experiment_id).await?;
         if pool.is_empty() {
-            pool = store::list_trials(conn, self.experiment_id)
+            pool = store::list_train_trials(conn, self.experiment_id)
                 .await?
                 .into_iter()
                 .filter(|t| (t.seq as usize) < self.seed_count)

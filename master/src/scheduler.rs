@@ -24,7 +24,7 @@ use crate::error::MasterError;
 use crate::proposals;
 use crate::store::{
     self, ChainRow, EpochUsage, ExperimentRow, ExperimentStatus, NewTrial, Store, TrialCounts,
-    TrialResult, TrialRow, TrialStatus,
+    TrialKind, TrialResult, TrialRow, TrialStatus,
 };
 use crate::transfer;
 
@@ -187,6 +187,9 @@ impl Scheduler {
         let mut tx = self.store.begin().await?;
         let now = now_ms();
         store::insert_experiment(&mut tx, id.as_str(), &spec.name, &spec_json, now).await?;
+        if transfer::probes(&stored) {
+            transfer::queue_probes(&mut tx, &stored, &seeds, id.as_str(), now).await?;
+        }
         let row = store::get_experiment(&mut tx, id.as_str())
             .await?
             .ok_or_else(|| MasterError::Internal("experiment vanished".into()))?;
@@ -432,10 +435,13 @@ impl Scheduler {
             );
             return Ok(HeartbeatAnswer::Stop(reason.to_string()));
         }
-        if let Some(reason) = self
-            .record_epoch(&mut tx, &experiment, &trial, planned, &progress, now)
-            .await?
-        {
+        let epoch_reason = if trial.kind()? == TrialKind::Train {
+            self.record_epoch(&mut tx, &experiment, &trial, planned, &progress, now)
+                .await?
+        } else {
+            None
+        };
+        if let Some(reason) = epoch_reason {
             tx.commit().await.map_err(store::convert_sqlx_err)?;
             info!(trial_id, worker_id, reason = %reason, "trial pruned");
             self.work_available.notify_waiters();
@@ -588,6 +594,23 @@ impl Scheduler {
             });
         }
         let experiment = experiment_of(&mut tx, &trial).await?;
+        if trial.kind()? == TrialKind::Probe {
+            // A probe measures a model; it is never a model of the pool: no chain, no best.
+            let result = TrialResult {
+                epochs_run: 0,
+                checkpoint_sha256: None,
+                ..result
+            };
+            store::complete_trial(&mut tx, trial_id, &result, false, 0.0, now).await?;
+            self.refill_experiment(&mut tx, &experiment, now).await?;
+            tx.commit().await.map_err(store::convert_sqlx_err)?;
+            info!(trial_id, experiment_id = %experiment.id, metrics = ?result.metrics, "probe completed");
+            self.work_available.notify_waiters();
+            return Ok(CompleteAnswer {
+                accepted: true,
+                reason: String::new(),
+            });
+        }
         let spec = parse_spec(&experiment)?;
         let chain = chains::load(&mut tx, &spec, &experiment.id, trial.chain).await?;
         let temperature = chain.temperature;
@@ -826,6 +849,10 @@ impl Scheduler {
             }
             return Ok(false);
         }
+        // A probing transfer experiment ranks its fine-tunes by the probes' results.
+        if transfer::probes(&spec) && transfer::probes_pending(conn, &row.id).await? {
+            return Ok(false);
+        }
         let since = now - 2 * self.config.lease.as_millis() as i64;
         let slots = store::connected_slots(conn, since).await?;
         let target_queued = slots.max(1);
@@ -891,7 +918,20 @@ impl Scheduler {
         let trial_seed =
             db_seed(annealing::rng_for(spec.seed, STREAM_TRIAL_SEED, seq as u64).gen());
         let chain_count = chains::chain_count(spec, connected_slots);
-        let is_seed = (seq as usize) < seeds.len();
+        // A probing transfer experiment queues its seeds best-predicted first (S2); the others in
+        // index order, seed `seq` at `seq`.
+        let seed_choice = if (seq as usize) >= seeds.len() {
+            None
+        } else if transfer::probes(spec) {
+            transfer::choose_seed(conn, spec, &row.id, &seeds).await?
+        } else {
+            Some(transfer::SeedChoice {
+                index: seq as usize,
+                prediction: None,
+                note: String::new(),
+            })
+        };
+        let is_seed = seed_choice.is_some();
         let chain_index = if is_seed {
             seq % i64::from(chain_count)
         } else {
@@ -903,18 +943,18 @@ impl Scheduler {
                 hp.epochs = hp.epochs.min(left.min(u64::from(u32::MAX)) as u32).max(1);
             }
         };
-        let (parent_id, origin, genome, hparams, inherit_from) = if is_seed {
-            let seed = &seeds[seq as usize];
+        let (parent_id, origin, genome, hparams, inherit_from) = if let Some(choice) = &seed_choice
+        {
+            let seed = &seeds[choice.index];
             let mut hparams = seed.hparams.clone();
             cap_epochs(&mut hparams);
             let inherit_from = seed.inherit_from.clone();
-            (
-                None,
-                seed.label.clone(),
-                seed.genome.clone(),
-                hparams,
-                inherit_from,
-            )
+            let origin = if choice.note.is_empty() {
+                seed.label.clone()
+            } else {
+                format!("{}; {}", seed.label, choice.note)
+            };
+            (None, origin, seed.genome.clone(), hparams, inherit_from)
         } else {
             let mut rng = annealing::rng_for(spec.seed, STREAM_PROPOSAL, seq as u64);
             let base = self
@@ -960,6 +1000,12 @@ impl Scheduler {
             temperature: chain.temperature,
             chain: chain_index,
             inherit_from,
+            kind: TrialKind::Train,
+            seed_index: seed_choice
+                .as_ref()
+                .filter(|_| transfer::probes(spec))
+                .map(|c| c.index as i64),
+            prediction: seed_choice.as_ref().and_then(|c| c.prediction),
         };
         store::insert_trial(conn, &trial, now).await?;
         if store::get_chain(conn, &row.id, chain_index)
@@ -992,7 +1038,7 @@ impl Scheduler {
         }
         let accepted = store::accepted_trials(conn, &row.id).await?;
         if accepted.is_empty() {
-            let all = store::list_trials(conn, &row.id).await?;
+            let all = store::list_train_trials(conn, &row.id).await?;
             let seed_trials: Vec<&TrialRow> = all
                 .iter()
                 .filter(|t| (t.seq as usize) < seed_count)

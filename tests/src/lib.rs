@@ -49,6 +49,25 @@ pub fn require_fashion_mnist() {
     );
 }
 
+/// Fails with an install hint when MNIST is not where `scripts/setup.sh` installs it
+/// (`$EXPLORE_DATA_DIR/mnist`, else `$EXPLORE_CACHE/data/mnist`, else `~/.cache/explore/data/mnist`).
+pub fn require_mnist() {
+    let dir = if let Some(d) = std::env::var_os("EXPLORE_DATA_DIR").filter(|d| !d.is_empty()) {
+        PathBuf::from(d)
+    } else if let Some(c) = std::env::var_os("EXPLORE_CACHE").filter(|d| !d.is_empty()) {
+        PathBuf::from(c).join("data")
+    } else {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
+            .join(".cache/explore/data")
+    };
+    let file = dir.join("mnist/train-images-idx3-ubyte.gz");
+    assert!(
+        file.exists(),
+        "{} is missing: install it with `bash scripts/setup.sh`",
+        file.display()
+    );
+}
+
 /// A child process that is killed when dropped.
 pub struct Proc {
     pub name: String,

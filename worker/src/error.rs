@@ -45,6 +45,9 @@ pub enum WorkerError {
     /// The master refused a call or stayed unreachable.
     #[error("{0}")]
     Master(String),
+    /// A transferability score (LogME, LEEP, NCE) cannot be computed from its inputs.
+    #[error("cannot score transferability: {0}")]
+    Transferability(String),
     /// A checkpoint cannot be read or does not fit the genome.
     #[error("checkpoint {}: {reason}", path.display())]
     Checkpoint { path: PathBuf, reason: String },

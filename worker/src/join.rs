@@ -28,6 +28,7 @@ use tracing::{error, info, warn};
 
 use crate::data::{DataPlan, DatasetCache, SplitConfig, SplitData};
 use crate::error::WorkerError;
+use crate::probing::{probe_trial, ProbeOutcome};
 use crate::train::{train_trial, Control, EpochReport, RemoveOnDrop, TrialOutcome, TrialPlan};
 
 /// Settings of `worker join`.
@@ -447,7 +448,16 @@ async fn download_parent(
     Ok(file)
 }
 
-/// The trainer stage for one trial: train on a blocking thread, upload, complete (or fail).
+/// What the trainer stage did with a trial.
+enum Work {
+    /// Trained: a model with its weights.
+    Trained(TrialOutcome),
+    /// Probed (S2): transferability scores, no weights.
+    Probed(ProbeOutcome),
+}
+
+/// The trainer stage for one trial: train (or probe) on a blocking thread, upload, complete (or
+/// fail).
 async fn train_and_report(
     client: &mut WorkerServiceClient<AuthChannel>,
     config: &JoinConfig,
@@ -482,8 +492,9 @@ async fn train_and_report(
         h.started = true;
     }
     let cancel_flag = cancel.clone();
-    let training = tokio::task::spawn_blocking(
-        move || -> (Result<TrialOutcome, WorkerError>, Option<SplitData>) {
+    let probe = trial.kind == proto::TrialKind::Probe as i32;
+    let training =
+        tokio::task::spawn_blocking(move || -> (Result<Work, WorkerError>, Option<SplitData>) {
             let data = match reuse {
                 Some((_, d)) => d,
                 None => match dataset.split(&split, device) {
@@ -501,10 +512,20 @@ async fn train_and_report(
                     Control::Continue
                 }
             };
-            let outcome = train_trial(&plan, &data, device, &mut on_epoch);
+            let outcome = if probe {
+                match &plan.parent_checkpoint {
+                    Some(source) => {
+                        probe_trial(&plan.genome, source, &data, device).map(Work::Probed)
+                    }
+                    None => Err(WorkerError::Genome(
+                        "a probe trial must name the checkpoint it probes".into(),
+                    )),
+                }
+            } else {
+                train_trial(&plan, &data, device, &mut on_epoch).map(Work::Trained)
+            };
             (outcome, Some(data))
-        },
-    );
+        });
     // Forward epoch reports to the master as they arrive.
     let forward_held = held.clone();
     let forward_id = trial_id.clone();
@@ -557,7 +578,10 @@ async fn train_and_report(
         return Ok(());
     }
     match outcome {
-        Ok(outcome) => report_success(client, config, worker_id, &trial, outcome).await,
+        Ok(Work::Trained(outcome)) => {
+            report_success(client, config, worker_id, &trial, outcome).await
+        }
+        Ok(Work::Probed(outcome)) => report_probe(client, config, worker_id, &trial, outcome).await,
         Err(e) => {
             warn!(trial_id = %trial_id, error = %e, "trial failed");
             with_retry("fail", config.give_up_after, || {
@@ -630,6 +654,45 @@ async fn report_success(
         );
     } else {
         warn!(trial_id = %trial.trial_id, reason = %answer.reason, "result kept as history only");
+    }
+    Ok(())
+}
+
+/// Completes a probe trial with its scores (no checkpoint, no epochs).
+async fn report_probe(
+    client: &mut WorkerServiceClient<AuthChannel>,
+    config: &JoinConfig,
+    worker_id: &str,
+    trial: &proto::Trial,
+    outcome: ProbeOutcome,
+) -> Result<(), WorkerError> {
+    let request = proto::CompleteRequest {
+        worker_id: worker_id.to_string(),
+        trial_id: trial.trial_id.clone(),
+        attempt: trial.attempt,
+        score: outcome.score(),
+        metrics: outcome.metrics().into_iter().collect(),
+        checkpoint_sha256: String::new(),
+        epochs_run: 0,
+    };
+    let answer = with_retry("complete", config.give_up_after, || {
+        let mut c = client.clone();
+        let r = request.clone();
+        async move { c.complete(r).await.map(|r| r.into_inner()) }
+    })
+    .await?;
+    if answer.accepted {
+        info!(
+            trial_id = %trial.trial_id,
+            logme = outcome.scores.logme,
+            leep = outcome.scores.leep,
+            nce = outcome.scores.nce,
+            latency_ms = outcome.latency_ms,
+            seconds = outcome.seconds,
+            "probe completed"
+        );
+    } else {
+        warn!(trial_id = %trial.trial_id, reason = %answer.reason, "probe result kept as history only");
     }
     Ok(())
 }

@@ -14,7 +14,9 @@ pub mod inherit;
 pub mod join;
 pub mod model;
 pub mod objective;
+pub mod probing;
 pub mod train;
+pub mod transferability;
 
 #[cfg(test)]
 mod testing;

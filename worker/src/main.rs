@@ -14,6 +14,7 @@ use explore_common::client::{read_token, TlsOptions};
 use explore_worker::cli::{DataArgs, RuntimeArgs};
 use explore_worker::device::describe;
 use explore_worker::join::{self, JoinConfig};
+use explore_worker::probing;
 use explore_worker::train::{self, Control, TrialPlan};
 use serde_json::json;
 use tokio::sync::watch;
@@ -34,6 +35,9 @@ enum Command {
     Train(TrainArgs),
     /// Score a saved checkpoint on the validation and test splits; prints them as JSON
     Evaluate(EvalArgs),
+    /// Probe a saved checkpoint on a (new) task's training split without training it (S2):
+    /// prints LogME, LEEP, NCE and the latency per image as JSON
+    Probe(EvalArgs),
     /// Check a genome and print its parameter count, FLOPs per example and block count as JSON
     Analyze(AnalyzeArgs),
     /// Join a master and train the trials it hands out until stopped (SIGTERM drains)
@@ -133,6 +137,7 @@ fn main() {
     let result = match cli.command {
         Command::Train(args) => run_train(args),
         Command::Evaluate(args) => run_evaluate(args),
+        Command::Probe(args) => run_probe(args),
         Command::Analyze(args) => run_analyze(args),
         Command::Join(args) => run_join(args),
     };
@@ -270,6 +275,27 @@ fn run_evaluate(args: EvalArgs) -> Result<()> {
     println!(
         "{}",
         json!({ "val_accuracy": val_accuracy, "test_accuracy": test_accuracy })
+    );
+    Ok(())
+}
+
+fn run_probe(args: EvalArgs) -> Result<()> {
+    let genome = load_genome(&args.genome)?;
+    check_safetensors_name(&args.checkpoint)?;
+    let device = args.runtime.apply()?;
+    let split = args.data.load_split(device)?;
+    let outcome = probing::probe_trial(&genome, &args.checkpoint, &split, device)?;
+    println!(
+        "{}",
+        json!({
+            "logme": outcome.scores.logme,
+            "leep": outcome.scores.leep,
+            "nce": outcome.scores.nce,
+            "latency_ms": outcome.latency_ms,
+            "examples": outcome.examples,
+            "classes": outcome.classes,
+            "seconds": outcome.seconds,
+        })
     );
     Ok(())
 }

@@ -19,6 +19,12 @@
 //! inheriting its model's weights (by name and shape, so a head of another class count is
 //! trained afresh); `[training].objective` applies to every fine-tune, and a gradient-mixing
 //! fine-tune without `[data.history]` replays the source experiment's data.
+//!
+//! With `probe = true` (the default) the master first queues one **probe** per source model: a
+//! worker runs the model's features over the new task's training examples and reports LogME,
+//! LEEP, NCE and its latency per image (S2). The fine-tunes are then queued best-predicted
+//! first: by the learned predictor once the pool holds enough fine-tunes of earlier transfers,
+//! by LogME until then. `max_latency_ms` drops the models whose measured latency exceeds it.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +43,18 @@ pub struct TransferConfig {
     /// Fine-tune settings; every chosen model is fine-tuned with each.
     #[serde(default = "default_settings")]
     pub settings: Vec<HyperParams>,
+    /// Probe the models on the new task and queue the fine-tunes best-predicted first (S2);
+    /// `false` queues them by source validation score, without probes.
+    #[serde(default = "default_probe")]
+    pub probe: bool,
+    /// The most milliseconds per image (batch of one, measured by the probing worker on its
+    /// own device) a chosen model may take; needs `probe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_ms: Option<f64>,
+}
+
+fn default_probe() -> bool {
+    true
 }
 
 fn default_models() -> u32 {
@@ -77,6 +95,20 @@ impl TransferConfig {
                 format!("needs 1 to 16 settings, got {}", self.settings.len()),
             );
         }
+        if let Some(ms) = self.max_latency_ms {
+            if !(ms.is_finite() && ms > 0.0) {
+                return key(
+                    "max_latency_ms",
+                    format!("must be a positive number, got {ms}"),
+                );
+            }
+            if !self.probe {
+                return key(
+                    "max_latency_ms",
+                    "needs probe = true: latency is measured by the probes".into(),
+                );
+            }
+        }
         for (i, s) in self.settings.iter().enumerate() {
             if let Err(e) = s.validate() {
                 return key(&format!("settings[{i}]"), e.to_string());
@@ -97,4 +129,7 @@ pub struct TransferSeed {
     pub checkpoint_sha256: String,
     /// What `master trials` shows as the seed's origin.
     pub label: String,
+    /// The source model's validation score on its own task (a feature of the predictor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_score: Option<f64>,
 }

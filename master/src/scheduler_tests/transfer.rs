@@ -1,6 +1,8 @@
-//! Transfer experiments: seeds derived from a source experiment's models on submission.
+//! Transfer experiments: seeds derived from a source experiment's models on submission, probed
+//! and ranked before they are fine-tuned (S2).
 
 use super::*;
+use crate::store::TrialKind;
 use explore_common::hparams::Objective;
 
 /// Runs a source experiment of `scores.len()` trials named `name`, each completed with an
@@ -34,7 +36,7 @@ async fn a_transfer_experiment_starts_from_the_best_source_models_with_their_wei
     let source = source_experiment(&h.sched, "fashion-source", &[0.71, 0.93, 0.85, 0.60]).await;
     let source_trials = trials(&h.sched, &source).await;
     let by_score = |s: f64| source_trials.iter().find(|t| t.score == Some(s)).unwrap();
-    let text = "[training]\nobjective = \"gradient_mixing\"\n[transfer]\nfrom = \"fashion-source\"\nmodels = 2\nsettings = [\n { optimizer = \"adamw\", learning_rate = 0.001, schedule = \"constant\", batch_size = 32, weight_decay = 0.0, epochs = 2 },\n { optimizer = \"sgd\", learning_rate = 0.01, schedule = \"cosine\", batch_size = 32, weight_decay = 0.0, epochs = 3 },\n]\n";
+    let text = "[training]\nobjective = \"gradient_mixing\"\n[transfer]\nfrom = \"fashion-source\"\nprobe = false\nmodels = 2\nsettings = [\n { optimizer = \"adamw\", learning_rate = 0.001, schedule = \"constant\", batch_size = 32, weight_decay = 0.0, epochs = 2 },\n { optimizer = \"sgd\", learning_rate = 0.01, schedule = \"cosine\", batch_size = 32, weight_decay = 0.0, epochs = 3 },\n]\n";
     let id = within(h.sched.submit(transfer_spec(text))).await.unwrap();
     let v = view(&h.sched, &id).await;
     let stored: ExperimentSpec = serde_json::from_str(&v.row.spec_json).unwrap();
@@ -131,4 +133,355 @@ async fn a_plain_transfer_keeps_the_data_it_was_given() {
         stored.seeds[0].hparams.as_ref().unwrap().objective,
         Objective::Plain
     );
+}
+
+/// Two settings for every model: a short and a longer fine-tune.
+const TWO_SETTINGS: &str = "settings = [\n { optimizer = \"adamw\", learning_rate = 0.001, schedule = \"constant\", batch_size = 32, weight_decay = 0.0, epochs = 1 },\n { optimizer = \"sgd\", learning_rate = 0.01, schedule = \"cosine\", batch_size = 32, weight_decay = 0.0, epochs = 2 },\n]\n";
+
+/// A probe's result as a worker reports it.
+fn probe_result(logme: f64, latency_ms: f64) -> TrialResult {
+    TrialResult {
+        score: 0.5,
+        metrics: BTreeMap::from([
+            ("probe.logme".to_string(), logme),
+            ("probe.leep".to_string(), -1.0 + logme / 10.0),
+            ("probe.nce".to_string(), -1.2 + logme / 10.0),
+            ("probe.latency_ms".to_string(), latency_ms),
+            ("probe.examples".to_string(), 200.0),
+            ("probe.classes".to_string(), 10.0),
+        ]),
+        checkpoint_sha256: None,
+        epochs_run: 0,
+    }
+}
+
+/// Leases every probe of a fresh transfer experiment and completes each with the LogME (and
+/// latency) `scores` gives its source model's checkpoint.
+async fn run_probes(
+    sched: &Scheduler,
+    w: &WorkerId,
+    count: usize,
+    scores: impl Fn(&str) -> (f64, f64),
+) -> Vec<TrialRow> {
+    let mut probes = Vec::new();
+    for _ in 0..count {
+        let t = lease(sched, w).await;
+        assert_eq!(t.kind().unwrap(), TrialKind::Probe, "{}", t.origin);
+        probes.push(t);
+    }
+    // nothing else is offered while the probes are out: the fine-tunes wait for their ranking
+    assert!(within(sched.acquire(w.as_str(), Duration::from_millis(50)))
+        .await
+        .unwrap()
+        .is_none());
+    for t in &probes {
+        let (logme, latency) = scores(t.inherit_from.as_deref().unwrap());
+        let answer = within(sched.complete(
+            w.as_str(),
+            &t.id,
+            t.attempt as u32,
+            probe_result(logme, latency),
+        ))
+        .await
+        .unwrap();
+        assert!(answer.accepted, "{answer:?}");
+    }
+    probes
+}
+
+#[tokio::test]
+async fn a_probing_transfer_probes_each_model_once_then_fine_tunes_the_best_logme_first() {
+    let h = Harness::long().await;
+    let source = source_experiment(&h.sched, "src", &[0.93, 0.85, 0.71]).await;
+    let source_trials = trials(&h.sched, &source).await;
+    let sha_of = |s: f64| {
+        source_trials
+            .iter()
+            .find(|t| t.score == Some(s))
+            .unwrap()
+            .checkpoint_sha256
+            .clone()
+            .unwrap()
+    };
+    let text = format!("[transfer]\nfrom = \"src\"\nmodels = 3\n{TWO_SETTINGS}");
+    let id = within(h.sched.submit(transfer_spec(&text))).await.unwrap();
+    // three probes (one per model, not per setting), outside the trial budget
+    let all = trials(&h.sched, &id).await;
+    assert_eq!(all.len(), 3, "only probes are queued at first");
+    assert!(all.iter().all(|t| t.kind == "probe" && t.seq < 0));
+    let probed: HashSet<_> = all
+        .iter()
+        .map(|t| t.inherit_from.clone().unwrap())
+        .collect();
+    assert_eq!(probed.len(), 3);
+    assert_eq!(counts(&h.sched, &id).await.budgeted(), 0);
+
+    // LogME ranks the models against their source scores: 0.71 best, then 0.85, then 0.93
+    let logme = |sha: &str| {
+        if sha == sha_of(0.71) {
+            (1.5, 1.0)
+        } else if sha == sha_of(0.85) {
+            (0.5, 1.0)
+        } else {
+            (-0.5, 1.0)
+        }
+    };
+    let w = register(&h.sched, 1).await;
+    run_probes(&h.sched, &w, 3, logme).await;
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let t = lease(&h.sched, &w).await;
+        assert_eq!(t.kind().unwrap(), TrialKind::Train);
+        assert!(t.origin.contains("ranked by LogME"), "{}", t.origin);
+        assert!(t.seed_index.is_some());
+        order.push(t.inherit_from.clone().unwrap());
+        finish_with_checkpoint(&h.sched, &w, &t, 0.5).await;
+    }
+    let expected = [0.71, 0.71, 0.85, 0.85, 0.93, 0.93].map(sha_of);
+    assert_eq!(order, expected);
+    // every seed ran exactly once
+    let indices: HashSet<i64> = trials(&h.sched, &id)
+        .await
+        .iter()
+        .filter_map(|t| t.seed_index)
+        .collect();
+    assert_eq!(indices.len(), 6);
+    // probes are never the best model, nor counted as results
+    let v = view(&h.sched, &id).await;
+    let best = trial(&h.sched, v.row.best_trial_id.as_deref().unwrap()).await;
+    assert_eq!(best.kind, "train");
+    assert_eq!(v.counts.completed, 6);
+}
+
+#[tokio::test]
+async fn models_slower_than_max_latency_are_never_fine_tuned() {
+    let h = Harness::long().await;
+    let source = source_experiment(&h.sched, "src", &[0.93, 0.85]).await;
+    let fast = trials(&h.sched, &source)
+        .await
+        .into_iter()
+        .find(|t| t.score == Some(0.85))
+        .unwrap()
+        .checkpoint_sha256
+        .unwrap();
+    let text = "[transfer]\nfrom = \"src\"\nmodels = 2\nmax_latency_ms = 2.0\n";
+    let id = within(h.sched.submit(transfer_spec(text))).await.unwrap();
+    let w = register(&h.sched, 1).await;
+    // the better model by LogME is too slow
+    run_probes(&h.sched, &w, 2, |sha| {
+        if sha == fast {
+            (0.1, 1.5)
+        } else {
+            (2.0, 9.0)
+        }
+    })
+    .await;
+    let t = lease(&h.sched, &w).await;
+    assert_eq!(t.inherit_from.as_deref(), Some(fast.as_str()));
+    finish_with_checkpoint(&h.sched, &w, &t, 0.6).await;
+    // the slow model's seed is skipped: the next trial mutates the fine-tuned fast model
+    let next = lease(&h.sched, &w).await;
+    assert_eq!(next.seed_index, None, "{}", next.origin);
+    assert_eq!(next.parent_id.as_deref(), Some(t.id.as_str()));
+    let seeds_run = trials(&h.sched, &id)
+        .await
+        .iter()
+        .filter(|t| t.seed_index.is_some())
+        .count();
+    assert_eq!(seeds_run, 1);
+
+    // every model too slow: the experiment ends and says which limit and what was measured
+    let h = Harness::long().await;
+    source_experiment(&h.sched, "src", &[0.93, 0.85]).await;
+    let id = within(h.sched.submit(transfer_spec(
+        "[transfer]\nfrom = \"src\"\nmodels = 2\nmax_latency_ms = 0.5\n",
+    )))
+    .await
+    .unwrap();
+    let w = register(&h.sched, 1).await;
+    run_probes(&h.sched, &w, 2, |_| (1.0, 3.25)).await;
+    assert_eq!(
+        counts(&h.sched, &id).await.budgeted(),
+        0,
+        "nothing was queued"
+    );
+    let v = view(&h.sched, &id).await;
+    assert_ne!(v.row.status, "running");
+    assert!(
+        v.row.status_reason.contains("transfer.max_latency_ms")
+            && v.row.status_reason.contains("3.250"),
+        "{}",
+        v.row.status_reason
+    );
+}
+
+#[tokio::test]
+async fn a_failed_probe_puts_its_model_after_the_probed_ones() {
+    let h = Harness::long().await;
+    let source = source_experiment(&h.sched, "src", &[0.93, 0.85]).await;
+    let best = trials(&h.sched, &source)
+        .await
+        .into_iter()
+        .find(|t| t.score == Some(0.93))
+        .unwrap()
+        .checkpoint_sha256
+        .unwrap();
+    within(
+        h.sched
+            .submit(transfer_spec("[transfer]\nfrom = \"src\"\nmodels = 2\n")),
+    )
+    .await
+    .unwrap();
+    let w = register(&h.sched, 1).await;
+    let a = lease(&h.sched, &w).await;
+    let b = lease(&h.sched, &w).await;
+    for t in [&a, &b] {
+        if t.inherit_from.as_deref() == Some(best.as_str()) {
+            within(h.sched.fail(w.as_str(), &t.id, 1, "no such device"))
+                .await
+                .unwrap();
+        } else {
+            within(
+                h.sched
+                    .complete(w.as_str(), &t.id, 1, probe_result(0.2, 1.0)),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let first = lease(&h.sched, &w).await;
+    assert_ne!(first.inherit_from.as_deref(), Some(best.as_str()));
+    finish_with_checkpoint(&h.sched, &w, &first, 0.6).await;
+    let second = lease(&h.sched, &w).await;
+    assert_eq!(second.inherit_from.as_deref(), Some(best.as_str()));
+    assert!(
+        second.origin.contains("no probe result"),
+        "{}",
+        second.origin
+    );
+}
+
+#[tokio::test]
+async fn a_probe_result_is_checked_like_any_other() {
+    let h = Harness::long().await;
+    source_experiment(&h.sched, "src", &[0.9]).await;
+    within(
+        h.sched
+            .submit(transfer_spec("[transfer]\nfrom = \"src\"\n")),
+    )
+    .await
+    .unwrap();
+    let w = register(&h.sched, 1).await;
+    let probe = lease(&h.sched, &w).await;
+    let mut bad = probe_result(0.1, 1.0);
+    bad.metrics.insert("probe.logme".into(), f64::NAN);
+    assert_code(
+        within(h.sched.complete(w.as_str(), &probe.id, 1, bad)).await,
+        tonic::Code::InvalidArgument,
+    );
+    assert_eq!(
+        trial(&h.sched, &probe.id).await.status,
+        "leased",
+        "nothing changed"
+    );
+}
+
+#[tokio::test]
+async fn with_enough_history_the_predictor_chooses_and_its_prediction_is_recorded() {
+    let h = Harness::long().await;
+    let source = source_experiment(&h.sched, "src", &[0.93, 0.85, 0.71]).await;
+    let source_trials = trials(&h.sched, &source).await;
+    let sha_of = |s: f64| {
+        source_trials
+            .iter()
+            .find(|t| t.score == Some(s))
+            .unwrap()
+            .checkpoint_sha256
+            .clone()
+            .unwrap()
+    };
+    let three_settings = "settings = [\n { optimizer = \"adamw\", learning_rate = 0.001, schedule = \"constant\", batch_size = 32, weight_decay = 0.0, epochs = 1 },\n { optimizer = \"adamw\", learning_rate = 0.003, schedule = \"constant\", batch_size = 32, weight_decay = 0.0, epochs = 1 },\n { optimizer = \"adamw\", learning_rate = 0.0003, schedule = \"constant\", batch_size = 32, weight_decay = 0.0, epochs = 1 },\n]\n";
+    // the truth the predictor should learn: higher LogME and a larger step fine-tune better
+    let truth = |logme: f64, lr: f64| 0.6 + 0.1 * logme + 0.1 * (lr / 0.001).log10();
+    let lr_of = |t: &TrialRow| {
+        HyperParams::from_json(&t.hparams_json)
+            .unwrap()
+            .learning_rate
+    };
+
+    // 1. a first transfer runs all nine pairs, ranked by LogME (no history yet)
+    let first_logme = |sha: &str| {
+        if sha == sha_of(0.93) {
+            1.5
+        } else if sha == sha_of(0.85) {
+            0.5
+        } else {
+            -0.5
+        }
+    };
+    let text = format!("[transfer]\nfrom = \"src\"\nmodels = 3\n{three_settings}");
+    let first = within(h.sched.submit(spec(
+        9,
+        &format!("[data]\ndataset = \"mnist\"\nper_class = 20\n{text}"),
+    )))
+    .await
+    .unwrap();
+    let w = register(&h.sched, 1).await;
+    run_probes(&h.sched, &w, 3, |sha| (first_logme(sha), 1.0)).await;
+    for _ in 0..9 {
+        let t = lease(&h.sched, &w).await;
+        assert!(t.origin.contains("history too thin"), "{}", t.origin);
+        let score = truth(first_logme(t.inherit_from.as_deref().unwrap()), lr_of(&t));
+        finish_with_checkpoint(&h.sched, &w, &t, score).await;
+    }
+    assert_eq!(view(&h.sched, &first).await.row.status, "completed");
+
+    // 2. a second transfer on another task: other LogMEs, the same truth
+    let second_logme = |sha: &str| {
+        if sha == sha_of(0.85) {
+            2.0
+        } else if sha == sha_of(0.93) {
+            1.0
+        } else {
+            0.0
+        }
+    };
+    let id = within(h.sched.submit(spec(
+        3,
+        &format!("[data]\ndataset = \"mnist\"\nper_class = 10\n{text}"),
+    )))
+    .await
+    .unwrap();
+    run_probes(&h.sched, &w, 3, |sha| (second_logme(sha), 1.0)).await;
+    let chosen = lease(&h.sched, &w).await;
+    assert!(
+        chosen.origin.contains("predicted") && chosen.origin.contains("fitted on 9"),
+        "{}",
+        chosen.origin
+    );
+    assert_eq!(chosen.inherit_from, Some(sha_of(0.85)), "{}", chosen.origin);
+    assert_eq!(lr_of(&chosen), 0.003, "{}", chosen.origin);
+    let (mean, std) = (
+        chosen.predicted_score.unwrap(),
+        chosen.predicted_std.unwrap(),
+    );
+    let expected = truth(2.0, 0.003);
+    assert!(
+        (mean - expected).abs() < 0.05,
+        "predicted {mean}, truth {expected}"
+    );
+    assert!(std > 0.0 && std < 0.1, "{std}");
+    // two workers' slots: the runner-up was queued with it, on the same fit
+    let runner_up = lease(&h.sched, &w).await;
+    assert!(
+        runner_up.origin.contains("fitted on 9"),
+        "{}",
+        runner_up.origin
+    );
+    assert!(runner_up.predicted_score.unwrap() <= mean);
+    // the next choice is refitted on the first result too, and the budget holds
+    finish_with_checkpoint(&h.sched, &w, &chosen, expected).await;
+    let third = lease(&h.sched, &w).await;
+    assert!(third.origin.contains("fitted on 10"), "{}", third.origin);
+    assert_eq!(counts(&h.sched, &id).await.budgeted(), 3);
 }

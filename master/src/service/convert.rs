@@ -7,7 +7,7 @@ use explore_common::proto;
 
 use crate::error::MasterError;
 use crate::scheduler::ExperimentView;
-use crate::store::TrialRow;
+use crate::store::{TrialKind, TrialRow};
 
 /// A trial row as a `TrialRecord`; `data` and `seed` come from the experiment, `epoch_metrics`
 /// are the named metrics of the trial's last recorded epoch.
@@ -19,7 +19,7 @@ pub fn trial_record(
     proto::TrialRecord {
         trial_id: t.id.clone(),
         experiment_id: t.experiment_id.clone(),
-        seq: t.seq as u32,
+        seq: t.seq.unsigned_abs() as u32,
         parent_trial_id: t.parent_id.clone().unwrap_or_default(),
         status: t.status.clone(),
         attempt: t.attempt as u32,
@@ -45,6 +45,17 @@ pub fn trial_record(
         epoch_metrics: epoch_metrics
             .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
             .unwrap_or_default(),
+        kind: trial_kind(t) as i32,
+        predicted_score: t.predicted_score.unwrap_or(f64::NAN),
+        predicted_std: t.predicted_std.unwrap_or(f64::NAN),
+    }
+}
+
+/// The wire kind of a stored trial (an unreadable kind trains, as every older trial did).
+fn trial_kind(t: &TrialRow) -> proto::TrialKind {
+    match t.kind() {
+        Ok(TrialKind::Probe) => proto::TrialKind::Probe,
+        _ => proto::TrialKind::Train,
     }
 }
 
@@ -60,6 +71,7 @@ pub fn trial_assignment(t: &TrialRow, spec: &explore_common::spec::ExperimentSpe
         seed: t.seed as u64,
         parent_trial_id: t.parent_id.clone().unwrap_or_default(),
         inherit_checkpoint_sha256: t.inherit_from.clone().unwrap_or_default(),
+        kind: trial_kind(t) as i32,
     }
 }
 

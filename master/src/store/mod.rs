@@ -16,7 +16,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 
 pub use model::{
     ChainRow, EpochRow, EpochUsage, ExperimentRow, ExperimentStatus, NewTrial, TrialCounts,
-    TrialResult, TrialRow, TrialStatus,
+    TrialKind, TrialResult, TrialRow, TrialStatus,
 };
 
 use crate::error::MasterError;
@@ -209,8 +209,9 @@ pub async fn insert_trial(
 ) -> Result<(), MasterError> {
     sqlx::query(
         "INSERT INTO trials (id, experiment_id, seq, parent_id, origin, genome_json, genome_hash, hparams_json,
-             params, flops, seed, status, temperature, created_at_ms, chain, inherit_from)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+             params, flops, seed, status, temperature, created_at_ms, chain, inherit_from, kind,
+             seed_index, predicted_score, predicted_std)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&t.id)
     .bind(&t.experiment_id)
@@ -227,6 +228,10 @@ pub async fn insert_trial(
     .bind(now_ms)
     .bind(t.chain)
     .bind(&t.inherit_from)
+    .bind(t.kind.as_str())
+    .bind(t.seed_index)
+    .bind(t.prediction.map(|p| p.0))
+    .bind(t.prediction.map(|p| p.1))
     .execute(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -245,7 +250,7 @@ pub async fn get_trial(
         .map_err(convert_sqlx_err)
 }
 
-/// All trials of an experiment in proposal order.
+/// All trials of an experiment, probes included, in proposal order (probes first).
 pub async fn list_trials(
     conn: &mut SqliteConnection,
     experiment_id: &str,
@@ -257,14 +262,13 @@ pub async fn list_trials(
         .map_err(convert_sqlx_err)
 }
 
-/// Completed trials of an experiment that the Metropolis rule accepted: the states annealing
-/// draws base models from.
-pub async fn accepted_trials(
+/// The training trials of an experiment (its pool: no probes), in proposal order.
+pub async fn list_train_trials(
     conn: &mut SqliteConnection,
     experiment_id: &str,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
-        "SELECT * FROM trials WHERE experiment_id = ? AND status = 'completed' AND accepted = 1 ORDER BY seq",
+        "SELECT * FROM trials WHERE experiment_id = ? AND kind = 'train' ORDER BY seq",
     )
     .bind(experiment_id)
     .fetch_all(conn)
@@ -272,15 +276,104 @@ pub async fn accepted_trials(
     .map_err(convert_sqlx_err)
 }
 
-/// Counts an experiment's trials by status.
+/// The probe trials of an experiment, in the order they were queued.
+pub async fn list_probes(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<Vec<TrialRow>, MasterError> {
+    sqlx::query_as::<_, TrialRow>(
+        "SELECT * FROM trials WHERE experiment_id = ? AND kind = 'probe' ORDER BY seq DESC",
+    )
+    .bind(experiment_id)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)
+}
+
+/// The seed indices an experiment's trials were queued for (transfer experiments record them).
+pub async fn queued_seed_indices(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<Vec<i64>, MasterError> {
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "SELECT seed_index FROM trials
+          WHERE experiment_id = ? AND kind = 'train' AND seed_index IS NOT NULL",
+    )
+    .bind(experiment_id)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(rows.into_iter().map(|(i,)| i).collect())
+}
+
+/// Every completed fine-tune of a transfer seed in the pool, across experiments, with the
+/// metrics of the probe that measured its source model on the same task: the history the
+/// learned predictor of S2 is fitted on. Pairs of `(fine-tune, probe metrics JSON)`.
+pub async fn fine_tune_history(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<(TrialRow, String)>, MasterError> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT t.id, p.metrics_json FROM trials t
+           JOIN trials p ON p.experiment_id = t.experiment_id AND p.kind = 'probe'
+                        AND p.status = 'completed' AND p.inherit_from = t.inherit_from
+          WHERE t.kind = 'train' AND t.status = 'completed' AND t.seed_index IS NOT NULL
+            AND t.score IS NOT NULL
+          ORDER BY t.created_at_ms, t.id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    let mut history = Vec::with_capacity(rows.len());
+    for (id, probe_metrics) in rows {
+        if let Some(trial) = get_trial(conn, &id).await? {
+            history.push((trial, probe_metrics));
+        }
+    }
+    Ok(history)
+}
+
+/// Completed trials of an experiment that the Metropolis rule accepted: the states annealing
+/// draws base models from.
+pub async fn accepted_trials(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<Vec<TrialRow>, MasterError> {
+    sqlx::query_as::<_, TrialRow>(
+        "SELECT * FROM trials WHERE experiment_id = ? AND kind = 'train' AND status = 'completed'
+           AND accepted = 1 ORDER BY seq",
+    )
+    .bind(experiment_id)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)
+}
+
+/// Counts an experiment's training trials by status (probes are counted by [`probe_counts`]).
 pub async fn trial_counts(
     conn: &mut SqliteConnection,
     experiment_id: &str,
 ) -> Result<TrialCounts, MasterError> {
+    counts_of_kind(conn, experiment_id, TrialKind::Train).await
+}
+
+/// Counts an experiment's probe trials by status.
+pub async fn probe_counts(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<TrialCounts, MasterError> {
+    counts_of_kind(conn, experiment_id, TrialKind::Probe).await
+}
+
+async fn counts_of_kind(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+    kind: TrialKind,
+) -> Result<TrialCounts, MasterError> {
     let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT status, COUNT(*) FROM trials WHERE experiment_id = ? GROUP BY status",
+        "SELECT status, COUNT(*) FROM trials WHERE experiment_id = ? AND kind = ? GROUP BY status",
     )
     .bind(experiment_id)
+    .bind(kind.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -323,7 +416,7 @@ pub async fn candidate_exists(
 ) -> Result<bool, MasterError> {
     let (n,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM trials WHERE experiment_id = ? AND genome_hash = ? AND hparams_json = ?
-           AND status NOT IN ('failed', 'cancelled')",
+           AND kind = 'train' AND status NOT IN ('failed', 'cancelled')",
     )
     .bind(experiment_id)
     .bind(genome_hash)
@@ -557,7 +650,7 @@ pub async fn epoch_usage(
                                WHEN status IN ('queued', 'leased', 'running')
                                THEN MAX(epoch, json_extract(hparams_json, '$.epochs'))
                                ELSE 0 END), 0)
-           FROM trials WHERE experiment_id = ?",
+           FROM trials WHERE experiment_id = ? AND kind = 'train'",
     )
     .bind(experiment_id)
     .fetch_one(conn)
@@ -576,7 +669,7 @@ pub async fn chain_loads(
 ) -> Result<Vec<(i64, i64, i64)>, MasterError> {
     sqlx::query_as(
         "SELECT chain, SUM(status IN ('queued', 'leased', 'running')), COUNT(*) FROM trials
-          WHERE experiment_id = ? GROUP BY chain",
+          WHERE experiment_id = ? AND kind = 'train' GROUP BY chain",
     )
     .bind(experiment_id)
     .fetch_all(conn)

@@ -67,6 +67,47 @@ impl FromStr for TrialStatus {
     }
 }
 
+/// What a trial does with its worker's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TrialKind {
+    /// Trains (or fine-tunes) a model: a member of the pool.
+    #[default]
+    Train,
+    /// Measures a source model's transferability to a transfer experiment's new task (S2):
+    /// seconds of forward passes, never a model of the pool, outside every budget.
+    Probe,
+}
+
+impl TrialKind {
+    /// The text stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrialKind::Train => "train",
+            TrialKind::Probe => "probe",
+        }
+    }
+}
+
+impl fmt::Display for TrialKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TrialKind {
+    type Err = MasterError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "train" => Ok(TrialKind::Train),
+            "probe" => Ok(TrialKind::Probe),
+            other => Err(MasterError::Internal(format!(
+                "unknown trial kind {other:?}"
+            ))),
+        }
+    }
+}
+
 /// Lifecycle of an experiment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExperimentStatus {
@@ -131,9 +172,22 @@ pub struct TrialRow {
     pub chain: i64,
     /// Checkpoint of the parent whose weights the trial starts from.
     pub inherit_from: Option<String>,
+    /// `train` or `probe` (see [`TrialKind`]).
+    pub kind: String,
+    /// The seed a seed trial trains (transfer experiments); `None` for mutations and probes.
+    pub seed_index: Option<i64>,
+    /// The learned predictor's fine-tuned validation accuracy, for a seed it ranked.
+    pub predicted_score: Option<f64>,
+    /// The standard deviation of that prediction.
+    pub predicted_std: Option<f64>,
 }
 
 impl TrialRow {
+    /// The parsed kind column.
+    pub fn kind(&self) -> Result<TrialKind, MasterError> {
+        self.kind.parse()
+    }
+
     /// The parsed status column.
     pub fn status(&self) -> Result<TrialStatus, MasterError> {
         self.status.parse()
@@ -186,6 +240,11 @@ pub struct NewTrial {
     pub temperature: f64,
     pub chain: i64,
     pub inherit_from: Option<String>,
+    pub kind: TrialKind,
+    /// The seed a seed trial trains, when seeds are queued out of index order.
+    pub seed_index: Option<i64>,
+    /// The predictor's `(mean, standard deviation)` for this trial, when it ranked it.
+    pub prediction: Option<(f64, f64)>,
 }
 
 /// Trial counts of one experiment by status.

@@ -37,6 +37,9 @@ fn new_trial(
         temperature: 0.02,
         chain: seq % 2,
         inherit_from: None,
+        kind: Default::default(),
+        seed_index: None,
+        prediction: None,
     }
 }
 
@@ -993,7 +996,7 @@ async fn reopening_keeps_the_data_and_reapplies_no_migration() {
         .fetch_one(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(migrations, 3);
+    assert_eq!(migrations, 4);
 }
 
 // A pool written by the first release (migration 0001 only) is upgraded in place: every row

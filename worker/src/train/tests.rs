@@ -1,67 +1,8 @@
-use explore_common::genome::{Activation, Block, InputShape};
+use explore_common::genome::Block;
 use explore_common::hparams::{Objective, Optimizer};
 
 use super::*;
-use crate::testing::torch_lock as lock;
-
-/// `n` 1×4×4 images of 3 classes: class k has a bright row k, plus noise.
-fn examples(n: i64, seed: i64) -> (Tensor, Tensor) {
-    tch::manual_seed(seed);
-    let ys = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(3);
-    let rows = ys
-        .one_hot(4)
-        .to_kind(Kind::Float)
-        .view([n, 1, 4, 1])
-        .expand([n, 1, 4, 4], false);
-    let xs = rows * 2.0 + Tensor::randn([n, 1, 4, 4], (Kind::Float, Device::Cpu)) * 0.3;
-    (xs, ys)
-}
-
-fn split() -> SplitData {
-    let (train_x, train_y) = examples(300, 1);
-    let (val_x, val_y) = examples(60, 2);
-    let (test_x, test_y) = examples(90, 3);
-    SplitData {
-        train_x,
-        train_y,
-        val_x,
-        val_y,
-        test_x,
-        test_y,
-        num_classes: 3,
-        train_domain: None,
-        val_domain: None,
-        domain_names: Vec::new(),
-        history: None,
-    }
-}
-
-fn genome() -> Genome {
-    Genome {
-        input: InputShape {
-            channels: 1,
-            height: 4,
-            width: 4,
-        },
-        num_classes: 3,
-        blocks: vec![
-            Block::Conv {
-                out_channels: 4,
-                kernel: 3,
-                stride: 1,
-            },
-            Block::BatchNorm,
-            Block::Activation {
-                kind: Activation::Relu,
-            },
-            Block::Dropout { rate: 0.1 },
-            Block::Dense { units: 16 },
-            Block::Activation {
-                kind: Activation::Relu,
-            },
-        ],
-    }
-}
+use crate::testing::{genome, split, torch_lock as lock};
 
 fn plan(optimizer: Optimizer, schedule: Schedule) -> TrialPlan {
     TrialPlan {
