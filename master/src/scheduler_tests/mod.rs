@@ -210,7 +210,10 @@ async fn run_to_end(
 fn assert_code<T: std::fmt::Debug>(r: Result<T, MasterError>, expected: tonic::Code) {
     match r {
         Ok(v) => panic!("expected {expected:?}, got Ok({v:?})"),
-        Err(e) => assert_eq!(tonic::Status::from(e).code(), expected),
+        Err(e) => {
+            let status = tonic::Status::from(e);
+            assert_eq!(status.code(), expected, "{}", status.message());
+        }
     }
 }
 

@@ -82,9 +82,16 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// Starts a transaction.
+    /// Starts a write transaction. It takes SQLite's write lock at once (`BEGIN IMMEDIATE`), so
+    /// that it waits (up to the busy timeout) for another connection's write to end instead of
+    /// failing with "database is locked" when a deferred transaction that has read tries to
+    /// write: SQLite refuses that upgrade without waiting while another connection holds the
+    /// lock, e.g. the rollback of a refused call's transaction still on its way.
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, MasterError> {
-        self.pool.begin().await.map_err(convert_sqlx_err)
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(convert_sqlx_err)
     }
 
     /// A pooled connection for reads.

@@ -1225,3 +1225,27 @@ fn status_text_round_trips() {
     ));
     assert_eq!(ExperimentStatus::Failed.as_str(), "failed");
 }
+
+// Regression (flaky `calls_naming_unknown_or_malformed_trials_are_refused`): a refused call drops
+// its write transaction, whose rollback reaches SQLite a moment later; the next call's deferred
+// transaction read, then tried to write while that rollback was still pending, and failed at once
+// with "database is locked": SQLite never runs the busy handler for a transaction that has read
+// and wants to write. `Store::begin` takes the write lock up front, so a write waits for another
+// connection's open write instead of failing.
+#[tokio::test]
+async fn a_write_transaction_waits_for_another_open_write_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    seeded(&store, EXP_A, 1, 1).await;
+    let mut first = store.begin().await.unwrap();
+    touch_worker(&mut first, WORKER, 1).await.unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        first.rollback().await.unwrap();
+    });
+    let mut next = store.begin().await.unwrap();
+    get_trial(&mut next, &trial_id(0)).await.unwrap();
+    touch_worker(&mut next, WORKER, 2).await.unwrap();
+    next.commit().await.unwrap();
+    release.await.unwrap();
+}
