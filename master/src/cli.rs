@@ -904,10 +904,19 @@ mod tests {
         // a probe is numbered p1, has no chain, no validation score and no inheritance mark;
         // its scores fill the metrics column without their prefix
         assert!(table[1].trim_start().starts_with("p1 "), "{table:?}");
-        assert!(table[1].contains("latency_ms=0.41,logme=0.5612"), "{table:?}");
-        assert!(!table[1].contains("0.3700") && !table[1].contains("yes"), "{table:?}");
+        assert!(
+            table[1].contains("latency_ms=0.41,logme=0.5612"),
+            "{table:?}"
+        );
+        assert!(
+            !table[1].contains("0.3700") && !table[1].contains("yes"),
+            "{table:?}"
+        );
         assert!(table[2].contains("0.821±0.030"), "{table:?}");
-        assert!(table[2].contains("0.8400") && table[2].contains("yes"), "{table:?}");
+        assert!(
+            table[2].contains("0.8400") && table[2].contains("yes"),
+            "{table:?}"
+        );
         // without a prediction anywhere there is no PREDICTED column
         let plain = trials_table(&[record(0, &[])]);
         assert!(!plain[0].contains("PREDICTED"), "{plain:?}");
