@@ -71,3 +71,32 @@ fn standard_normal_has_unit_moments() {
     assert!(mean.abs() < 0.03, "{mean}");
     assert!((var - 1.0).abs() < 0.05, "{var}");
 }
+
+/// Issue 10: in ELR mode a hyperparameter mutation never touches the learning rate or the weight
+/// decay directly (the ELR replaces both); only the ELR and the other settings move.
+#[test]
+fn an_elr_mutation_never_changes_learning_rate_or_weight_decay() {
+    let space = SearchSpace::default();
+    for seed in 0..20 {
+        let mut r = rng(seed);
+        let mut hp = HyperParams {
+            learning_rate: 0.0123,
+            weight_decay: 0.0456,
+            objective: Objective::Elr {
+                elr: 0.01,
+                scale: 16.0,
+            },
+            ..HyperParams::default()
+        };
+        let mut elr_moved = false;
+        for _ in 0..50 {
+            let (child, description, _) = mutate_hparams_traced(&hp, &space, &mut r);
+            assert_eq!(child.learning_rate, hp.learning_rate, "{description}");
+            assert_eq!(child.weight_decay, hp.weight_decay, "{description}");
+            assert!(child.objective.is_elr(), "{description}");
+            elr_moved |= child.objective != hp.objective;
+            hp = child;
+        }
+        assert!(elr_moved, "seed {seed}: the ELR itself never moved");
+    }
+}
