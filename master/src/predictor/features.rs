@@ -56,7 +56,7 @@ pub struct TransferFeatures {
     pub params: u64,
     /// Source model: multiply-accumulates of one forward pass on one image.
     pub flops: u64,
-    /// Source model: layers (convolutions and linear layers).
+    /// Source model: blocks counted with the bodies of residual blocks (`Genome::depth`).
     pub depth: u32,
     /// Source model: blocks of the genome.
     pub blocks: u32,
