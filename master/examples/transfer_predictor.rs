@@ -181,6 +181,7 @@ fn main() {
             batch_size: num(row, "batch_size") as u32,
             weight_decay: num(row, "weight_decay"),
             objective: text(row, "objective"),
+            optimizer: text(row, "optimizer"),
             logme: num(probe, "logme"),
             leep: num(probe, "leep"),
             nce: num(probe, "nce"),

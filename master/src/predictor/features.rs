@@ -9,8 +9,12 @@ use thiserror::Error;
 /// `Objective::name` writes them.
 pub const OBJECTIVES: [&str; 5] = ["plain", "gradient_mixing", "replay", "agem", "elr"];
 
+/// The optimizers that get a one-hot slot, in slot order (names as the spec writes them); any
+/// other name sets none.
+pub const OPTIMIZERS: [&str; 3] = ["sgd", "adam", "adamw"];
+
 /// The length of [`TransferFeatures::vector`].
-pub const FEATURE_COUNT: usize = 25;
+pub const FEATURE_COUNT: usize = 28;
 
 /// The name of each entry of [`TransferFeatures::vector`], in order (`ln` is the natural log).
 pub const FEATURE_NAMES: [&str; FEATURE_COUNT] = [
@@ -44,6 +48,10 @@ pub const FEATURE_NAMES: [&str; FEATURE_COUNT] = [
     // interactions
     "logme_x_log_learning_rate", // logme · ln(learning_rate)
     "logme_x_log_examples",      // logme · ln(examples)
+    // the optimizer, one-hot over OPTIMIZERS
+    "optimizer_sgd",
+    "optimizer_adam",
+    "optimizer_adamw",
 ];
 
 /// Added to the weight decay before its log, so that no weight decay (0) is a finite feature.
@@ -54,7 +62,7 @@ const WEIGHT_DECAY_FLOOR: f64 = 1e-6;
 pub struct TransferFeatures {
     /// Source model: trainable parameters.
     pub params: u64,
-    /// Source model: multiply-accumulates of one forward pass on one image.
+    /// Source model: FLOPs of one forward pass on one image (2 × multiply-accumulates).
     pub flops: u64,
     /// Source model: blocks counted with the bodies of residual blocks (`Genome::depth`).
     pub depth: u32,
@@ -73,6 +81,9 @@ pub struct TransferFeatures {
     /// Fine-tune: objective name (`plain`, `gradient_mixing`, `replay`, `agem`, `elr`, other
     /// names share one slot); compared after trimming and lower-casing.
     pub objective: String,
+    /// Fine-tune: optimizer name (`sgd`, `adam`, `adamw`; another name sets no slot), compared
+    /// after trimming and lower-casing.
+    pub optimizer: String,
     /// Probe: LogME on the new task, the mean per-example log evidence (about -2..2).
     pub logme: f64,
     /// Probe: LEEP on the new task, a log-likelihood (≤ 0).
@@ -145,6 +156,8 @@ impl TransferFeatures {
             self.logme * log_learning_rate,
             self.logme * log_examples,
         ]);
+        let optimizer = self.optimizer.trim().to_ascii_lowercase();
+        vector.extend(OPTIMIZERS.map(|known| f64::from(u8::from(known == optimizer))));
         debug_assert_eq!(vector.len(), FEATURE_COUNT);
         vector
     }
@@ -235,6 +248,7 @@ pub(crate) mod tests {
             batch_size: 64,
             weight_decay: 5e-4,
             objective: "gradient_mixing".to_string(),
+            optimizer: "adamw".to_string(),
             logme: 0.4,
             leep: -0.9,
             nce: -0.7,
@@ -258,6 +272,25 @@ pub(crate) mod tests {
         assert_eq!(entry("objective_gradient_mixing"), 1.0);
         let one_hot: f64 = (10..16).map(|index| vector[index]).sum();
         assert_eq!(one_hot, 1.0, "exactly one objective slot is set");
+    }
+
+    #[test]
+    fn the_optimizer_sets_its_one_hot_slot() {
+        let entry = |f: &TransferFeatures, name: &str| {
+            f.vector()[FEATURE_NAMES.iter().position(|n| *n == name).unwrap()]
+        };
+        let mut features = example();
+        assert_eq!(entry(&features, "optimizer_adamw"), 1.0);
+        assert_eq!(entry(&features, "optimizer_sgd"), 0.0);
+        features.optimizer = " SGD ".to_string();
+        assert_eq!(entry(&features, "optimizer_sgd"), 1.0);
+        assert_eq!(entry(&features, "optimizer_adamw"), 0.0);
+        features.optimizer = "lion".to_string();
+        let slots: f64 = ["optimizer_sgd", "optimizer_adam", "optimizer_adamw"]
+            .iter()
+            .map(|n| entry(&features, n))
+            .sum();
+        assert_eq!(slots, 0.0, "an unknown optimizer sets no slot");
     }
 
     #[test]

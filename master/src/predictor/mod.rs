@@ -44,7 +44,9 @@ use thiserror::Error;
 
 use crate::MasterError;
 
-pub use features::{FeatureError, TransferFeatures, FEATURE_COUNT, FEATURE_NAMES, OBJECTIVES};
+pub use features::{
+    FeatureError, TransferFeatures, FEATURE_COUNT, FEATURE_NAMES, OBJECTIVES, OPTIMIZERS,
+};
 pub use metrics::{top1_regret, weighted_kendall_tau};
 pub use rank::{fallback_rank, rank, rank_candidates, Acquisition, Ranked, Ranking, RankingBasis};
 pub use ridge::{FitOptions, Prediction, Predictor};
