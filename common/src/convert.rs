@@ -13,6 +13,10 @@ pub fn data_spec_to_proto(cfg: &DataConfig, split_seed: u64) -> proto::DataSpec 
         train_labels: cfg.train_labels.clone().unwrap_or_default(),
         test_images: cfg.test_images.clone().unwrap_or_default(),
         test_labels: cfg.test_labels.clone().unwrap_or_default(),
+        folder: cfg.folder.clone().unwrap_or_default(),
+        test_folder: cfg.test_folder.clone().unwrap_or_default(),
+        channels: cfg.channels.unwrap_or_default(),
+        size: cfg.size.unwrap_or_default(),
         train_subset: cfg.train_subset,
         test_subset: cfg.test_subset,
         validation_fraction: cfg.validation_fraction,
@@ -66,6 +70,10 @@ pub fn data_spec_from_proto(spec: &proto::DataSpec) -> Result<(DataConfig, u64),
         train_labels: opt(&spec.train_labels),
         test_images: opt(&spec.test_images),
         test_labels: opt(&spec.test_labels),
+        folder: opt(&spec.folder),
+        test_folder: opt(&spec.test_folder),
+        channels: (spec.channels != 0).then_some(spec.channels),
+        size: (spec.size != 0).then_some(spec.size),
         train_subset: spec.train_subset,
         test_subset: spec.test_subset,
         validation_fraction: spec.validation_fraction,
@@ -184,5 +192,64 @@ mod tests {
         };
         let (back, _) = data_spec_from_proto(&data_spec_to_proto(&history, 1)).unwrap();
         assert_eq!(back, history);
+    }
+
+    #[test]
+    fn image_folders_round_trip() {
+        let folder = DataConfig {
+            dataset: "folder".into(),
+            folder: Some("/data/pets/train".into()),
+            test_folder: Some("/data/pets/test".into()),
+            channels: Some(3),
+            size: Some(32),
+            per_class: 10,
+            ..DataConfig::default()
+        };
+        let wire = data_spec_to_proto(&folder, 5);
+        assert_eq!((wire.channels, wire.size), (3, 32));
+        let (back, seed) = data_spec_from_proto(&wire).unwrap();
+        assert_eq!(back, folder);
+        assert_eq!(seed, 5);
+        // unset keys travel as empty / 0 and come back unset (the defaults apply)
+        let defaults = DataConfig {
+            dataset: "folder".into(),
+            folder: Some("root".into()),
+            ..DataConfig::default()
+        };
+        let wire = data_spec_to_proto(&defaults, 5);
+        assert_eq!(
+            (wire.test_folder.as_str(), wire.channels, wire.size),
+            ("", 0, 0)
+        );
+        let (back, _) = data_spec_from_proto(&wire).unwrap();
+        assert_eq!(back, defaults);
+        assert_eq!((back.folder_channels(), back.folder_size()), (1, 28));
+        // a folder as one domain of several
+        let domains = DataConfig {
+            dataset: "mnist".into(),
+            folder: Some("mine".into()),
+            domains: vec![
+                DomainConfig {
+                    name: "mnist".into(),
+                    dataset: None,
+                    transform: DomainTransform::default(),
+                    target: false,
+                },
+                DomainConfig {
+                    name: "mine".into(),
+                    dataset: Some("folder".into()),
+                    transform: DomainTransform::default(),
+                    target: true,
+                },
+            ],
+            ..DataConfig::default()
+        };
+        let (back, _) = data_spec_from_proto(&data_spec_to_proto(&domains, 1)).unwrap();
+        assert_eq!(back, domains);
+        // a worker re-validates: a folder spec without its folder is refused by key
+        let mut missing = data_spec_to_proto(&defaults, 1);
+        missing.folder.clear();
+        let err = data_spec_from_proto(&missing).unwrap_err().to_string();
+        assert!(err.contains("data.folder"), "{err}");
     }
 }

@@ -13,7 +13,10 @@ use crate::presets;
 mod data;
 mod transfer;
 
-pub use data::{DataConfig, DomainConfig, DomainTransform, HistoryConfig, NAMED_DATASETS};
+pub use data::{
+    DataConfig, DomainConfig, DomainTransform, HistoryConfig, DEFAULT_FOLDER_CHANNELS,
+    DEFAULT_FOLDER_SIZE, FOLDER_DATASET, MAX_FOLDER_SIZE, NAMED_DATASETS,
+};
 pub use transfer::{default_settings as default_transfer_settings, TransferConfig, TransferSeed};
 
 /// A parsed and validated experiment spec.

@@ -18,18 +18,20 @@
 
 mod digits;
 mod domains;
+mod folder;
 mod idx;
 mod transform;
 
 pub use digits::DIGITS_TEST_ROWS;
 pub use domains::DataPlan;
+pub use folder::FOLDER_TEST_FRACTION;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use explore_common::genome::InputShape;
-use explore_common::spec::DataConfig;
+use explore_common::spec::{DataConfig, FOLDER_DATASET};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -78,6 +80,15 @@ pub enum DataSource {
         test_images: PathBuf,
         test_labels: PathBuf,
     },
+    /// Image folders `root/<class>/<file>.png|jpg|jpeg` (see the `folder` module), converted
+    /// to `channels` and resized to `size`×`size`; the test file is `test_root`, else a fixed
+    /// held-out part of `root`.
+    Folder {
+        root: PathBuf,
+        test_root: Option<PathBuf>,
+        channels: u32,
+        size: u32,
+    },
 }
 
 impl DataSource {
@@ -104,7 +115,29 @@ impl DataSource {
                 test_labels: need(&cfg.test_labels, "test_labels")?,
             });
         }
-        Self::named(&cfg.dataset, fashion_mnist_dir, &default_data_dir())
+        Self::for_dataset(&cfg.dataset, cfg, fashion_mnist_dir, &default_data_dir())
+    }
+
+    /// The source of dataset `name` in `cfg` (the section's or a domain's): the image folders
+    /// of `cfg` for `"folder"`, else a dataset known by name ([`DataSource::named`]).
+    pub fn for_dataset(
+        name: &str,
+        cfg: &DataConfig,
+        fashion_mnist_dir: &Path,
+        data_dir: &Path,
+    ) -> Result<Self, WorkerError> {
+        if name != FOLDER_DATASET {
+            return Self::named(name, fashion_mnist_dir, data_dir);
+        }
+        let root = cfg.folder.as_ref().map(PathBuf::from).ok_or_else(|| {
+            WorkerError::Source("data.folder is required with dataset = \"folder\"".into())
+        })?;
+        Ok(DataSource::Folder {
+            root,
+            test_root: cfg.test_folder.as_ref().map(PathBuf::from),
+            channels: cfg.folder_channels(),
+            size: cfg.folder_size(),
+        })
     }
 
     /// A dataset known by name: Fashion-MNIST in `fashion_mnist_dir`, MNIST and digits under
@@ -125,16 +158,24 @@ impl DataSource {
                 file: data_dir.join("digits/digits.csv.gz"),
             }),
             other => Err(WorkerError::Source(format!(
-                "unknown dataset {other:?}, expected \"fashion-mnist\", \"mnist\", \"digits\" or \"idx\""
+                "unknown dataset {other:?}, expected \"fashion-mnist\", \"mnist\", \"digits\", \
+                 \"folder\" or \"idx\""
             ))),
         }
     }
 
     /// Paths of the training images, training labels, test images and test labels (for
-    /// digits, four times its one file). For Fashion-MNIST and MNIST each is the `.gz` file, or
-    /// the uncompressed one when only that exists.
+    /// digits, four times its one file; for image folders, the root twice and the test root, or
+    /// the root, twice). For Fashion-MNIST and MNIST each is the `.gz` file, or the uncompressed
+    /// one when only that exists.
     pub fn files(&self) -> [PathBuf; 4] {
         match self {
+            DataSource::Folder {
+                root, test_root, ..
+            } => {
+                let test = test_root.clone().unwrap_or_else(|| root.clone());
+                [root.clone(), root.clone(), test.clone(), test]
+            }
             DataSource::Digits { file } => [file.clone(), file.clone(), file.clone(), file.clone()],
             DataSource::FashionMnist { dir } | DataSource::Mnist { dir } => FASHION_MNIST_FILES
                 .map(|name| {
@@ -177,6 +218,7 @@ impl DataSource {
                 default_data_dir().display()
             ),
             DataSource::Idx { .. } => "check the path".to_string(),
+            DataSource::Folder { .. } => "check data.folder and data.test_folder".to_string(),
         }
     }
 }
@@ -216,6 +258,31 @@ impl Dataset {
                 test = dataset.test_len(),
                 source = %file.display(),
                 "dataset loaded"
+            );
+            return Ok(dataset);
+        }
+        if let DataSource::Folder {
+            root,
+            test_root,
+            channels,
+            size,
+        } = source
+        {
+            let folder = folder::read(root, test_root.as_deref(), *channels, *size)?;
+            let dataset = Dataset::from_raw(
+                (*channels, *size, *size),
+                folder.train.0,
+                folder.train.1,
+                folder.test.0,
+                folder.test.1,
+            )?;
+            info!(
+                train = dataset.train_len(),
+                test = dataset.test_len(),
+                classes = ?folder.classes,
+                shape = %dataset.input_shape_string(),
+                source = %root.display(),
+                "dataset loaded (labels in class order)"
             );
             return Ok(dataset);
         }
@@ -690,12 +757,12 @@ impl SplitData {
     }
 }
 
-/// Datasets loaded by this process, keyed by their files, so each is read once and shared by
+/// Datasets loaded by this process, keyed by their source, so each is read once and shared by
 /// all trials. Loading happens under the lock: concurrent requests for the same dataset wait for
 /// the first instead of reading it twice. Failed loads are not cached.
 #[derive(Debug, Default)]
 pub struct DatasetCache {
-    loaded: Mutex<HashMap<[PathBuf; 4], Arc<Dataset>>>,
+    loaded: Mutex<HashMap<DataSource, Arc<Dataset>>>,
 }
 
 impl DatasetCache {
@@ -706,13 +773,12 @@ impl DatasetCache {
 
     /// The dataset of `source`, loading it on first use.
     pub fn get_or_load(&self, source: &DataSource) -> Result<Arc<Dataset>, WorkerError> {
-        let key = source.files();
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(dataset) = loaded.get(&key) {
+        if let Some(dataset) = loaded.get(source) {
             return Ok(dataset.clone());
         }
         let dataset = Arc::new(Dataset::load(source)?);
-        loaded.insert(key, dataset.clone());
+        loaded.insert(source.clone(), dataset.clone());
         Ok(dataset)
     }
 

@@ -19,26 +19,56 @@
 //! transform = { rotate = 0 }
 //! target = true
 //! ```
+//!
+//! A user's own images: `dataset = "folder"`, `folder = "/path/to/root"` with one subfolder per
+//! class (`root/<class>/<file>.png|jpg|jpeg`), optional `test_folder`, and the geometry every
+//! image is converted to, `channels` (1 or 3, default 1) and `size` (default 28).
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::CommonError;
 
-/// The datasets a worker knows by name (plus `"idx"`, four explicit files).
+/// The datasets a worker knows by name (plus `"idx"`, four explicit files, and `"folder"`, a
+/// user's image folders). All of them are gray (one channel).
 pub const NAMED_DATASETS: [&str; 3] = ["fashion-mnist", "mnist", "digits"];
+
+/// The dataset name of image folders (`[data] folder`, `test_folder`, `channels`, `size`).
+pub const FOLDER_DATASET: &str = "folder";
+/// Channels folder images are converted to when `channels` is not given (gray).
+pub const DEFAULT_FOLDER_CHANNELS: u32 = 1;
+/// Side of the square folder images are resized to when `size` is not given (MNIST's 28, so
+/// the presets' input shape fits).
+pub const DEFAULT_FOLDER_SIZE: u32 = 28;
+/// Largest accepted `size`.
+pub const MAX_FOLDER_SIZE: u32 = 1024;
 
 /// Which data trials train on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// `"fashion-mnist"`, `"mnist"`, `"digits"` (resolved by each worker, see `worker join
-    /// --data-dir` and the README's data sources) or `"idx"`.
+    /// --data-dir` and the README's data sources), `"idx"` or `"folder"`.
     pub dataset: String,
     /// With `dataset = "idx"`: paths of the MNIST-format IDX files (optionally gzipped).
     pub train_images: Option<String>,
     pub train_labels: Option<String>,
     pub test_images: Option<String>,
     pub test_labels: Option<String>,
+    /// With `dataset = "folder"` (or a domain's): the root of the training images,
+    /// `root/<class>/<file>.png|jpg|jpeg`, as each worker sees the path. Class names sorted give
+    /// the label indices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+    /// Test images in the same layout (classes named as in `folder`); absent = a fixed,
+    /// seeded fifth of each class of `folder` is held out as the test file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_folder: Option<String>,
+    /// Channels folder images are converted to: 1 (gray) or 3 (RGB); absent = 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u32>,
+    /// Side of the square every folder image is resized to; absent = 28.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
     /// Train on at most this many training examples (0 or absent = all); per domain with
     /// `[[data.domains]]`.
     pub train_subset: u32,
@@ -72,6 +102,10 @@ impl Default for DataConfig {
             train_labels: None,
             test_images: None,
             test_labels: None,
+            folder: None,
+            test_folder: None,
+            channels: None,
+            size: None,
             train_subset: 0,
             test_subset: 0,
             validation_fraction: 0.1,
@@ -248,6 +282,25 @@ impl DataConfig {
         domain.dataset.as_deref().unwrap_or(&self.dataset)
     }
 
+    /// Whether the section or one of its domains reads image folders (`dataset = "folder"`).
+    pub fn uses_folder(&self) -> bool {
+        self.dataset == FOLDER_DATASET
+            || self
+                .domains
+                .iter()
+                .any(|d| d.dataset.as_deref() == Some(FOLDER_DATASET))
+    }
+
+    /// Channels folder images are converted to (`channels`, default 1).
+    pub fn folder_channels(&self) -> u32 {
+        self.channels.unwrap_or(DEFAULT_FOLDER_CHANNELS)
+    }
+
+    /// Side of the square folder images are resized to (`size`, default 28).
+    pub fn folder_size(&self) -> u32 {
+        self.size.unwrap_or(DEFAULT_FOLDER_SIZE)
+    }
+
     /// The training (non-target) domains, in declaration order.
     pub fn training_domains(&self) -> impl Iterator<Item = &DomainConfig> {
         self.domains.iter().filter(|d| !d.target)
@@ -280,7 +333,7 @@ impl DataConfig {
                     }
                 }
             }
-            name if NAMED_DATASETS.contains(&name) => {
+            name if NAMED_DATASETS.contains(&name) || name == FOLDER_DATASET => {
                 for (k, v) in files {
                     if v.is_some() {
                         return key(k, "is only allowed with dataset = \"idx\"".into());
@@ -291,11 +344,13 @@ impl DataConfig {
                 return key(
                     "data.dataset",
                     format!(
-                        "must be \"fashion-mnist\", \"mnist\", \"digits\" or \"idx\", got {other:?}"
+                        "must be \"fashion-mnist\", \"mnist\", \"digits\", \"folder\" or \"idx\", \
+                         got {other:?}"
                     ),
                 )
             }
         }
+        self.validate_folder()?;
         if !(self.validation_fraction > 0.0 && self.validation_fraction < 0.9) {
             return key(
                 "data.validation_fraction",
@@ -361,10 +416,13 @@ impl DataConfig {
                 );
             }
             if let Some(name) = &d.dataset {
-                if !NAMED_DATASETS.contains(&name.as_str()) {
+                if !NAMED_DATASETS.contains(&name.as_str()) && name != FOLDER_DATASET {
                     return key(
                         &format!("{prefix}.dataset"),
-                        format!("must be \"fashion-mnist\", \"mnist\" or \"digits\", got {name:?}"),
+                        format!(
+                            "must be \"fashion-mnist\", \"mnist\", \"digits\" or \"folder\", \
+                             got {name:?}"
+                        ),
                     );
                 }
             }
@@ -380,6 +438,84 @@ impl DataConfig {
             return key(
                 "data.domains",
                 "needs at least one training domain (target = false)".into(),
+            );
+        }
+        if self.uses_folder() && self.folder_channels() != 1 {
+            if let Some(d) = self
+                .domains
+                .iter()
+                .find(|d| self.dataset_of(d) != FOLDER_DATASET)
+            {
+                return key(
+                    "data.channels",
+                    format!(
+                        "is {} but domain {:?} reads the gray dataset {:?}; all domains need the \
+                         same number of channels",
+                        self.folder_channels(),
+                        d.name,
+                        self.dataset_of(d)
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `folder`, `test_folder`, `channels` and `size`: required or allowed only where
+    /// image folders are read, and in range.
+    fn validate_folder(&self) -> Result<(), CommonError> {
+        let key = |k: &str, reason: String| {
+            Err(CommonError::SpecKey {
+                key: k.to_string(),
+                reason,
+            })
+        };
+        if !self.uses_folder() {
+            for (k, set) in [
+                ("data.folder", self.folder.is_some()),
+                ("data.test_folder", self.test_folder.is_some()),
+                ("data.channels", self.channels.is_some()),
+                ("data.size", self.size.is_some()),
+            ] {
+                if set {
+                    return key(k, "is only allowed with dataset = \"folder\"".into());
+                }
+            }
+            return Ok(());
+        }
+        if self.folder.as_deref().is_none_or(|p| p.trim().is_empty()) {
+            return key(
+                "data.folder",
+                "is required with dataset = \"folder\": the root of root/<class>/<image>.png|jpg"
+                    .into(),
+            );
+        }
+        if self
+            .test_folder
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            return key(
+                "data.test_folder",
+                "must be a path; leave it out to hold out a part of data.folder".into(),
+            );
+        }
+        if !matches!(self.folder_channels(), 1 | 3) {
+            return key(
+                "data.channels",
+                format!(
+                    "must be 1 (gray) or 3 (RGB), got {}",
+                    self.folder_channels()
+                ),
+            );
+        }
+        if !(1..=MAX_FOLDER_SIZE).contains(&self.folder_size()) {
+            return key(
+                "data.size",
+                format!(
+                    "must be 1..={MAX_FOLDER_SIZE} pixels, got {}",
+                    self.folder_size()
+                ),
             );
         }
         Ok(())
@@ -503,6 +639,114 @@ mod tests {
                     c.domains = vec![d];
                 }),
                 "data.domains[0].transform.rotate",
+            ),
+        ];
+        for (cfg, expected) in cases {
+            assert_eq!(error_key(&cfg), expected, "{cfg:?}");
+        }
+    }
+
+    #[test]
+    fn folders_parse_with_defaults_and_bad_folder_keys_are_named() {
+        let cfg = parse(
+            r#"
+            dataset = "folder"
+            folder = "/data/pets/train"
+            "#,
+        );
+        cfg.validate().unwrap();
+        assert!(cfg.uses_folder());
+        assert_eq!((cfg.folder_channels(), cfg.folder_size()), (1, 28));
+        assert_eq!(cfg.test_folder, None);
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(
+            !json.contains("channels") && !json.contains("size"),
+            "{json}"
+        );
+        let rgb = parse(
+            r#"
+            dataset = "folder"
+            folder = "train"
+            test_folder = "test"
+            channels = 3
+            size = 32
+            "#,
+        );
+        rgb.validate().unwrap();
+        assert_eq!((rgb.folder_channels(), rgb.folder_size()), (3, 32));
+        // a folder as the target domain of named training domains
+        let target = parse(
+            r#"
+            dataset = "mnist"
+            folder = "mine"
+            [[domains]]
+            name = "mnist"
+            [[domains]]
+            name = "mine"
+            dataset = "folder"
+            target = true
+            "#,
+        );
+        target.validate().unwrap();
+        assert!(target.uses_folder());
+
+        let folder = DataConfig {
+            dataset: FOLDER_DATASET.into(),
+            folder: Some("/x".into()),
+            ..DataConfig::default()
+        };
+        let with = |f: &dyn Fn(&mut DataConfig)| {
+            let mut c = folder.clone();
+            f(&mut c);
+            c
+        };
+        let cases: Vec<(DataConfig, &str)> = vec![
+            (with(&|c| c.folder = None), "data.folder"),
+            (with(&|c| c.folder = Some(" ".into())), "data.folder"),
+            (
+                with(&|c| c.test_folder = Some("".into())),
+                "data.test_folder",
+            ),
+            (with(&|c| c.channels = Some(2)), "data.channels"),
+            (with(&|c| c.size = Some(0)), "data.size"),
+            (with(&|c| c.size = Some(MAX_FOLDER_SIZE + 1)), "data.size"),
+            (
+                with(&|c| c.train_images = Some("a".into())),
+                "data.train_images",
+            ),
+            (
+                with(&|c| {
+                    c.dataset = "mnist".into();
+                }),
+                "data.folder",
+            ),
+            (
+                with(&|c| {
+                    c.dataset = "mnist".into();
+                    c.folder = None;
+                    c.size = Some(28);
+                }),
+                "data.size",
+            ),
+            (
+                with(&|c| {
+                    c.channels = Some(3);
+                    c.domains = vec![
+                        DomainConfig {
+                            name: "mine".into(),
+                            dataset: None,
+                            transform: DomainTransform::default(),
+                            target: false,
+                        },
+                        DomainConfig {
+                            name: "mnist".into(),
+                            dataset: Some("mnist".into()),
+                            transform: DomainTransform::default(),
+                            target: true,
+                        },
+                    ];
+                }),
+                "data.channels",
             ),
         ];
         for (cfg, expected) in cases {

@@ -102,7 +102,8 @@ impl DataPlan {
         }
         let mut parts = Vec::with_capacity(cfg.domains.len());
         for domain in &cfg.domains {
-            let source = DataSource::named(cfg.dataset_of(domain), fashion_mnist_dir, &data_dir)?;
+            let source =
+                DataSource::for_dataset(cfg.dataset_of(domain), cfg, fashion_mnist_dir, &data_dir)?;
             parts.push(Part {
                 name: domain.name.clone(),
                 dataset: cache.get_or_load(&source)?,
