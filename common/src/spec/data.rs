@@ -475,11 +475,18 @@ impl DataConfig {
                 ("data.folder", self.folder.is_some()),
                 ("data.test_folder", self.test_folder.is_some()),
                 ("data.channels", self.channels.is_some()),
-                ("data.size", self.size.is_some()),
             ] {
                 if set {
                     return key(k, "is only allowed with dataset = \"folder\"".into());
                 }
+            }
+            // A named dataset keeps its own size unless `size` resizes it (e.g. digits' 8×8
+            // to the 28×28 of an MNIST-sized model).
+            if let Some(size) = self.size.filter(|s| !(1..=MAX_FOLDER_SIZE).contains(s)) {
+                return key(
+                    "data.size",
+                    format!("must be 1..={MAX_FOLDER_SIZE} pixels, got {size}"),
+                );
             }
             return Ok(());
         }
@@ -722,9 +729,9 @@ mod tests {
             ),
             (
                 with(&|c| {
-                    c.dataset = "mnist".into();
+                    c.dataset = "digits".into();
                     c.folder = None;
-                    c.size = Some(28);
+                    c.size = Some(0);
                 }),
                 "data.size",
             ),

@@ -45,6 +45,9 @@ pub struct DataPlan {
     labelled: bool,
     /// The gradient-mixing objective's source task (`[data.history]`).
     history: Option<History>,
+    /// `[data] size`: every image resized to this square side; `None` keeps the first training
+    /// domain's size.
+    size: Option<u32>,
 }
 
 /// The source task of a gradient-mixing fine-tune, loaded.
@@ -66,6 +69,7 @@ impl DataPlan {
             }],
             labelled: false,
             history: None,
+            size: None,
         }
     }
 
@@ -97,6 +101,7 @@ impl DataPlan {
             let mut plan = DataPlan::single(cache.get_or_load(&source)?);
             plan.parts[0].transform = cfg.transform;
             plan.history = history;
+            plan.size = cfg.size;
             plan.check_channels()?;
             return Ok(plan);
         }
@@ -115,6 +120,7 @@ impl DataPlan {
             parts,
             labelled: true,
             history,
+            size: cfg.size,
         };
         plan.check_channels()?;
         Ok(plan)
@@ -149,7 +155,10 @@ impl DataPlan {
             .next()
             .ok_or_else(|| WorkerError::Source("the data has no training domain".into()))?;
         let d = &first.dataset;
-        Ok((d.channels, d.height, d.width))
+        Ok(match self.size {
+            Some(side) => (d.channels, side, side),
+            None => (d.channels, d.height, d.width),
+        })
     }
 
     /// The input shape of the split's images.
@@ -175,7 +184,11 @@ impl DataPlan {
     /// without transform or few-shot takes [`Dataset::split`] unchanged.
     pub fn split(&self, cfg: &SplitConfig, device: Device) -> Result<SplitData, WorkerError> {
         if let [only] = self.parts.as_slice() {
-            if !self.labelled && only.transform.is_identity() && self.history.is_none() {
+            let resized = self
+                .size
+                .is_some_and(|side| (only.dataset.height, only.dataset.width) != (side, side));
+            if !self.labelled && only.transform.is_identity() && self.history.is_none() && !resized
+            {
                 return only.dataset.split(cfg, device);
             }
         }

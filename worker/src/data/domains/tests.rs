@@ -49,6 +49,31 @@ fn floats(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&t.reshape([-1])).unwrap()
 }
 
+/// `[data] size` resizes a single named dataset (digits' 8×8 for an MNIST-sized model), and only
+/// when it differs from the dataset's own size.
+#[test]
+fn a_size_resizes_a_single_source_and_its_input_shape() {
+    let _guard = crate::testing::torch_lock();
+    let mut plan = DataPlan::single(flat(200, 8, 40, 10, 4));
+    plan.size = Some(28);
+    assert_eq!(plan.input_shape().height, 28);
+    assert_eq!(plan.input_shape().width, 28);
+    let split = plan.split(&cfg(3), Device::Cpu).unwrap();
+    assert_eq!(split.train_x.size()[1..], [1, 28, 28]);
+    assert_eq!(split.test_x.size(), [10, 1, 28, 28]);
+    assert_eq!(split.train_len() + split.val_len(), 40);
+    // a constant image stays constant when resized
+    let pixels = floats(&split.train_x);
+    assert!(pixels.iter().all(|p| (p - pixels[0]).abs() < 1e-6));
+    // the dataset's own size: the split is the one without `size`
+    let mut same = DataPlan::single(flat(200, 8, 40, 10, 4));
+    let plain = same.split(&cfg(3), Device::Cpu).unwrap();
+    same.size = Some(8);
+    let sized = same.split(&cfg(3), Device::Cpu).unwrap();
+    assert_eq!(floats(&plain.train_x), floats(&sized.train_x));
+    assert_eq!(ints(&plain.train_y), ints(&sized.train_y));
+}
+
 #[test]
 fn training_domains_are_pooled_and_the_target_is_only_tested_on() {
     let _guard = crate::testing::torch_lock();
@@ -60,6 +85,7 @@ fn training_domains_are_pooled_and_the_target_is_only_tested_on() {
         ],
         labelled: true,
         history: None,
+        size: None,
     };
     assert_eq!(plan.domain_names(), vec!["dark", "mid"]);
     // resized to the first training domain's 4×4
