@@ -138,6 +138,11 @@ pub struct HyperParams {
     /// The training objective; absent in JSON when plain.
     #[serde(default, skip_serializing_if = "Objective::is_plain")]
     pub objective: Objective,
+    /// Fine-tune the classifier head only (`head.*`): every other weight keeps the value it
+    /// was initialised or inherited with (batch-norm running statistics still follow the data).
+    /// A transfer setting; absent in JSON when false, so older pools keep their hashes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub head_only: bool,
 }
 
 impl Default for HyperParams {
@@ -151,6 +156,7 @@ impl Default for HyperParams {
             weight_decay: 1e-4,
             epochs: 3,
             objective: Objective::Plain,
+            head_only: false,
         }
     }
 }
@@ -227,6 +233,16 @@ impl HyperParams {
                 }
             }
         }
+        if self.head_only && self.objective.needs_domains() {
+            return bad(
+                "head_only",
+                format!(
+                    "the {} objective trains its own feature heads, so it cannot train the \
+                     classifier head alone",
+                    self.objective.name()
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -253,6 +269,25 @@ mod tests {
         let hp = HyperParams::default();
         hp.validate().unwrap();
         assert_eq!(HyperParams::from_json(&hp.to_json()).unwrap(), hp);
+    }
+
+    #[test]
+    fn head_only_is_not_serialised_when_false_and_refused_with_a_domain_objective() {
+        let all_layers = HyperParams::default();
+        assert!(!all_layers.to_json().contains("head_only"));
+        let head = HyperParams {
+            head_only: true,
+            ..HyperParams::default()
+        };
+        assert!(head.to_json().contains("\"head_only\":true"));
+        assert_eq!(HyperParams::from_json(&head.to_json()).unwrap(), head);
+        let dann = HyperParams {
+            head_only: true,
+            objective: Objective::Dann { lambda: 0.1 },
+            ..HyperParams::default()
+        };
+        let err = dann.validate().unwrap_err().to_string();
+        assert!(err.contains("head_only") && err.contains("dann"), "{err}");
     }
 
     #[test]

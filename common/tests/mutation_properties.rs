@@ -113,6 +113,7 @@ fn hparams() -> impl Strategy<Value = HyperParams> {
                 weight_decay,
                 epochs,
                 objective: Objective::Plain,
+                head_only: false,
             },
         )
 }

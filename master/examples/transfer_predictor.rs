@@ -182,6 +182,7 @@ fn main() {
             weight_decay: num(row, "weight_decay"),
             objective: text(row, "objective"),
             optimizer: text(row, "optimizer"),
+            head_only: row["head_only"].as_bool().unwrap_or(false),
             logme: num(probe, "logme"),
             leep: num(probe, "leep"),
             nce: num(probe, "nce"),

@@ -317,6 +317,7 @@ fn features(
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
+        head_only: hparams.head_only,
         logme: probe.logme,
         leep: probe.leep,
         nce: probe.nce,

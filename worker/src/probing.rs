@@ -198,6 +198,7 @@ mod tests {
                 weight_decay: 1e-4,
                 epochs,
                 objective: Objective::Plain,
+                head_only: false,
             },
             seed: 5,
             parent_checkpoint: None,

@@ -152,6 +152,9 @@ pub fn train_trial(
         Some(path) => inherit_from_file(&vs, path)?,
         None => Inherited::default(),
     };
+    if hp.head_only {
+        freeze_all_but_head(&vs);
+    }
     let mut opt = objective.optimizer(&vs)?;
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
     rng.set_stream(1);
@@ -254,6 +257,24 @@ pub fn train_trial(
         inherited,
         checkpoint: checkpoint_bytes(&vs)?,
     })
+}
+
+/// The prefix of the classifier head's variables (`head.weight`, `head.bias`, `head.scale`).
+const HEAD_PREFIX: &str = "head.";
+
+/// A head-only fine-tune: every variable outside the classifier head stops receiving gradients,
+/// so the optimizers (which skip a variable without a gradient, weight decay included) leave it
+/// as it was initialised or inherited. Batch-norm running statistics are buffers, not
+/// variables: they still follow the data in training mode. Returns how many were frozen.
+pub fn freeze_all_but_head(vs: &nn::VarStore) -> usize {
+    let mut frozen = 0;
+    for (name, mut var) in vs.variables() {
+        if !name.starts_with(HEAD_PREFIX) {
+            let _ = var.set_requires_grad(false);
+            frozen += 1;
+        }
+    }
+    frozen
 }
 
 /// Loads a genome's weights from a safetensors checkpoint and scores it on a split: returns

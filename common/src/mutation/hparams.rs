@@ -81,6 +81,7 @@ pub fn sample_hparams<R: Rng + ?Sized>(space: &SearchSpace, rng: &mut R) -> Hype
         weight_decay,
         epochs,
         objective: Objective::Plain,
+        head_only: false,
     }
 }
 

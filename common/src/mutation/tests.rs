@@ -49,6 +49,7 @@ fn propose_fails_when_nothing_can_change() {
         weight_decay: 0.0,
         epochs: 2,
         objective: Default::default(),
+        head_only: false,
     };
     let err = propose(&preset("cnn2"), &hp, &space, &mut rng(11))
         .unwrap_err()

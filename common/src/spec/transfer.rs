@@ -71,6 +71,7 @@ pub fn default_settings() -> Vec<HyperParams> {
         weight_decay: 0.0,
         epochs: 2,
         objective: Default::default(),
+        head_only: false,
     }]
 }
 

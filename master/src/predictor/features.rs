@@ -14,7 +14,7 @@ pub const OBJECTIVES: [&str; 5] = ["plain", "gradient_mixing", "replay", "agem",
 pub const OPTIMIZERS: [&str; 3] = ["sgd", "adam", "adamw"];
 
 /// The length of [`TransferFeatures::vector`].
-pub const FEATURE_COUNT: usize = 28;
+pub const FEATURE_COUNT: usize = 29;
 
 /// The name of each entry of [`TransferFeatures::vector`], in order (`ln` is the natural log).
 pub const FEATURE_NAMES: [&str; FEATURE_COUNT] = [
@@ -52,6 +52,8 @@ pub const FEATURE_NAMES: [&str; FEATURE_COUNT] = [
     "optimizer_sgd",
     "optimizer_adam",
     "optimizer_adamw",
+    // 1 when only the classifier head is fine-tuned
+    "head_only",
 ];
 
 /// Added to the weight decay before its log, so that no weight decay (0) is a finite feature.
@@ -84,6 +86,9 @@ pub struct TransferFeatures {
     /// Fine-tune: optimizer name (`sgd`, `adam`, `adamw`; another name sets no slot), compared
     /// after trimming and lower-casing.
     pub optimizer: String,
+    /// Fine-tune: only the classifier head trains (`head_only`); absent in JSON = false.
+    #[serde(default)]
+    pub head_only: bool,
     /// Probe: LogME on the new task, the mean per-example log evidence (about -2..2).
     pub logme: f64,
     /// Probe: LEEP on the new task, a log-likelihood (≤ 0).
@@ -158,6 +163,7 @@ impl TransferFeatures {
         ]);
         let optimizer = self.optimizer.trim().to_ascii_lowercase();
         vector.extend(OPTIMIZERS.map(|known| f64::from(u8::from(known == optimizer))));
+        vector.push(f64::from(u8::from(self.head_only)));
         debug_assert_eq!(vector.len(), FEATURE_COUNT);
         vector
     }
@@ -249,6 +255,7 @@ pub(crate) mod tests {
             weight_decay: 5e-4,
             objective: "gradient_mixing".to_string(),
             optimizer: "adamw".to_string(),
+            head_only: false,
             logme: 0.4,
             leep: -0.9,
             nce: -0.7,

@@ -37,6 +37,7 @@ fn synthetic_candidates(seed: u64, count: usize) -> Vec<TransferFeatures> {
                 weight_decay: [0.0, 1e-4, 5e-4][rng.gen_range(0..3)],
                 objective: objectives[rng.gen_range(0..objectives.len())].to_string(),
                 optimizer: ["sgd", "adam", "adamw"][rng.gen_range(0..3)].to_string(),
+                head_only: false,
                 logme: rng.gen_range(-1.0..1.5),
                 leep: rng.gen_range(-2.0..-0.3),
                 nce: rng.gen_range(-2.0..-0.3),

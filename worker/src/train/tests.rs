@@ -19,6 +19,7 @@ fn plan(optimizer: Optimizer, schedule: Schedule) -> TrialPlan {
             weight_decay: 1e-4,
             epochs: 4,
             objective: Objective::Plain,
+            head_only: false,
         },
         seed: 5,
         parent_checkpoint: None,
@@ -317,4 +318,62 @@ fn an_elr_trial_learns_reports_its_metrics_and_its_checkpoint_scores_the_same() 
     );
     let (val, test) = evaluate_checkpoint(&p.genome, &path, &data, Device::Cpu).unwrap();
     assert_eq!((val, test), (out.val_accuracy, out.test_accuracy));
+}
+
+/// The tensors of a safetensors checkpoint, by name.
+fn tensors_of(bytes: &[u8]) -> std::collections::HashMap<String, Tensor> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    Tensor::read_safetensors(&path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn a_head_only_fine_tune_moves_the_head_and_nothing_else() {
+    let _guard = lock();
+    let data = split();
+    let parent = train_trial(
+        &plan(Optimizer::AdamW, Schedule::Constant),
+        &data,
+        Device::Cpu,
+        &mut |_| Control::Continue,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let parent_path = dir.path().join("parent.safetensors");
+    std::fs::write(&parent_path, &parent.checkpoint).unwrap();
+    let mut p = plan(Optimizer::AdamW, Schedule::Constant);
+    p.parent_checkpoint = Some(parent_path);
+    p.seed = 9;
+    p.hparams.weight_decay = 0.1;
+    p.hparams.head_only = true;
+    let child = train_trial(&p, &data, Device::Cpu, &mut |_| Control::Continue).unwrap();
+    let (before, after) = (
+        tensors_of(&parent.checkpoint),
+        tensors_of(&child.checkpoint),
+    );
+    let mut heads_moved = 0;
+    for (name, old) in &before {
+        let new = &after[name];
+        let same = old.equal(new);
+        if name.starts_with("head.") {
+            heads_moved += usize::from(!same);
+        } else if name.ends_with("running_mean") || name.ends_with("running_var") {
+            // buffers follow the data in training mode
+        } else {
+            assert!(same, "{name} moved in a head-only fine-tune");
+        }
+    }
+    assert_eq!(heads_moved, 2, "head.weight and head.bias both train");
+    assert!(child.val_accuracy > 0.9, "{child:?}");
+    // all layers, for contrast: the trunk moves too
+    p.hparams.head_only = false;
+    let full = train_trial(&p, &data, Device::Cpu, &mut |_| Control::Continue).unwrap();
+    let all = tensors_of(&full.checkpoint);
+    assert!(before
+        .iter()
+        .any(|(name, old)| !name.starts_with("head.") && !old.equal(&all[name])));
 }

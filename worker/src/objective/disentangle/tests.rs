@@ -103,6 +103,7 @@ fn plan(objective: Settings) -> TrialPlan {
             weight_decay: 0.0,
             epochs: 8,
             objective,
+            head_only: false,
         },
         seed: 11,
         parent_checkpoint: None,

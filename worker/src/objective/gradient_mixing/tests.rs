@@ -202,6 +202,7 @@ fn plan(objective: Settings, epochs: u32, parent: Option<PathBuf>) -> TrialPlan 
             weight_decay: 0.0,
             epochs,
             objective,
+            head_only: false,
         },
         seed: 7,
         parent_checkpoint: parent,
