@@ -923,7 +923,7 @@ impl Scheduler {
         let seed_choice = if (seq as usize) >= seeds.len() {
             None
         } else if transfer::probes(spec) {
-            transfer::choose_seed(conn, spec, &row.id, &seeds).await?
+            transfer::choose_seed(conn, spec, &row.id, &seeds, remaining_epochs).await?
         } else {
             Some(transfer::SeedChoice {
                 index: seq as usize,

@@ -377,13 +377,16 @@ async fn history(conn: &mut SqliteConnection) -> Result<Vec<(TransferFeatures, f
 /// Picks the next seed of a probing transfer experiment among those not queued yet: the
 /// predictor's best once the pool holds [`predictor::MIN_HISTORY`] fine-tunes, else the best
 /// LogME (then LEEP, then seed order). Seeds whose model broke `max_latency_ms` are skipped;
-/// seeds whose probe failed come after every probed one, in seed order. `None` when no seed is
-/// left; an error when every model broke the latency limit.
+/// seeds whose probe failed come after every probed one, in seed order. While some seed's
+/// settings fit in `remaining_epochs`, a seed that does not is passed over rather than started
+/// cut short (its prediction is for its full settings). `None` when no seed is left; an error
+/// when every model broke the latency limit.
 pub async fn choose_seed(
     conn: &mut SqliteConnection,
     spec: &ExperimentSpec,
     experiment_id: &str,
     seeds: &[ResolvedSeed],
+    remaining_epochs: Option<u64>,
 ) -> Result<Option<SeedChoice>, MasterError> {
     let used: HashSet<i64> = store::queued_seed_indices(conn, experiment_id)
         .await?
@@ -403,11 +406,18 @@ pub async fn choose_seed(
         }
     }
     let max_latency = spec.transfer.as_ref().and_then(|t| t.max_latency_ms);
+    let fits = |seed: &ResolvedSeed| {
+        remaining_epochs.is_none_or(|left| u64::from(seed.hparams.epochs) <= left)
+    };
+    let some_fit = seeds
+        .iter()
+        .enumerate()
+        .any(|(index, seed)| !used.contains(&(index as i64)) && fits(seed));
     let mut probed = Vec::new();
     let mut unprobed = Vec::new();
     let mut too_slow = Vec::new();
     for (index, seed) in seeds.iter().enumerate() {
-        if used.contains(&(index as i64)) {
+        if used.contains(&(index as i64)) || (some_fit && !fits(seed)) {
             continue;
         }
         let probe = seed.inherit_from.as_ref().and_then(|sha| scores.get(sha));

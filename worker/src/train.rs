@@ -268,7 +268,7 @@ const HEAD_PREFIX: &str = "head.";
 /// variables: they still follow the data in training mode. Returns how many were frozen.
 pub fn freeze_all_but_head(vs: &nn::VarStore) -> usize {
     let mut frozen = 0;
-    for (name, mut var) in vs.variables() {
+    for (name, var) in vs.variables() {
         if !name.starts_with(HEAD_PREFIX) {
             let _ = var.set_requires_grad(false);
             frozen += 1;

@@ -485,3 +485,53 @@ async fn with_enough_history_the_predictor_chooses_and_its_prediction_is_recorde
     assert!(third.origin.contains("fitted on 10"), "{}", third.origin);
     assert_eq!(counts(&h.sched, &id).await.budgeted(), 3);
 }
+
+#[tokio::test]
+async fn a_fine_tune_that_no_longer_fits_the_epoch_budget_is_passed_over() {
+    let h = Harness::long().await;
+    let source = source_experiment(&h.sched, "src", &[0.93, 0.85]).await;
+    let best = trials(&h.sched, &source)
+        .await
+        .into_iter()
+        .find(|t| t.score == Some(0.93))
+        .unwrap()
+        .checkpoint_sha256
+        .unwrap();
+    // a 2-epoch SGD setting first, a 1-epoch AdamW one second; 4 epochs in all
+    let settings = "settings = [\n { optimizer = \"sgd\", learning_rate = 0.01, schedule = \"constant\", batch_size = 32, weight_decay = 0.0, epochs = 2 },\n { optimizer = \"adamw\", learning_rate = 0.001, schedule = \"constant\", batch_size = 32, weight_decay = 0.0, epochs = 1 },\n]\n";
+    let text = format!(
+        "name = \"t\"\n[budget]\nmax_trials = 20\nmax_epochs = 4\n[data]\ndataset = \"mnist\"\nper_class = 20\n[transfer]\nfrom = \"src\"\nmodels = 2\n{settings}"
+    );
+    let id = within(h.sched.submit(ExperimentSpec::from_toml(&text).unwrap()))
+        .await
+        .unwrap();
+    let w = register(&h.sched, 1).await;
+    run_probes(&h.sched, &w, 2, |sha| {
+        (if sha == best { 1.0 } else { 0.0 }, 1.0)
+    })
+    .await;
+    let mut ran = Vec::new();
+    for _ in 0..3 {
+        let t = lease(&h.sched, &w).await;
+        let hp = HyperParams::from_json(&t.hparams_json).unwrap();
+        ran.push((
+            t.inherit_from.clone().unwrap() == best,
+            hp.optimizer,
+            hp.epochs,
+        ));
+        finish_with_checkpoint(&h.sched, &w, &t, 0.5).await;
+    }
+    // the best LogME model's two settings (2 + 1 epochs), then the other model's 1-epoch one:
+    // its SGD setting, ranked first, would be cut from 2 epochs to the 1 left
+    use explore_common::hparams::Optimizer;
+    assert_eq!(
+        ran,
+        [
+            (true, Optimizer::Sgd, 2),
+            (true, Optimizer::AdamW, 1),
+            (false, Optimizer::AdamW, 1)
+        ]
+    );
+    let v = view(&h.sched, &id).await;
+    assert_eq!(v.row.status, "completed", "{}", v.row.status_reason);
+}
