@@ -223,10 +223,15 @@ impl Default for TrainingConfig {
     }
 }
 
-/// Default weight of the disentangle objective's mutual-information penalty.
-pub const DEFAULT_DISENTANGLE_LAMBDA: f64 = 0.1;
-/// Default size of each of the disentangle objective's feature parts.
-pub const DEFAULT_DISENTANGLE_DIM: u32 = 32;
+/// Default weight of the disentangle objective's mutual-information penalty. The CLUB estimate
+/// sums over the feature coordinates, so λ goes with `disentangle_dim`: (0.03, 8) is the
+/// configuration the S5 benchmark selected on training-domain validation (BENCHMARKS.md); the
+/// earlier (0.1, 32) let the penalty swamp the task loss.
+pub const DEFAULT_DISENTANGLE_LAMBDA: f64 = 0.03;
+/// Default size of each of the disentangle objective's feature parts (see
+/// [`DEFAULT_DISENTANGLE_LAMBDA`]); at 8 the domain probe on the invariant part falls towards
+/// chance, at 32 it stays high.
+pub const DEFAULT_DISENTANGLE_DIM: u32 = 8;
 /// Default weight of DANN's reversed gradient (the paper's value, reached after warm-up).
 pub const DEFAULT_DANN_LAMBDA: f64 = 1.0;
 
