@@ -122,6 +122,34 @@ fn parse_spec(row: &ExperimentRow) -> Result<ExperimentSpec, MasterError> {
         .map_err(|e| MasterError::Internal(format!("stored spec of {} is unreadable: {e}", row.id)))
 }
 
+/// Refuses seeds whose input shape differs from the images `[data]` gives, when the spec alone
+/// decides that shape (see `DataConfig::input_shape`): every trial of such a seed would fail on
+/// its worker. A seed of a transfer from an MNIST-sized pool to digits is told about `size`.
+fn check_input_shapes(
+    spec: &ExperimentSpec,
+    seeds: &[explore_common::spec::ResolvedSeed],
+) -> Result<(), MasterError> {
+    let Some((channels, height, width)) = spec.data.input_shape() else {
+        return Ok(());
+    };
+    for seed in seeds {
+        let input = seed.genome.input;
+        if (input.channels, input.height, input.width) == (channels, height, width) {
+            continue;
+        }
+        let hint = if input.channels == channels && input.height == input.width {
+            format!(" (set [data] size = {} to resize the images)", input.height)
+        } else {
+            String::new()
+        };
+        return Err(MasterError::InvalidArgument(format!(
+            "data: {} takes {}x{}x{} images but [data] gives {channels}x{height}x{width}{hint}",
+            seed.label, input.channels, input.height, input.width
+        )));
+    }
+    Ok(())
+}
+
 fn db_seed(seed: u64) -> i64 {
     (seed >> 1) as i64
 }
@@ -165,6 +193,7 @@ impl Scheduler {
         };
         // Resolve seeds now so the stored spec is self-contained.
         let seeds = spec.resolve_seeds(None)?;
+        check_input_shapes(&spec, &seeds)?;
         let mut stored = spec.clone();
         // Presets are built in and keep their name, which labels their seed trials ("seed cnn2");
         // genome files, which the master cannot read later, are inlined.

@@ -311,6 +311,25 @@ impl DataConfig {
         self.domains.iter().find(|d| d.target)
     }
 
+    /// The image shape `(channels, height, width)` the workers will train on, where the spec
+    /// alone decides it: `size` if given, else the named dataset's own (Fashion-MNIST and MNIST
+    /// 1×28×28, digits 1×8×8), image folders' `channels` × `size`; with `[[data.domains]]` the
+    /// first training domain's. `None` for IDX files, whose shape only the files know.
+    pub fn input_shape(&self) -> Option<(u32, u32, u32)> {
+        let dataset = match self.training_domains().next() {
+            Some(first) => self.dataset_of(first),
+            None => self.dataset.as_str(),
+        };
+        let (channels, side) = match dataset {
+            FOLDER_DATASET => (self.folder_channels(), self.folder_size()),
+            "fashion-mnist" | "fashion_mnist" | "mnist" => (1, 28),
+            "digits" => (1, 8),
+            _ => return None,
+        };
+        let side = self.size.unwrap_or(side);
+        Some((channels, side, side))
+    }
+
     /// Checks the section; errors name the offending key.
     pub fn validate(&self) -> Result<(), CommonError> {
         let key = |k: &str, reason: String| {
@@ -532,6 +551,31 @@ impl DataConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_input_shape_follows_the_dataset_size_and_first_training_domain() {
+        let shape = |text: &str| parse(text).input_shape();
+        assert_eq!(shape("dataset = \"mnist\""), Some((1, 28, 28)));
+        assert_eq!(shape("dataset = \"digits\""), Some((1, 8, 8)));
+        assert_eq!(shape("dataset = \"digits\"\nsize = 28"), Some((1, 28, 28)));
+        assert_eq!(
+            shape("dataset = \"folder\"\nfolder = \"/x\"\nchannels = 3\nsize = 32"),
+            Some((3, 32, 32))
+        );
+        assert_eq!(
+            shape("dataset = \"folder\"\nfolder = \"/x\""),
+            Some((1, 28, 28))
+        );
+        assert_eq!(
+            shape(
+                "dataset = \"idx\"\ntrain_images = \"a\"\ntrain_labels = \"b\"\ntest_images = \"c\"\ntest_labels = \"d\""
+            ),
+            None
+        );
+        // the target's own dataset does not decide: it is resized to the training domains'
+        let domains = "dataset = \"mnist\"\n[[domains]]\nname = \"digits\"\ndataset = \"digits\"\ntarget = true\n[[domains]]\nname = \"a\"\n[[domains]]\nname = \"b\"\ntransform = { rotate = 20 }";
+        assert_eq!(shape(domains), Some((1, 28, 28)));
+    }
 
     fn parse(text: &str) -> DataConfig {
         toml::from_str(text).unwrap()

@@ -193,6 +193,38 @@ async fn invalid_spec_is_refused_and_nothing_is_recorded() {
 }
 
 #[tokio::test]
+async fn seeds_that_do_not_take_the_data_s_images_are_refused_with_a_hint() {
+    let h = Harness::long().await;
+    // cnn2 takes 28x28 images; digits are 8x8 unless resized
+    let err = within(h.sched.submit(spec(3, "[data]\ndataset = \"digits\"\n")))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("seed cnn2 takes 1x28x28") && text.contains("size = 28"),
+        "{text}"
+    );
+    assert_code::<()>(Err(err), tonic::Code::InvalidArgument);
+    assert!(within(h.sched.experiment_views()).await.unwrap().is_empty());
+    // resized, the same seed is accepted
+    within(
+        h.sched
+            .submit(spec(3, "[data]\ndataset = \"digits\"\nsize = 28\n")),
+    )
+    .await
+    .unwrap();
+    // RGB folders against a gray seed: no size hint helps
+    let err = within(h.sched.submit(spec(
+        3,
+        "[data]\ndataset = \"folder\"\nfolder = \"/data\"\nchannels = 3\n",
+    )))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("3x28x28") && !err.contains("size ="), "{err}");
+}
+
+#[tokio::test]
 async fn unknown_experiment_is_not_found() {
     let h = Harness::long().await;
     assert_code(
