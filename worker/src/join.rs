@@ -638,12 +638,7 @@ async fn report_success(
         checkpoint_sha256: upload.sha256,
         epochs_run: outcome.epochs_run,
     };
-    let answer = with_retry("complete", config.give_up_after, || {
-        let mut c = client.clone();
-        let r = request.clone();
-        async move { c.complete(r).await.map(|r| r.into_inner()) }
-    })
-    .await?;
+    let answer = complete(client, config, request).await?;
     if answer.accepted {
         info!(
             trial_id = %trial.trial_id,
@@ -656,6 +651,20 @@ async fn report_success(
         warn!(trial_id = %trial.trial_id, reason = %answer.reason, "result kept as history only");
     }
     Ok(())
+}
+
+/// Sends a result, retrying while the master is unreachable (completion is idempotent).
+async fn complete(
+    client: &WorkerServiceClient<AuthChannel>,
+    config: &JoinConfig,
+    request: proto::CompleteRequest,
+) -> Result<proto::CompleteResponse, WorkerError> {
+    with_retry("complete", config.give_up_after, || {
+        let mut c = client.clone();
+        let r = request.clone();
+        async move { c.complete(r).await.map(|r| r.into_inner()) }
+    })
+    .await
 }
 
 /// Completes a probe trial with its scores (no checkpoint, no epochs).
@@ -675,12 +684,7 @@ async fn report_probe(
         checkpoint_sha256: String::new(),
         epochs_run: 0,
     };
-    let answer = with_retry("complete", config.give_up_after, || {
-        let mut c = client.clone();
-        let r = request.clone();
-        async move { c.complete(r).await.map(|r| r.into_inner()) }
-    })
-    .await?;
+    let answer = complete(client, config, request).await?;
     if answer.accepted {
         info!(
             trial_id = %trial.trial_id,

@@ -15,12 +15,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use explore_common::genome::Genome;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::data::SplitData;
 use crate::error::WorkerError;
-use crate::model::{self, BuildOptions};
-use crate::train::{head_of_checkpoint, load_checkpoint};
+use crate::model;
+use crate::train::load_model;
 use crate::transferability::{self, Transferability};
 
 /// At most this many training examples feed the scores (the split's first ones; the split is
@@ -100,17 +100,7 @@ pub fn probe_trial(
             "the training split has {n} example(s), a probe needs at least 2"
         )));
     }
-    let head = head_of_checkpoint(checkpoint)?;
-    let mut vs = nn::VarStore::new(device);
-    let net = model::build_with(
-        &vs.root(),
-        genome,
-        BuildOptions {
-            head,
-            invariant_group: None,
-        },
-    )?;
-    load_checkpoint(&mut vs, checkpoint)?;
+    let (_vs, net) = load_model(genome, checkpoint, device)?;
     let xs = data.train_x.f_narrow(0, 0, n)?.f_to_device(device)?;
     let labels = data.train_y.f_narrow(0, 0, n)?.to_device(Device::Cpu);
 
@@ -172,6 +162,7 @@ fn latency_ms(net: &model::GenomeNet, one: &Tensor, device: Device) -> Result<f6
 #[cfg(test)]
 mod tests {
     use explore_common::hparams::{HyperParams, Objective, Optimizer, Schedule};
+    use tch::nn;
 
     use super::*;
     use crate::testing::{genome, split, torch_lock as lock};

@@ -277,16 +277,13 @@ pub fn freeze_all_but_head(vs: &nn::VarStore) -> usize {
     frozen
 }
 
-/// Loads a genome's weights from a safetensors checkpoint and scores it on a split: returns
-/// `(val_accuracy, test_accuracy)`. The head is the one the checkpoint was trained with (a
-/// cosine head when it has `head.scale`, see [`crate::model::Head`]).
-pub fn evaluate_checkpoint(
+/// Builds `genome` with the head `checkpoint` was trained with and loads every weight from it;
+/// the var store owns the weights the network uses.
+pub fn load_model(
     genome: &Genome,
     checkpoint: &Path,
-    data: &SplitData,
     device: Device,
-) -> Result<(f64, f64), WorkerError> {
-    check_fits(genome, data)?;
+) -> Result<(nn::VarStore, GenomeNet), WorkerError> {
     let head = head_of_checkpoint(checkpoint)?;
     let mut vs = nn::VarStore::new(device);
     let net = model::build_with(
@@ -298,6 +295,20 @@ pub fn evaluate_checkpoint(
         },
     )?;
     load_checkpoint(&mut vs, checkpoint)?;
+    Ok((vs, net))
+}
+
+/// Loads a genome's weights from a safetensors checkpoint and scores it on a split: returns
+/// `(val_accuracy, test_accuracy)`. The head is the one the checkpoint was trained with (a
+/// cosine head when it has `head.scale`, see [`crate::model::Head`]).
+pub fn evaluate_checkpoint(
+    genome: &Genome,
+    checkpoint: &Path,
+    data: &SplitData,
+    device: Device,
+) -> Result<(f64, f64), WorkerError> {
+    check_fits(genome, data)?;
+    let (_vs, net) = load_model(genome, checkpoint, device)?;
     let [_, _, val_x, val_y, test_x, test_y] = on_device(data, device)?;
     let val = accuracy(&net, &val_x, &val_y)?;
     let test = accuracy(&net, &test_x, &test_y)?;

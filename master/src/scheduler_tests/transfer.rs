@@ -23,6 +23,14 @@ async fn source_experiment(sched: &Scheduler, name: &str, scores: &[f64]) -> Exp
     id
 }
 
+/// The checkpoint of the model among `pool` that scored `score`.
+fn checkpoint_scoring(pool: &[TrialRow], score: f64) -> String {
+    pool.iter()
+        .find(|t| t.score == Some(score))
+        .and_then(|t| t.checkpoint_sha256.clone())
+        .expect("a completed model with that score and a checkpoint")
+}
+
 fn transfer_spec(extra: &str) -> ExperimentSpec {
     spec(
         20,
@@ -194,15 +202,7 @@ async fn a_probing_transfer_probes_each_model_once_then_fine_tunes_the_best_logm
     let h = Harness::long().await;
     let source = source_experiment(&h.sched, "src", &[0.93, 0.85, 0.71]).await;
     let source_trials = trials(&h.sched, &source).await;
-    let sha_of = |s: f64| {
-        source_trials
-            .iter()
-            .find(|t| t.score == Some(s))
-            .unwrap()
-            .checkpoint_sha256
-            .clone()
-            .unwrap()
-    };
+    let sha_of = |s: f64| checkpoint_scoring(&source_trials, s);
     let text = format!("[transfer]\nfrom = \"src\"\nmodels = 3\n{TWO_SETTINGS}");
     let id = within(h.sched.submit(transfer_spec(&text))).await.unwrap();
     // three probes (one per model, not per setting), outside the trial budget
@@ -257,13 +257,7 @@ async fn a_probing_transfer_probes_each_model_once_then_fine_tunes_the_best_logm
 async fn models_slower_than_max_latency_are_never_fine_tuned() {
     let h = Harness::long().await;
     let source = source_experiment(&h.sched, "src", &[0.93, 0.85]).await;
-    let fast = trials(&h.sched, &source)
-        .await
-        .into_iter()
-        .find(|t| t.score == Some(0.85))
-        .unwrap()
-        .checkpoint_sha256
-        .unwrap();
+    let fast = checkpoint_scoring(&trials(&h.sched, &source).await, 0.85);
     let text = "[transfer]\nfrom = \"src\"\nmodels = 2\nmax_latency_ms = 2.0\n";
     let id = within(h.sched.submit(transfer_spec(text))).await.unwrap();
     let w = register(&h.sched, 1).await;
@@ -319,13 +313,7 @@ async fn models_slower_than_max_latency_are_never_fine_tuned() {
 async fn a_failed_probe_puts_its_model_after_the_probed_ones() {
     let h = Harness::long().await;
     let source = source_experiment(&h.sched, "src", &[0.93, 0.85]).await;
-    let best = trials(&h.sched, &source)
-        .await
-        .into_iter()
-        .find(|t| t.score == Some(0.93))
-        .unwrap()
-        .checkpoint_sha256
-        .unwrap();
+    let best = checkpoint_scoring(&trials(&h.sched, &source).await, 0.93);
     within(
         h.sched
             .submit(transfer_spec("[transfer]\nfrom = \"src\"\nmodels = 2\n")),
@@ -391,15 +379,7 @@ async fn with_enough_history_the_predictor_chooses_and_its_prediction_is_recorde
     let h = Harness::long().await;
     let source = source_experiment(&h.sched, "src", &[0.93, 0.85, 0.71]).await;
     let source_trials = trials(&h.sched, &source).await;
-    let sha_of = |s: f64| {
-        source_trials
-            .iter()
-            .find(|t| t.score == Some(s))
-            .unwrap()
-            .checkpoint_sha256
-            .clone()
-            .unwrap()
-    };
+    let sha_of = |s: f64| checkpoint_scoring(&source_trials, s);
     let three_settings = "settings = [\n { optimizer = \"adamw\", learning_rate = 0.001, schedule = \"constant\", batch_size = 32, weight_decay = 0.0, epochs = 1 },\n { optimizer = \"adamw\", learning_rate = 0.003, schedule = \"constant\", batch_size = 32, weight_decay = 0.0, epochs = 1 },\n { optimizer = \"adamw\", learning_rate = 0.0003, schedule = \"constant\", batch_size = 32, weight_decay = 0.0, epochs = 1 },\n]\n";
     // the truth the predictor should learn: higher LogME and a larger step fine-tune better
     let truth = |logme: f64, lr: f64| 0.6 + 0.1 * logme + 0.1 * (lr / 0.001).log10();
@@ -490,13 +470,7 @@ async fn with_enough_history_the_predictor_chooses_and_its_prediction_is_recorde
 async fn a_fine_tune_that_no_longer_fits_the_epoch_budget_is_passed_over() {
     let h = Harness::long().await;
     let source = source_experiment(&h.sched, "src", &[0.93, 0.85]).await;
-    let best = trials(&h.sched, &source)
-        .await
-        .into_iter()
-        .find(|t| t.score == Some(0.93))
-        .unwrap()
-        .checkpoint_sha256
-        .unwrap();
+    let best = checkpoint_scoring(&trials(&h.sched, &source).await, 0.93);
     // a 2-epoch SGD setting first, a 1-epoch AdamW one second; 4 epochs in all
     let settings = "settings = [\n { optimizer = \"sgd\", learning_rate = 0.01, schedule = \"constant\", batch_size = 32, weight_decay = 0.0, epochs = 2 },\n { optimizer = \"adamw\", learning_rate = 0.001, schedule = \"constant\", batch_size = 32, weight_decay = 0.0, epochs = 1 },\n]\n";
     let text = format!(
