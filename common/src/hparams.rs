@@ -17,6 +17,17 @@ pub enum Optimizer {
     AdamW,
 }
 
+impl Optimizer {
+    /// The name used in specs and JSON: `sgd`, `adam` or `adamw`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Optimizer::Sgd => "sgd",
+            Optimizer::Adam => "adam",
+            Optimizer::AdamW => "adamw",
+        }
+    }
+}
+
 /// How the learning rate changes over the epochs of one trial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -269,6 +280,13 @@ mod tests {
         let hp = HyperParams::default();
         hp.validate().unwrap();
         assert_eq!(HyperParams::from_json(&hp.to_json()).unwrap(), hp);
+    }
+
+    #[test]
+    fn optimizer_names_are_the_serialised_ones() {
+        for o in [Optimizer::Sgd, Optimizer::Adam, Optimizer::AdamW] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.name());
+        }
     }
 
     #[test]

@@ -313,10 +313,7 @@ fn features(
         batch_size: hparams.batch_size,
         weight_decay: hparams.weight_decay,
         objective: hparams.objective.name().to_string(),
-        optimizer: serde_json::to_value(hparams.optimizer)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        optimizer: hparams.optimizer.name().to_string(),
         head_only: hparams.head_only,
         logme: probe.logme,
         leep: probe.leep,

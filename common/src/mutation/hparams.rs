@@ -240,8 +240,8 @@ impl HpBounds {
             ),
             (
                 "optimizer",
-                optimizer_name(hp.optimizer).into(),
-                optimizer_name(out.optimizer).into(),
+                hp.optimizer.name().into(),
+                out.optimizer.name().into(),
             ),
             (
                 "schedule",
@@ -339,11 +339,7 @@ fn apply_hp_op<R: Rng + ?Sized>(
         HpOp::Optimizer => {
             let new = pick_other(&b.optimizers, hp.optimizer, rng)?;
             let old = std::mem::replace(&mut hp.optimizer, new);
-            Some(format!(
-                "optimizer {}->{}",
-                optimizer_name(old),
-                optimizer_name(new)
-            ))
+            Some(format!("optimizer {}->{}", old.name(), new.name()))
         }
         HpOp::Schedule => {
             let new = pick_other(&b.schedules, hp.schedule, rng)?;
@@ -434,14 +430,6 @@ fn tidy(x: f64, lo: f64, hi: f64) -> f64 {
         lo
     } else {
         rounded.clamp(lo, hi)
-    }
-}
-
-fn optimizer_name(o: Optimizer) -> &'static str {
-    match o {
-        Optimizer::Sgd => "sgd",
-        Optimizer::Adam => "adam",
-        Optimizer::AdamW => "adamw",
     }
 }
 
