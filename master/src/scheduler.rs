@@ -150,7 +150,8 @@ fn check_input_shapes(
     Ok(())
 }
 
-fn db_seed(seed: u64) -> i64 {
+/// A trial seed as stored: SQLite integers are signed, so the top bit is dropped.
+pub(crate) fn db_seed(seed: u64) -> i64 {
     (seed >> 1) as i64
 }
 

@@ -234,7 +234,7 @@ pub async fn queue_probes(
             hparams_json: seed.hparams.to_json(),
             params: analysis.params as i64,
             flops: analysis.flops as i64,
-            seed: (trial_seed >> 1) as i64,
+            seed: crate::scheduler::db_seed(trial_seed),
             temperature: 0.0,
             chain: 0,
             inherit_from: Some(sha.clone()),
