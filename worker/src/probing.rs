@@ -20,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 use crate::data::SplitData;
 use crate::error::WorkerError;
 use crate::model;
-use crate::train::load_model;
+use crate::train::{check_input, load_model};
 use crate::transferability::{self, Transferability};
 
 /// At most this many training examples feed the scores (the split's first ones; the split is
@@ -77,23 +77,7 @@ pub fn probe_trial(
     device: Device,
 ) -> Result<ProbeOutcome, WorkerError> {
     let started = Instant::now();
-    genome.validate()?;
-    let input = genome.input;
-    let want = [
-        input.channels as i64,
-        input.height as i64,
-        input.width as i64,
-    ];
-    let size = data.train_x.size();
-    if size.len() != 4 || size[1..] != want {
-        return Err(WorkerError::Genome(format!(
-            "the genome takes {}x{}x{} images but the data has {:?}",
-            input.channels,
-            input.height,
-            input.width,
-            size.get(1..).unwrap_or(&[])
-        )));
-    }
+    check_input(genome, data)?;
     let n = data.train_len().min(MAX_PROBE_EXAMPLES as usize) as i64;
     if n < 2 {
         return Err(WorkerError::Split(format!(

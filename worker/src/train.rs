@@ -465,6 +465,19 @@ fn batch_ranges(n: usize, batch_size: usize) -> Vec<(i64, i64)> {
 
 /// Checks that the genome takes the split's images and has a logit for every label.
 fn check_fits(genome: &Genome, data: &SplitData) -> Result<(), WorkerError> {
+    check_input(genome, data)?;
+    if data.num_classes > genome.num_classes {
+        return Err(WorkerError::Genome(format!(
+            "the genome has {} classes but the data has {}",
+            genome.num_classes, data.num_classes
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `genome` is valid and takes the images of `data` (any class count: a probe reads
+/// a new task with the source's head).
+pub(crate) fn check_input(genome: &Genome, data: &SplitData) -> Result<(), WorkerError> {
     genome.validate()?;
     let size = data.train_x.size();
     let input = genome.input;
@@ -480,12 +493,6 @@ fn check_fits(genome: &Genome, data: &SplitData) -> Result<(), WorkerError> {
             input.height,
             input.width,
             size.get(1..).unwrap_or(&[])
-        )));
-    }
-    if data.num_classes > genome.num_classes {
-        return Err(WorkerError::Genome(format!(
-            "the genome has {} classes but the data has {}",
-            genome.num_classes, data.num_classes
         )));
     }
     Ok(())
