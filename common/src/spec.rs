@@ -297,6 +297,22 @@ pub struct SearchSpace {
     pub elr: Option<[f64; 2]>,
     /// Probability that a mutation changes the architecture (else only hyperparameters).
     pub architecture_mutation_probability: f64,
+    /// Predictor-guided proposals: each proposal mutates its base into
+    /// `predictor_candidates` untried candidates and queues the one a predictor fitted on the
+    /// experiment's recent completed trials ranks best (once it has enough history; until then
+    /// proposals are as without it). Off by default.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub predictor: bool,
+    /// Candidates per proposal when `predictor` is on (2..=64).
+    #[serde(skip_serializing_if = "is_default_predictor_candidates")]
+    pub predictor_candidates: u32,
+}
+
+/// The default of [`SearchSpace::predictor_candidates`].
+pub const DEFAULT_PREDICTOR_CANDIDATES: u32 = 4;
+
+fn is_default_predictor_candidates(candidates: &u32) -> bool {
+    *candidates == DEFAULT_PREDICTOR_CANDIDATES
 }
 
 impl Default for SearchSpace {
@@ -315,6 +331,8 @@ impl Default for SearchSpace {
             weight_decay: [0.0, 1e-3],
             elr: None,
             architecture_mutation_probability: 0.6,
+            predictor: false,
+            predictor_candidates: DEFAULT_PREDICTOR_CANDIDATES,
         }
     }
 }
@@ -755,6 +773,12 @@ impl SearchSpace {
                     format!("must be [low, high] with 0 < low <= high <= 10, got [{lo}, {hi}]"),
                 );
             }
+        }
+        if !(2..=64).contains(&self.predictor_candidates) {
+            return key(
+                "predictor_candidates",
+                format!("must be 2..=64, got {}", self.predictor_candidates),
+            );
         }
         let p = self.architecture_mutation_probability;
         if !(0.0..=1.0).contains(&p) {

@@ -15,6 +15,11 @@
 //!    all these bases, `(FALLBACK_BASES + 1) × FRESH_TRIES` samples shared equally, each with
 //!    its base's objective (not in ELR mode, whose step size the sampler does not draw).
 //!
+//! With `[search] predictor = true` and a fitted predictor, the primary phase keeps going until
+//! it holds `predictor_candidates` distinct untried children (within
+//! `max(PRIMARY_TRIES, 2 × predictor_candidates)` mutations) and returns the one the predictor
+//! ranks best ([`predictor::best_candidate`]); the fallback phases are unchanged.
+//!
 //! Only when none of this yields a candidate does the proposal report [`Exhausted`]: after at
 //! most [`MAX_ATTEMPTS`] candidates over at most `1 + FALLBACK_BASES` bases, whatever the pool's
 //! size, so the effort under the writer lock stays bounded. The primary phase uses the
@@ -32,6 +37,7 @@ use sqlx::SqliteConnection;
 
 use crate::artifacts::ArtifactStore;
 use crate::error::MasterError;
+use crate::predictor::{self, Prediction, Predictor, SearchFeatures};
 use crate::store::{self, ChainRow, TrialRow};
 
 /// Randomness stream of the fallback search (after `STREAM_PROPOSAL`, `STREAM_ACCEPTANCE` and
@@ -65,6 +71,8 @@ pub struct Candidate {
     pub description: String,
     /// The base's checkpoint, when the child inherits its weights.
     pub inherit_from: Option<String>,
+    /// The search predictor's forecast, when it chose this candidate among several.
+    pub prediction: Option<Prediction>,
 }
 
 /// No base of the pool yielded an untried candidate within the bounded effort.
@@ -98,6 +106,9 @@ pub struct Search<'a> {
     pub seq: i64,
     /// How many of the first trials are the spec's seeds.
     pub seed_count: usize,
+    /// The search predictor (`[search] predictor = true` with enough history): the primary
+    /// phase then chooses among several candidates.
+    pub predictor: Option<&'a Predictor<SearchFeatures>>,
 }
 
 impl Search<'_> {
@@ -110,12 +121,20 @@ impl Search<'_> {
         rng: &mut impl Rng,
     ) -> Result<Result<Candidate, Exhausted>, MasterError> {
         let mut attempts = 0;
-        if let Some(found) = self
-            .mutate(conn, &primary, PRIMARY_TRIES, rng, &mut attempts)
-            .await?
-        {
+        let found = match self.predictor {
+            Some(predictor) => {
+                self.mutate_ranked(conn, &primary, predictor, rng, &mut attempts)
+                    .await?
+            }
+            None => {
+                self.mutate(conn, &primary, PRIMARY_TRIES, rng, &mut attempts)
+                    .await?
+            }
+        };
+        if let Some(found) = found {
             return Ok(Ok(found));
         }
+
         let mut rng = annealing::rng_for(self.spec.seed, STREAM_PROPOSAL_FALLBACK, self.seq as u64);
         let bases = self.fallback_bases(conn, chain, &primary, &mut rng).await?;
         // A small pool shares the same effort among fewer bases.
@@ -243,6 +262,63 @@ impl Search<'_> {
         Ok(None)
     }
 
+    /// Mutations of `base` until `predictor_candidates` distinct untried children are found
+    /// (or `max(PRIMARY_TRIES, 2 × predictor_candidates)` were tried); the best predicted.
+    async fn mutate_ranked(
+        &self,
+        conn: &mut SqliteConnection,
+        base: &TrialRow,
+        predictor: &Predictor<SearchFeatures>,
+        rng: &mut impl Rng,
+        attempts: &mut u64,
+    ) -> Result<Option<Candidate>, MasterError> {
+        let wanted = self.spec.search.predictor_candidates as usize;
+        let tries = PRIMARY_TRIES.max(2 * wanted as u64);
+        let genome =
+            Genome::from_json(&base.genome_json).map_err(explore_common::CommonError::from)?;
+        let hparams = HyperParams::from_json(&base.hparams_json)?;
+        let mut found: Vec<Candidate> = Vec::with_capacity(wanted);
+        let mut distinct = HashSet::new();
+        for _ in 0..tries {
+            if found.len() == wanted {
+                break;
+            }
+            *attempts += 1;
+            let Ok(p) = mutation::propose(&genome, &hparams, &self.spec.search, rng) else {
+                continue;
+            };
+            let Some(candidate) = self
+                .untried(conn, base, p.genome, p.hparams, p.description)
+                .await?
+            else {
+                continue;
+            };
+            if distinct.insert((
+                candidate.genome.canonical_hash(),
+                candidate.hparams.to_json(),
+            )) {
+                found.push(candidate);
+            }
+        }
+        let features = found
+            .iter()
+            .map(|c| {
+                SearchFeatures::of(&c.genome, &c.hparams, base.score, c.inherit_from.is_some())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some((index, prediction)) = predictor::best_candidate(predictor, &features)? else {
+            return Ok(None);
+        };
+        let count = found.len();
+        let mut chosen = found.swap_remove(index);
+        chosen.description = format!(
+            "{} (predicted {:.4} ± {:.4}, best of {count})",
+            chosen.description, prediction.mean, prediction.std
+        );
+        chosen.prediction = Some(prediction);
+        Ok(Some(chosen))
+    }
+
     /// Up to `tries` freshly sampled hyperparameters for `base`'s architecture; the first
     /// untried one. Nothing for a base outside the constraints or in ELR mode.
     async fn fresh(
@@ -319,7 +395,44 @@ impl Search<'_> {
             hparams,
             description,
             inherit_from,
+            prediction: None,
         }))
+    }
+}
+
+/// The search predictor for one proposal of `experiment_id`: `None` when `[search] predictor`
+/// is off or the experiment has fewer than [`predictor::MIN_HISTORY`] completed trials (and
+/// then proposals are exactly as without it). Fitted on the [`predictor::SEARCH_HISTORY`]
+/// most recent completed trials, so its cost does not grow with the pool. A fit that fails on
+/// odd history is logged and skipped: the predictor only ever narrows a choice.
+pub async fn search_predictor(
+    conn: &mut SqliteConnection,
+    spec: &ExperimentSpec,
+    experiment_id: &str,
+) -> Result<Option<Predictor<SearchFeatures>>, MasterError> {
+    if !spec.search.predictor {
+        return Ok(None);
+    }
+    let rows =
+        store::recent_completed_for_predictor(conn, experiment_id, predictor::SEARCH_HISTORY)
+            .await?;
+    if rows.len() < predictor::MIN_HISTORY {
+        return Ok(None);
+    }
+    let mut history = Vec::with_capacity(rows.len());
+    for row in rows {
+        let genome =
+            Genome::from_json(&row.genome_json).map_err(explore_common::CommonError::from)?;
+        let hparams = HyperParams::from_json(&row.hparams_json)?;
+        let features = SearchFeatures::of(&genome, &hparams, row.parent_score, row.inherits)?;
+        history.push((features, row.score));
+    }
+    match Predictor::fit(&history) {
+        Ok(fitted) => Ok(Some(fitted)),
+        Err(error) => {
+            tracing::warn!(experiment_id, %error, "search predictor not fitted: proposing without it");
+            Ok(None)
+        }
     }
 }
 

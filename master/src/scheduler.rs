@@ -973,6 +973,7 @@ impl Scheduler {
                 hp.epochs = hp.epochs.min(left.min(u64::from(u32::MAX)) as u32).max(1);
             }
         };
+        let mut search_prediction = None;
         let (parent_id, origin, genome, hparams, inherit_from) = if let Some(choice) = &seed_choice
         {
             let seed = &seeds[choice.index];
@@ -990,6 +991,7 @@ impl Scheduler {
             let base = self
                 .base_for(conn, row, seeds.len(), &chain, &mut rng)
                 .await?;
+            let predictor = proposals::search_predictor(conn, spec, &row.id).await?;
             let search = proposals::Search {
                 spec,
                 experiment_id: &row.id,
@@ -997,6 +999,7 @@ impl Scheduler {
                 remaining_epochs,
                 seq,
                 seed_count: seeds.len(),
+                predictor: predictor.as_ref(),
             };
             let p = match search.find(conn, &chain, base, &mut rng).await? {
                 Ok(p) => p,
@@ -1007,6 +1010,7 @@ impl Scheduler {
             } else {
                 p.description
             };
+            search_prediction = p.prediction.map(|f| (f.mean, f.std));
             (Some(p.base.id), origin, p.genome, p.hparams, p.inherit_from)
         };
         // Mutations respect the constraints already; this guards every path into the queue.
@@ -1035,7 +1039,10 @@ impl Scheduler {
                 .as_ref()
                 .filter(|_| transfer::probes(spec))
                 .map(|c| c.index as i64),
-            prediction: seed_choice.as_ref().and_then(|c| c.prediction),
+            prediction: seed_choice
+                .as_ref()
+                .and_then(|c| c.prediction)
+                .or(search_prediction),
         };
         store::insert_trial(conn, &trial, now).await?;
         if store::get_chain(conn, &row.id, chain_index)

@@ -59,6 +59,26 @@ pub const FEATURE_NAMES: [&str; FEATURE_COUNT] = [
 /// Added to the weight decay before its log, so that no weight decay (0) is a finite feature.
 const WEIGHT_DECAY_FLOOR: f64 = 1e-6;
 
+/// What a [`Predictor`](super::Predictor) can be fitted on: a record with a named numeric
+/// feature vector. Two maps exist: [`TransferFeatures`] (a fine-tune on a new task, S2) and
+/// [`SearchFeatures`](super::SearchFeatures) (a candidate of ordinary exploration).
+pub trait FeatureMap {
+    /// The name of each entry of the vector, in order.
+    fn names() -> &'static [&'static str];
+    /// The feature vector, or the first field out of its domain, named.
+    fn checked_vector(&self) -> Result<Vec<f64>, FeatureError>;
+}
+
+impl FeatureMap for TransferFeatures {
+    fn names() -> &'static [&'static str] {
+        &FEATURE_NAMES
+    }
+
+    fn checked_vector(&self) -> Result<Vec<f64>, FeatureError> {
+        TransferFeatures::checked_vector(self)
+    }
+}
+
 /// One (source model, fine-tune settings) pair on a new task, as the predictor sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferFeatures {
@@ -109,7 +129,7 @@ pub struct TransferFeatures {
 #[derive(Debug, Clone, PartialEq, Error)]
 #[error("feature `{feature}` is {value}: {reason}")]
 pub struct FeatureError {
-    /// The field of [`TransferFeatures`] or the entry of [`FEATURE_NAMES`].
+    /// The field of the feature record, or the entry of its feature names.
     pub feature: &'static str,
     /// Its value.
     pub value: f64,

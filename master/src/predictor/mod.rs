@@ -28,6 +28,10 @@
 //! ([`Predictor::weights`]) can be logged and read. Trees or a Gaussian process would need more
 //! data to beat it and give no such readable account.
 //!
+//! **In ordinary exploration** ([`SearchFeatures`], `[search] predictor = true`) the same
+//! regression, fitted on the experiment's own recent trials, picks the best predicted of several
+//! mutated candidates per proposal (see [`search`]).
+//!
 //! While the history has fewer than [`MIN_HISTORY`] fine-tunes, [`fallback_rank`] ranks by the
 //! probe scores alone (LogME, then LEEP); [`rank_candidates`] picks between the two and says which
 //! it used ([`RankingBasis`]). [`weighted_kendall_tau`] and [`top1_regret`] are the metrics of the
@@ -37,6 +41,7 @@ mod features;
 mod metrics;
 mod rank;
 mod ridge;
+mod search;
 #[cfg(test)]
 mod tests;
 
@@ -45,11 +50,15 @@ use thiserror::Error;
 use crate::MasterError;
 
 pub use features::{
-    FeatureError, TransferFeatures, FEATURE_COUNT, FEATURE_NAMES, OBJECTIVES, OPTIMIZERS,
+    FeatureError, FeatureMap, TransferFeatures, FEATURE_COUNT, FEATURE_NAMES, OBJECTIVES,
+    OPTIMIZERS,
 };
 pub use metrics::{top1_regret, weighted_kendall_tau};
 pub use rank::{fallback_rank, rank, rank_candidates, Acquisition, Ranked, Ranking, RankingBasis};
 pub use ridge::{FitOptions, Prediction, Predictor};
+pub use search::{
+    best_candidate, SearchFeatures, SEARCH_FEATURE_COUNT, SEARCH_FEATURE_NAMES, SEARCH_HISTORY,
+};
 
 /// The fewest fine-tunes the predictor is fitted on; below this the scheduler ranks by probe
 /// scores ([`fallback_rank`]).

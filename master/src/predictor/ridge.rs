@@ -11,10 +11,12 @@
 //! starting from α = 1, β = 1 / var(y), until the weights move less than the tolerance (L1).
 //! The predictive distribution at z is N(ȳ + zᵀm, zᵀSz + 1/β).
 
+use std::marker::PhantomData;
+
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use serde::{Deserialize, Serialize};
 
-use super::features::{TransferFeatures, FEATURE_COUNT, FEATURE_NAMES};
+use super::features::{FeatureMap, TransferFeatures};
 use super::{PredictorError, MIN_HISTORY};
 
 /// A column whose standard deviation is below this fraction of max(1, |mean|) is constant: it
@@ -253,26 +255,26 @@ impl BayesianRidge {
     }
 }
 
-/// The fitted predictor: fine-tuned validation accuracy from [`TransferFeatures`].
+/// The fitted predictor: a validation accuracy from a [`FeatureMap`]: the fine-tuned accuracy
+/// from [`TransferFeatures`] (the default, S2), or a trial's accuracy from
+/// [`SearchFeatures`](super::SearchFeatures) (`[search] predictor`).
 #[derive(Debug, Clone)]
-pub struct Predictor {
+pub struct Predictor<F = TransferFeatures> {
     ridge: BayesianRidge,
     observations: usize,
+    features: PhantomData<fn(&F)>,
 }
 
-impl Predictor {
-    /// Fits on the history of fine-tunes, (features, fine-tuned validation accuracy), with the
-    /// default [`FitOptions`]. Refuses fewer than [`MIN_HISTORY`] rows, and names the row and
-    /// feature of any NaN, infinite or out-of-domain input.
-    pub fn fit(history: &[(TransferFeatures, f64)]) -> Result<Self, PredictorError> {
+impl<F: FeatureMap> Predictor<F> {
+    /// Fits on the history, (features, validation accuracy reached), with the default
+    /// [`FitOptions`]. Refuses fewer than [`MIN_HISTORY`] rows, and names the row and feature
+    /// of any NaN, infinite or out-of-domain input.
+    pub fn fit(history: &[(F, f64)]) -> Result<Self, PredictorError> {
         Self::fit_with(history, &FitOptions::default())
     }
 
     /// [`Predictor::fit`] with explicit options.
-    pub fn fit_with(
-        history: &[(TransferFeatures, f64)],
-        options: &FitOptions,
-    ) -> Result<Self, PredictorError> {
+    pub fn fit_with(history: &[(F, f64)], options: &FitOptions) -> Result<Self, PredictorError> {
         if history.len() < MIN_HISTORY {
             return Err(PredictorError::TooFewObservations {
                 have: history.len(),
@@ -302,19 +304,20 @@ impl Predictor {
         Ok(Predictor {
             ridge,
             observations: history.len(),
+            features: PhantomData,
         })
     }
 
-    /// The predicted fine-tuned validation accuracy of one candidate; refuses out-of-domain
-    /// features, naming them.
-    pub fn predict(&self, features: &TransferFeatures) -> Result<Prediction, PredictorError> {
+    /// The predicted validation accuracy of one candidate; refuses out-of-domain features,
+    /// naming them.
+    pub fn predict(&self, features: &F) -> Result<Prediction, PredictorError> {
         self.predict_at(features, || "candidate".to_string())
     }
 
     /// [`Predictor::predict`] with the row named by `at` in errors.
     pub(super) fn predict_at(
         &self,
-        features: &TransferFeatures,
+        features: &F,
         at: impl FnOnce() -> String,
     ) -> Result<Prediction, PredictorError> {
         let vector = features
@@ -323,7 +326,7 @@ impl Predictor {
         Ok(self.ridge.predict(&vector))
     }
 
-    /// How many fine-tunes it was fitted on.
+    /// How many history rows it was fitted on.
     pub fn observations(&self) -> usize {
         self.observations
     }
@@ -351,8 +354,9 @@ impl Predictor {
     /// The posterior mean weight of each feature, on standardised features (the accuracy change
     /// per standard deviation of the feature in the history), named; for logs.
     pub fn weights(&self) -> Vec<(&'static str, f64)> {
-        debug_assert_eq!(self.ridge.weights.len(), FEATURE_COUNT);
-        FEATURE_NAMES
+        let names = F::names();
+        debug_assert_eq!(self.ridge.weights.len(), names.len());
+        names
             .iter()
             .copied()
             .zip(self.ridge.weights.iter().copied())

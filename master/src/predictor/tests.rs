@@ -191,7 +191,7 @@ fn a_too_thin_history_is_refused() {
         MasterError::from(error),
         MasterError::FailedPrecondition(_)
     ));
-    assert!(Predictor::fit(&[]).is_err());
+    assert!(Predictor::<TransferFeatures>::fit(&[]).is_err());
 }
 
 #[test]

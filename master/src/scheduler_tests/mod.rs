@@ -9,6 +9,7 @@ mod epoch_metrics;
 mod exhaustion;
 mod invariants;
 mod leases;
+mod predictor_search;
 mod proposals;
 mod restarts;
 mod results;

@@ -939,3 +939,39 @@ pub async fn connected_slots(
     .map_err(convert_sqlx_err)?;
     Ok(n as u32)
 }
+
+/// One completed training trial as the search predictor learns from it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PredictorHistoryRow {
+    pub genome_json: String,
+    pub hparams_json: String,
+    /// Its validation accuracy.
+    pub score: f64,
+    /// Whether it started from its parent's weights.
+    pub inherits: bool,
+    /// Its parent's validation accuracy, when the parent has one.
+    pub parent_score: Option<f64>,
+}
+
+/// The experiment's most recent `limit` completed training trials with a score, newest first,
+/// each with its parent's score: a bounded read (the `(status, experiment_id, seq)` index,
+/// walked backwards), whatever the pool's size.
+pub async fn recent_completed_for_predictor(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+    limit: i64,
+) -> Result<Vec<PredictorHistoryRow>, MasterError> {
+    sqlx::query_as::<_, PredictorHistoryRow>(
+        "SELECT t.genome_json, t.hparams_json, t.score, t.inherit_from IS NOT NULL AS inherits,
+                p.score AS parent_score
+           FROM trials t LEFT JOIN trials p ON p.id = t.parent_id
+          WHERE t.status = 'completed' AND t.experiment_id = ? AND t.kind = 'train'
+            AND t.score IS NOT NULL
+          ORDER BY t.seq DESC LIMIT ?",
+    )
+    .bind(experiment_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)
+}
