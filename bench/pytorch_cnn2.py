@@ -1,6 +1,8 @@
-"""PyTorch reference for bench/trainer_vs_pytorch.sh: trains the `cnn2` preset with the same
-hyperparameters, data sizes, normalisation and schedule as `worker train`, and prints one JSON
-line {val_accuracy, test_accuracy, train_seconds}."""
+"""PyTorch reference for bench/trainer_vs_pytorch.sh (CPU) and bench/gpu.sh (`--device cuda`,
+optionally `--autocast bf16`): trains the `cnn2` preset with the same hyperparameters, data
+sizes, normalisation and schedule as `worker train`, and prints one JSON line
+{val_accuracy, test_accuracy, train_seconds, train_examples, epochs, device, autocast}. On a GPU
+the splits live on the device, as the worker keeps them."""
 import argparse
 import gzip
 import json
@@ -48,9 +50,17 @@ def main():
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--autocast", default="off", choices=["off", "bf16"],
+                   help="bf16 autocast of the forward pass (cuda only)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch.cuda.is_available() is False")
+    if a.autocast != "off" and dev.type != "cuda":
+        raise SystemExit("--autocast needs --device cuda")
     d = a.data_dir
     xs = read_idx(f"{d}/train-images-idx3-ubyte.gz")
     ys = read_idx(f"{d}/train-labels-idx1-ubyte.gz")
@@ -66,8 +76,10 @@ def main():
     y_train = torch.from_numpy(ys[train_idx].astype(np.int64))
     y_val = torch.from_numpy(ys[val_idx].astype(np.int64))
     y_test = torch.from_numpy(yt.astype(np.int64))
+    x_train, x_val, x_test, y_train, y_val, y_test = [
+        t.to(dev) for t in (x_train, x_val, x_test, y_train, y_val, y_test)]
 
-    model = cnn2()
+    model = cnn2().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
     steps_per_epoch = len(x_train) // a.batch_size
     total = steps_per_epoch * a.epochs
@@ -83,21 +95,29 @@ def main():
     step = 0
     for _ in range(a.epochs):
         model.train()
-        order = torch.randperm(len(x_train))
+        order = torch.randperm(len(x_train), device=dev)
         for i in range(steps_per_epoch):
             idx = order[i * a.batch_size:(i + 1) * a.batch_size]
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             opt.zero_grad()
-            loss_fn(model(x_train[idx]), y_train[idx]).backward()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
+                loss = loss_fn(model(x_train[idx]), y_train[idx])
+            loss.backward()
             opt.step()
             step += 1
         accuracy(model, x_val, y_val)  # the per-epoch validation pass worker train also makes
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     print(json.dumps({
         "val_accuracy": accuracy(model, x_val, y_val),
         "test_accuracy": accuracy(model, x_test, y_test),
         "train_seconds": seconds,
+        "train_examples": len(x_train),
+        "epochs": a.epochs,
+        "device": str(dev),
+        "autocast": a.autocast,
     }))
 
 

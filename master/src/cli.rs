@@ -43,6 +43,30 @@ pub enum Command {
     Best(BestArgs),
     /// List every trial of an experiment (--json: one JSON object per line).
     Trials(TrialsArgs),
+    /// Benchmarks only: submit a spec into a stopped master's pool and add N completed trials.
+    #[command(name = "dev-prefill", hide = true)]
+    DevPrefill(PrefillArgs),
+}
+
+/// Flags of `master dev-prefill`.
+#[derive(Debug, Args)]
+pub struct PrefillArgs {
+    /// The experiment spec (TOML).
+    pub spec: PathBuf,
+    /// Directory of the pool (the master must not be running on it).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Completed trials to add.
+    #[arg(long)]
+    pub trials: u64,
+}
+
+/// `master dev-prefill`: prints the experiment id.
+pub async fn prefill(args: &PrefillArgs) -> Result<()> {
+    let spec = ExperimentSpec::from_toml(&prepare_spec(&args.spec)?)?;
+    let id = crate::prefill::prefill(&args.data_dir, spec, args.trials).await?;
+    println!("{id}");
+    Ok(())
 }
 
 /// Flags of `master serve`.
@@ -193,9 +217,23 @@ pub struct TrialsArgs {
     /// One JSON object per trial and line, for scripts.
     #[arg(long)]
     pub json: bool,
+    /// Show at most N trials (default: every trial, fetched page by page); a hint on stderr
+    /// gives the --after of the next ones
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Start after the trial with this seq (probes have negative seqs and come first)
+    #[arg(long, value_name = "SEQ", allow_negative_numbers = true)]
+    pub after: Option<i64>,
+    /// Only trials with this status (queued, leased, running, completed, pruned, failed,
+    /// cancelled)
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<String>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
+
+/// Trials per `ListTrialsPage` call of `master trials`.
+const TRIALS_PAGE: u32 = 1000;
 
 /// Flags of `master best`.
 #[derive(Debug, Args)]
@@ -479,18 +517,41 @@ async fn experiment_or_latest(
     }
 }
 
-/// `master trials`: every trial in proposal order, as a table or as JSON lines.
+/// `master trials`: the trials in proposal order (every one, or `--limit` of them from
+/// `--after`), as a table or as JSON lines; fetched with `ListTrialsPage`, page by page.
 pub async fn trials(args: &TrialsArgs) -> Result<()> {
     let mut client = args.connect.admin().await?;
     let id = experiment_or_latest(&mut client, &args.experiment).await?;
-    let trials = client
-        .list_trials(proto::ListTrialsRequest {
-            experiment_id: id.clone(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .trials;
+    let mut trials = Vec::new();
+    let mut page_token = args.after.map(|s| s.to_string()).unwrap_or_default();
+    let mut more = false;
+    loop {
+        let want = args.limit.map_or(TRIALS_PAGE, |l| {
+            (l as usize - trials.len()).min(TRIALS_PAGE as usize) as u32
+        });
+        if want == 0 {
+            break;
+        }
+        let page = client
+            .list_trials_page(proto::ListTrialsPageRequest {
+                experiment_id: id.clone(),
+                page_size: want,
+                page_token,
+                status: args.status.clone().unwrap_or_default(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        trials.extend(page.trials);
+        page_token = page.next_page_token;
+        more = !page_token.is_empty();
+        if !more {
+            break;
+        }
+    }
+    if more {
+        eprintln!("more trials: add --after {page_token}");
+    }
     if args.json {
         for t in &trials {
             println!("{}", trial_json(t));

@@ -5,6 +5,12 @@
 
 use explore_common::spec::{EarlyStopping, StoppingRule};
 
+/// Whether [`should_stop`] can stop a trial at `epoch` of `total_epochs` at all (its peers
+/// need not be read otherwise: no rule, within the grace epochs, or the last epoch).
+pub fn may_stop(cfg: &EarlyStopping, epoch: u32, total_epochs: u32) -> bool {
+    !(cfg.rule == StoppingRule::None || epoch < cfg.grace_epochs.max(1) || epoch >= total_epochs)
+}
+
 /// The reason to stop a trial that reached `val_accuracy` after `epoch` of its `total_epochs`,
 /// given what its peers reached after the same epoch; `None` to let it go on.
 ///
@@ -18,7 +24,7 @@ pub fn should_stop(
     val_accuracy: f64,
     peers: &[f64],
 ) -> Option<String> {
-    if cfg.rule == StoppingRule::None || epoch < cfg.grace_epochs.max(1) || epoch >= total_epochs {
+    if !may_stop(cfg, epoch, total_epochs) {
         return None;
     }
     let mut peers: Vec<f64> = peers.iter().copied().filter(|v| v.is_finite()).collect();

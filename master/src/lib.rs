@@ -13,6 +13,7 @@ pub mod cli;
 pub mod early_stop;
 pub mod error;
 pub mod predictor;
+pub mod prefill;
 pub mod proposals;
 pub mod scheduler;
 #[cfg(test)]

@@ -27,6 +27,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => cli::status(&args).await,
         Command::Best(args) => cli::best(&args).await,
         Command::Trials(args) => cli::trials(&args).await,
+        Command::DevPrefill(args) => cli::prefill(&args).await,
     }
 }
 

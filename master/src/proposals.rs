@@ -134,7 +134,6 @@ impl Search<'_> {
         if let Some(found) = found {
             return Ok(Ok(found));
         }
-
         let mut rng = annealing::rng_for(self.spec.seed, STREAM_PROPOSAL_FALLBACK, self.seq as u64);
         let bases = self.fallback_bases(conn, chain, &primary, &mut rng).await?;
         // A small pool shares the same effort among fewer bases.
@@ -184,21 +183,27 @@ impl Search<'_> {
         primary: &TrialRow,
         rng: &mut impl Rng,
     ) -> Result<Vec<TrialRow>, MasterError> {
-        let mut pool = store::accepted_trials(conn, self.experiment_id).await?;
+        // `(id, score)` of the candidates: the best accepted trials by score (every accepted
+        // trial of a pool of up to `store::BASE_CANDIDATES`), else the seed trials.
+        let mut pool: Vec<(String, Option<f64>)> = store::base_candidates(conn, self.experiment_id)
+            .await?
+            .into_iter()
+            .map(|(id, _, score)| (id, Some(score)))
+            .collect();
         if pool.is_empty() {
-            pool = store::list_train_trials(conn, self.experiment_id)
+            pool = store::train_trials_below(conn, self.experiment_id, self.seed_count as i64)
                 .await?
                 .into_iter()
-                .filter(|t| (t.seq as usize) < self.seed_count)
+                .map(|t| (t.id, t.score))
                 .collect();
         }
         let mut picked = Picked {
-            taken: pool.iter().map(|t| t.id == primary.id).collect(),
+            taken: pool.iter().map(|t| t.0 == primary.id).collect(),
             // A taken trial's score is NaN, which gives it no Boltzmann weight.
             scores: pool
                 .iter()
-                .map(|t| match t.score {
-                    Some(s) if t.id != primary.id => s,
+                .map(|t| match t.1 {
+                    Some(s) if t.0 != primary.id => s,
                     _ => f64::NAN,
                 })
                 .collect(),
@@ -215,8 +220,14 @@ impl Search<'_> {
                 continue;
             }
             if let Some(id) = &other.current_trial_id {
-                if let Some(i) = pool.iter().position(|t| &t.id == id) {
+                if let Some(i) = pool.iter().position(|t| &t.0 == id) {
                     picked.take(i);
+                } else if *id != primary.id && picked.order.len() < FALLBACK_BASES {
+                    // A current model below the best candidates of a large pool.
+                    pool.push((id.clone(), None));
+                    picked.taken.push(false);
+                    picked.scores.push(f64::NAN);
+                    picked.take(pool.len() - 1);
                 }
             }
         }
@@ -229,8 +240,13 @@ impl Search<'_> {
         for i in 0..pool.len() {
             picked.take(i);
         }
-        let order = picked.order;
-        Ok(order.into_iter().map(|i| pool[i].clone()).collect())
+        let mut bases = Vec::with_capacity(picked.order.len());
+        for i in picked.order {
+            if let Some(row) = store::get_trial(conn, &pool[i].0).await? {
+                bases.push(row);
+            }
+        }
+        Ok(bases)
     }
 
     /// Up to `tries` mutations of `base`; the first untried one.

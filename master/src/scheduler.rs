@@ -28,6 +28,9 @@ use crate::store::{
 };
 use crate::transfer;
 
+/// Most trials one refill of an experiment's queue proposes (see `refill_experiment`).
+pub const MAX_PROPOSALS_PER_REFILL: u32 = 32;
+
 /// Randomness stream for per-trial training seeds.
 const STREAM_TRIAL_SEED: u64 = 3;
 
@@ -285,6 +288,41 @@ impl Scheduler {
         store::list_trials(&mut conn, experiment_id).await
     }
 
+    /// One page of an experiment's trials in seq order (see [`store::list_trials_page`]), each
+    /// with the named metrics of its last recorded epoch.
+    pub async fn trials_page(
+        &self,
+        experiment_id: &str,
+        after_seq: Option<i64>,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(TrialRow, BTreeMap<String, f64>)>, MasterError> {
+        let mut conn = self.store.conn().await?;
+        if store::get_experiment(&mut conn, experiment_id)
+            .await?
+            .is_none()
+        {
+            return Err(MasterError::NotFound(format!("experiment {experiment_id}")));
+        }
+        let rows =
+            store::list_trials_page(&mut conn, experiment_id, after_seq, status, limit).await?;
+        let mut page = Vec::with_capacity(rows.len());
+        for row in rows {
+            let metrics = store::trial_epoch_metrics(&mut conn, &row).await?;
+            page.push((row, metrics));
+        }
+        Ok(page)
+    }
+
+    /// The named metrics of one trial's last recorded epoch (empty when none).
+    pub async fn trial_epoch_metrics(
+        &self,
+        trial: &TrialRow,
+    ) -> Result<BTreeMap<String, f64>, MasterError> {
+        let mut conn = self.store.conn().await?;
+        store::trial_epoch_metrics(&mut conn, trial).await
+    }
+
     /// Per trial of an experiment, the named metrics of its last recorded epoch (trials
     /// without any are absent).
     pub async fn last_epoch_metrics(
@@ -521,6 +559,9 @@ impl Scheduler {
             return Ok(None);
         }
         let spec = parse_spec(experiment)?;
+        if !early_stop::may_stop(&spec.early_stopping, progress.epoch, total_epochs) {
+            return Ok(None);
+        }
         let peers = store::peer_accuracies(conn, &experiment.id, &trial.id, epoch).await?;
         let Some(reason) = early_stop::should_stop(
             &spec.early_stopping,
@@ -887,7 +928,12 @@ impl Scheduler {
         let slots = store::connected_slots(conn, since).await?;
         let target_queued = slots.max(1);
         let mut changed = false;
+        // One call adds at most `MAX_PROPOSALS_PER_REFILL` trials, so a thousand workers joining
+        // at once do not hold the writer lock for a thousand proposals: the next calls and ticks
+        // top the queue up the rest of the way.
+        let mut proposed = 0;
         while counts.queued < target_queued
+            && proposed < MAX_PROPOSALS_PER_REFILL
             && counts.budgeted() < budget.max_trials
             && remaining_epochs != Some(0)
         {
@@ -897,6 +943,7 @@ impl Scheduler {
             {
                 Ok(Ok(epochs)) => {
                     counts.queued += 1;
+                    proposed += 1;
                     changed = true;
                     if let Some(left) = remaining_epochs.as_mut() {
                         *left = left.saturating_sub(u64::from(epochs));
@@ -1073,25 +1120,21 @@ impl Scheduler {
                 }
             }
         }
-        let accepted = store::accepted_trials(conn, &row.id).await?;
-        if accepted.is_empty() {
-            let all = store::list_train_trials(conn, &row.id).await?;
-            let seed_trials: Vec<&TrialRow> = all
-                .iter()
-                .filter(|t| (t.seq as usize) < seed_count)
-                .collect();
+        // The best accepted trials by score (all of them in a pool of up to
+        // `store::BASE_CANDIDATES`), read through an index: the draw costs the same in a pool of
+        // any size.
+        let candidates = store::base_candidates(conn, &row.id).await?;
+        if candidates.is_empty() {
+            let seed_trials = store::train_trials_below(conn, &row.id, seed_count as i64).await?;
             if seed_trials.is_empty() {
                 return Err(MasterError::Internal("no seed trial to mutate".into()));
             }
             return Ok(seed_trials[rng.gen_range(0..seed_trials.len())].clone());
         }
-        let scores: Vec<f64> = accepted
-            .iter()
-            .map(|t| t.score.unwrap_or(f64::NAN))
-            .collect();
+        let scores: Vec<f64> = candidates.iter().map(|c| c.2).collect();
         let index = annealing::draw_base(&scores, chain.temperature, rng)
             .ok_or_else(|| MasterError::Internal("no scored base model".into()))?;
-        Ok(accepted[index].clone())
+        require_trial(conn, &candidates[index].0).await
     }
 }
 

@@ -755,6 +755,71 @@ impl SplitData {
     pub fn device(&self) -> Device {
         self.train_x.device()
     }
+
+    /// Another handle on the same tensors (no copy: the storage, on the CPU or the GPU, is
+    /// shared). Training only reads a split, so slots training at once can each hold one.
+    pub fn shallow_clone(&self) -> SplitData {
+        let opt = |t: &Option<Tensor>| t.as_ref().map(Tensor::shallow_clone);
+        SplitData {
+            train_x: self.train_x.shallow_clone(),
+            train_y: self.train_y.shallow_clone(),
+            val_x: self.val_x.shallow_clone(),
+            val_y: self.val_y.shallow_clone(),
+            test_x: self.test_x.shallow_clone(),
+            test_y: self.test_y.shallow_clone(),
+            num_classes: self.num_classes,
+            train_domain: opt(&self.train_domain),
+            val_domain: opt(&self.val_domain),
+            domain_names: self.domain_names.clone(),
+            history: self.history.as_ref().map(|h| HistorySplit {
+                candidates_x: h.candidates_x.shallow_clone(),
+                candidates_y: h.candidates_y.shallow_clone(),
+                test_x: h.test_x.shallow_clone(),
+                test_y: h.test_y.shallow_clone(),
+                library_per_class: h.library_per_class,
+                num_classes: h.num_classes,
+            }),
+        }
+    }
+}
+
+/// The split the worker's trials train on, built once on the training device and shared by
+/// every slot of `worker join --slots N`: each trial gets a [`SplitData::shallow_clone`], so N
+/// trials at once hold one copy of the data (on the GPU when the device is one). One split is
+/// kept, the last one asked for: a trial of other data replaces it (trials still training on
+/// the old one keep it alive until they end). Building happens under the lock, so slots that
+/// start together build the split once.
+#[derive(Debug, Default)]
+pub struct SplitCache {
+    current: Mutex<Option<(String, SplitData)>>,
+}
+
+impl SplitCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The split for `key` (which must name the data, the split and the device), built by
+    /// `build` unless the cached one has this key.
+    pub fn get_or_build(
+        &self,
+        key: &str,
+        build: impl FnOnce() -> Result<SplitData, WorkerError>,
+    ) -> Result<SplitData, WorkerError> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, data)) = current.as_ref() {
+            if k == key {
+                return Ok(data.shallow_clone());
+            }
+        }
+        // Let go of the old split before building the new one (on a GPU both may not fit).
+        *current = None;
+        let data = build()?;
+        let handle = data.shallow_clone();
+        *current = Some((key.to_string(), data));
+        Ok(handle)
+    }
 }
 
 /// Datasets loaded by this process, keyed by their source, so each is read once and shared by

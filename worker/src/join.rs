@@ -5,13 +5,18 @@
 //! - the **trainer** stage trains the current trial on a blocking thread, reports progress every
 //!   epoch, uploads the weights and reports the result.
 //!
+//! With `--slots N` the trainer stage is N slots that train N trials at once on the one device;
+//! they share one copy of the split ([`SplitCache`]) and each trial keeps its own lease (its
+//! own acquire, heartbeats and completion, by `(trial, attempt)` as with one slot). The worker
+//! registers N slots, so the master keeps N trials queued for it.
+//!
 //! A heartbeat task keeps the leases of every held trial alive and relays stop or lease-lost
 //! commands. A channel of capacity one between the stages means at most one prepared trial waits
-//! while another trains.
+//! while the slots train.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +31,7 @@ use tch::Device;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::data::{DataPlan, DatasetCache, SplitConfig, SplitData};
+use crate::data::{DataPlan, DatasetCache, SplitCache, SplitConfig};
 use crate::error::WorkerError;
 use crate::probing::{probe_trial, ProbeOutcome};
 use crate::train::{train_trial, Control, EpochReport, RemoveOnDrop, TrialOutcome, TrialPlan};
@@ -51,6 +56,8 @@ pub struct JoinConfig {
     pub max_trials: u32,
     /// Exit when no trial arrives for this long (zero = never): lets a Kubernetes Job end.
     pub idle_exit: Duration,
+    /// Trials trained at once on `device` (at least 1).
+    pub slots: u32,
 }
 
 /// Longest a finished epoch waits for the master's answer to its report before training goes on.
@@ -72,7 +79,6 @@ struct PreparedTrial {
 /// What the heartbeat task knows about a held trial.
 #[derive(Clone)]
 struct Held {
-    attempt: u32,
     /// Training has begun (until then the trial waits, prepared, behind another one).
     started: bool,
     progress: Option<EpochReport>,
@@ -80,11 +86,116 @@ struct Held {
     cancel: Arc<AtomicBool>,
 }
 
-/// Held trials by `(trial id, attempt)`: after a lost lease the same trial may come back to this
-/// worker as a new attempt while the old one is still winding down, and the two must not be
-/// confused (a lease-lost answer for the old attempt must not cancel the new one, nor may the
-/// end of the old one stop the new one's heartbeats).
-type HeldTrials = Arc<Mutex<HashMap<(String, u32), Held>>>;
+/// The trials this worker holds a lease on, by `(trial id, attempt)`, from acquisition until
+/// their slot lets go of them. Every stage goes through these methods: the generator
+/// ([`HeldTrials::hold`]), the slots ([`HeldTrials::start`], [`HeldTrials::record_progress`],
+/// [`HeldTrials::release`]) and the heartbeats ([`heartbeat_round`], which sends
+/// [`HeldTrials::heartbeats_due`] and applies each answer with [`HeldTrials::apply_command`]).
+///
+/// After a lost lease the same trial may come back to this worker as a new attempt while the
+/// old one is still winding down, and the two must not be confused (a lease-lost answer for the
+/// old attempt must not cancel the new one, nor may the end of the old one stop the new one's
+/// heartbeats); likewise one slot's lost lease must not touch another slot's trial.
+#[derive(Clone, Default)]
+pub(crate) struct HeldTrials(Arc<Mutex<HashMap<(String, u32), Held>>>);
+
+impl HeldTrials {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Held>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An attempt was acquired: hold it (heartbeats start) and return its cancel flag.
+    pub(crate) fn hold(&self, trial_id: &str, attempt: u32) -> Arc<AtomicBool> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.lock().insert(
+            (trial_id.to_string(), attempt),
+            Held {
+                started: false,
+                progress: None,
+                total_epochs: 0,
+                cancel: cancel.clone(),
+            },
+        );
+        cancel
+    }
+
+    /// The attempt is prepared and will train `epochs` epochs.
+    fn set_total_epochs(&self, trial_id: &str, attempt: u32, epochs: u32) {
+        if let Some(h) = self.lock().get_mut(&(trial_id.to_string(), attempt)) {
+            h.total_epochs = epochs;
+        }
+    }
+
+    /// A slot began training the attempt.
+    pub(crate) fn start(&self, trial_id: &str, attempt: u32) {
+        if let Some(h) = self.lock().get_mut(&(trial_id.to_string(), attempt)) {
+            h.started = true;
+        }
+    }
+
+    /// The attempt finished an epoch; later heartbeats carry the report.
+    fn record_progress(&self, trial_id: &str, attempt: u32, report: &EpochReport) {
+        if let Some(h) = self.lock().get_mut(&(trial_id.to_string(), attempt)) {
+            h.progress = Some(report.clone());
+        }
+    }
+
+    /// Wind-down: the slot is done with the attempt (reported, failed, stopped or never
+    /// started); no more heartbeats for it. Other attempts of the same trial stay held.
+    pub(crate) fn release(&self, trial_id: &str, attempt: u32) {
+        self.lock().remove(&(trial_id.to_string(), attempt));
+    }
+
+    /// Whether the attempt is held (acquired and not yet released).
+    #[cfg(test)]
+    pub(crate) fn holds(&self, trial_id: &str, attempt: u32) -> bool {
+        self.lock().contains_key(&(trial_id.to_string(), attempt))
+    }
+
+    /// Attempts held.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The heartbeats the timer sends now: one per held attempt that has not been told to stop
+    /// and has not lost its lease (those stay held until their slot gets to them).
+    pub(crate) fn heartbeats_due(&self, worker_id: &str) -> Vec<proto::HeartbeatRequest> {
+        let mut due: Vec<proto::HeartbeatRequest> = self
+            .lock()
+            .iter()
+            .filter(|(_, h)| !h.cancel.load(Ordering::SeqCst))
+            .map(|((trial_id, attempt), h)| {
+                heartbeat_request(
+                    worker_id,
+                    trial_id,
+                    *attempt,
+                    h.started,
+                    h.progress.as_ref(),
+                    h.total_epochs,
+                )
+            })
+            .collect();
+        due.sort_by(|a, b| (&a.trial_id, a.attempt).cmp(&(&b.trial_id, b.attempt)));
+        due
+    }
+
+    /// Acts on the master's answer to a heartbeat for `attempt` of a trial: stop or lease-lost
+    /// cancel that attempt (and no other).
+    pub(crate) fn apply_command(
+        &self,
+        trial_id: &str,
+        attempt: u32,
+        response: proto::HeartbeatResponse,
+    ) {
+        let command = TrialCommand::try_from(response.command).unwrap_or(TrialCommand::Continue);
+        if matches!(command, TrialCommand::Stop | TrialCommand::LeaseLost) {
+            warn!(trial_id, attempt, command = ?command, reason = %response.reason, "master asked to drop the trial");
+            if let Some(h) = self.lock().get(&(trial_id.to_string(), attempt)) {
+                h.cancel.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
 
 /// Retries `op` with exponential backoff while the master is unreachable.
 async fn with_retry<T, F, Fut>(
@@ -154,32 +265,30 @@ async fn connect_with_retry(
     }
 }
 
-/// Runs the worker until `shutdown` flips to true (drain: finish the current trial, hand back
-/// the prepared one) or `max_trials` trials are done.
-pub async fn run(
-    config: JoinConfig,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), WorkerError> {
-    let mut client = connect_with_retry(&config).await?;
+/// Runs the worker until `shutdown` flips to true (drain: every slot finishes its current
+/// trial, the prepared one is handed back) or `max_trials` trials are done.
+pub async fn run(config: JoinConfig, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    let client = connect_with_retry(&config).await?;
     let device_text = crate::device::describe(config.device);
+    let slots = config.slots.max(1);
     let registration = with_retry("register", config.give_up_after, || {
         let mut c = client.clone();
         let request = proto::RegisterRequest {
             protocol_version: PROTOCOL_VERSION,
             name: config.name.clone(),
             device: device_text.clone(),
-            slots: 1,
+            slots,
         };
         async move { c.register(request).await.map(|r| r.into_inner()) }
     })
     .await?;
     let worker_id = registration.worker_id.clone();
     let heartbeat_every = Duration::from_millis(registration.heartbeat_interval_ms.max(100) as u64);
-    info!(worker_id = %worker_id, master = %config.master, device = %device_text, "registered");
+    info!(worker_id = %worker_id, master = %config.master, device = %device_text, slots, "registered");
 
-    let held: HeldTrials = Arc::new(Mutex::new(HashMap::new()));
+    let held = HeldTrials::default();
     let cache = Arc::new(DatasetCache::new());
-    let (prepared_tx, mut prepared_rx) = mpsc::channel::<PreparedTrial>(1);
+    let (prepared_tx, prepared_rx) = mpsc::channel::<PreparedTrial>(1);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let heartbeats = tokio::spawn(heartbeat_loop(
@@ -199,50 +308,38 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
-    let mut done = 0u32;
-    let mut split_cache: Option<(String, SplitData)> = None;
-    let result: Result<(), WorkerError> = loop {
-        let next = tokio::select! {
-            p = prepared_rx.recv() => p,
-            _ = shutdown.wait_for(|s| *s) => None,
-        };
-        let Some(prepared) = next else {
-            break Ok(());
-        };
-        let trial_id = prepared.trial.trial_id.clone();
-        let key = (trial_id.clone(), prepared.trial.attempt);
-        if prepared.cancel.load(Ordering::SeqCst) {
-            held.lock().expect("held lock").remove(&key);
-            continue;
+    // The slots take prepared trials from one queue; `quit` tells them to take no more (trial
+    // limit reached, or a slot lost the master).
+    let (quit_tx, _) = watch::channel(false);
+    let shared = Arc::new(SlotShared {
+        client: client.clone(),
+        config: config.clone(),
+        worker_id: worker_id.clone(),
+        held: held.clone(),
+        splits: Arc::new(SplitCache::new()),
+        prepared: tokio::sync::Mutex::new(prepared_rx),
+        claimed: AtomicU32::new(0),
+        done: AtomicU32::new(0),
+        quit: quit_tx,
+    });
+    let mut slot_tasks = tokio::task::JoinSet::new();
+    for slot in 0..slots {
+        slot_tasks.spawn(slot_loop(slot, shared.clone(), shutdown.clone()));
+    }
+    let mut result: Result<(), WorkerError> = Ok(());
+    while let Some(ended) = slot_tasks.join_next().await {
+        let ended = ended.unwrap_or_else(|e| Err(WorkerError::Torch(format!("slot task: {e}"))));
+        if let Err(e) = ended {
+            shared.quit.send_replace(true);
+            if result.is_ok() {
+                result = Err(e);
+            }
         }
-        match train_and_report(
-            &mut client,
-            &config,
-            &worker_id,
-            &held,
-            prepared,
-            &mut split_cache,
-        )
-        .await
-        {
-            Ok(()) => {}
-            Err(WorkerError::Master(m)) => break Err(WorkerError::Master(m)),
-            Err(e) => error!(trial_id = %trial_id, error = %e, "trial could not be reported"),
-        }
-        held.lock().expect("held lock").remove(&key);
-        done += 1;
-        if config.max_trials > 0 && done >= config.max_trials {
-            info!(done, "trial limit reached");
-            break Ok(());
-        }
-        if *shutdown.borrow() {
-            break Ok(());
-        }
-    };
+    }
+    let done = shared.done.load(Ordering::SeqCst);
 
     // Drain: stop acquiring, hand back whatever is still held, leave.
     let _ = stop_tx.send(true);
-    let mut result = result;
     if generator.is_finished() {
         if let Ok(Err(e)) = generator.await {
             result = result.and(Err(e));
@@ -251,8 +348,9 @@ pub async fn run(
         generator.abort();
     }
     heartbeats.abort();
-    let handed_back = held.lock().expect("held lock").len();
+    let handed_back = held.len();
     let dereg = client
+        .clone()
         .deregister(proto::DeregisterRequest {
             worker_id: worker_id.clone(),
         })
@@ -264,6 +362,90 @@ pub async fn run(
         }
     }
     result
+}
+
+/// What the slots of one worker share.
+struct SlotShared {
+    client: WorkerServiceClient<AuthChannel>,
+    config: JoinConfig,
+    worker_id: String,
+    held: HeldTrials,
+    /// One copy of the split for all slots.
+    splits: Arc<SplitCache>,
+    /// Prepared trials, from the generator.
+    prepared: tokio::sync::Mutex<mpsc::Receiver<PreparedTrial>>,
+    /// Trials a slot has begun (counts against `max_trials`).
+    claimed: AtomicU32,
+    /// Trials trained (or failed) and reported.
+    done: AtomicU32,
+    /// Set: take no more trials.
+    quit: watch::Sender<bool>,
+}
+
+/// Resolves when `flag` becomes true; never when its sender is gone without setting it.
+async fn raised(mut flag: watch::Receiver<bool>) {
+    if flag.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// One slot of the trainer stage: takes prepared trials one after another and trains each
+/// (with its own heartbeats and its own result) until the generator ends, `shutdown` or `quit`
+/// is raised (the current trial is finished first), or `max_trials` trials have begun.
+async fn slot_loop(
+    slot: u32,
+    shared: Arc<SlotShared>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let config = &shared.config;
+    let mut client = shared.client.clone();
+    loop {
+        if *shutdown.borrow() || *shared.quit.borrow() {
+            return Ok(());
+        }
+        let next = tokio::select! {
+            p = async { shared.prepared.lock().await.recv().await } => p,
+            _ = raised(shutdown.clone()) => None,
+            _ = raised(shared.quit.subscribe()) => None,
+        };
+        let Some(prepared) = next else {
+            return Ok(());
+        };
+        let trial_id = prepared.trial.trial_id.clone();
+        let attempt = prepared.trial.attempt;
+        if prepared.cancel.load(Ordering::SeqCst) {
+            shared.held.release(&trial_id, attempt);
+            continue;
+        }
+        if config.max_trials > 0 {
+            let claimed = shared.claimed.fetch_add(1, Ordering::SeqCst) + 1;
+            if claimed > config.max_trials {
+                // Another slot took the last trial: this one stays held and is handed back.
+                shared.quit.send_replace(true);
+                return Ok(());
+            }
+            if claimed == config.max_trials {
+                info!(slot, "trial limit reached: this is the last trial");
+                shared.quit.send_replace(true);
+            }
+        }
+        let outcome = train_and_report(
+            &mut client,
+            config,
+            &shared.worker_id,
+            &shared.held,
+            &shared.splits,
+            prepared,
+        )
+        .await;
+        shared.held.release(&trial_id, attempt);
+        shared.done.fetch_add(1, Ordering::SeqCst);
+        match outcome {
+            Ok(()) => {}
+            Err(WorkerError::Master(m)) => return Err(WorkerError::Master(m)),
+            Err(e) => error!(trial_id = %trial_id, slot, error = %e, "trial could not be reported"),
+        }
+    }
 }
 
 /// The generator stage: acquire, prepare, hand over; at most one prepared trial waits.
@@ -309,30 +491,17 @@ async fn generator_loop(
         };
         idle_since = tokio::time::Instant::now();
         let trial_id = trial.trial_id.clone();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let key = (trial_id.clone(), trial.attempt);
-        held.lock().expect("held lock").insert(
-            key.clone(),
-            Held {
-                attempt: trial.attempt,
-                started: false,
-                progress: None,
-                total_epochs: 0,
-                cancel: cancel.clone(),
-            },
-        );
         let attempt = trial.attempt;
+        let cancel = held.hold(&trial_id, attempt);
         match prepare(trial, cancel, &config, &cache, &client).await {
             Ok(prepared) => {
-                if let Some(h) = held.lock().expect("held lock").get_mut(&key) {
-                    h.total_epochs = prepared.plan.hparams.epochs;
-                }
+                held.set_total_epochs(&trial_id, attempt, prepared.plan.hparams.epochs);
                 info!(trial_id = %trial_id, attempt, "trial prepared");
                 permit.send(prepared);
             }
             Err(e) => {
                 warn!(trial_id = %trial_id, error = %e, "trial cannot be prepared");
-                held.lock().expect("held lock").remove(&key);
+                held.release(&trial_id, attempt);
                 let _ = client
                     .fail(proto::FailRequest {
                         worker_id: worker_id.clone(),
@@ -463,8 +632,8 @@ async fn train_and_report(
     config: &JoinConfig,
     worker_id: &str,
     held: &HeldTrials,
+    splits: &Arc<SplitCache>,
     prepared: PreparedTrial,
-    split_cache: &mut Option<(String, SplitData)>,
 ) -> Result<(), WorkerError> {
     let PreparedTrial {
         trial,
@@ -478,54 +647,39 @@ async fn train_and_report(
     let trial_id = trial.trial_id.clone();
     let device = config.device;
     let key = format!("{data_key}|{split:?}|{device:?}");
-    let reuse = split_cache.take().filter(|(k, _)| *k == key);
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<EpochReport>();
     // The forwarder acknowledges each report once the master has answered it, so a stop decided
     // on this epoch's accuracy (early stopping) takes effect before the next epoch starts.
     let (ack_tx, ack_rx) = std::sync::mpsc::channel::<()>();
     info!(trial_id = %trial_id, attempt = trial.attempt, epochs = plan.hparams.epochs, "training");
-    if let Some(h) = held
-        .lock()
-        .expect("held lock")
-        .get_mut(&(trial_id.clone(), trial.attempt))
-    {
-        h.started = true;
-    }
+    held.start(&trial_id, trial.attempt);
     let cancel_flag = cancel.clone();
     let probe = trial.kind == proto::TrialKind::Probe as i32;
-    let training =
-        tokio::task::spawn_blocking(move || -> (Result<Work, WorkerError>, Option<SplitData>) {
-            let data = match reuse {
-                Some((_, d)) => d,
-                None => match dataset.split(&split, device) {
-                    Ok(d) => d,
-                    Err(e) => return (Err(e), None),
-                },
-            };
-            let mut on_epoch = |report: &EpochReport| {
-                if progress_tx.send(report.clone()).is_ok() {
-                    let _ = ack_rx.recv_timeout(EPOCH_ACK_WAIT);
-                }
-                if cancel_flag.load(Ordering::SeqCst) {
-                    Control::Stop
-                } else {
-                    Control::Continue
-                }
-            };
-            let outcome = if probe {
-                match &plan.parent_checkpoint {
-                    Some(source) => {
-                        probe_trial(&plan.genome, source, &data, device).map(Work::Probed)
-                    }
-                    None => Err(WorkerError::Genome(
-                        "a probe trial must name the checkpoint it probes".into(),
-                    )),
-                }
+    let splits = splits.clone();
+    let training = tokio::task::spawn_blocking(move || -> Result<Work, WorkerError> {
+        // One copy of the split for every slot (built here by the first slot that needs it).
+        let data = splits.get_or_build(&key, || dataset.split(&split, device))?;
+        let mut on_epoch = |report: &EpochReport| {
+            if progress_tx.send(report.clone()).is_ok() {
+                let _ = ack_rx.recv_timeout(EPOCH_ACK_WAIT);
+            }
+            if cancel_flag.load(Ordering::SeqCst) {
+                Control::Stop
             } else {
-                train_trial(&plan, &data, device, &mut on_epoch).map(Work::Trained)
-            };
-            (outcome, Some(data))
-        });
+                Control::Continue
+            }
+        };
+        if probe {
+            match &plan.parent_checkpoint {
+                Some(source) => probe_trial(&plan.genome, source, &data, device).map(Work::Probed),
+                None => Err(WorkerError::Genome(
+                    "a probe trial must name the checkpoint it probes".into(),
+                )),
+            }
+        } else {
+            train_trial(&plan, &data, device, &mut on_epoch).map(Work::Trained)
+        }
+    });
     // Forward epoch reports to the master as they arrive.
     let forward_held = held.clone();
     let forward_id = trial_id.clone();
@@ -542,10 +696,7 @@ async fn train_and_report(
                 val_accuracy = report.val_accuracy,
                 "epoch done"
             );
-            let key = (forward_id.clone(), attempt);
-            if let Some(h) = forward_held.lock().expect("held lock").get_mut(&key) {
-                h.progress = Some(report.clone());
-            }
+            forward_held.record_progress(&forward_id, attempt, &report);
             let r = forward_client
                 .heartbeat(heartbeat_request(
                     &forward_worker,
@@ -557,7 +708,7 @@ async fn train_and_report(
                 ))
                 .await;
             match r {
-                Ok(r) => apply_command(&forward_held, &forward_id, attempt, r.into_inner()),
+                Ok(r) => forward_held.apply_command(&forward_id, attempt, r.into_inner()),
                 Err(s) => {
                     warn!(trial_id = %forward_id, error = %s.message(), "epoch heartbeat failed")
                 }
@@ -565,14 +716,11 @@ async fn train_and_report(
             let _ = ack_tx.send(());
         }
     });
-    let (outcome, data) = training
+    let outcome = training
         .await
         .map_err(|e| WorkerError::Torch(format!("training thread panicked: {e}")))?;
     let _ = forwarder.await;
     drop(parent_file);
-    if let Some(data) = data {
-        *split_cache = Some((key, data));
-    }
     if cancel.load(Ordering::SeqCst) {
         info!(trial_id = %trial_id, "trial stopped by the master; nothing to report");
         return Ok(());
@@ -733,27 +881,27 @@ fn heartbeat_request(
     }
 }
 
-/// Acts on the master's answer to a heartbeat for `attempt` of a trial: stop or lease-lost
-/// cancel that attempt (and no other).
-fn apply_command(
-    held: &HeldTrials,
-    trial_id: &str,
-    attempt: u32,
-    response: proto::HeartbeatResponse,
-) {
-    let command = TrialCommand::try_from(response.command).unwrap_or(TrialCommand::Continue);
-    if matches!(command, TrialCommand::Stop | TrialCommand::LeaseLost) {
-        warn!(trial_id, attempt, command = ?command, reason = %response.reason, "master asked to drop the trial");
-        let key = (trial_id.to_string(), attempt);
-        if let Some(h) = held.lock().expect("held lock").get(&key) {
-            h.cancel.store(true, Ordering::SeqCst);
+/// One round of the heartbeat timer: sends [`HeldTrials::heartbeats_due`] through `send` (the
+/// master's `Heartbeat`) and applies each answer to its own attempt.
+async fn heartbeat_round<F, Fut>(held: &HeldTrials, worker_id: &str, mut send: F)
+where
+    F: FnMut(proto::HeartbeatRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<proto::HeartbeatResponse, tonic::Status>>,
+{
+    for request in held.heartbeats_due(worker_id) {
+        let (trial_id, attempt) = (request.trial_id.clone(), request.attempt);
+        match send(request).await {
+            Ok(answer) => held.apply_command(&trial_id, attempt, answer),
+            Err(s) => {
+                warn!(trial_id = %trial_id, attempt, error = %s.message(), "heartbeat failed")
+            }
         }
     }
 }
 
 /// Keeps every held trial's lease alive.
 async fn heartbeat_loop(
-    mut client: WorkerServiceClient<AuthChannel>,
+    client: WorkerServiceClient<AuthChannel>,
     worker_id: String,
     held: HeldTrials,
     every: Duration,
@@ -765,29 +913,11 @@ async fn heartbeat_loop(
         if *stop.borrow() {
             return;
         }
-        // A trial already told to stop or whose lease was lost needs no more heartbeats (it
-        // stays in `held` until the trainer gets to it).
-        let snapshot: Vec<((String, u32), Held)> = held
-            .lock()
-            .expect("held lock")
-            .iter()
-            .filter(|(_, v)| !v.cancel.load(Ordering::SeqCst))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for ((trial_id, _), h) in snapshot {
-            let request = heartbeat_request(
-                &worker_id,
-                &trial_id,
-                h.attempt,
-                h.started,
-                h.progress.as_ref(),
-                h.total_epochs,
-            );
-            match client.heartbeat(request).await {
-                Ok(r) => apply_command(&held, &trial_id, h.attempt, r.into_inner()),
-                Err(s) => warn!(trial_id = %trial_id, error = %s.message(), "heartbeat failed"),
-            }
-        }
+        heartbeat_round(&held, &worker_id, |request| {
+            let mut c = client.clone();
+            async move { c.heartbeat(request).await.map(|r| r.into_inner()) }
+        })
+        .await;
     }
 }
 
@@ -808,21 +938,6 @@ mod tests {
         std::fs::write(&second.0, b"2").unwrap();
         drop(first);
         assert_eq!(std::fs::read(&second.0).unwrap(), b"2");
-    }
-
-    fn held_attempt(held: &HeldTrials, trial_id: &str, attempt: u32) -> Arc<AtomicBool> {
-        let cancel = Arc::new(AtomicBool::new(false));
-        held.lock().unwrap().insert(
-            (trial_id.to_string(), attempt),
-            Held {
-                attempt,
-                started: false,
-                progress: None,
-                total_epochs: 1,
-                cancel: cancel.clone(),
-            },
-        );
-        cancel
     }
 
     #[test]
@@ -855,25 +970,142 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_lost_lease_cancels_only_its_own_attempt() {
-        // The lease of attempt 1 was lost while the worker was cut off; back online, it acquired
-        // the same trial again as attempt 2 while attempt 1 was still training.
-        let held: HeldTrials = Arc::new(Mutex::new(HashMap::new()));
-        let old = held_attempt(&held, "trial-x", 1);
-        let new = held_attempt(&held, "trial-x", 2);
-        apply_command(&held, "trial-x", 1, answer(TrialCommand::LeaseLost));
+    /// A stand-in for the master's `Heartbeat`: records what it was sent and answers each
+    /// `(trial, attempt)` with the command `answers` names (continue for the rest).
+    #[derive(Default)]
+    struct FakeMaster {
+        sent: Vec<(String, u32, u32)>,
+        answers: HashMap<(String, u32), TrialCommand>,
+    }
+
+    impl FakeMaster {
+        fn answer(&mut self, trial_id: &str, attempt: u32, command: TrialCommand) {
+            self.answers
+                .insert((trial_id.to_string(), attempt), command);
+        }
+
+        /// One round of the worker's heartbeat timer against this master; returns the
+        /// `(trial, attempt)` pairs it heartbeated.
+        async fn round(&mut self, held: &HeldTrials) -> Vec<(String, u32)> {
+            let before = self.sent.len();
+            heartbeat_round(held, "worker-1", |r| {
+                self.sent.push((r.trial_id.clone(), r.attempt, r.epoch));
+                let command = self
+                    .answers
+                    .get(&(r.trial_id.clone(), r.attempt))
+                    .copied()
+                    .unwrap_or(TrialCommand::Continue);
+                async move { Ok(answer(command)) }
+            })
+            .await;
+            self.sent[before..]
+                .iter()
+                .map(|(t, a, _)| (t.clone(), *a))
+                .collect()
+        }
+    }
+
+    fn pair(trial_id: &str, attempt: u32) -> (String, u32) {
+        (trial_id.to_string(), attempt)
+    }
+
+    // Issue 12: the same trial came back to this worker as attempt 2 while attempt 1, whose
+    // lease was lost, was still winding down; attempt 1's lease-lost answer cancelled attempt 2.
+    // Driven through the worker's own bookkeeping: the generator's `hold`, the slot's `start`
+    // and `release` (its wind-down) and the heartbeat timer's `heartbeat_round`.
+    #[tokio::test]
+    async fn a_lost_lease_cancels_only_its_own_attempt() {
+        let held = HeldTrials::default();
+        let mut master = FakeMaster::default();
+        // Attempt 1 trains; its lease was lost while the worker was cut off from the master.
+        let old = held.hold("trial-x", 1);
+        held.start("trial-x", 1);
+        // Back online, the generator acquired the same trial again as attempt 2.
+        let new = held.hold("trial-x", 2);
+        master.answer("trial-x", 1, TrialCommand::LeaseLost);
+        let sent = master.round(&held).await;
+        assert_eq!(sent, vec![pair("trial-x", 1), pair("trial-x", 2)]);
         assert!(old.load(Ordering::SeqCst), "attempt 1 is dropped");
-        assert!(!new.load(Ordering::SeqCst), "attempt 2 keeps training");
-        // Attempt 1 winding down does not take attempt 2 out of the heartbeats.
-        held.lock().unwrap().remove(&("trial-x".to_string(), 1));
-        assert!(held
-            .lock()
-            .unwrap()
-            .contains_key(&("trial-x".to_string(), 2)));
-        apply_command(&held, "trial-x", 2, answer(TrialCommand::Continue));
+        assert!(
+            !new.load(Ordering::SeqCst),
+            "attempt 1's lease-lost answer cancelled attempt 2"
+        );
+        // Attempt 1 is no longer heartbeated while it winds down; attempt 2 still is.
+        assert_eq!(master.round(&held).await, vec![pair("trial-x", 2)]);
+        // Attempt 1's epoch in flight reaches the master (the forwarder's path) and is told
+        // again that its lease is lost.
+        held.apply_command("trial-x", 1, answer(TrialCommand::LeaseLost));
+        assert!(
+            !new.load(Ordering::SeqCst),
+            "a late answer cancelled attempt 2"
+        );
+        // The slot lets go of attempt 1: attempt 2 stays held and heartbeated.
+        held.release("trial-x", 1);
+        assert!(!held.holds("trial-x", 1));
+        assert!(
+            held.holds("trial-x", 2),
+            "attempt 1's wind-down released attempt 2"
+        );
+        held.start("trial-x", 2);
+        assert_eq!(master.round(&held).await, vec![pair("trial-x", 2)]);
         assert!(!new.load(Ordering::SeqCst));
-        apply_command(&held, "trial-x", 2, answer(TrialCommand::Stop));
+        // A stop for attempt 2 does reach it.
+        master.answer("trial-x", 2, TrialCommand::Stop);
+        master.round(&held).await;
         assert!(new.load(Ordering::SeqCst));
+        assert!(master.round(&held).await.is_empty());
+    }
+
+    // Two slots train two trials; one loses its lease: the other keeps training, heartbeating
+    // (with its own progress) and holding its trial.
+    #[tokio::test]
+    async fn one_slots_lost_lease_leaves_the_other_slot_alone() {
+        let held = HeldTrials::default();
+        let mut master = FakeMaster::default();
+        let a = held.hold("trial-a", 1);
+        let b = held.hold("trial-b", 1);
+        held.start("trial-a", 1);
+        held.start("trial-b", 1);
+        let report = EpochReport {
+            epoch: 2,
+            total_epochs: 5,
+            train_loss: 0.5,
+            val_accuracy: 0.7,
+            metrics: Default::default(),
+        };
+        held.record_progress("trial-b", 1, &report);
+        master.answer("trial-a", 1, TrialCommand::LeaseLost);
+        assert_eq!(
+            master.round(&held).await,
+            vec![pair("trial-a", 1), pair("trial-b", 1)]
+        );
+        assert!(a.load(Ordering::SeqCst), "slot A's trial is dropped");
+        assert!(!b.load(Ordering::SeqCst), "slot B's trial keeps training");
+        held.release("trial-a", 1);
+        assert_eq!(master.round(&held).await, vec![pair("trial-b", 1)]);
+        assert_eq!(master.sent.last(), Some(&("trial-b".to_string(), 1, 2)));
+        assert!(!b.load(Ordering::SeqCst));
+        assert_eq!(held.len(), 1);
+    }
+
+    #[test]
+    fn slots_share_one_copy_of_the_split() {
+        let _torch = crate::testing::torch_lock();
+        let splits = SplitCache::new();
+        let builds = std::cell::Cell::new(0);
+        let build = || {
+            builds.set(builds.get() + 1);
+            Ok(crate::testing::split())
+        };
+        let first = splits.get_or_build("data|split|Cpu", build).unwrap();
+        let second = splits.get_or_build("data|split|Cpu", build).unwrap();
+        assert_eq!(builds.get(), 1, "the second slot reuses the split");
+        assert_eq!(first.train_x.data_ptr(), second.train_x.data_ptr());
+        assert_eq!(first.test_y.data_ptr(), second.test_y.data_ptr());
+        let other = splits.get_or_build("other|split|Cpu", build).unwrap();
+        assert_eq!(builds.get(), 2, "other data builds its own split");
+        assert_ne!(other.train_x.data_ptr(), first.train_x.data_ptr());
+        // The slot still training on the old split keeps its tensors.
+        assert_eq!(first.train_len(), 300);
     }
 }

@@ -15,6 +15,7 @@ pub mod join;
 pub mod model;
 pub mod objective;
 pub mod probing;
+pub mod simulate;
 pub mod train;
 pub mod transferability;
 

@@ -42,6 +42,43 @@ enum Command {
     Analyze(AnalyzeArgs),
     /// Join a master and train the trials it hands out until stopped (SIGTERM drains)
     Join(JoinArgs),
+    /// Run N simulated workers against a master: real registration, leases, heartbeats and
+    /// completions with instant synthetic scores (no training); reports throughput and latency
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// URL of the master
+    #[arg(long, env = "EXPLORE_MASTER", value_name = "URL")]
+    master: String,
+    /// File holding the cluster token (default: $EXPLORE_TOKEN)
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// CA (PEM) that signed the master's certificate, for an https:// master
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Simulated workers (one slot each)
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    count: usize,
+    /// gRPC connections the workers share (0 = one each)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    connections: usize,
+    /// Stop after this many seconds (0 = when the work runs out)
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    duration_secs: f64,
+    /// A worker leaves after this many seconds without a trial
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    idle_exit_secs: f64,
+    /// Also call ListExperiments (the status view) every N milliseconds and report its latency
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    status_every_ms: u64,
+    /// Pretend each trial trains this many seconds before reporting (0 = at once)
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    trial_secs: f64,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +116,10 @@ struct JoinArgs {
     /// Exit after this many seconds without work (0 = never); lets a Kubernetes Job finish
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     idle_exit_secs: u64,
+    /// Train N trials at once on the device, sharing one copy of the data; each trial keeps
+    /// its own lease
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    slots: u32,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +181,7 @@ fn main() {
         Command::Probe(args) => run_probe(args),
         Command::Analyze(args) => run_analyze(args),
         Command::Join(args) => run_join(args),
+        Command::Simulate(args) => run_simulate(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -167,6 +209,7 @@ fn run_join(args: JoinArgs) -> Result<()> {
         give_up_after: Duration::from_secs(args.give_up_after_secs),
         max_trials: args.max_trials,
         idle_exit: Duration::from_secs(args.idle_exit_secs),
+        slots: args.slots,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -185,6 +228,54 @@ fn run_join(args: JoinArgs) -> Result<()> {
         });
         join::run(config, shutdown_rx).await
     })?;
+    Ok(())
+}
+
+fn run_simulate(args: SimulateArgs) -> Result<()> {
+    use explore_worker::simulate::{self, SimConfig};
+    let token = read_token(args.token_file.as_deref(), None)?;
+    let mut config = SimConfig::new(&args.master, &token, args.count);
+    config.tls = TlsOptions {
+        ca: args.tls_ca,
+        identity: None,
+    };
+    config.connections = args.connections;
+    config.duration =
+        (args.duration_secs > 0.0).then(|| Duration::from_secs_f64(args.duration_secs));
+    config.idle_exit = Duration::from_secs_f64(args.idle_exit_secs.max(0.0));
+    config.trial_time = Duration::from_secs_f64(args.trial_secs.max(0.0));
+    config.status_every =
+        (args.status_every_ms > 0).then(|| Duration::from_millis(args.status_every_ms));
+    info!(
+        workers = args.count,
+        "simulated workers with synthetic scores (no training)"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(async move {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        simulate::run(config, stop_rx).await
+    });
+    let report = report.map_err(|e| anyhow!(e))?;
+    if args.json {
+        println!("{}", simulate::report_json(&report));
+    } else {
+        println!(
+            "synthetic: {} workers, {} trials in {:.1} s ({:.1} trials/s), acquire p50 {:.2} ms p99 {:.2} ms, complete p50 {:.2} ms p99 {:.2} ms, {} errors",
+            report.workers, report.trials, report.seconds, report.trials_per_second,
+            report.acquire.p50_ms, report.acquire.p99_ms, report.complete.p50_ms,
+            report.complete.p99_ms, report.errors
+        );
+        for e in &report.error_samples {
+            println!("  error: {e}");
+        }
+    }
     Ok(())
 }
 

@@ -36,6 +36,9 @@ const EVAL_BATCH_GPU: i64 = 1000;
 const EVAL_BATCH_CPU: i64 = 250;
 /// Steps between checks of the running loss for NaN (each check synchronises a GPU).
 const NAN_CHECK_EVERY: usize = 50;
+/// Held from seeding torch's process-wide generator until a trial's weights are initialised,
+/// so trials that start together on several slots each initialise from their own seed.
+static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// What to train.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,8 +121,11 @@ impl std::fmt::Debug for TrialOutcome {
 }
 
 /// Trains one trial; blocking, so call it from a dedicated thread. Seeds torch with
-/// `plan.seed` (`tch::manual_seed` is process-wide: run one trial per process at a time when
-/// results must be reproducible) and shuffles batches with a generator seeded by it. Calls
+/// `plan.seed` and shuffles batches with a generator seeded by it. `tch::manual_seed` is
+/// process-wide: trials training at once (`worker join --slots N`) seed and initialise their
+/// weights one at a time ([`SEEDED_INIT`]), so the initial weights depend on the seed only, but
+/// dropout masks then come from the shared generator: run one trial per process at a time when
+/// results must be reproducible bit for bit. Calls
 /// `on_epoch` after every epoch; [`Control::Stop`] ends training early and the model is still
 /// scored. Evaluation runs in eval mode without gradients, in batches (1000 on a GPU, 250 on
 /// the CPU).
@@ -143,6 +149,7 @@ pub fn train_trial(
     let steps_per_epoch = batches.len();
     let total_steps = steps_per_epoch * hp.epochs as usize;
 
+    let seeded = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(plan.seed as i64);
     let mut objective = objective::for_trial(&plan.genome, hp, data, device)?;
     let vs = nn::VarStore::new(device);
@@ -152,6 +159,7 @@ pub fn train_trial(
         Some(path) => inherit_from_file(&vs, path)?,
         None => Inherited::default(),
     };
+    drop(seeded);
     if hp.head_only {
         freeze_all_but_head(&vs);
     }

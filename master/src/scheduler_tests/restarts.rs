@@ -77,7 +77,11 @@ async fn leases_that_expired_while_the_master_was_down_are_reclaimed() {
 #[tokio::test]
 async fn a_restarted_master_gives_trials_in_flight_a_fresh_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(SHORT_LEASE, 3);
+    // Long enough that resume, tick and the completion below fit inside one fresh lease on a
+    // loaded machine (with the 150 ms SHORT_LEASE this failed now and then under load), short
+    // enough to be outlived by the downtime.
+    let lease_period = Duration::from_secs(1);
+    let cfg = config(lease_period, 3);
     let (id, w, held) = {
         let sched = open_scheduler(dir.path(), cfg.clone()).await;
         let w = register(&sched, 1).await;
@@ -87,7 +91,7 @@ async fn a_restarted_master_gives_trials_in_flight_a_fresh_lease() {
         (id, w, held)
     };
     // Down for longer than a lease: the worker kept training meanwhile.
-    tokio::time::sleep(SHORT_LEASE * 2).await;
+    tokio::time::sleep(lease_period * 2).await;
     let sched = open_scheduler(dir.path(), cfg).await;
     within(sched.resume()).await.unwrap();
     within(sched.tick()).await.unwrap();

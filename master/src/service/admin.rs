@@ -12,6 +12,12 @@ use super::convert::{experiment_summary, parse_id, trial_record};
 use super::ChunkStream;
 use crate::error::MasterError;
 use crate::scheduler::Scheduler;
+use crate::store::TrialStatus;
+
+/// Trials per `ListTrialsPage` answer when the request names no page size.
+pub const DEFAULT_PAGE_SIZE: u32 = 500;
+/// Most trials per `ListTrialsPage` answer.
+pub const MAX_PAGE_SIZE: u32 = 5000;
 
 /// Largest spec text accepted.
 const MAX_SPEC_BYTES: usize = 1 << 20;
@@ -83,6 +89,57 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn list_trials_page(
+        &self,
+        request: Request<proto::ListTrialsPageRequest>,
+    ) -> Result<Response<proto::ListTrialsPageResponse>, Status> {
+        let request = request.into_inner();
+        let id: ExperimentId = parse_id("experiment_id", &request.experiment_id)?;
+        let after_seq = match request.page_token.as_str() {
+            "" => None,
+            token => Some(token.parse::<i64>().map_err(|_| {
+                MasterError::InvalidArgument(format!(
+                    "page_token {token:?} is not a token of an earlier page"
+                ))
+            })?),
+        };
+        let status = match request.status.as_str() {
+            "" => None,
+            s => Some(
+                s.parse::<TrialStatus>()
+                    .map_err(|_| MasterError::InvalidArgument(format!("no trial status {s:?}")))?,
+            ),
+        };
+        let limit = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let spec = self.scheduler.spec_of(id.as_str()).await?;
+        // One more than asked tells whether a next page exists.
+        let mut page = self
+            .scheduler
+            .trials_page(
+                id.as_str(),
+                after_seq,
+                status.map(|s| s.as_str()),
+                limit + 1,
+            )
+            .await?;
+        let more = page.len() > limit as usize;
+        page.truncate(limit as usize);
+        let next_page_token = match page.last() {
+            Some((last, _)) if more => last.seq.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::ListTrialsPageResponse {
+            trials: page
+                .iter()
+                .map(|(t, metrics)| trial_record(t, &spec, Some(metrics)))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
     async fn get_best_model(
         &self,
         request: Request<proto::GetBestModelRequest>,
@@ -92,11 +149,11 @@ impl AdminService for AdminApi {
         let best = view.best.ok_or_else(|| {
             MasterError::NotFound(format!("experiment {id} has no completed trial yet"))
         })?;
-        let epoch_metrics = self.scheduler.last_epoch_metrics(id.as_str()).await?;
+        let epoch_metrics = self.scheduler.trial_epoch_metrics(&best).await?;
         Ok(Response::new(trial_record(
             &best,
             &view.spec,
-            epoch_metrics.get(&best.id),
+            Some(&epoch_metrics),
         )))
     }
 

@@ -2,7 +2,9 @@
 //! start-up). Every query takes a connection, so callers compose several of them into one
 //! transaction: a state change is either fully recorded or not at all.
 
+mod migrations;
 mod model;
+mod row;
 #[cfg(test)]
 mod tests;
 
@@ -29,8 +31,6 @@ pub struct Store {
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "explore.db";
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl Store {
     /// Opens (creating if needed) the database in `data_dir` and applies migrations.
@@ -62,7 +62,9 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(convert_sqlx_err)?;
-        MIGRATOR
+        migrations::migrator()
+            .await
+            .map_err(|e| MasterError::Store(e.to_string()))?
             .run(&pool)
             .await
             .map_err(|e| MasterError::Store(e.to_string()))?;
@@ -75,7 +77,9 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(convert_sqlx_err)?;
-        MIGRATOR
+        migrations::migrator()
+            .await
+            .map_err(|e| MasterError::Store(e.to_string()))?
             .run(&pool)
             .await
             .map_err(|e| MasterError::Store(e.to_string()))?;
@@ -355,6 +359,91 @@ pub async fn accepted_trials(
     .map_err(convert_sqlx_err)
 }
 
+/// Most accepted trials a Boltzmann draw chooses among: the best ones by score. A pool with at
+/// most this many accepted trials is drawn from whole, exactly as before; a larger one keeps the
+/// proposal's cost flat, and the trials it leaves out are the ones with the least weight.
+pub const BASE_CANDIDATES: i64 = 256;
+
+/// `(id, seq, score)` of the experiment's best [`BASE_CANDIDATES`] accepted trials by score
+/// (index `trials_accepted_by_score`), in proposal order.
+pub async fn base_candidates(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<Vec<(String, i64, f64)>, MasterError> {
+    let mut rows: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT id, seq, score FROM trials INDEXED BY trials_accepted_by_score
+          WHERE experiment_id = ? AND kind = 'train' AND status = 'completed' AND accepted = 1
+          ORDER BY score DESC, seq LIMIT ?",
+    )
+    .bind(experiment_id)
+    .bind(BASE_CANDIDATES)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    rows.sort_by_key(|r| r.1);
+    Ok(rows)
+}
+
+/// The experiment's training trials with `seq < below` (its seed trials), in proposal order.
+pub async fn train_trials_below(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+    below: i64,
+) -> Result<Vec<TrialRow>, MasterError> {
+    sqlx::query_as::<_, TrialRow>(
+        "SELECT * FROM trials WHERE experiment_id = ? AND seq >= 0 AND seq < ? AND kind = 'train'
+          ORDER BY seq",
+    )
+    .bind(experiment_id)
+    .bind(below)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)
+}
+
+/// One page of an experiment's trials in seq order: those after `after_seq` (all when None),
+/// with `status` when given, at most `limit`.
+pub async fn list_trials_page(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+    after_seq: Option<i64>,
+    status: Option<&str>,
+    limit: u32,
+) -> Result<Vec<TrialRow>, MasterError> {
+    sqlx::query_as::<_, TrialRow>(
+        "SELECT * FROM trials WHERE experiment_id = ? AND seq > ? AND (? IS NULL OR status = ?)
+          ORDER BY seq LIMIT ?",
+    )
+    .bind(experiment_id)
+    .bind(after_seq.unwrap_or(i64::MIN))
+    .bind(status)
+    .bind(status)
+    .bind(i64::from(limit))
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)
+}
+
+/// The named metrics of a trial's last recorded epoch (up to its current epoch count, as
+/// [`last_epoch_metrics`]), empty when none.
+pub async fn trial_epoch_metrics(
+    conn: &mut SqliteConnection,
+    trial: &TrialRow,
+) -> Result<BTreeMap<String, f64>, MasterError> {
+    let row: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT metrics_json FROM trial_epochs WHERE trial_id = ? AND epoch <= ?
+          ORDER BY epoch DESC LIMIT 1",
+    )
+    .bind(&trial.id)
+    .bind(trial.epoch)
+    .fetch_optional(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(model::parse_epoch_metrics(
+        row.and_then(|(json,)| json).as_deref(),
+    ))
+}
+
 /// Counts an experiment's training trials by status (probes are counted by [`probe_counts`]).
 pub async fn trial_counts(
     conn: &mut SqliteConnection,
@@ -376,17 +465,17 @@ async fn counts_of_kind(
     experiment_id: &str,
     kind: TrialKind,
 ) -> Result<TrialCounts, MasterError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT status, COUNT(*) FROM trials WHERE experiment_id = ? AND kind = ? GROUP BY status",
-    )
-    .bind(experiment_id)
-    .bind(kind.as_str())
-    .fetch_all(conn)
-    .await
-    .map_err(convert_sqlx_err)?;
+    // Kept by triggers (0005_scale.sql): one row per status, whatever the pool's size.
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, n FROM trial_tallies WHERE experiment_id = ? AND kind = ?")
+            .bind(experiment_id)
+            .bind(kind.as_str())
+            .fetch_all(conn)
+            .await
+            .map_err(convert_sqlx_err)?;
     let mut counts = TrialCounts::default();
     for (status, n) in rows {
-        let n = n as u32;
+        let n = n.max(0) as u32;
         match status.parse::<TrialStatus>()? {
             TrialStatus::Queued => counts.queued = n,
             TrialStatus::Leased => counts.leased = n,
@@ -649,23 +738,29 @@ pub async fn epoch_usage(
     conn: &mut SqliteConnection,
     experiment_id: &str,
 ) -> Result<EpochUsage, MasterError> {
-    let (spent, committed): (i64, i64) = sqlx::query_as(
-        "SELECT
-             COALESCE(SUM(CASE WHEN status IN ('completed', 'pruned', 'failed', 'leased', 'running')
-                               THEN epoch ELSE 0 END), 0),
-             COALESCE(SUM(CASE WHEN status IN ('completed', 'pruned', 'failed') THEN epoch
-                               WHEN status IN ('queued', 'leased', 'running')
-                               THEN MAX(epoch, json_extract(hparams_json, '$.epochs'))
-                               ELSE 0 END), 0)
-           FROM trials WHERE experiment_id = ? AND kind = 'train'",
+    // Finished trials from the tallies (0005_scale.sql); open ones (queued or held: as many as
+    // there are worker slots) row by row through the status index.
+    let (finished,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(SUM(epochs), 0) FROM trial_tallies
+          WHERE experiment_id = ? AND kind = 'train' AND status IN ('completed', 'pruned', 'failed')",
+    )
+    .bind(experiment_id)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    let (held, open): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(CASE WHEN status IN ('leased', 'running') THEN epoch ELSE 0 END), 0),
+                COALESCE(SUM(MAX(epoch, json_extract(hparams_json, '$.epochs'))), 0)
+           FROM trials WHERE status IN ('queued', 'leased', 'running') AND experiment_id = ?
+            AND kind = 'train'",
     )
     .bind(experiment_id)
     .fetch_one(conn)
     .await
     .map_err(convert_sqlx_err)?;
     Ok(EpochUsage {
-        spent: spent.max(0) as u64,
-        committed: committed.max(0) as u64,
+        spent: (finished + held).max(0) as u64,
+        committed: (finished + open).max(0) as u64,
     })
 }
 
@@ -674,14 +769,12 @@ pub async fn chain_loads(
     conn: &mut SqliteConnection,
     experiment_id: &str,
 ) -> Result<Vec<(i64, i64, i64)>, MasterError> {
-    sqlx::query_as(
-        "SELECT chain, SUM(status IN ('queued', 'leased', 'running')), COUNT(*) FROM trials
-          WHERE experiment_id = ? AND kind = 'train' GROUP BY chain",
-    )
-    .bind(experiment_id)
-    .fetch_all(conn)
-    .await
-    .map_err(convert_sqlx_err)
+    // Kept by triggers (0005_scale.sql).
+    sqlx::query_as("SELECT chain, open, total FROM chain_tallies WHERE experiment_id = ?")
+        .bind(experiment_id)
+        .fetch_all(conn)
+        .await
+        .map_err(convert_sqlx_err)
 }
 
 /// The state of one annealing chain, if it has been created.
@@ -940,17 +1033,19 @@ pub async fn connected_slots(
     Ok(n as u32)
 }
 
-/// One completed training trial as the search predictor learns from it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct PredictorHistoryRow {
-    pub genome_json: String,
-    pub hparams_json: String,
-    /// Its validation accuracy.
-    pub score: f64,
-    /// Whether it started from its parent's weights.
-    pub inherits: bool,
-    /// Its parent's validation accuracy, when the parent has one.
-    pub parent_score: Option<f64>,
+crate::sqlite_row! {
+    /// One completed training trial as the search predictor learns from it.
+    #[derive(Debug, Clone)]
+    pub struct PredictorHistoryRow {
+        pub genome_json: String,
+        pub hparams_json: String,
+        /// Its validation accuracy.
+        pub score: f64,
+        /// Whether it started from its parent's weights.
+        pub inherits: bool,
+        /// Its parent's validation accuracy, when the parent has one.
+        pub parent_score: Option<f64>,
+    }
 }
 
 /// The experiment's most recent `limit` completed training trials with a score, newest first,

@@ -127,59 +127,63 @@ impl ExperimentStatus {
     }
 }
 
-/// One row of `experiments`.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ExperimentRow {
-    pub id: String,
-    pub name: String,
-    pub spec_json: String,
-    pub status: String,
-    pub status_reason: String,
-    pub created_at_ms: i64,
-    pub finished_at_ms: Option<i64>,
-    pub best_trial_id: Option<String>,
+crate::sqlite_row! {
+    /// One row of `experiments`.
+    #[derive(Debug, Clone)]
+    pub struct ExperimentRow {
+        pub id: String,
+        pub name: String,
+        pub spec_json: String,
+        pub status: String,
+        pub status_reason: String,
+        pub created_at_ms: i64,
+        pub finished_at_ms: Option<i64>,
+        pub best_trial_id: Option<String>,
+    }
 }
 
-/// One row of `trials`.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct TrialRow {
-    pub id: String,
-    pub experiment_id: String,
-    pub seq: i64,
-    pub parent_id: Option<String>,
-    pub origin: String,
-    pub genome_json: String,
-    pub genome_hash: String,
-    pub hparams_json: String,
-    pub params: i64,
-    pub flops: i64,
-    pub seed: i64,
-    pub status: String,
-    pub attempt: i64,
-    pub worker_id: Option<String>,
-    pub lease_deadline_ms: Option<i64>,
-    pub epoch: i64,
-    pub score: Option<f64>,
-    pub metrics_json: String,
-    pub checkpoint_sha256: Option<String>,
-    pub accepted: Option<bool>,
-    pub temperature: Option<f64>,
-    pub error: String,
-    pub created_at_ms: i64,
-    pub started_at_ms: Option<i64>,
-    pub finished_at_ms: Option<i64>,
-    /// The annealing chain that proposed the trial.
-    pub chain: i64,
-    /// Checkpoint of the parent whose weights the trial starts from.
-    pub inherit_from: Option<String>,
-    /// `train` or `probe` (see [`TrialKind`]).
-    pub kind: String,
-    /// The seed a seed trial trains (transfer experiments); `None` for mutations and probes.
-    pub seed_index: Option<i64>,
-    /// The learned predictor's fine-tuned validation accuracy, for a seed it ranked.
-    pub predicted_score: Option<f64>,
-    /// The standard deviation of that prediction.
-    pub predicted_std: Option<f64>,
+crate::sqlite_row! {
+    /// One row of `trials`.
+    #[derive(Debug, Clone)]
+    pub struct TrialRow {
+        pub id: String,
+        pub experiment_id: String,
+        pub seq: i64,
+        pub parent_id: Option<String>,
+        pub origin: String,
+        pub genome_json: String,
+        pub genome_hash: String,
+        pub hparams_json: String,
+        pub params: i64,
+        pub flops: i64,
+        pub seed: i64,
+        pub status: String,
+        pub attempt: i64,
+        pub worker_id: Option<String>,
+        pub lease_deadline_ms: Option<i64>,
+        pub epoch: i64,
+        pub score: Option<f64>,
+        pub metrics_json: String,
+        pub checkpoint_sha256: Option<String>,
+        pub accepted: Option<bool>,
+        pub temperature: Option<f64>,
+        pub error: String,
+        pub created_at_ms: i64,
+        pub started_at_ms: Option<i64>,
+        pub finished_at_ms: Option<i64>,
+        /// The annealing chain that proposed the trial.
+        pub chain: i64,
+        /// Checkpoint of the parent whose weights the trial starts from.
+        pub inherit_from: Option<String>,
+        /// `train` or `probe` (see [`TrialKind`]).
+        pub kind: String,
+        /// The seed a seed trial trains (transfer experiments); `None` for mutations and probes.
+        pub seed_index: Option<i64>,
+        /// The learned predictor's fine-tuned validation accuracy, for a seed it ranked.
+        pub predicted_score: Option<f64>,
+        /// The standard deviation of that prediction.
+        pub predicted_std: Option<f64>,
+    }
 }
 
 impl TrialRow {
@@ -199,15 +203,17 @@ impl TrialRow {
     }
 }
 
-/// One row of `trial_epochs`: what a heartbeat reported after an epoch.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct EpochRow {
-    pub trial_id: String,
-    pub epoch: i64,
-    pub val_accuracy: f64,
-    pub train_loss: Option<f64>,
-    /// The objective's named metrics as a JSON object; `None` when the epoch had none.
-    pub metrics_json: Option<String>,
+crate::sqlite_row! {
+    /// One row of `trial_epochs`: what a heartbeat reported after an epoch.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct EpochRow {
+        pub trial_id: String,
+        pub epoch: i64,
+        pub val_accuracy: f64,
+        pub train_loss: Option<f64>,
+        /// The objective's named metrics as a JSON object; `None` when the epoch had none.
+        pub metrics_json: Option<String>,
+    }
 }
 
 impl EpochRow {
@@ -285,24 +291,26 @@ pub struct TrialResult {
     pub epochs_run: u32,
 }
 
-/// One row of `chains`: an annealing chain's state.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct ChainRow {
-    pub experiment_id: String,
-    pub chain: i64,
-    pub temperature: f64,
-    /// The chain's current model (its last accepted trial); `None` before its first, and after
-    /// a reheat, when the next base is drawn from the whole pool.
-    pub current_trial_id: Option<String>,
-    /// The best score of the chain's trials since its last reheat.
-    pub best_score: Option<f64>,
-    /// Results in a row that did not beat `best_score`.
-    pub since_improvement: i64,
-    /// Results (completed or pruned trials) of the chain.
-    pub results: i64,
-    /// Of those, accepted by the Metropolis rule.
-    pub accepted: i64,
-    pub reheats: i64,
+crate::sqlite_row! {
+    /// One row of `chains`: an annealing chain's state.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct ChainRow {
+        pub experiment_id: String,
+        pub chain: i64,
+        pub temperature: f64,
+        /// The chain's current model (its last accepted trial); `None` before its first, and after
+        /// a reheat, when the next base is drawn from the whole pool.
+        pub current_trial_id: Option<String>,
+        /// The best score of the chain's trials since its last reheat.
+        pub best_score: Option<f64>,
+        /// Results in a row that did not beat `best_score`.
+        pub since_improvement: i64,
+        /// Results (completed or pruned trials) of the chain.
+        pub results: i64,
+        /// Of those, accepted by the Metropolis rule.
+        pub accepted: i64,
+        pub reheats: i64,
+    }
 }
 
 /// Training epochs of an experiment's trials.

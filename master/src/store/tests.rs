@@ -977,7 +977,168 @@ store_test_suite!(
     epoch_metrics_round_trip_and_an_epoch_without_any_stores_null,
     epoch_usage_counts_run_and_planned_epochs,
     chains_round_trip_and_loads_count_open_trials,
+    tallies_match_a_count_of_the_rows_after_every_kind_of_change,
+    trials_are_listed_page_by_page_in_seq_order,
+    base_candidates_are_the_best_accepted_in_seq_order,
 );
+
+/// The tallies the triggers keep (0005_scale.sql) against a direct count of the rows.
+async fn assert_tallies_match(conn: &mut SqliteConnection) {
+    let direct: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT experiment_id, kind, status, COUNT(*), SUM(epoch) FROM trials
+          GROUP BY experiment_id, kind, status ORDER BY 1, 2, 3",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let kept: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT experiment_id, kind, status, n, epochs FROM trial_tallies WHERE n != 0
+          ORDER BY 1, 2, 3",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(kept, direct);
+    let direct: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT experiment_id, chain, SUM(status IN ('queued', 'leased', 'running')), COUNT(*)
+           FROM trials WHERE kind = 'train' GROUP BY experiment_id, chain ORDER BY 1, 2",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let kept: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT experiment_id, chain, open, total FROM chain_tallies WHERE total != 0
+          ORDER BY 1, 2",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(kept, direct);
+}
+
+async fn tallies_match_a_count_of_the_rows_after_every_kind_of_change(store: Store) {
+    seeded(&store, EXP_A, 1, 6).await;
+    seeded(&store, EXP_B, 2, 3).await;
+    let mut conn = store.conn().await.unwrap();
+    assert_tallies_match(&mut conn).await;
+    insert_worker(&mut conn, WORKER, "w", "cpu", 1, 0)
+        .await
+        .unwrap();
+    let leased = lease_next_trial(&mut conn, WORKER, 10, 1000)
+        .await
+        .unwrap()
+        .unwrap();
+    heartbeat_trial(&mut conn, &leased.id, WORKER, 1, 2, true, 2000)
+        .await
+        .unwrap();
+    assert_tallies_match(&mut conn).await;
+    complete_trial(&mut conn, &leased.id, &result(0.8), true, 0.01, 20)
+        .await
+        .unwrap();
+    let second = lease_next_trial(&mut conn, WORKER, 30, 1000)
+        .await
+        .unwrap()
+        .unwrap();
+    requeue_trial(&mut conn, &second.id, "lost").await.unwrap();
+    let third = lease_next_trial(&mut conn, WORKER, 40, 1000)
+        .await
+        .unwrap()
+        .unwrap();
+    prune_trial(&mut conn, &third.id, 0.3, 1, "worse", 0.01, 50)
+        .await
+        .unwrap();
+    let fourth = lease_next_trial(&mut conn, WORKER, 60, 1000)
+        .await
+        .unwrap()
+        .unwrap();
+    end_trial(&mut conn, &fourth.id, TrialStatus::Failed, "boom", 70)
+        .await
+        .unwrap();
+    cancel_queued(&mut conn, EXP_A, "over", 80).await.unwrap();
+    assert_tallies_match(&mut conn).await;
+    let counts = trial_counts(&mut conn, EXP_A).await.unwrap();
+    assert_eq!(
+        (
+            counts.completed,
+            counts.pruned,
+            counts.failed,
+            counts.queued
+        ),
+        (1, 1, 1, 0)
+    );
+    sqlx::query("DELETE FROM trials WHERE experiment_id = ? AND status = 'cancelled'")
+        .bind(EXP_B)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert_tallies_match(&mut conn).await;
+}
+
+async fn trials_are_listed_page_by_page_in_seq_order(store: Store) {
+    seeded(&store, EXP_A, 1, 7).await;
+    seeded(&store, EXP_B, 2, 2).await;
+    let mut conn = store.conn().await.unwrap();
+    insert_worker(&mut conn, WORKER, "w", "cpu", 1, 0)
+        .await
+        .unwrap();
+    let leased = lease_next_trial(&mut conn, WORKER, 10, 1000)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = list_trials_page(&mut conn, EXP_A, after, None, 3)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        after = Some(page.last().unwrap().seq);
+        seen.extend(page.into_iter().map(|t| t.seq));
+    }
+    assert_eq!(seen, (0..7).collect::<Vec<_>>());
+    let queued = list_trials_page(&mut conn, EXP_A, Some(0), Some("queued"), 100)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 6);
+    assert!(queued.iter().all(|t| t.id != leased.id && t.seq > 0));
+    let held = list_trials_page(&mut conn, EXP_A, None, Some("leased"), 100)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].id, leased.id);
+}
+
+async fn base_candidates_are_the_best_accepted_in_seq_order(store: Store) {
+    seeded(&store, EXP_A, 1, 5).await;
+    let mut conn = store.conn().await.unwrap();
+    insert_worker(&mut conn, WORKER, "w", "cpu", 1, 0)
+        .await
+        .unwrap();
+    for (score, accepted) in [(0.5, true), (0.9, false), (0.7, true), (0.6, true)] {
+        let t = lease_next_trial(&mut conn, WORKER, 10, 1000)
+            .await
+            .unwrap()
+            .unwrap();
+        complete_trial(&mut conn, &t.id, &result(score), accepted, 0.01, 20)
+            .await
+            .unwrap();
+    }
+    let candidates = base_candidates(&mut conn, EXP_A).await.unwrap();
+    let accepted: Vec<(String, i64, f64)> = accepted_trials(&mut conn, EXP_A)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.id, t.seq, t.score.unwrap()))
+        .collect();
+    assert_eq!(candidates, accepted);
+    assert_eq!(
+        candidates.iter().map(|c| c.1).collect::<Vec<_>>(),
+        vec![0, 2, 3]
+    );
+}
 
 // ---- file database only ------------------------------------------------------------------------
 
@@ -996,7 +1157,7 @@ async fn reopening_keeps_the_data_and_reapplies_no_migration() {
         .fetch_one(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(migrations, 4);
+    assert_eq!(migrations, 5);
 }
 
 // A pool written by the first release (migration 0001 only) is upgraded in place: every row
