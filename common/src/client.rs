@@ -175,9 +175,20 @@ fn with_connection_options(endpoint: Endpoint) -> Endpoint {
         .tcp_keepalive(Some(Duration::from_secs(30)))
         // HTTP/2 pings notice a master that vanished behind a silent partition within ~40 s,
         // so calls fail (and are retried) instead of hanging until TCP gives up.
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20))
+        .http2_keep_alive_interval(keep_alive())
+        .keep_alive_timeout(keep_alive())
         .keep_alive_while_idle(true)
+}
+
+/// The HTTP/2 keepalive interval and timeout: 20 s, or `EXPLORE_KEEPALIVE_SECS` (1..=3600) so
+/// the fault suite's silent network cut is noticed within seconds.
+fn keep_alive() -> Duration {
+    let secs = std::env::var("EXPLORE_KEEPALIVE_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| (1..=3600).contains(s))
+        .unwrap_or(20);
+    Duration::from_secs(secs)
 }
 
 /// An error and its causes on one line, `outer: inner: innermost`, leaving out a cause whose

@@ -392,8 +392,22 @@ pub fn start_worker_at(
     log: &Path,
     extra: &[&str],
 ) -> Result<Proc> {
+    start_worker_with_env(url, token_file, name, log, extra, &[])
+}
+
+/// Starts `worker join --master URL` like [`start_worker_at`], with `env` added to its
+/// environment.
+pub fn start_worker_with_env(
+    url: &str,
+    token_file: &Path,
+    name: &str,
+    log: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Proc> {
     let log = std::fs::File::create(log)?;
     let child = Command::new(binary("worker"))
+        .envs(env.iter().copied())
         .args(["join", "--master", url, "--token-file"])
         .arg(token_file)
         .args([
