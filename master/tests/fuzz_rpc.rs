@@ -636,10 +636,19 @@ fn build(op: Op, broken: Option<u8>, junk: &Junk, live: &Live, trial: &(String, 
         }
         Op::Deregister => Call::Deregister(proto::DeregisterRequest {
             worker_id: match (b(1), live.extra_workers.last()) {
-                // Never the holding worker: it must stay registered.
-                (Some(_), _) if junk.id != live.worker => junk.id.clone(),
-                (_, Some(extra)) => extra.clone(),
-                _ => "worker-00000000deadbeef".into(),
+                // A broken call never names the holding worker (it must stay registered) nor
+                // an extra one: the model would not learn that it left, and the next valid
+                // deregistration of it would be refused. (Regression: a broken call whose junk
+                // id was the holding worker's fell through to the extra worker and
+                // deregistered it unrecorded.)
+                (Some(_), _)
+                    if junk.id != live.worker && !live.extra_workers.contains(&junk.id) =>
+                {
+                    junk.id.clone()
+                }
+                (Some(_), _) => "worker-00000000deadbeef".into(),
+                (None, Some(extra)) => extra.clone(),
+                (None, None) => "worker-00000000deadbeef".into(),
             },
         }),
         Op::Upload => Call::Upload(if b(1).is_some() {
