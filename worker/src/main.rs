@@ -47,17 +47,46 @@ enum Command {
     Simulate(SimulateArgs),
 }
 
+/// How a worker (real or simulated) reaches the master: its address, token and TLS files.
 #[derive(Debug, Args)]
-struct SimulateArgs {
+struct MasterArgs {
     /// URL of the master
     #[arg(long, env = "EXPLORE_MASTER", value_name = "URL")]
     master: String,
     /// File holding the cluster token (default: $EXPLORE_TOKEN)
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
-    /// CA (PEM) that signed the master's certificate, for an https:// master
+    /// CA (PEM) that signed the master's certificate, for an https:// master [default: the
+    /// system's roots]
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a master that requires one; needs --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl MasterArgs {
+    /// The TLS options these flags name.
+    fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            ca: self.tls_ca.clone(),
+            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+        }
+    }
+
+    /// The cluster token, from `--token-file` or `$EXPLORE_TOKEN`.
+    fn token(&self) -> Result<String> {
+        Ok(read_token(self.token_file.as_deref(), None)?)
+    }
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    #[command(flatten)]
+    connection: MasterArgs,
     /// Simulated workers (one slot each)
     #[arg(long, value_name = "N", default_value_t = 8)]
     count: usize,
@@ -83,22 +112,8 @@ struct SimulateArgs {
 
 #[derive(Debug, Args)]
 struct JoinArgs {
-    /// URL of the master
-    #[arg(long, env = "EXPLORE_MASTER", value_name = "URL")]
-    master: String,
-    /// File holding the cluster token (default: $EXPLORE_TOKEN)
-    #[arg(long, value_name = "FILE")]
-    token_file: Option<PathBuf>,
-    /// CA (PEM) that signed the master's certificate, for an https:// master [default: the
-    /// system's roots]
-    #[arg(long, value_name = "FILE")]
-    tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for a master that requires one; needs --tls-key
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// Private key (PEM) of --tls-cert
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    connection: MasterArgs,
     /// Name shown in the master's logs [default: the host name and process id]
     #[arg(long)]
     name: Option<String>,
@@ -191,17 +206,14 @@ fn main() {
 
 fn run_join(args: JoinArgs) -> Result<()> {
     let device = args.runtime.apply()?;
-    let token = read_token(args.token_file.as_deref(), None)?;
+    let token = args.connection.token()?;
     let name = args.name.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
     let config = JoinConfig {
-        master: args.master,
-        tls: TlsOptions {
-            ca: args.tls_ca,
-            identity: args.tls_cert.zip(args.tls_key),
-        },
+        tls: args.connection.tls(),
+        master: args.connection.master,
         token,
         name,
         device,
@@ -233,12 +245,9 @@ fn run_join(args: JoinArgs) -> Result<()> {
 
 fn run_simulate(args: SimulateArgs) -> Result<()> {
     use explore_worker::simulate::{self, SimConfig};
-    let token = read_token(args.token_file.as_deref(), None)?;
-    let mut config = SimConfig::new(&args.master, &token, args.count);
-    config.tls = TlsOptions {
-        ca: args.tls_ca,
-        identity: None,
-    };
+    let token = args.connection.token()?;
+    let mut config = SimConfig::new(&args.connection.master, &token, args.count);
+    config.tls = args.connection.tls();
     config.connections = args.connections;
     config.duration =
         (args.duration_secs > 0.0).then(|| Duration::from_secs_f64(args.duration_secs));
