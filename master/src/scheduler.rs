@@ -21,6 +21,7 @@ use crate::artifacts::ArtifactStore;
 use crate::chains::{self, ChainResult};
 use crate::early_stop;
 use crate::error::MasterError;
+use crate::predictor::{Predictor, SearchFeatures};
 use crate::proposals;
 use crate::store::{
     self, ChainRow, EpochUsage, ExperimentRow, ExperimentStatus, NewTrial, Store, TrialCounts,
@@ -306,12 +307,14 @@ impl Scheduler {
         }
         let rows =
             store::list_trials_page(&mut conn, experiment_id, after_seq, status, limit).await?;
-        let mut page = Vec::with_capacity(rows.len());
-        for row in rows {
-            let metrics = store::trial_epoch_metrics(&mut conn, &row).await?;
-            page.push((row, metrics));
-        }
-        Ok(page)
+        let mut metrics = store::trials_epoch_metrics(&mut conn, &rows).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let of_row = metrics.remove(&row.id).unwrap_or_default();
+                (row, of_row)
+            })
+            .collect())
     }
 
     /// The named metrics of one trial's last recorded epoch (empty when none).
@@ -932,15 +935,18 @@ impl Scheduler {
         // at once do not hold the writer lock for a thousand proposals: the next calls and ticks
         // top the queue up the rest of the way.
         let mut proposed = 0;
+        let mut shared = RefillShared {
+            spec: &spec,
+            connected_slots: slots,
+            now,
+            predictor: None,
+        };
         while counts.queued < target_queued
             && proposed < MAX_PROPOSALS_PER_REFILL
             && counts.budgeted() < budget.max_trials
             && remaining_epochs != Some(0)
         {
-            match self
-                .propose(conn, row, &spec, slots, remaining_epochs, now)
-                .await
-            {
+            match self.propose(conn, row, &mut shared, remaining_epochs).await {
                 Ok(Ok(epochs)) => {
                     counts.queued += 1;
                     proposed += 1;
@@ -985,11 +991,10 @@ impl Scheduler {
         &self,
         conn: &mut SqliteConnection,
         row: &ExperimentRow,
-        spec: &ExperimentSpec,
-        connected_slots: u32,
+        shared: &mut RefillShared<'_>,
         remaining_epochs: Option<u64>,
-        now: i64,
     ) -> Result<Result<u32, proposals::Exhausted>, MasterError> {
+        let (spec, connected_slots, now) = (shared.spec, shared.connected_slots, shared.now);
         let seq = store::next_seq(conn, &row.id).await?;
         let seeds = spec.resolve_seeds(None)?;
         let trial_seed =
@@ -1038,7 +1043,9 @@ impl Scheduler {
             let base = self
                 .base_for(conn, row, seeds.len(), &chain, &mut rng)
                 .await?;
-            let predictor = proposals::search_predictor(conn, spec, &row.id).await?;
+            if shared.predictor.is_none() {
+                shared.predictor = Some(proposals::search_predictor(conn, spec, &row.id).await?);
+            }
             let search = proposals::Search {
                 spec,
                 experiment_id: &row.id,
@@ -1046,7 +1053,7 @@ impl Scheduler {
                 remaining_epochs,
                 seq,
                 seed_count: seeds.len(),
-                predictor: predictor.as_ref(),
+                predictor: shared.predictor.as_ref().and_then(Option::as_ref),
             };
             let p = match search.find(conn, &chain, base, &mut rng).await? {
                 Ok(p) => p,
@@ -1256,4 +1263,15 @@ fn validate_result(result: &TrialResult) -> Result<(), MasterError> {
         }
     }
     Ok(())
+}
+
+/// What the proposals of one refill share.
+struct RefillShared<'a> {
+    spec: &'a ExperimentSpec,
+    /// Worker slots connected now (sets the number of annealing chains).
+    connected_slots: u32,
+    now: i64,
+    /// The search predictor, fitted at the first proposal that needs it: it learns from
+    /// completed trials, which no proposal changes, so one fit serves the whole refill.
+    predictor: Option<Option<Predictor<SearchFeatures>>>,
 }

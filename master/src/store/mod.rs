@@ -444,6 +444,34 @@ pub async fn trial_epoch_metrics(
     ))
 }
 
+/// [`trial_epoch_metrics`] for several trials in one query (a page of a listing); trials whose
+/// last recorded epoch has no metrics are absent.
+pub async fn trials_epoch_metrics(
+    conn: &mut SqliteConnection,
+    trials: &[TrialRow],
+) -> Result<HashMap<String, BTreeMap<String, f64>>, MasterError> {
+    if trials.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let placeholders = vec!["?"; trials.len()].join(", ");
+    let sql = format!(
+        "SELECT t.id, e.metrics_json FROM trials t JOIN trial_epochs e ON e.trial_id = t.id
+          WHERE t.id IN ({placeholders}) AND e.metrics_json IS NOT NULL
+            AND e.epoch = (SELECT MAX(l.epoch) FROM trial_epochs l
+                            WHERE l.trial_id = t.id AND l.epoch <= t.epoch)"
+    );
+    let mut query = sqlx::query_as::<_, (String, Option<String>)>(&sql);
+    for trial in trials {
+        query = query.bind(&trial.id);
+    }
+    let rows = query.fetch_all(conn).await.map_err(convert_sqlx_err)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, json)| (id, model::parse_epoch_metrics(json.as_deref())))
+        .filter(|(_, m)| !m.is_empty())
+        .collect())
+}
+
 /// Counts an experiment's training trials by status (probes are counted by [`probe_counts`]).
 pub async fn trial_counts(
     conn: &mut SqliteConnection,
