@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Search benchmark: the annealing explorer against random search and Optuna's TPE on
-# Fashion-MNIST, at an equal compute budget (the same total number of training epochs per run,
+# Search benchmark: the annealing explorer against random search, Optuna's TPE, multi-fidelity
+# TPE (Hyperband pruning) and population-based training on Fashion-MNIST, at an equal compute
+# budget (the same total number of training epochs per run,
 # the same data subset and split, the same trainer binary).
 #
 #   bash bench/search.sh [--budget EPOCHS] [--seeds N] [--jobs J] [--train-subset N] [--out DIR]
-#                        [--methods explore,random,tpe] [--first-seed S] [--threads T]
+#                        [--methods explore,random,tpe,hyperband,pbt] [--first-seed S]
+#                        [--threads T] [--hyperband-epochs LOW,HIGH] [--pbt-population P]
+#                        [--pbt-ready R] [--pbt-schedule constant|member]
 #                        [--explore-label NAME] [--explorer-config FILE] [--explore-set K=V]...
 #                        [--resume]                      (all flags: --help)
 #
 # Defaults: 60 epochs per run, seeds 1..3, 2 runs at a time, one torch thread per trainer,
 # 12000 training examples (10000 train / 2000 validation, split by the run's seed), the full
-# 10000-example test set; about 40-60 minutes on a 2-core machine.
+# 10000-example test set, all five methods (15 runs); about 2 hours on a 2-core machine (each
+# run 10-20 minutes with 2 side by side; explore,random,tpe alone: about 40-60 minutes).
 #
 # Methods (bench/search/):
 #   explore  `master serve` + one `worker join` on loopback; the spec (explorer.py) is generated
@@ -19,8 +23,26 @@
 #   random   Optuna's RandomSampler over a flat parametrisation of the same space (baseline.py),
 #            every trial a `worker train` run.
 #   tpe      the same driver with Optuna's TPESampler.
-# Every method evaluates the same two seed configurations first (cnn2 and a 3-stage CNN). Draws
-# that break the space's constraints (checked with `worker analyze`) cost no epochs.
+#   hyperband  the same driver: TPESampler configured as for tpe, plus
+#            optuna.pruners.HyperbandPruner(min_resource=1, max_resource=16, reduction_factor=3)
+#            (rungs at 1, 3, 9 epochs); per-trial epochs drawn from [2, 16] instead of [2, 4]
+#            (--hyperband-epochs; max_resource = the top of the range), so one model can get as
+#            many epochs as the explorer's deepest lineages (13-17 epochs at a 60-epoch budget).
+#            The trainer runs with --log-format json; the validation accuracy of every epoch is
+#            reported to the pruner and a pruned trainer is stopped at once.
+#   pbt      population-based training in the harness (pbt.py; Ray Tune is not needed): population
+#            4 (the two seeds, then the random baseline's first draws), rounds of 2 epochs with
+#            `worker train --parent-checkpoint/--save-checkpoint`; after each round the bottom
+#            quartile copies a top-quartile member's architecture, weights and hyperparameters
+#            (exploit) and perturbs learning rate and weight decay by x0.8/x1.2, resampling with
+#            probability 0.25 (explore). Constant learning rate within a round by default (PBT's
+#            perturbations are the schedule; --pbt-schedule member restarts each member's own
+#            schedule every round instead). Each round of each member is one JSONL line.
+# Charged epochs, every method: the epochs trained (a pruned trial: the epochs it finished before
+# it was stopped; the explorer: the current attempt's); a failed trial: its planned epochs.
+# Every method evaluates the same two seed configurations first (cnn2 and a 3-stage CNN), with
+# the same training seeds (PBT: as its first round, 2 epochs at a constant rate). Draws that
+# break the space's constraints (checked with `worker analyze`) cost no epochs.
 #
 # Output: per run bench/out/search/<method>-seed<S>.jsonl (one line per finished trial, in
 # finishing order, with cum_epochs) and .meta.json, logs in bench/out/search/runs/; then the

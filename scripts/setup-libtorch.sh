@@ -9,7 +9,7 @@ torch_version="2.11.0"
 torch_dir="$venv/lib/python3.11/site-packages/torch"
 
 if [ ! -f "$torch_dir/lib/libtorch_cpu.so" ] || ! "$venv/bin/python" -c "import torch,sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null; then
-  echo "==> installing libtorch $torch_version into $venv (about 5 GB, a few minutes)"
+  echo "==> installing libtorch $torch_version into $venv (about 5 GB; usually 3-10 minutes, the download's speed decides)"
   mkdir -p "$cache"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "torch==$torch_version" numpy

@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import subprocess
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -85,6 +87,99 @@ def train(settings, genome_path, hparams_path, split_seed, seed, log_path):
         return json.loads(res.stdout.strip().splitlines()[-1]), None
     except (json.JSONDecodeError, IndexError):
         return None, f"unreadable output {res.stdout[-200:]!r}"
+
+
+def train_stream(settings, genome_path, hparams_path, split_seed, seed, log_path,
+                 on_epoch=None, parent_checkpoint=None, save_checkpoint=None):
+    """One `worker train` run that follows its progress: the trainer runs with
+    `--log-format json`, and every "epoch done" event on its stderr (fields `epoch`,
+    `val_accuracy`) is passed to `on_epoch(epoch, val_accuracy)`; when that returns True the
+    trainer is stopped at once (SIGTERM, then SIGKILL) and the run counts as stopped.
+    `parent_checkpoint` / `save_checkpoint` are the trainer's flags of the same names.
+
+    Returns a dict: result (the trainer's JSON result, None when stopped or failed), error (text
+    or None), epochs_done (the epochs whose "epoch done" event was seen: what a stopped run
+    trained), last_val (the validation accuracy of the last finished epoch, or None), stopped.
+    The trainer's log lines are appended to `log_path`."""
+    cmd = [settings.binary("worker"), "train", "--genome", genome_path, "--hparams", hparams_path,
+           "--data-dir", settings.data_dir, "--train-subset", str(settings.train_subset),
+           "--test-subset", str(settings.test_subset),
+           "--validation-fraction", repr(settings.validation_fraction),
+           "--split-seed", str(split_seed), "--seed", str(seed),
+           "--threads", str(settings.threads), "--device", "cpu", "--log-format", "json"]
+    if parent_checkpoint:
+        cmd += ["--parent-checkpoint", parent_checkpoint]
+    if save_checkpoint:
+        cmd += ["--save-checkpoint", save_checkpoint]
+    out = {"result": None, "error": None, "epochs_done": 0, "last_val": None, "stopped": False}
+    timed_out = threading.Event()
+    with open(log_path, "a") as log, tempfile.TemporaryFile("w+") as stdout:
+        log.write(f"\n==> {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                                env=_quiet_env())
+        def _expire():
+            timed_out.set()
+            _stop(proc)
+        timer = threading.Timer(settings.trial_timeout, _expire)
+        timer.start()
+        try:
+            for line in proc.stderr:
+                log.write(line)
+                event = _json_event(line)
+                if event is None or event.get("message") != "epoch done":
+                    continue
+                out["epochs_done"] = int(event["epoch"])
+                out["last_val"] = event.get("val_accuracy")
+                if on_epoch is not None and not out["stopped"] and on_epoch(
+                        out["epochs_done"], out["last_val"]):
+                    out["stopped"] = True
+                    _stop(proc)
+            proc.wait()
+        except BaseException:
+            _stop(proc)
+            raise
+        finally:
+            timer.cancel()
+            log.flush()
+        if out["stopped"]:
+            log.write(f"==> stopped after epoch {out['epochs_done']}\n")
+            return out
+        if timed_out.is_set():
+            out["error"] = f"timed out after {settings.trial_timeout} s"
+            return out
+        if proc.returncode != 0:
+            out["error"] = f"exit status {proc.returncode}"
+            return out
+        stdout.seek(0)
+        text = stdout.read()
+    try:
+        out["result"] = json.loads(text.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        out["error"] = f"unreadable output {text[-200:]!r}"
+    return out
+
+
+def _json_event(line):
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+def _stop(proc, grace=10):
+    """SIGTERM, then SIGKILL after `grace` seconds; waits for the process."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _quiet_env():

@@ -4,13 +4,16 @@
 * a markdown table to stdout and to `<out>/table.md`: for budget points at 25, 50, 75 and 100%
   of the epoch budget, per method the mean +- standard deviation over seeds of the best test
   accuracy reached, then the per-seed values at the full budget;
+* the configuration of each method as its runs recorded it (`description` in the metadata);
 * a PNG plot of the mean best test accuracy against cumulative epochs per method, with the
   min-max band over seeds (`bench/search_curve.png` for the default output directory, else
   `<out>/search_curve.png`; `--plot` overrides).
 
 "Best at budget point b" selects on validation only: among the completed trials with
 cum_epochs <= b, the one with the highest validation accuracy (the earliest on ties); its test
-accuracy is reported. Runs made with another budget or data split than the reference (the flags,
+accuracy is reported. "Epochs in selected model" is how many epochs the weights of that trial
+had been trained in all: its own epochs, plus for the explorer those of the ancestors it
+inherited from, and for PBT the epochs of the member's lineage (`member_epochs`). Runs made with another budget or data split than the reference (the flags,
 else the most recent run) are left out with a warning.
 
     bench/.venv/bin/python bench/search/report.py [--out DIR] [--budget N] [--train-subset N]
@@ -27,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_OUT = os.path.join(ROOT, "bench", "out", "search")
 DEFAULT_PLOT = os.path.join(ROOT, "bench", "search_curve.png")
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
-METHOD_ORDER = ("explore", "random", "tpe")
+METHOD_ORDER = ("explore", "random", "tpe", "hyperband", "pbt")
 
 
 def load_runs(out_dir):
@@ -67,15 +70,47 @@ def comparable(runs, budget=None, train_subset=None):
     return kept, ref
 
 
-def best_test_at(rows, b):
-    """(test, val) of the best-validation completed trial finished within b epochs, or None."""
+def best_row_at(rows, b):
+    """The best-validation completed trial finished within b epochs (the earliest on ties), or
+    None."""
     best = None
     for r in rows:
         if r["status"] != "completed" or r["cum_epochs"] > b or r["val_accuracy"] is None:
             continue
         if best is None or r["val_accuracy"] > best["val_accuracy"]:
             best = r
+    return best
+
+
+def best_test_at(rows, b):
+    """(test, val) of the best-validation completed trial finished within b epochs, or None."""
+    best = best_row_at(rows, b)
     return None if best is None else (best["test_accuracy"], best["val_accuracy"])
+
+
+def model_epochs(row, rows):
+    """Epochs the weights of trial `row` were trained in all (see the module's docstring)."""
+    if row.get("member_epochs") is not None:
+        return row["member_epochs"]
+    total = row["epochs_run"] or 0
+    by_id = {r.get("trial_id"): r for r in rows if r.get("trial_id")}
+    seen = set()
+    while row.get("inherited") and row.get("parent_trial_id") in by_id:
+        if row["parent_trial_id"] in seen:
+            break
+        seen.add(row["parent_trial_id"])
+        row = by_id[row["parent_trial_id"]]
+        total += row["epochs_run"] or 0
+    return total
+
+
+def descriptions(runs):
+    """{method: description} from the runs' metadata (the most recent run's)."""
+    out = {}
+    for meta, _ in runs:
+        if meta.get("description"):
+            out.setdefault(meta["method"], meta["description"])
+    return out
 
 
 def by_method(runs):
@@ -97,7 +132,7 @@ def mean_std(values):
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
-def table(methods, ref):
+def table(methods, ref, described=None):
     """The markdown report."""
     budget = ref["budget"]
     points = [max(1, round(f * budget)) for f in FRACTIONS]
@@ -111,7 +146,8 @@ def table(methods, ref):
              "highest validation accuracy among those finished within that many epochs), "
              "mean ± std over seeds:", ""]
     head = ["method", "seeds"] + [f"{b} ep ({round(f * 100)}%)" for f, b in zip(FRACTIONS, points)]
-    head += ["val of selected (100%)", "trials (mean)", "pruned (mean)"]
+    head += ["val of selected (100%)", "epochs in selected model (100%)", "trials (mean)",
+             "pruned (mean)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, seeds in methods.items():
         cells = [method, str(len(seeds))]
@@ -120,6 +156,9 @@ def table(methods, ref):
                                    if v is not None and v[0] is not None]))
         finals = [best_test_at(r, budget) for r in seeds.values()]
         cells.append(mean_std([v[1] for v in finals if v is not None]))
+        depths = [model_epochs(row, r) for r in seeds.values()
+                  for row in [best_row_at(r, budget)] if row is not None]
+        cells.append(f"{statistics.mean(depths):.1f}" if depths else "–")
         cells.append(f"{statistics.mean(len(r) for r in seeds.values()):.1f}")
         cells.append(f"{statistics.mean(sum(x['status'] == 'pruned' for x in r) for r in seeds.values()):.1f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -133,6 +172,9 @@ def table(methods, ref):
             v = best_test_at(seeds[s], budget) if s in seeds else None
             cells.append("–" if v is None or v[0] is None else f"{v[0]:.4f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if described:
+        lines += ["", "Methods as run:", ""]
+        lines += [f"- `{m}`: {described[m]}" for m in methods if m in described]
     return "\n".join(lines) + "\n"
 
 
@@ -144,7 +186,7 @@ def plot(methods, ref, path):
 
     budget = ref["budget"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = ["-", "--", "-.", ":"]
+    styles = ["-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1))]
     for index, (method, seeds) in enumerate(methods.items()):
         xs, mean, lo, hi = [], [], [], []
         for b in range(budget + 1):
@@ -187,7 +229,7 @@ def main(argv):
         print(f"no finished runs in {out_dir}", file=sys.stderr)
         return 1
     methods = by_method(runs)
-    text = table(methods, ref)
+    text = table(methods, ref, descriptions(runs))
     timed_out = [f"{m['method']}-seed{m['seed']}" for m, _ in runs if m.get("timed_out")]
     if timed_out:
         text += (f"\nTimed out (only the trials finished by then count): "

@@ -1,6 +1,6 @@
 """Orchestrator of the search benchmark (called by `bench/search.sh`): runs every
 (method, seed) pair, `--jobs` of them at a time, each as its own process (`explorer.py` or
-`baseline.py`) with its log in `<out>/runs/<method>-seed<S>.log`.
+`baseline.py` for random / tpe / hyperband, `pbt.py`) with its log in `<out>/runs/<method>-seed<S>.log`.
 
 Runs are started seed by seed, so that an interrupted benchmark still has whole seeds. Each run
 is started in its own process group; on Ctrl-C, SIGTERM or an error every running group gets
@@ -18,7 +18,7 @@ import time
 import common
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METHODS = ("explore", "random", "tpe")
+METHODS = ("explore", "random", "tpe", "hyperband", "pbt")
 KILL_GRACE_SECONDS = 30
 
 
@@ -36,7 +36,14 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=1, help="torch threads per trainer (1)")
     ap.add_argument("--out", default=None, help="output directory (bench/out/search)")
     ap.add_argument("--methods", default=",".join(METHODS),
-                    help="comma-separated subset of explore,random,tpe")
+                    help="comma-separated subset of explore,random,tpe,hyperband,pbt "
+                    "(default: all five)")
+    ap.add_argument("--hyperband-epochs", default="2,16", metavar="LOW,HIGH",
+                    help="per-trial epoch range of hyperband; its max_resource is HIGH (2,16)")
+    ap.add_argument("--pbt-population", type=int, default=4, help="PBT population size (4)")
+    ap.add_argument("--pbt-ready", type=int, default=2, help="PBT epochs per round (2)")
+    ap.add_argument("--pbt-schedule", choices=["constant", "member"], default="constant",
+                    help="learning-rate schedule within a PBT round (constant)")
     ap.add_argument("--explore-label", default="explore",
                     help="method name of the explorer runs, e.g. explore-noinherit")
     ap.add_argument("--explorer-config", action="append", default=[], metavar="FILE",
@@ -56,6 +63,13 @@ def parse_args(argv):
         ap.error(f"--methods: unknown {bad}; choose from {','.join(METHODS)}")
     if a.budget < 1 or a.seeds < 1 or a.jobs < 1:
         ap.error("--budget, --seeds and --jobs must be at least 1")
+    try:
+        lo, hi = (int(x) for x in a.hyperband_epochs.split(","))
+        assert 1 <= lo <= hi
+    except (ValueError, AssertionError):
+        ap.error("--hyperband-epochs: LOW,HIGH with 1 <= LOW <= HIGH")
+    if a.pbt_population < 2 or a.pbt_ready < 1:
+        ap.error("--pbt-population must be at least 2 and --pbt-ready at least 1")
     a.methods = methods
     return a
 
@@ -84,9 +98,16 @@ def run_commands(a, settings):
                 if a.explore_timeout:
                     cmd += ["--timeout", str(a.explore_timeout)]
                 name = f"{a.explore_label}-seed{seed}"
+            elif method == "pbt":
+                cmd = [py, os.path.join(HERE, "pbt.py"), "--seed", str(seed), "--settings", blob,
+                       "--population", str(a.pbt_population), "--ready", str(a.pbt_ready),
+                       "--schedule", a.pbt_schedule]
+                name = f"pbt-seed{seed}"
             else:
                 cmd = [py, os.path.join(HERE, "baseline.py"), "--method", method,
                        "--seed", str(seed), "--settings", blob]
+                if method == "hyperband":
+                    cmd += ["--epochs", a.hyperband_epochs]
                 name = f"{method}-seed{seed}"
             runs.append((name, cmd))
     return runs

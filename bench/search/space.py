@@ -95,8 +95,10 @@ SEEDS = [("A", SEED_A), ("B", SEED_B)]
 HPARAM_KEYS = ["optimizer", "learning_rate", "schedule", "batch_size", "weight_decay", "epochs"]
 
 
-def suggest_flat(trial):
-    """Samples one flat configuration from an optuna trial (conditional parameters included)."""
+def suggest_flat(trial, epochs=None):
+    """Samples one flat configuration from an optuna trial (conditional parameters included);
+    `epochs` = (low, high) replaces the space's per-trial epoch range (the multi-fidelity
+    methods get a wider one)."""
     s = SPACE
     p = {"n_stages": trial.suggest_int("n_stages", s["stages"][0], s["stages"][-1])}
     for i in range(p["n_stages"]):
@@ -115,7 +117,7 @@ def suggest_flat(trial):
     p["schedule"] = trial.suggest_categorical("schedule", s["schedules"])
     p["batch_size"] = trial.suggest_categorical("batch_size", s["batch_sizes"])
     p["weight_decay"] = trial.suggest_float("weight_decay", *s["weight_decay"], log=True)
-    p["epochs"] = trial.suggest_int("epochs", *s["epochs"])
+    p["epochs"] = trial.suggest_int("epochs", *(epochs or s["epochs"]))
     return p
 
 

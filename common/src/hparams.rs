@@ -136,6 +136,76 @@ impl Objective {
     }
 }
 
+/// Largest `augment.crop_pad` (pixels of padding) a trial may use.
+pub const MAX_CROP_PAD: u32 = 16;
+/// Largest `augment.flip` probability: a flip with probability `p` and one with `1 - p` give
+/// the same spread of images, so 0.5 is the strongest flip.
+pub const MAX_FLIP: f64 = 0.5;
+/// Largest `augment.erase` probability.
+pub const MAX_ERASE: f64 = 1.0;
+/// Side of the square random erasing zeroes, as a fraction of the image's shorter side
+/// (Cutout's half side: 14 pixels on 28×28 images), centred anywhere in the image and clipped
+/// at its edges.
+pub const ERASE_SIDE_FRACTION: f64 = 0.5;
+
+/// Data augmentation of the training batches (never of validation or test data), applied by
+/// the worker to each training batch on its device. Off (all zero) by default; off is not
+/// serialised, so hyperparameters written before augmentation existed keep their JSON text,
+/// hash and duplicate detection.
+///
+/// Per example, in this order: a random crop with padding (the image shifted by up to
+/// `crop_pad` pixels each way, the uncovered border filled with the edge pixels, i.e.
+/// replicate padding: the background on MNIST-like data), a horizontal flip with probability
+/// `flip`, and with probability `erase` a random square of side [`ERASE_SIDE_FRACTION`] of the
+/// image zeroed (after normalisation, zero is the channel mean: Cutout / random erasing).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Augment {
+    /// Pixels of padding of the random crop, 0..=[`MAX_CROP_PAD`] (0 = no crop).
+    pub crop_pad: u32,
+    /// Probability of a horizontal flip, in [0, [`MAX_FLIP`]].
+    pub flip: f64,
+    /// Probability of erasing a square, in [0, [`MAX_ERASE`]].
+    pub erase: f64,
+}
+
+impl Augment {
+    /// Whether no augmentation is applied (the serialisation default).
+    pub fn is_off(&self) -> bool {
+        self.crop_pad == 0 && self.flip == 0.0 && self.erase == 0.0
+    }
+
+    /// Checks ranges; the error names the key (`augment.crop_pad`, `augment.flip`,
+    /// `augment.erase`).
+    pub fn validate(&self) -> Result<(), CommonError> {
+        let bad = |field: &str, reason: String| {
+            Err(CommonError::InvalidHyperParams {
+                field: format!("augment.{field}"),
+                reason,
+            })
+        };
+        if self.crop_pad > MAX_CROP_PAD {
+            return bad(
+                "crop_pad",
+                format!("must be 0..={MAX_CROP_PAD}, got {}", self.crop_pad),
+            );
+        }
+        if !(self.flip.is_finite() && (0.0..=MAX_FLIP).contains(&self.flip)) {
+            return bad(
+                "flip",
+                format!("must be in [0, {MAX_FLIP}], got {}", self.flip),
+            );
+        }
+        if !(self.erase.is_finite() && (0.0..=MAX_ERASE).contains(&self.erase)) {
+            return bad(
+                "erase",
+                format!("must be in [0, {MAX_ERASE}], got {}", self.erase),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Everything the trainer needs besides the architecture and the data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -154,6 +224,9 @@ pub struct HyperParams {
     /// A transfer setting; absent in JSON when false, so older pools keep their hashes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub head_only: bool,
+    /// Data augmentation of the training batches; absent in JSON when off.
+    #[serde(default, skip_serializing_if = "Augment::is_off")]
+    pub augment: Augment,
 }
 
 impl Default for HyperParams {
@@ -168,6 +241,7 @@ impl Default for HyperParams {
             epochs: 3,
             objective: Objective::Plain,
             head_only: false,
+            augment: Augment::default(),
         }
     }
 }
@@ -244,6 +318,7 @@ impl HyperParams {
                 }
             }
         }
+        self.augment.validate()?;
         if self.head_only && self.objective.needs_domains() {
             return bad(
                 "head_only",
@@ -342,6 +417,98 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("objective.elr.elr"));
+    }
+
+    #[test]
+    fn augmentation_is_not_serialised_when_off_and_round_trips_when_on() {
+        let old = r#"{"optimizer":"adamw","learning_rate":0.002,"schedule":"one_cycle","batch_size":128,"weight_decay":0.0001,"epochs":3}"#;
+        let off = HyperParams::default();
+        assert!(off.augment.is_off());
+        assert_eq!(off.to_json(), old);
+        assert_eq!(HyperParams::from_json(old).unwrap(), off);
+        // Written out in full but all zero: still off, and re-encoded without the key.
+        let zero = old.replace('}', r#","augment":{"crop_pad":0,"flip":0.0,"erase":0.0}}"#);
+        assert_eq!(HyperParams::from_json(&zero).unwrap().to_json(), old);
+        let on = HyperParams {
+            augment: Augment {
+                crop_pad: 2,
+                flip: 0.5,
+                erase: 0.25,
+            },
+            ..HyperParams::default()
+        };
+        assert!(
+            on.to_json()
+                .ends_with(r#","augment":{"crop_pad":2,"flip":0.5,"erase":0.25}}"#),
+            "{}",
+            on.to_json()
+        );
+        assert_eq!(HyperParams::from_json(&on.to_json()).unwrap(), on);
+        // One strength alone is enough to be on; the others default to zero.
+        let flip_only = old.replace('}', r#","augment":{"flip":0.1}}"#);
+        let parsed = HyperParams::from_json(&flip_only).unwrap();
+        assert_eq!(parsed.augment.flip, 0.1);
+        assert_eq!(parsed.augment.crop_pad, 0);
+        assert!(!parsed.augment.is_off());
+        let unknown = old.replace('}', r#","augment":{"rotate":0.1}}"#);
+        assert!(HyperParams::from_json(&unknown).is_err());
+    }
+
+    #[test]
+    fn augmentation_out_of_range_names_the_key() {
+        for (augment, key) in [
+            (
+                Augment {
+                    crop_pad: MAX_CROP_PAD + 1,
+                    ..Augment::default()
+                },
+                "augment.crop_pad",
+            ),
+            (
+                Augment {
+                    flip: 0.6,
+                    ..Augment::default()
+                },
+                "augment.flip",
+            ),
+            (
+                Augment {
+                    flip: f64::NAN,
+                    ..Augment::default()
+                },
+                "augment.flip",
+            ),
+            (
+                Augment {
+                    erase: -0.1,
+                    ..Augment::default()
+                },
+                "augment.erase",
+            ),
+            (
+                Augment {
+                    erase: 1.5,
+                    ..Augment::default()
+                },
+                "augment.erase",
+            ),
+        ] {
+            let hp = HyperParams {
+                augment,
+                ..HyperParams::default()
+            };
+            let err = hp.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let strongest = HyperParams {
+            augment: Augment {
+                crop_pad: MAX_CROP_PAD,
+                flip: MAX_FLIP,
+                erase: MAX_ERASE,
+            },
+            ..HyperParams::default()
+        };
+        strongest.validate().unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod genome;
 pub mod hparams;
 pub mod ids;
+pub mod logging;
 pub mod mutation;
 pub mod presets;
 pub mod proto;

@@ -11,12 +11,14 @@ use crate::hparams::{HyperParams, Objective, Optimizer, Schedule, DEFAULT_INIT_S
 use crate::presets;
 
 mod data;
+mod final_training;
 mod transfer;
 
 pub use data::{
     DataConfig, DomainConfig, DomainTransform, HistoryConfig, DEFAULT_FOLDER_CHANNELS,
     DEFAULT_FOLDER_SIZE, FOLDER_DATASET, MAX_FOLDER_SIZE, NAMED_DATASETS,
 };
+pub use final_training::{FinalConfig, FinalStart, MAX_FINAL_EPOCHS};
 pub use transfer::{default_settings as default_transfer_settings, TransferConfig, TransferSeed};
 
 /// A parsed and validated experiment spec.
@@ -47,6 +49,10 @@ pub struct ExperimentSpec {
     /// Start from an earlier experiment's trained models instead (see [`TransferConfig`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferConfig>,
+    /// `[final]`: train the best architectures again once the search is over (see
+    /// [`FinalConfig`]); absent, the experiment ends with the search.
+    #[serde(rename = "final", default, skip_serializing_if = "Option::is_none")]
+    pub final_training: Option<FinalConfig>,
 }
 
 fn default_seed() -> u64 {
@@ -295,6 +301,18 @@ pub struct SearchSpace {
     /// (default [`DEFAULT_ELR_RANGE`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub elr: Option<[f64; 2]>,
+    /// Inclusive range of the random crop's padding in pixels (`augment.crop_pad`); absent:
+    /// never proposed (every child's crop is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crop_pad: Option<[u32; 2]>,
+    /// Inclusive range of the horizontal-flip probability (`augment.flip`); absent: never
+    /// proposed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flip: Option<[f64; 2]>,
+    /// Inclusive range of the random-erasing probability (`augment.erase`); absent: never
+    /// proposed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub erase: Option<[f64; 2]>,
     /// Probability that a mutation changes the architecture (else only hyperparameters).
     pub architecture_mutation_probability: f64,
     /// Predictor-guided proposals: each proposal mutates its base into
@@ -330,6 +348,9 @@ impl Default for SearchSpace {
             schedules: vec![Schedule::OneCycle, Schedule::Cosine, Schedule::Constant],
             weight_decay: [0.0, 1e-3],
             elr: None,
+            crop_pad: None,
+            flip: None,
+            erase: None,
             architecture_mutation_probability: 0.6,
             predictor: false,
             predictor_candidates: DEFAULT_PREDICTOR_CANDIDATES,
@@ -446,6 +467,9 @@ impl ExperimentSpec {
             return key("budget.max_epochs", "must be positive".into());
         }
         self.data.validate()?;
+        if let Some(f) = &self.final_training {
+            f.validate(b.max_trials, b.max_epochs)?;
+        }
         if let Some(t) = &self.transfer {
             t.validate()?;
         }
@@ -772,6 +796,32 @@ impl SearchSpace {
                     "elr",
                     format!("must be [low, high] with 0 < low <= high <= 10, got [{lo}, {hi}]"),
                 );
+            }
+        }
+        if let Some([lo, hi]) = self.crop_pad {
+            if lo > hi || hi > crate::hparams::MAX_CROP_PAD {
+                return key(
+                    "crop_pad",
+                    format!(
+                        "must be [low, high] with 0 <= low <= high <= {}, got [{lo}, {hi}]",
+                        crate::hparams::MAX_CROP_PAD
+                    ),
+                );
+            }
+        }
+        for (name, range, max) in [
+            ("flip", self.flip, crate::hparams::MAX_FLIP),
+            ("erase", self.erase, crate::hparams::MAX_ERASE),
+        ] {
+            if let Some([lo, hi]) = range {
+                if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi && hi <= max) {
+                    return key(
+                        name,
+                        format!(
+                            "must be [low, high] with 0 <= low <= high <= {max}, got [{lo}, {hi}]"
+                        ),
+                    );
+                }
             }
         }
         if !(2..=64).contains(&self.predictor_candidates) {
@@ -1164,6 +1214,43 @@ target = true
             ExperimentSpec::from_toml(&spec.to_toml().unwrap()).unwrap(),
             spec
         );
+    }
+
+    #[test]
+    fn augmentation_ranges_parse_validate_and_stay_out_of_specs_without_them() {
+        let plain = ExperimentSpec::from_toml(MINIMAL).unwrap();
+        assert_eq!(
+            (plain.search.crop_pad, plain.search.flip, plain.search.erase),
+            (None, None, None)
+        );
+        let toml = plain.to_toml().unwrap();
+        assert!(
+            !toml.contains("crop_pad") && !toml.contains("flip") && !toml.contains("erase"),
+            "{toml}"
+        );
+        let text = format!(
+            "{MINIMAL}[search]\ncrop_pad = [0, 4]\nflip = [0.0, 0.5]\nerase = [0.0, 0.5]\n"
+        );
+        let spec = ExperimentSpec::from_toml(&text).unwrap();
+        assert_eq!(spec.search.crop_pad, Some([0, 4]));
+        assert_eq!(spec.search.flip, Some([0.0, 0.5]));
+        assert_eq!(spec.search.erase, Some([0.0, 0.5]));
+        assert_eq!(
+            ExperimentSpec::from_toml(&spec.to_toml().unwrap()).unwrap(),
+            spec
+        );
+        for (bad, key) in [
+            ("crop_pad = [3, 1]", "search.crop_pad"),
+            ("crop_pad = [0, 17]", "search.crop_pad"),
+            ("flip = [0.0, 0.7]", "search.flip"),
+            ("flip = [-0.1, 0.2]", "search.flip"),
+            ("erase = [0.5, 0.2]", "search.erase"),
+            ("erase = [0.0, 1.5]", "search.erase"),
+        ] {
+            let text = format!("{MINIMAL}[search]\n{bad}\n");
+            let err = ExperimentSpec::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

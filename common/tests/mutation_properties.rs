@@ -1,7 +1,7 @@
 //! Property tests of the mutation operators through the public API: children are always valid,
 //! inside the search space, different from their parent, and reproducible from a seed.
 
-use explore_common::hparams::{HyperParams, Objective, Optimizer, Schedule};
+use explore_common::hparams::{Augment, HyperParams, Objective, Optimizer, Schedule};
 use explore_common::mutation::{mutate_genome, mutate_hparams, propose, sample_hparams};
 use explore_common::presets;
 use explore_common::spec::SearchSpace;
@@ -114,8 +114,43 @@ fn hparams() -> impl Strategy<Value = HyperParams> {
                 epochs,
                 objective: Objective::Plain,
                 head_only: false,
+                augment: Augment::default(),
             },
         )
+}
+
+/// Random valid augmentation strengths (often off, often outside the space under test).
+fn augment() -> impl Strategy<Value = Augment> {
+    (
+        prop_oneof![Just(0u32), 0u32..=16],
+        prop_oneof![Just(0.0), 0.0f64..=0.5],
+        prop_oneof![Just(0.0), 0.0f64..=1.0],
+    )
+        .prop_map(|(crop_pad, flip, erase)| Augment {
+            crop_pad,
+            flip,
+            erase,
+        })
+}
+
+/// A validated space with augmentation ranges (each sometimes absent, sometimes one value).
+fn augmented_space() -> impl Strategy<Value = SearchSpace> {
+    (
+        space(),
+        prop::option::of((0u32..=8, 0u32..=8)),
+        prop::option::of((0.0f64..=0.5, 0.0f64..=0.5)),
+        prop::option::of((0.0f64..=1.0, 0.0f64..=1.0)),
+    )
+        .prop_map(|(space, crop, flip, erase)| {
+            let order = |(a, b): (f64, f64)| [a.min(b), a.max(b)];
+            SearchSpace {
+                crop_pad: crop.map(|(a, b)| [a.min(b), a.max(b)]),
+                flip: flip.map(order),
+                erase: erase.map(order),
+                ..space
+            }
+        })
+        .prop_filter("valid space", |s| s.validate().is_ok())
 }
 
 fn assert_inside(hp: &HyperParams, space: &SearchSpace) -> Result<(), TestCaseError> {
@@ -144,6 +179,24 @@ fn assert_inside(hp: &HyperParams, space: &SearchSpace) -> Result<(), TestCaseEr
         "wd {} not in [{w0}, {w1}]",
         hp.weight_decay
     );
+    // An absent range means the strength is off.
+    let [c0, c1] = space.crop_pad.unwrap_or([0, 0]);
+    let a = hp.augment;
+    prop_assert!(
+        c0 <= a.crop_pad && a.crop_pad <= c1,
+        "crop_pad {} not in [{c0}, {c1}]",
+        a.crop_pad
+    );
+    for (name, value, range) in [
+        ("flip", a.flip, space.flip),
+        ("erase", a.erase, space.erase),
+    ] {
+        let [lo, hi] = range.unwrap_or([0.0, 0.0]);
+        prop_assert!(
+            lo <= value && value <= hi,
+            "{name} {value} not in [{lo}, {hi}]"
+        );
+    }
     Ok(())
 }
 
@@ -304,6 +357,62 @@ proptest! {
             prop_assert!(!description.is_empty());
             assert_inside(&child, &space)?;
             hp = child;
+        }
+    }
+
+    #[test]
+    fn augmented_proposals_stay_inside_the_ranges(
+        seed in any::<u64>(),
+        preset in preset_index(),
+        steps in 1usize..=30,
+        space in augmented_space(),
+        parent in hparams(),
+        start in augment(),
+    ) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut genome = preset_genome(preset);
+        prop_assume!(space.check_constraints(&genome).is_ok());
+        let mut hp = HyperParams { augment: start, ..parent };
+        for _ in 0..steps {
+            let proposal = match propose(&genome, &hp, &space, &mut rng) {
+                Ok(p) => p,
+                Err(CommonError::Mutation(reason)) => {
+                    prop_assert!(!reason.is_empty());
+                    continue;
+                }
+                Err(other) => return Err(TestCaseError::fail(format!("not a mutation rejection: {other}"))),
+            };
+            // An architecture-only child keeps its valid parent's hyperparameters as they are;
+            // every hyperparameter mutation moves them into the space.
+            if proposal.genome.canonical_hash() == genome.canonical_hash()
+                || proposal.hparams != hp
+            {
+                assert_inside(&proposal.hparams, &space)?;
+            }
+            genome = proposal.genome;
+            hp = proposal.hparams;
+        }
+        let (child, _) = mutate_hparams(&hp, &space, &mut rng);
+        assert_inside(&child, &space)?;
+    }
+
+    #[test]
+    fn mutated_augmentation_stays_inside_the_ranges(
+        seed in any::<u64>(),
+        space in augmented_space(),
+        parent in hparams(),
+        start in augment(),
+    ) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut hp = HyperParams { augment: start, ..parent };
+        for _ in 0..10 {
+            let (child, description) = mutate_hparams(&hp, &space, &mut rng);
+            prop_assert!(!description.is_empty());
+            assert_inside(&child, &space)?;
+            hp = child;
+        }
+        for _ in 0..5 {
+            assert_inside(&sample_hparams(&space, &mut rng), &space)?;
         }
     }
 

@@ -26,17 +26,7 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, MasterError> {
         reason: e.to_string(),
     };
     if path.exists() {
-        let token = std::fs::read_to_string(&path)
-            .map_err(io)?
-            .trim()
-            .to_string();
-        if token.len() < 16 {
-            return Err(MasterError::FailedPrecondition(format!(
-                "token in {} is shorter than 16 characters",
-                path.display()
-            )));
-        }
-        return Ok(token);
+        return load_token(&path);
     }
     std::fs::create_dir_all(data_dir).map_err(io)?;
     let mut bytes = [0u8; 32];
@@ -44,6 +34,25 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, MasterError> {
     let token = hex::encode(bytes);
     write_private(&path, &token).map_err(io)?;
     tracing::info!(path = %path.display(), "created cluster token");
+    Ok(token)
+}
+
+/// Reads a token file (`data_dir/token`, or the file `master serve --token-file` names, e.g. a
+/// mounted Kubernetes Secret); surrounding white space is ignored, at least 16 characters remain.
+pub fn load_token(path: &Path) -> Result<String, MasterError> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| MasterError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .trim()
+        .to_string();
+    if token.len() < 16 {
+        return Err(MasterError::FailedPrecondition(format!(
+            "token in {} is shorter than 16 characters",
+            path.display()
+        )));
+    }
     Ok(token)
 }
 
@@ -70,6 +79,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What a call without the right token is told.
+pub const UNAUTHENTICATED: &str = "missing or wrong cluster token (see --token-file)";
+
 /// A tonic interceptor that refuses calls without the cluster token, and counts them.
 #[derive(Clone)]
 pub struct TokenAuth {
@@ -93,23 +105,31 @@ impl TokenAuth {
 
     /// The interceptor function.
     pub fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
-        let presented = request
+        let authorization = request
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.to_str().ok());
+        let remote = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        if self.accepts(authorization, &remote) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated(UNAUTHENTICATED))
+        }
+    }
+
+    /// Whether an `authorization` header value (`Bearer TOKEN`) carries the cluster token; a
+    /// refusal is counted and logged with `remote`. Used by gRPC and HTTP alike.
+    pub fn accepts(&self, authorization: Option<&str>, remote: &str) -> bool {
+        let presented = authorization.and_then(|v| v.strip_prefix("Bearer "));
         match presented {
-            Some(t) if constant_time_eq(t.as_bytes(), self.token.as_bytes()) => Ok(request),
+            Some(t) if constant_time_eq(t.as_bytes(), self.token.as_bytes()) => true,
             other => {
                 let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-                let remote = request
-                    .remote_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
                 tracing::warn!(remote = %remote, refused_total = n, token_present = other.is_some(), "refused unauthenticated call");
-                Err(Status::unauthenticated(
-                    "missing or wrong cluster token (see --token-file)",
-                ))
+                false
             }
         }
     }

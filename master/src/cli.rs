@@ -16,7 +16,6 @@ use explore_common::proto::admin_service_client::AdminServiceClient;
 use explore_common::proto::{self, ExperimentSummary, TrialRecord};
 use explore_common::spec::{ExperimentSpec, SeedModel};
 use explore_common::CommonError;
-use tokio_stream::StreamExt;
 
 use crate::auth::token_path;
 use crate::scheduler::SchedulerConfig;
@@ -26,6 +25,20 @@ use crate::server::{ServeConfig, TlsConfig};
 #[derive(Debug, Parser)]
 #[command(name = "master", version, about)]
 pub struct Cli {
+    /// Log lines on stderr: text (coloured only on a terminal, never with NO_COLOR) or json
+    /// (one object per line, fields at the top level).
+    #[arg(
+        long,
+        global = true,
+        env = explore_common::logging::LOG_FORMAT_ENV,
+        value_name = "FORMAT",
+        default_value = "text",
+        value_parser = clap::builder::TypedValueParser::map(
+            clap::builder::PossibleValuesParser::new(explore_common::logging::LOG_FORMAT_NAMES),
+            |s| s.parse::<explore_common::logging::LogFormat>().unwrap_or_default()
+        )
+    )]
+    pub log_format: explore_common::logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -41,8 +54,14 @@ pub enum Command {
     Status(StatusArgs),
     /// Show the best model of an experiment; --export writes it to a directory.
     Best(BestArgs),
-    /// List every trial of an experiment (--json: one JSON object per line).
+    /// List every trial of an experiment (--output json: one JSON object per line).
     Trials(TrialsArgs),
+    /// Stop an experiment: no new trials; running ones finish (--now: cancelled).
+    Stop(StopArgs),
+    /// Resume a stopped experiment.
+    Resume(ResumeArgs),
+    /// Write a trial (default: the best) as TorchScript, weights, JSON and a model card.
+    Export(crate::export::ExportArgs),
     /// Benchmarks only: submit a spec into a stopped master's pool and add N completed trials.
     #[command(name = "dev-prefill", hide = true)]
     DevPrefill(PrefillArgs),
@@ -99,6 +118,14 @@ pub struct ServeArgs {
     /// Require client certificates signed by this CA (PEM): mutual TLS.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Also serve HTTP here: the dashboard at /, its JSON API, /metrics, /healthz and /readyz
+    /// (e.g. 127.0.0.1:8080; port 0 picks a free one). Without it, no HTTP port is opened.
+    #[arg(long, value_name = "ADDR", env = "EXPLORE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Read the cluster token from this file (e.g. a mounted Kubernetes Secret) instead of
+    /// <data-dir>/token, which is then neither read nor created.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl TryFrom<&ServeArgs> for ServeConfig {
@@ -128,6 +155,8 @@ impl TryFrom<&ServeArgs> for ServeConfig {
                 }),
                 _ => None,
             },
+            http_listen: a.http_listen,
+            token_file: a.token_file.clone(),
             ..ServeConfig::default()
         })
     }
@@ -206,6 +235,8 @@ pub struct StatusArgs {
     #[arg(long, default_value_t = 10)]
     pub top: usize,
     #[command(flatten)]
+    pub output: crate::output::OutputArgs,
+    #[command(flatten)]
     pub connect: ConnectArgs,
 }
 
@@ -214,9 +245,11 @@ pub struct StatusArgs {
 pub struct TrialsArgs {
     /// An experiment id (default: the most recent experiment).
     pub experiment: Option<String>,
-    /// One JSON object per trial and line, for scripts.
-    #[arg(long)]
+    /// One JSON object per trial and line, for scripts: the same as --output json.
+    #[arg(long, conflicts_with = "output")]
     pub json: bool,
+    #[command(flatten)]
+    pub output: crate::output::OutputArgs,
     /// Show at most N trials (default: every trial, fetched page by page); a hint on stderr
     /// gives the --after of the next ones
     #[arg(long, value_name = "N")]
@@ -235,14 +268,84 @@ pub struct TrialsArgs {
 /// Trials per `ListTrialsPage` call of `master trials`.
 const TRIALS_PAGE: u32 = 1000;
 
+/// Flags of `master stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The experiment id.
+    pub experiment: String,
+    /// Cancel the trials workers are training now instead of letting them finish.
+    #[arg(long)]
+    pub now: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Flags of `master resume`.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The experiment id.
+    pub experiment: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `master stop`: prints the experiment's state after the stop.
+pub async fn stop(args: &StopArgs) -> Result<()> {
+    let mut client = args.connect.admin().await?;
+    let summary = client
+        .stop_experiment(proto::StopExperimentRequest {
+            experiment_id: args.experiment.clone(),
+            now: args.now,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.now {
+        println!(
+            "stopped {} ({}): nothing new starts; trials in flight were cancelled",
+            summary.experiment_id, summary.name
+        );
+    } else {
+        println!(
+            "stopped {} ({}): nothing new starts; {} trial(s) in flight will finish",
+            summary.experiment_id, summary.name, summary.trials_running
+        );
+    }
+    println!("resume it with: master resume {}", summary.experiment_id);
+    Ok(())
+}
+
+/// `master resume`.
+pub async fn resume(args: &ResumeArgs) -> Result<()> {
+    let mut client = args.connect.admin().await?;
+    let summary = client
+        .resume_experiment(proto::ResumeExperimentRequest {
+            experiment_id: args.experiment.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "resumed {} ({}): {} of {} trials finished",
+        summary.experiment_id,
+        summary.name,
+        summary.trials_completed + summary.trials_pruned,
+        summary.max_trials
+    );
+    Ok(())
+}
+
 /// Flags of `master best`.
 #[derive(Debug, Args)]
 pub struct BestArgs {
     /// An experiment id (default: the most recent experiment).
     pub experiment: Option<String>,
-    /// Write genome.json, hparams.json, weights.safetensors and model.json here.
+    /// Write genome.json, hparams.json, weights.safetensors, data.toml, model.json and
+    /// MODEL_CARD.md here (`master export` also writes TorchScript).
     #[arg(long)]
     pub export: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: crate::output::OutputArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -339,31 +442,24 @@ pub async fn watch(
             }
             Err(status) => return Err(status_error(status)),
         };
-        // An epoch budget measures compute better than a trial count: follow it when there is one.
-        let finished = summary.trials_completed + summary.trials_pruned;
-        let (unit, done, total) = match summary.max_epochs {
-            0 => ("trials", u64::from(finished), u64::from(summary.max_trials)),
-            max => ("epochs", summary.epochs_spent, max),
-        };
+        // The bar follows the epoch budget when there is one (it measures compute better than
+        // a trial count); the message shows both budgets, the best score, the running trials
+        // and the ETA from the rate so far (`output::watch_line`).
+        let (unit, done, total) = crate::output::budget_progress(&summary);
         bar.set_prefix(unit);
         bar.set_length(total);
         bar.set_position(done.min(total));
-        let best = if summary.best_score.is_nan() {
-            "-".to_string()
-        } else {
-            format!("{:.4}", summary.best_score)
-        };
-        let message = format!(
-            "best val {best}  trials {finished}  running {}  pruned {}  failed {}  T {:.4}",
-            summary.trials_running,
-            summary.trials_pruned,
-            summary.trials_failed,
-            summary.temperature
-        );
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let message = crate::output::watch_line(&summary, now_ms);
         // Without a terminal (logs, CI) the bar is hidden: print a line whenever a trial ends.
-        let seen = (finished, summary.trials_failed);
+        let seen = (
+            summary.trials_completed + summary.trials_pruned,
+            summary.trials_failed,
+        );
         if bar.is_hidden() && last_printed != Some(seen) {
-            println!("{unit} {done}/{total}  {message}");
+            println!("{message}");
             last_printed = Some(seen);
         }
         bar.set_message(message);
@@ -391,8 +487,17 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            if args.output.json() {
+                let board = leaderboard(&mut client, id, args.top).await?;
+                println!("{}", crate::output::status_json(&s, &board));
+                return Ok(());
+            }
             print_summary_header();
             print_summary(&s);
+            // Why it ended, or what it is doing (e.g. the `[final]` phase's progress).
+            if !s.status_reason.is_empty() {
+                println!("{}", s.status_reason);
+            }
             println!();
             print_leaderboard(&mut client, id, args.top).await
         }
@@ -403,6 +508,10 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
                 .map_err(status_error)?
                 .into_inner()
                 .experiments;
+            if args.output.json() {
+                println!("{}", crate::output::experiments_json(&list));
+                return Ok(());
+            }
             if list.is_empty() {
                 println!("no experiments yet: submit one with `master submit SPEC`");
                 return Ok(());
@@ -455,12 +564,12 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-/// Prints the best `top` completed trials of an experiment.
-pub async fn print_leaderboard(
+/// The best `top` completed trials of an experiment, best first (ties: lower seq first).
+pub async fn leaderboard(
     client: &mut AdminServiceClient<AuthChannel>,
     id: &str,
     top: usize,
-) -> Result<()> {
+) -> Result<Vec<TrialRecord>> {
     let mut trials = client
         .list_trials(proto::ListTrialsRequest {
             experiment_id: id.to_string(),
@@ -471,12 +580,23 @@ pub async fn print_leaderboard(
         .trials;
     trials.retain(|t| t.status == "completed");
     trials.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.seq.cmp(&b.seq)));
+    trials.truncate(top);
+    Ok(trials)
+}
+
+/// Prints the best `top` completed trials of an experiment.
+pub async fn print_leaderboard(
+    client: &mut AdminServiceClient<AuthChannel>,
+    id: &str,
+    top: usize,
+) -> Result<()> {
+    let trials = leaderboard(client, id, top).await?;
     println!("leaderboard of {id} (score = validation accuracy; test accuracy for reporting only)");
     println!(
         "{:>4} {:<24} {:>5} {:>8} {:>8} {:>9} {:>10} {:>4}  ORIGIN",
         "RANK", "TRIAL", "SEQ", "VAL", "TEST", "PARAMS", "MFLOPS", "ACC"
     );
-    for (rank, t) in trials.iter().take(top).enumerate() {
+    for (rank, t) in trials.iter().enumerate() {
         let test = t
             .metrics
             .get("test_accuracy")
@@ -552,7 +672,7 @@ pub async fn trials(args: &TrialsArgs) -> Result<()> {
     if more {
         eprintln!("more trials: add --after {page_token}");
     }
-    if args.json {
+    if args.json || args.output.json() {
         for t in &trials {
             println!("{}", trial_json(t));
         }
@@ -702,8 +822,9 @@ fn compact_number(v: f64) -> String {
     }
 }
 
-/// A trial as one JSON object (absent scores are `null`).
-fn trial_json(t: &TrialRecord) -> serde_json::Value {
+/// A trial as one JSON object (absent scores are `null`): a line of `master trials --output
+/// json`, and the TRIAL of the other read commands' JSON (see [`crate::output`]).
+pub fn trial_json(t: &TrialRecord) -> serde_json::Value {
     let finite = |v: f64| v.is_finite().then_some(v);
     let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
     serde_json::json!({
@@ -727,7 +848,6 @@ fn trial_json(t: &TrialRecord) -> serde_json::Value {
         "predicted_std": finite(t.predicted_std),
         // Every metric of the result (a probe's scores are "probe.*").
         "metrics": t.metrics.iter().collect::<BTreeMap<_, _>>(),
-        "accepted": t.accepted,
         "temperature": finite(t.temperature),
         "params": t.params,
         "flops": t.flops,
@@ -750,9 +870,19 @@ pub async fn best(args: &BestArgs) -> Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
+    if args.output.json() {
+        if let Some(dir) = &args.export {
+            crate::export::write_model(&mut client, &best, dir).await?;
+        }
+        println!(
+            "{}",
+            crate::output::best_json(&best, args.export.as_deref())
+        );
+        return Ok(());
+    }
     print_best(&best);
     if let Some(dir) = &args.export {
-        export(&mut client, &best, dir).await?;
+        crate::export::write_model(&mut client, &best, dir).await?;
         println!("exported to {}", dir.display());
     }
     Ok(())
@@ -774,70 +904,6 @@ fn print_best(t: &TrialRecord) {
     );
     println!("  origin: {}", t.origin);
     println!("  hyperparameters: {}", t.hparams_json);
-}
-
-/// Writes the best model to `dir`: architecture JSON, hyperparameters, weights (safetensors),
-/// and a model card with the scores and the data split needed to re-score it.
-pub async fn export(
-    client: &mut AdminServiceClient<AuthChannel>,
-    t: &TrialRecord,
-    dir: &Path,
-) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    if t.checkpoint_sha256.is_empty() {
-        bail!("trial {} has no checkpoint", t.trial_id);
-    }
-    let mut stream = client
-        .download_checkpoint(proto::DownloadCheckpointRequest {
-            sha256: t.checkpoint_sha256.clone(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let mut weights = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        weights.extend_from_slice(&chunk.map_err(status_error)?.data);
-    }
-    let genome: serde_json::Value = serde_json::from_str(&t.genome_json)?;
-    let hparams: serde_json::Value = serde_json::from_str(&t.hparams_json)?;
-    write(dir, "genome.json", &serde_json::to_string_pretty(&genome)?)?;
-    write(
-        dir,
-        "hparams.json",
-        &serde_json::to_string_pretty(&hparams)?,
-    )?;
-    std::fs::write(dir.join("weights.safetensors"), &weights).context("cannot write weights")?;
-    let data = t.data.clone().unwrap_or_default();
-    let card = serde_json::json!({
-        "experiment_id": t.experiment_id,
-        "trial_id": t.trial_id,
-        "seq": t.seq,
-        "validation_accuracy": t.score,
-        "metrics": t.metrics,
-        "params": t.params,
-        "flops": t.flops,
-        "seed": t.seed,
-        "origin": t.origin,
-        "checkpoint_sha256": t.checkpoint_sha256,
-        "data": {
-            "dataset": data.dataset,
-            "train_images": data.train_images,
-            "train_labels": data.train_labels,
-            "test_images": data.test_images,
-            "test_labels": data.test_labels,
-            "train_subset": data.train_subset,
-            "test_subset": data.test_subset,
-            "validation_fraction": data.validation_fraction,
-            "split_seed": data.split_seed,
-        },
-    });
-    write(dir, "model.json", &serde_json::to_string_pretty(&card)?)?;
-    Ok(())
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
-    std::fs::write(dir.join(name), format!("{text}\n"))
-        .with_context(|| format!("cannot write {name}"))
 }
 
 /// Turns a gRPC status into a readable error.

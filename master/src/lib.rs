@@ -4,7 +4,8 @@
 //!
 //! Layout: [`store`] (database), [`artifacts`] (checkpoint files), [`scheduler`] (all business
 //! logic), [`service`] (tonic adapters), [`auth`] (cluster token), [`server`] (start/stop),
-//! [`cli`] (the `master` command line).
+//! [`lock`] (one master per data directory),
+//! [`cli`] (the `master` command line), [`output`] (what its read commands print).
 
 pub mod artifacts;
 pub mod auth;
@@ -12,6 +13,11 @@ pub mod chains;
 pub mod cli;
 pub mod early_stop;
 pub mod error;
+pub mod export;
+pub mod http;
+pub mod lock;
+pub mod metrics;
+pub mod output;
 pub mod predictor;
 pub mod prefill;
 pub mod proposals;

@@ -4,18 +4,15 @@ use anyhow::Result;
 use clap::Parser;
 use explore_master::cli::{self, Cli, Command};
 use explore_master::server::{self, ServeConfig};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(e) = run(Cli::parse()).await {
-        eprintln!("error: {e:#}");
+    // Exit codes (README "Exit codes"): 0 success, 1 error, 2 usage error (clap).
+    let cli = Cli::parse();
+    let log_format = cli.log_format;
+    explore_common::logging::init(log_format);
+    if let Err(e) = run(cli).await {
+        explore_common::logging::report_error(log_format, &format!("{e:#}"));
         std::process::exit(1);
     }
 }
@@ -27,6 +24,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => cli::status(&args).await,
         Command::Best(args) => cli::best(&args).await,
         Command::Trials(args) => cli::trials(&args).await,
+        Command::Stop(args) => cli::stop(&args).await,
+        Command::Resume(args) => cli::resume(&args).await,
+        Command::Export(args) => explore_master::export::run(&args).await,
         Command::DevPrefill(args) => cli::prefill(&args).await,
     }
 }
@@ -34,6 +34,9 @@ async fn run(cli: Cli) -> Result<()> {
 async fn serve(config: ServeConfig) -> Result<()> {
     let mut handle = server::start(config).await?;
     println!("master listening on {}", handle.addr);
+    if let Some(http) = handle.http_addr {
+        println!("http listening on {http} (dashboard: http://{http}/)");
+    }
     tokio::select! {
         result = handle.wait() => result?,
         _ = shutdown_signal() => {

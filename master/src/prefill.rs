@@ -27,6 +27,8 @@ pub async fn prefill(
     spec: ExperimentSpec,
     trials: u64,
 ) -> Result<String, MasterError> {
+    // Refused while a master serves this directory (it names the master).
+    let _lock = crate::lock::DataDirLock::acquire(data_dir)?;
     let store = Store::open(data_dir).await?;
     let artifacts = ArtifactStore::open(&data_dir.join("artifacts"), 1 << 30)?;
     let scheduler = Scheduler::new(store.clone(), artifacts, SchedulerConfig::default());

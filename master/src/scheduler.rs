@@ -7,6 +7,7 @@
 //! locked" errors instead of retrying them). The tonic services are thin adapters over this.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use explore_common::annealing::{self, STREAM_ACCEPTANCE, STREAM_PROPOSAL};
@@ -21,6 +22,7 @@ use crate::artifacts::ArtifactStore;
 use crate::chains::{self, ChainResult};
 use crate::early_stop;
 use crate::error::MasterError;
+use crate::metrics::{MetricsSink, NoMetrics};
 use crate::predictor::{Predictor, SearchFeatures};
 use crate::proposals;
 use crate::store::{
@@ -28,6 +30,12 @@ use crate::store::{
     TrialKind, TrialResult, TrialRow, TrialStatus,
 };
 use crate::transfer;
+
+mod control;
+mod final_phase;
+pub mod reads;
+pub use control::{StopOutcome, CANCELLED_BY_STOP};
+pub use final_phase::{search_epochs, search_trials};
 
 /// Most trials one refill of an experiment's queue proposes (see `refill_experiment`).
 pub const MAX_PROPOSALS_PER_REFILL: u32 = 32;
@@ -111,6 +119,7 @@ pub struct Scheduler {
     write_lock: Mutex<()>,
     work_available: Notify,
     draining: std::sync::atomic::AtomicBool,
+    metrics: Arc<dyn MetricsSink>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -169,7 +178,19 @@ impl Scheduler {
             write_lock: Mutex::new(()),
             work_available: Notify::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            metrics: Arc::new(NoMetrics),
         }
+    }
+
+    /// The scheduler reporting what it measures to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn MetricsSink>) -> Scheduler {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Where the scheduler and the services report what they measure.
+    pub fn metrics(&self) -> &dyn MetricsSink {
+        self.metrics.as_ref()
     }
 
     /// The store (read access for the admin service).
@@ -275,6 +296,12 @@ impl Scheduler {
             temperature,
             epochs,
         })
+    }
+
+    /// One trial by id, or `NotFound`.
+    pub async fn trial(&self, trial_id: &str) -> Result<TrialRow, MasterError> {
+        let mut conn = self.store.conn().await?;
+        require_trial(&mut conn, trial_id).await
     }
 
     /// Every trial of an experiment.
@@ -486,6 +513,13 @@ impl Scheduler {
         .await?;
         if !held {
             tx.commit().await.map_err(store::convert_sqlx_err)?;
+            // Cancelled while this worker held it (`master stop --now`): told why, not "lost".
+            if trial.status()? == TrialStatus::Cancelled
+                && trial.attempt == i64::from(attempt)
+                && trial.worker_id.as_deref() == Some(worker_id)
+            {
+                return Ok(HeartbeatAnswer::Stop(trial.error.clone()));
+            }
             return Ok(HeartbeatAnswer::LeaseLost(format!(
                 "trial {trial_id} attempt {attempt} is no longer leased to {worker_id}"
             )));
@@ -493,6 +527,7 @@ impl Scheduler {
         // Once the wall-time budget is spent, a trial that has not started yet is not worth
         // starting: cancel it instead of letting the experiment's tail grow by a whole trial.
         if !progress.started
+            && !trial.is_final()
             && experiment.status == ExperimentStatus::Running.as_str()
             && wall_time_spent(&parse_spec(&experiment)?, &experiment, now)
         {
@@ -502,7 +537,7 @@ impl Scheduler {
             tx.commit().await.map_err(store::convert_sqlx_err)?;
             info!(
                 trial_id,
-                worker_id, "prefetched trial cancelled: wall-time budget reached"
+                attempt, worker_id, "prefetched trial cancelled: wall-time budget reached"
             );
             return Ok(HeartbeatAnswer::Stop(reason.to_string()));
         }
@@ -514,7 +549,7 @@ impl Scheduler {
         };
         if let Some(reason) = epoch_reason {
             tx.commit().await.map_err(store::convert_sqlx_err)?;
-            info!(trial_id, worker_id, reason = %reason, "trial pruned");
+            info!(trial_id, attempt, worker_id, reason = %reason, "trial pruned");
             self.work_available.notify_waiters();
             return Ok(HeartbeatAnswer::Stop(reason));
         }
@@ -527,6 +562,8 @@ impl Scheduler {
         }
         tracing::debug!(
             trial_id,
+            attempt,
+            worker_id,
             epoch = progress.epoch,
             total_epochs = progress.total_epochs,
             train_loss = progress.train_loss,
@@ -558,7 +595,8 @@ impl Scheduler {
             .is_finite()
             .then_some(progress.train_loss);
         store::record_epoch(conn, &trial.id, epoch, val, loss, &progress.metrics).await?;
-        if experiment.status != ExperimentStatus::Running.as_str() {
+        // A final trial is one of the search's chosen models trained longer: never pruned.
+        if experiment.status != ExperimentStatus::Running.as_str() || trial.is_final() {
             return Ok(None);
         }
         let spec = parse_spec(experiment)?;
@@ -577,6 +615,8 @@ impl Scheduler {
         };
         let chain = chains::load(conn, &spec, &experiment.id, trial.chain).await?;
         store::prune_trial(conn, &trial.id, val, epoch, &reason, chain.temperature, now).await?;
+        self.metrics
+            .trial_ended(TrialStatus::Pruned, trained_seconds(trial, now));
         let progress = self.budget_progress(conn, &spec, experiment, now).await?;
         let result = ChainResult {
             trial_id: &trial.id,
@@ -599,13 +639,14 @@ impl Scheduler {
     ) -> Result<f64, MasterError> {
         let budget = &spec.budget;
         let counts = store::trial_counts(conn, &row.id).await?;
-        let mut progress = f64::from(counts.finished()) / f64::from(budget.max_trials.max(1));
-        if let Some(max) = budget.max_epochs {
+        // The search's share of the budget (the final phase's reservation left out).
+        let mut progress = f64::from(counts.finished()) / f64::from(search_trials(spec));
+        if let Some(max) = search_epochs(spec) {
             let usage = store::epoch_usage(conn, &row.id).await?;
-            progress = progress.max(usage.spent as f64 / f64::from(max));
+            progress = progress.max(usage.spent as f64 / max as f64);
         }
         if let Some(max) = budget.max_wall_seconds {
-            progress = progress.max((now - row.created_at_ms) as f64 / (max as f64 * 1000.0));
+            progress = progress.max(row.running_ms(now) as f64 / (max as f64 * 1000.0));
         }
         Ok(progress.clamp(0.0, 1.0))
     }
@@ -678,7 +719,7 @@ impl Scheduler {
             store::complete_trial(&mut tx, trial_id, &result, false, 0.0, now).await?;
             self.refill_experiment(&mut tx, &experiment, now).await?;
             tx.commit().await.map_err(store::convert_sqlx_err)?;
-            info!(trial_id, experiment_id = %experiment.id, metrics = ?result.metrics, "probe completed");
+            info!(trial_id, attempt, worker_id, experiment_id = %experiment.id, metrics = ?result.metrics, "probe completed");
             self.work_available.notify_waiters();
             return Ok(CompleteAnswer {
                 accepted: true,
@@ -692,7 +733,10 @@ impl Scheduler {
             Some(p) => store::get_trial(&mut tx, p).await?.and_then(|p| p.score),
             None => None,
         };
+        // A final trial is not a step of the search: no Metropolis decision, no chain moves.
+        let is_final = trial.is_final();
         let accepted = match parent_score {
+            _ if is_final => true,
             Some(parent) => {
                 let u: f64 =
                     annealing::rng_for(spec.seed, STREAM_ACCEPTANCE, trial.seq as u64).gen();
@@ -708,16 +752,20 @@ impl Scheduler {
             ..result
         };
         store::complete_trial(&mut tx, trial_id, &result, accepted, temperature, now).await?;
-        let progress = self
-            .budget_progress(&mut tx, &spec, &experiment, now)
-            .await?;
-        let chain_result = ChainResult {
-            trial_id,
-            score: result.score,
-            accepted,
-            progress,
-        };
-        chains::record(&mut tx, &spec, chain, chain_result).await?;
+        self.metrics
+            .trial_ended(TrialStatus::Completed, trained_seconds(&trial, now));
+        if !is_final {
+            let progress = self
+                .budget_progress(&mut tx, &spec, &experiment, now)
+                .await?;
+            let chain_result = ChainResult {
+                trial_id,
+                score: result.score,
+                accepted,
+                progress,
+            };
+            chains::record(&mut tx, &spec, chain, chain_result).await?;
+        }
         let best_score = match &experiment.best_trial_id {
             Some(b) => store::get_trial(&mut tx, b).await?.and_then(|t| t.score),
             None => None,
@@ -730,6 +778,8 @@ impl Scheduler {
         tx.commit().await.map_err(store::convert_sqlx_err)?;
         info!(
             trial_id,
+            attempt,
+            worker_id,
             experiment_id = %experiment.id,
             score = result.score,
             accepted,
@@ -767,6 +817,8 @@ impl Scheduler {
             return Ok(());
         }
         store::end_trial(&mut tx, trial_id, TrialStatus::Failed, &reason, now).await?;
+        self.metrics
+            .trial_ended(TrialStatus::Failed, trained_seconds(&trial, now));
         let experiment = experiment_of(&mut tx, &trial).await?;
         self.refill_experiment(&mut tx, &experiment, now).await?;
         tx.commit().await.map_err(store::convert_sqlx_err)?;
@@ -818,6 +870,7 @@ impl Scheduler {
         let mut changed = false;
         for trial in store::expired_leases(&mut tx, now).await? {
             changed = true;
+            self.metrics.lease_expired();
             let worker = trial.worker_id.clone().unwrap_or_default();
             if trial.attempt < self.config.max_attempts as i64 {
                 let requeued = release_trial(
@@ -857,23 +910,27 @@ impl Scheduler {
         row: &ExperimentRow,
         now: i64,
     ) -> Result<bool, MasterError> {
-        if row.status != ExperimentStatus::Running.as_str() {
+        if !row.is_running() {
             return Ok(false);
         }
         let spec = parse_spec(row)?;
+        if row.in_final_phase() {
+            return self.refill_final(conn, row, &spec, now).await;
+        }
         let budget = &spec.budget;
+        // The search's share of the trial and epoch budgets: `[final]` reserves the rest.
+        let max_trials = search_trials(&spec);
         let mut counts = store::trial_counts(conn, &row.id).await?;
-        if counts.finished() >= budget.max_trials {
-            store::cancel_queued(conn, &row.id, "budget reached", now).await?;
-            store::finish_experiment(
-                conn,
-                &row.id,
-                ExperimentStatus::Completed,
-                "trial budget reached",
-                now,
-            )
-            .await?;
-            info!(experiment_id = %row.id, trials = counts.finished(), "experiment completed");
+        if counts.finished() >= max_trials {
+            let cancelled = store::cancel_queued(conn, &row.id, "budget reached", now).await?;
+            // The final phase chooses among all the search's results, so it would wait for
+            // trials still in flight (a guard: with `budgeted() <= max_trials` there are none).
+            if spec.final_training.is_some() && counts.in_flight() > 0 {
+                return Ok(cancelled > 0);
+            }
+            info!(experiment_id = %row.id, trials = counts.finished(), "trial budget reached");
+            self.search_over(conn, row, &spec, "trial budget reached", now)
+                .await?;
             return Ok(true);
         }
         let max_failures = budget.max_failures.unwrap_or(budget.max_trials);
@@ -888,37 +945,25 @@ impl Scheduler {
             let cancelled =
                 store::cancel_queued(conn, &row.id, "wall-time budget reached", now).await?;
             if counts.in_flight() == 0 {
-                store::finish_experiment(
-                    conn,
-                    &row.id,
-                    ExperimentStatus::Completed,
-                    "wall-time budget reached",
-                    now,
-                )
-                .await?;
-                info!(experiment_id = %row.id, trials = counts.finished(), "experiment completed (wall time)");
+                info!(experiment_id = %row.id, trials = counts.finished(), "wall-time budget reached");
+                self.search_over(conn, row, &spec, "wall-time budget reached", now)
+                    .await?;
                 return Ok(true);
             }
             return Ok(cancelled > 0);
         }
-        let mut remaining_epochs = match budget.max_epochs {
+        let mut remaining_epochs = match search_epochs(&spec) {
             Some(max) => {
                 let usage = store::epoch_usage(conn, &row.id).await?;
-                Some(u64::from(max).saturating_sub(usage.committed))
+                Some(max.saturating_sub(usage.committed))
             }
             None => None,
         };
         if remaining_epochs == Some(0) {
             if counts.queued == 0 && counts.in_flight() == 0 {
-                store::finish_experiment(
-                    conn,
-                    &row.id,
-                    ExperimentStatus::Completed,
-                    "epoch budget reached",
-                    now,
-                )
-                .await?;
-                info!(experiment_id = %row.id, trials = counts.finished(), "experiment completed (epoch budget)");
+                info!(experiment_id = %row.id, trials = counts.finished(), "epoch budget reached");
+                self.search_over(conn, row, &spec, "epoch budget reached", now)
+                    .await?;
                 return Ok(true);
             }
             return Ok(false);
@@ -943,7 +988,7 @@ impl Scheduler {
         };
         while counts.queued < target_queued
             && proposed < MAX_PROPOSALS_PER_REFILL
-            && counts.budgeted() < budget.max_trials
+            && counts.budgeted() < max_trials
             && remaining_epochs != Some(0)
         {
             match self.propose(conn, row, &mut shared, remaining_epochs).await {
@@ -959,7 +1004,9 @@ impl Scheduler {
                     // Only a result can add a base to the pool: with nothing queued or in
                     // flight none will come, so the search space is exhausted for good.
                     if counts.queued == 0 && counts.in_flight() == 0 {
-                        end_search(conn, row, &counts, &exhausted.to_string(), now).await?;
+                        info!(experiment_id = %row.id, trials = counts.finished(), reason = %exhausted, "search over");
+                        self.search_over(conn, row, &spec, &exhausted.to_string(), now)
+                            .await?;
                         changed = true;
                     } else {
                         info!(experiment_id = %row.id, reason = %exhausted, "no proposal until more results come in");
@@ -972,8 +1019,9 @@ impl Scheduler {
                     // pool cannot change, so no later round can do better: the search is over.
                     let permanent = !matches!(e, MasterError::Store(_) | MasterError::Io { .. });
                     if permanent && counts.queued == 0 && counts.in_flight() == 0 {
-                        end_search(conn, row, &counts, &format!("no new proposal: {e}"), now)
-                            .await?;
+                        let reason = format!("no new proposal: {e}");
+                        info!(experiment_id = %row.id, trials = counts.finished(), reason = %reason, "search over");
+                        self.search_over(conn, row, &spec, &reason, now).await?;
                         changed = true;
                     }
                     break;
@@ -1145,20 +1193,6 @@ impl Scheduler {
     }
 }
 
-/// Ends a running experiment whose search can go no further (nothing queued or in flight), with
-/// `reason` as its status message.
-async fn end_search(
-    conn: &mut SqliteConnection,
-    row: &ExperimentRow,
-    counts: &TrialCounts,
-    reason: &str,
-    now: i64,
-) -> Result<(), MasterError> {
-    store::finish_experiment(conn, &row.id, ExperimentStatus::Completed, reason, now).await?;
-    info!(experiment_id = %row.id, trials = counts.finished(), reason = %reason, "experiment completed");
-    Ok(())
-}
-
 /// Puts a held trial back in the queue as a new attempt, or cancels it when its experiment has
 /// ended: nothing leases a finished experiment's trials, so a requeued one would stay queued
 /// forever.
@@ -1166,7 +1200,14 @@ async fn end_search(
 fn wall_time_spent(spec: &ExperimentSpec, row: &ExperimentRow, now: i64) -> bool {
     spec.budget
         .max_wall_seconds
-        .is_some_and(|max| now - row.created_at_ms >= (max as i64) * 1000)
+        .is_some_and(|max| row.running_ms(now) >= (max as i64) * 1000)
+}
+
+/// Seconds from a trial's first lease to `now`.
+fn trained_seconds(trial: &TrialRow, now: i64) -> f64 {
+    trial
+        .started_at_ms
+        .map_or(0.0, |start| (now - start).max(0) as f64 / 1000.0)
 }
 
 /// The trial with this id, or `NotFound`.

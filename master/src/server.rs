@@ -1,5 +1,7 @@
-//! Starting the master: open the store, bind the gRPC endpoint (port 0 works, for tests), run
-//! the scheduler's maintenance tick, and shut down cleanly on request.
+//! Starting the master: lock the data directory (one master per directory, [`crate::lock`]),
+//! open the store, bind the gRPC endpoint (port 0 works, for tests) with the standard health
+//! service beside the token-checked ones, run the scheduler's maintenance tick, and shut down
+//! cleanly on request.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,13 +14,19 @@ use explore_common::proto::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 
 use crate::artifacts::ArtifactStore;
-use crate::auth::{load_or_create_token, TokenAuth};
+use crate::auth::{load_or_create_token, load_token, TokenAuth};
 use crate::error::MasterError;
+use crate::http::HttpState;
+use crate::lock::DataDirLock;
+use crate::metrics::PromMetrics;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::service::admin::AdminApi;
 use crate::service::worker::WorkerApi;
@@ -40,6 +48,12 @@ pub struct ServeConfig {
     pub tls: Option<TlsConfig>,
     /// How often expired leases are reclaimed and budgets applied.
     pub tick_interval: Duration,
+    /// Where to serve the HTTP edge (dashboard, JSON API, `/metrics`, probes); `None` for
+    /// none. Port 0 picks a free port.
+    pub http_listen: Option<SocketAddr>,
+    /// Read the cluster token from this file (e.g. a mounted Kubernetes Secret) instead of
+    /// `data_dir/token`, which is then neither read nor created.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The master's TLS files (PEM). With `client_ca`, every client must present a certificate
@@ -81,6 +95,8 @@ impl Default for ServeConfig {
             max_message_bytes: 4 << 20,
             tls: None,
             tick_interval: Duration::from_secs(1),
+            http_listen: None,
+            token_file: None,
         }
     }
 }
@@ -89,14 +105,27 @@ impl Default for ServeConfig {
 pub struct MasterHandle {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The bound address of the HTTP edge, when it serves one.
+    pub http_addr: Option<SocketAddr>,
     /// The cluster token clients must present.
     pub token: String,
     auth: TokenAuth,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: Option<JoinHandle<std::io::Result<()>>>,
     ticker: JoinHandle<()>,
     scheduler: Arc<Scheduler>,
+    health: HealthReporter,
+    /// Held until the store is closed; dropping it (or dying) frees the data directory.
+    lock: DataDirLock,
 }
+
+/// The services whose `grpc.health.v1` status the master reports, besides the overall "".
+const HEALTH_SERVICES: [&str; 3] = [
+    "",
+    <WorkerServiceServer<WorkerApi> as NamedService>::NAME,
+    <AdminServiceServer<AdminApi> as NamedService>::NAME,
+];
 
 impl MasterHandle {
     /// Calls refused for a missing or wrong token since start.
@@ -105,12 +134,30 @@ impl MasterHandle {
     }
 
     /// Stops accepting calls, lets in-flight calls finish, and closes the store.
+    ///
+    /// Health checks answer `NOT_SERVING` from the moment it drains; `Watch` streams get that
+    /// answer and then end, so that they do not hold the graceful shutdown open.
     pub async fn shutdown(self) -> Result<(), MasterError> {
         self.scheduler.drain();
+        let mut health = self.health;
+        for service in HEALTH_SERVICES {
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
         let _ = self.shutdown.send(true);
+        for service in HEALTH_SERVICES {
+            health.clear_service_status(service).await;
+        }
         self.ticker.abort();
         let result = self.server.await;
+        if let Some(http) = self.http {
+            if let Ok(Err(e)) = http.await {
+                tracing::warn!(error = %e, "http edge stopped with an error");
+            }
+        }
         self.scheduler.store().close().await;
+        drop(self.lock);
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(MasterError::Internal(format!("server error: {e}"))),
@@ -142,17 +189,22 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
             ))
         })?;
     }
+    // Before the store is opened: a second master on this directory must not touch it.
+    let lock = DataDirLock::acquire(&config.data_dir)?;
     let store = Store::open(&config.data_dir).await?;
     let artifacts = ArtifactStore::open(
         &config.data_dir.join("artifacts"),
         config.max_checkpoint_bytes,
     )?;
-    let token = load_or_create_token(&config.data_dir)?;
-    let scheduler = Arc::new(Scheduler::new(
-        store.clone(),
-        artifacts,
-        config.scheduler.clone(),
-    ));
+    let token = match &config.token_file {
+        Some(file) => load_token(file)?,
+        None => load_or_create_token(&config.data_dir)?,
+    };
+    let metrics = Arc::new(PromMetrics::default());
+    let scheduler = Arc::new(
+        Scheduler::new(store.clone(), artifacts, config.scheduler.clone())
+            .with_metrics(metrics.clone()),
+    );
     // Trials in flight when the master stopped get one lease period for their workers to
     // report; then budgets are applied before anyone is served.
     scheduler.resume().await?;
@@ -178,6 +230,14 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
 
+    // grpc.health.v1 needs no token: Kubernetes' gRPC probes send none, and it tells nothing.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for service in HEALTH_SERVICES {
+        health
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
+    }
+
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     // TCP_NODELAY on every accepted connection. tonic's `Server::tcp_nodelay` applies only
     // to listeners it binds itself, not to `serve_with_incoming`; without it Nagle's algorithm
@@ -186,6 +246,7 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(
         builder
+            .add_service(health_service)
             .add_service(InterceptedService::new(worker, move |r| {
                 worker_auth.check(r)
             }))
@@ -194,6 +255,35 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
                 let _ = shutdown_rx.wait_for(|stop| *stop).await;
             }),
     );
+    let (http, http_addr) = match config.http_listen {
+        Some(listen) => {
+            let listener = TcpListener::bind(listen)
+                .await
+                .map_err(|e| MasterError::Io {
+                    path: listen.to_string(),
+                    reason: format!("cannot listen for http: {e}"),
+                })?;
+            let http_addr = listener
+                .local_addr()
+                .map_err(|e| MasterError::Internal(e.to_string()))?;
+            let router = crate::http::router(HttpState {
+                scheduler: scheduler.clone(),
+                metrics,
+                auth: auth.clone(),
+            });
+            let mut stop = shutdown_tx.subscribe();
+            let task = tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            });
+            tracing::info!(addr = %http_addr, "http edge listening (dashboard, /metrics, probes)");
+            (Some(task), Some(http_addr))
+        }
+        None => (None, None),
+    };
     let tick_scheduler = scheduler.clone();
     let ticker = tokio::spawn(async move {
         let mut interval = tokio::time::interval(config.tick_interval);
@@ -213,12 +303,16 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
     );
     Ok(MasterHandle {
         addr,
+        http_addr,
         token,
         auth,
         shutdown: shutdown_tx,
         server,
+        http,
         ticker,
         scheduler,
+        health,
+        lock,
     })
 }
 

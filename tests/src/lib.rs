@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod manifest;
 pub mod proxy;
 
 /// Where Fashion-MNIST is installed by Debian's `dataset-fashion-mnist`.

@@ -45,6 +45,20 @@ impl DataArgs {
         )
     }
 
+    /// The loaded data the flags name and the split to cut from it, without cutting it.
+    pub fn plan(&self) -> Result<(DataPlan, SplitConfig), WorkerError> {
+        let Some(path) = &self.data_config else {
+            let dataset = crate::data::Dataset::load(&self.source()?)?;
+            return Ok((
+                DataPlan::single(std::sync::Arc::new(dataset)),
+                self.split_config(),
+            ));
+        };
+        let cfg = read_data_config(path)?;
+        let plan = DataPlan::resolve(&cfg, &self.source.fashion_mnist_dir(), &DatasetCache::new())?;
+        Ok((plan, SplitConfig::from_config(&cfg, self.split.split_seed)))
+    }
+
     /// The data source the flags name.
     pub fn source(&self) -> Result<DataSource, WorkerError> {
         self.source.source()

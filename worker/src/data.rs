@@ -531,8 +531,24 @@ impl Dataset {
     }
 
     /// For each channel and byte value, the normalised `f32`: `(v / 255 − mean) / std`, with
-    /// the mean and standard deviation of the examples in `train_idx`.
+    /// the mean and standard deviation of the examples in `train_idx` ([`Dataset::channel_stats`]).
     pub(crate) fn normalisation_table(&self, train_idx: &[usize]) -> Vec<[f32; 256]> {
+        self.channel_stats(train_idx)
+            .iter()
+            .map(|s| {
+                let mut table = [0f32; 256];
+                for (v, t) in table.iter_mut().enumerate() {
+                    *t = ((v as f64 / 255.0 - s.mean) / s.std) as f32;
+                }
+                table
+            })
+            .collect()
+    }
+
+    /// Per channel, the mean and (population) standard deviation of the intensities `v / 255`
+    /// of the training-file examples in `train_idx`; a standard deviation below `1e-6` is
+    /// replaced by 1. Images are normalised as `(v / 255 − mean) / std`.
+    pub fn channel_stats(&self, train_idx: &[usize]) -> Vec<ChannelStats> {
         let plane = self.height as usize * self.width as usize;
         let image = self.image_len();
         let mut hist = vec![[0u64; 256]; self.channels as usize];
@@ -561,11 +577,7 @@ impl Dataset {
                     / n;
                 let (mean, std) = (mean / 255.0, var.sqrt() / 255.0);
                 let std = if std > 1e-6 { std } else { 1.0 };
-                let mut table = [0f32; 256];
-                for (v, t) in table.iter_mut().enumerate() {
-                    *t = ((v as f64 / 255.0 - mean) / std) as f32;
-                }
-                table
+                ChannelStats { mean, std }
             })
             .collect()
     }
@@ -649,6 +661,17 @@ pub(crate) fn split_indices(
     order.truncate(n);
     let val = order.split_off(n - n_val);
     Ok((order, val))
+}
+
+/// The normalisation of one image channel: intensities `x = v / 255` in `[0, 1]` become
+/// `(x − mean) / std`, with the statistics of the training split.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChannelStats {
+    /// Mean intensity of the channel over the training split, in `[0, 1]`.
+    pub mean: f64,
+    /// Standard deviation of the channel's intensity over the training split (1 when the
+    /// channel is constant).
+    pub std: f64,
 }
 
 /// How a dataset is cut into training, validation and test splits.

@@ -34,7 +34,10 @@ use tracing::{error, info, warn};
 use crate::data::{DataPlan, DatasetCache, SplitCache, SplitConfig};
 use crate::error::WorkerError;
 use crate::probing::{probe_trial, ProbeOutcome};
-use crate::train::{train_trial, Control, EpochReport, RemoveOnDrop, TrialOutcome, TrialPlan};
+use crate::progress::{TrialIds, TrialProgress};
+use crate::train::{
+    train_trial_observed, Control, EpochReport, RemoveOnDrop, TrialOutcome, TrialPlan,
+};
 
 /// Settings of `worker join`.
 #[derive(Debug, Clone)]
@@ -443,7 +446,9 @@ async fn slot_loop(
         match outcome {
             Ok(()) => {}
             Err(WorkerError::Master(m)) => return Err(WorkerError::Master(m)),
-            Err(e) => error!(trial_id = %trial_id, slot, error = %e, "trial could not be reported"),
+            Err(e) => {
+                error!(trial_id = %trial_id, attempt, worker_id = %shared.worker_id, slot, error = %e, "trial could not be reported")
+            }
         }
     }
 }
@@ -496,11 +501,11 @@ async fn generator_loop(
         match prepare(trial, cancel, &config, &cache, &client).await {
             Ok(prepared) => {
                 held.set_total_epochs(&trial_id, attempt, prepared.plan.hparams.epochs);
-                info!(trial_id = %trial_id, attempt, "trial prepared");
+                info!(trial_id = %trial_id, attempt, worker_id = %worker_id, "trial prepared");
                 permit.send(prepared);
             }
             Err(e) => {
-                warn!(trial_id = %trial_id, error = %e, "trial cannot be prepared");
+                warn!(trial_id = %trial_id, attempt, worker_id = %worker_id, error = %e, "trial cannot be prepared");
                 held.release(&trial_id, attempt);
                 let _ = client
                     .fail(proto::FailRequest {
@@ -651,15 +656,33 @@ async fn train_and_report(
     // The forwarder acknowledges each report once the master has answered it, so a stop decided
     // on this epoch's accuracy (early stopping) takes effect before the next epoch starts.
     let (ack_tx, ack_rx) = std::sync::mpsc::channel::<()>();
-    info!(trial_id = %trial_id, attempt = trial.attempt, epochs = plan.hparams.epochs, "training");
+    info!(trial_id = %trial_id, attempt = trial.attempt, worker_id, epochs = plan.hparams.epochs, "training");
     held.start(&trial_id, trial.attempt);
     let cancel_flag = cancel.clone();
     let probe = trial.kind == proto::TrialKind::Probe as i32;
     let splits = splits.clone();
+    let ids = TrialIds {
+        trial_id: trial_id.clone(),
+        attempt: trial.attempt,
+        worker_id: Some(worker_id.to_string()),
+    };
     let training = tokio::task::spawn_blocking(move || -> Result<Work, WorkerError> {
         // One copy of the split for every slot (built here by the first slot that needs it).
         let data = splits.get_or_build(&key, || dataset.split(&split, device))?;
+        // A bar on a terminal, else a line per epoch and every 30 s within long epochs (a
+        // probe has no epochs: nothing to show).
+        let progress = std::cell::RefCell::new(
+            (!probe).then(|| TrialProgress::start(ids, plan.hparams.epochs)),
+        );
+        let mut on_batch = |b: &crate::train::BatchProgress| {
+            if let Some(p) = progress.borrow_mut().as_mut() {
+                p.batch(b);
+            }
+        };
         let mut on_epoch = |report: &EpochReport| {
+            if let Some(p) = progress.borrow_mut().as_mut() {
+                p.epoch(report);
+            }
             if progress_tx.send(report.clone()).is_ok() {
                 let _ = ack_rx.recv_timeout(EPOCH_ACK_WAIT);
             }
@@ -677,7 +700,8 @@ async fn train_and_report(
                 )),
             }
         } else {
-            train_trial(&plan, &data, device, &mut on_epoch).map(Work::Trained)
+            train_trial_observed(&plan, &data, device, &mut on_epoch, &mut on_batch)
+                .map(Work::Trained)
         }
     });
     // Forward epoch reports to the master as they arrive.
@@ -687,15 +711,8 @@ async fn train_and_report(
     let forward_worker = worker_id.to_string();
     let attempt = trial.attempt;
     let forwarder = tokio::spawn(async move {
+        // The epoch's log line comes from the trial's `TrialProgress`.
         while let Some(report) = progress_rx.recv().await {
-            info!(
-                trial_id = %forward_id,
-                epoch = report.epoch,
-                total_epochs = report.total_epochs,
-                train_loss = report.train_loss,
-                val_accuracy = report.val_accuracy,
-                "epoch done"
-            );
             forward_held.record_progress(&forward_id, attempt, &report);
             let r = forward_client
                 .heartbeat(heartbeat_request(
@@ -710,7 +727,7 @@ async fn train_and_report(
             match r {
                 Ok(r) => forward_held.apply_command(&forward_id, attempt, r.into_inner()),
                 Err(s) => {
-                    warn!(trial_id = %forward_id, error = %s.message(), "epoch heartbeat failed")
+                    warn!(trial_id = %forward_id, attempt, worker_id = %forward_worker, error = %s.message(), "epoch heartbeat failed")
                 }
             }
             let _ = ack_tx.send(());
@@ -722,7 +739,7 @@ async fn train_and_report(
     let _ = forwarder.await;
     drop(parent_file);
     if cancel.load(Ordering::SeqCst) {
-        info!(trial_id = %trial_id, "trial stopped by the master; nothing to report");
+        info!(trial_id = %trial_id, attempt = trial.attempt, worker_id, "trial stopped by the master; nothing to report");
         return Ok(());
     }
     match outcome {
@@ -731,7 +748,7 @@ async fn train_and_report(
         }
         Ok(Work::Probed(outcome)) => report_probe(client, config, worker_id, &trial, outcome).await,
         Err(e) => {
-            warn!(trial_id = %trial_id, error = %e, "trial failed");
+            warn!(trial_id = %trial_id, attempt = trial.attempt, worker_id, error = %e, "trial failed");
             with_retry("fail", config.give_up_after, || {
                 let mut c = client.clone();
                 let r = proto::FailRequest {
@@ -790,13 +807,15 @@ async fn report_success(
     if answer.accepted {
         info!(
             trial_id = %trial.trial_id,
+            attempt = trial.attempt,
+            worker_id,
             val_accuracy = outcome.val_accuracy,
             test_accuracy = outcome.test_accuracy,
             seconds = outcome.train_seconds,
             "trial completed"
         );
     } else {
-        warn!(trial_id = %trial.trial_id, reason = %answer.reason, "result kept as history only");
+        warn!(trial_id = %trial.trial_id, attempt = trial.attempt, worker_id, reason = %answer.reason, "result kept as history only");
     }
     Ok(())
 }
@@ -836,6 +855,8 @@ async fn report_probe(
     if answer.accepted {
         info!(
             trial_id = %trial.trial_id,
+            attempt = trial.attempt,
+            worker_id,
             logme = outcome.scores.logme,
             leep = outcome.scores.leep,
             nce = outcome.scores.nce,
@@ -844,7 +865,7 @@ async fn report_probe(
             "probe completed"
         );
     } else {
-        warn!(trial_id = %trial.trial_id, reason = %answer.reason, "probe result kept as history only");
+        warn!(trial_id = %trial.trial_id, attempt = trial.attempt, worker_id, reason = %answer.reason, "probe result kept as history only");
     }
     Ok(())
 }
@@ -893,7 +914,7 @@ where
         match send(request).await {
             Ok(answer) => held.apply_command(&trial_id, attempt, answer),
             Err(s) => {
-                warn!(trial_id = %trial_id, attempt, error = %s.message(), "heartbeat failed")
+                warn!(trial_id = %trial_id, attempt, worker_id, error = %s.message(), "heartbeat failed")
             }
         }
     }

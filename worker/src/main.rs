@@ -1,5 +1,6 @@
 //! `worker`: trains explore trials with libtorch. `worker train` runs one configuration exactly
-//! like a cluster trial; `worker evaluate` scores a saved checkpoint.
+//! like a cluster trial; `worker evaluate` scores a saved checkpoint; `worker export` writes one
+//! as TorchScript.
 
 use std::path::{Path, PathBuf};
 
@@ -11,19 +12,37 @@ use explore_common::presets;
 use std::time::Duration;
 
 use explore_common::client::{read_token, TlsOptions};
+use explore_common::logging::{self, LogFormat};
 use explore_worker::cli::{DataArgs, RuntimeArgs};
 use explore_worker::device::describe;
+use explore_worker::export;
 use explore_worker::join::{self, JoinConfig};
+use explore_worker::model::Head;
 use explore_worker::probing;
+use explore_worker::progress;
 use explore_worker::train::{self, Control, TrialPlan};
 use serde_json::json;
+use std::io::IsTerminal;
 use tokio::sync::watch;
 use tracing::info;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(name = "worker", version, about = "explore training worker")]
 struct Cli {
+    /// Log lines on stderr: text (coloured only on a terminal, never with NO_COLOR; progress
+    /// bars on a terminal) or json (one object per line, fields at the top level)
+    #[arg(
+        long,
+        global = true,
+        env = explore_common::logging::LOG_FORMAT_ENV,
+        value_name = "FORMAT",
+        default_value = "text",
+        value_parser = clap::builder::TypedValueParser::map(
+            clap::builder::PossibleValuesParser::new(explore_common::logging::LOG_FORMAT_NAMES),
+            |s| s.parse::<LogFormat>().unwrap_or_default()
+        )
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +61,10 @@ enum Command {
     Analyze(AnalyzeArgs),
     /// Join a master and train the trials it hands out until stopped (SIGTERM drains)
     Join(JoinArgs),
+    /// Write a checkpoint as a TorchScript module for PyTorch (`torch.jit.load`): it takes
+    /// float images [N, C, H, W] in [0, 1], applies the training split's normalisation itself
+    /// and returns logits; prints the normalisation and the module's accuracies as JSON
+    Export(ExportArgs),
     /// Run N simulated workers against a master: real registration, leases, heartbeats and
     /// completions with instant synthetic scores (no training); reports throughput and latency
     Simulate(SimulateArgs),
@@ -162,6 +185,26 @@ struct TrainArgs {
 }
 
 #[derive(Debug, Args)]
+struct ExportArgs {
+    /// Genome JSON file, or `preset:NAME`
+    #[arg(long, value_name = "FILE")]
+    genome: String,
+    /// Weights (.safetensors) of the genome, e.g. a trial's checkpoint
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// Where to write the TorchScript module (e.g. model.pt)
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// The data the weights were trained on, split as for the trial (the module bakes in its
+    /// training split's normalisation and is checked on its validation and test splits)
+    #[command(flatten)]
+    data: DataArgs,
+    /// libtorch intra-op threads [default: libtorch's choice]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1024))]
+    threads: Option<i32>,
+}
+
+#[derive(Debug, Args)]
 struct AnalyzeArgs {
     /// Genome JSON file, or `preset:NAME`
     #[arg(long, value_name = "FILE")]
@@ -183,23 +226,26 @@ struct EvalArgs {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Exit codes (README "Exit codes"): 0 success, 1 error, 2 usage error (clap), 130 a second
+    // Ctrl-C or SIGTERM while `worker join` drains.
     let cli = Cli::parse();
+    // Progress bars only on a terminal and with text logs; elsewhere progress is log lines.
+    if cli.log_format == LogFormat::Text && std::io::stderr().is_terminal() {
+        progress::enable_bars();
+    }
+    let log_format = cli.log_format;
+    logging::init_with_writer(log_format, progress::LogWriter);
     let result = match cli.command {
         Command::Train(args) => run_train(args),
         Command::Evaluate(args) => run_evaluate(args),
         Command::Probe(args) => run_probe(args),
         Command::Analyze(args) => run_analyze(args),
+        Command::Export(args) => run_export(args),
         Command::Join(args) => run_join(args),
         Command::Simulate(args) => run_simulate(args),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        logging::report_error(log_format, &format!("{e:#}"));
         std::process::exit(1);
     }
 }
@@ -334,17 +380,25 @@ fn run_train(args: TrainArgs) -> Result<()> {
         parent_checkpoint: args.parent_checkpoint.clone(),
     };
     let mut metrics = std::collections::BTreeMap::new();
-    let outcome = train::train_trial(&plan, &split, device, &mut |r| {
-        metrics = r.metrics.clone();
-        info!(
-            epoch = r.epoch,
-            of = r.total_epochs,
-            train_loss = format_args!("{:.4}", r.train_loss),
-            val_accuracy = format_args!("{:.4}", r.val_accuracy),
-            "epoch finished"
-        );
-        Control::Continue
-    })?;
+    // A bar on a terminal, else a line per epoch (and every 30 s within long epochs).
+    let ids = progress::TrialIds {
+        trial_id: "train".into(),
+        attempt: 1,
+        worker_id: None,
+    };
+    let bar = std::cell::RefCell::new(progress::TrialProgress::start(ids, plan.hparams.epochs));
+    let outcome = train::train_trial_observed(
+        &plan,
+        &split,
+        device,
+        &mut |r| {
+            metrics = r.metrics.clone();
+            bar.borrow_mut().epoch(r);
+            Control::Continue
+        },
+        &mut |b| bar.borrow_mut().batch(b),
+    )?;
+    drop(bar);
     if let Some(path) = &args.save_checkpoint {
         std::fs::write(path, &outcome.checkpoint)
             .with_context(|| format!("cannot write checkpoint {}", path.display()))?;
@@ -375,6 +429,64 @@ fn run_evaluate(args: EvalArgs) -> Result<()> {
     println!(
         "{}",
         json!({ "val_accuracy": val_accuracy, "test_accuracy": test_accuracy })
+    );
+    Ok(())
+}
+
+fn run_export(args: ExportArgs) -> Result<()> {
+    let genome = load_genome(&args.genome)?;
+    check_safetensors_name(&args.weights)?;
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
+    let (plan, split_config) = args.data.plan()?;
+    if plan.input_shape() != genome.input {
+        bail!(
+            "the genome takes {:?} images but the data has {:?}",
+            genome.input,
+            plan.input_shape()
+        );
+    }
+    let normalisation = plan.normalisation(&split_config)?;
+    let split = plan.split(&split_config, tch::Device::Cpu)?;
+    let report =
+        export::export_torchscript(&genome, &args.weights, &normalisation, &split, &args.out)?;
+    info!(path = %args.out.display(), "TorchScript module written");
+    let input = genome.input;
+    let head = match report.head {
+        Head::Linear => "linear",
+        Head::Cosine { .. } => "cosine",
+        Head::Split { .. } => "split",
+    };
+    println!(
+        "{}",
+        json!({
+            "out": args.out,
+            "input": {
+                "layout": "NCHW",
+                "dtype": "float32",
+                "range": [0.0, 1.0],
+                "channels": input.channels,
+                "height": input.height,
+                "width": input.width,
+            },
+            "normalisation": {
+                "mean": report.normalisation.iter().map(|s| s.mean).collect::<Vec<_>>(),
+                "std": report.normalisation.iter().map(|s| s.std).collect::<Vec<_>>(),
+            },
+            "output": { "logits": report.num_classes },
+            "head": head,
+            "split": {
+                "train": split.train_len(),
+                "validation": split.val_len(),
+                "test": split.test_len(),
+            },
+            "val_accuracy": report.traced_val_accuracy,
+            "test_accuracy": report.traced_test_accuracy,
+            "network_val_accuracy": report.network_val_accuracy,
+            "network_test_accuracy": report.network_test_accuracy,
+            "max_logit_difference": report.max_logit_difference,
+        })
     );
     Ok(())
 }
@@ -448,3 +560,7 @@ fn check_safetensors_name(path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// The command lines in deploy/ parsed by this CLI.
+#[cfg(test)]
+mod deploy_manifest_tests;

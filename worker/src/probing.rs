@@ -174,6 +174,7 @@ mod tests {
                 epochs,
                 objective: Objective::Plain,
                 head_only: false,
+                augment: Default::default(),
             },
             seed: 5,
             parent_checkpoint: None,

@@ -23,6 +23,7 @@ use tch::nn;
 use tch::{Device, Kind, TchError, Tensor};
 use tracing::debug;
 
+use crate::augment::Augmenter;
 use crate::data::SplitData;
 use crate::error::WorkerError;
 use crate::inherit::{inherit_from_file, Inherited};
@@ -121,7 +122,9 @@ impl std::fmt::Debug for TrialOutcome {
 }
 
 /// Trains one trial; blocking, so call it from a dedicated thread. Seeds torch with
-/// `plan.seed` and shuffles batches with a generator seeded by it. `tch::manual_seed` is
+/// `plan.seed` and shuffles batches with a generator seeded by it; with augmentation on
+/// (`hparams.augment`), each training batch is augmented on the device with draws seeded by
+/// the seed and the step ([`crate::augment`]). `tch::manual_seed` is
 /// process-wide: trials training at once (`worker join --slots N`) seed and initialise their
 /// weights one at a time ([`SEEDED_INIT`]), so the initial weights depend on the seed only, but
 /// dropout masks then come from the shared generator: run one trial per process at a time when
@@ -134,6 +137,34 @@ pub fn train_trial(
     data: &SplitData,
     device: Device,
     on_epoch: &mut dyn FnMut(&EpochReport) -> Control,
+) -> Result<TrialOutcome, WorkerError> {
+    train_trial_observed(plan, data, device, on_epoch, &mut |_| {})
+}
+
+/// Progress within an epoch, reported after every optimizer step by
+/// [`train_trial_observed`] (for progress bars and periodic log lines; costs no device sync).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchProgress {
+    /// The epoch running, 1-based.
+    pub epoch: u32,
+    /// Epochs the trial is planned to run.
+    pub total_epochs: u32,
+    /// Batches of this epoch done so far.
+    pub batch: usize,
+    /// Batches per epoch.
+    pub batches: usize,
+    /// Mean training loss of the epoch so far, as of its last NaN check (every 50 batches):
+    /// `None` before the first.
+    pub running_loss: Option<f64>,
+}
+
+/// [`train_trial`] that also calls `on_batch` after every optimizer step.
+pub fn train_trial_observed(
+    plan: &TrialPlan,
+    data: &SplitData,
+    device: Device,
+    on_epoch: &mut dyn FnMut(&EpochReport) -> Control,
+    on_batch: &mut dyn FnMut(&BatchProgress),
 ) -> Result<TrialOutcome, WorkerError> {
     let hp = &plan.hparams;
     hp.validate()
@@ -189,6 +220,8 @@ pub fn train_trial(
 
     let started = Instant::now();
     let mut order: Vec<i64> = (0..n_train as i64).collect();
+    // Training batches only (see crate::augment); evaluation reads the split as it is.
+    let augmenter = Augmenter::new(hp.augment, plan.seed);
     let mut last = EpochReport {
         epoch: 0,
         total_epochs: hp.epochs,
@@ -202,11 +235,16 @@ pub fn train_trial(
         let perm = Tensor::f_from_slice(&order)?.f_to_device(device)?;
         let mut loss_sum = Tensor::f_zeros([], (Kind::Float, device))?;
         let mut seen = 0i64;
+        let mut running_loss = None;
         for (b, &(start, len)) in batches.iter().enumerate() {
             let step = (epoch as usize - 1) * steps_per_epoch + b;
             objective.set_step_size(&mut opt, step, total_steps);
             let idx = perm.f_narrow(0, start, len)?;
             let xs = train_x.f_index_select(0, &idx)?;
+            let xs = match &augmenter {
+                Some(a) => a.apply(&xs, step as u64)?,
+                None => xs,
+            };
             let ys = train_y.f_index_select(0, &idx)?;
             let domains = match &train_domain {
                 Some(d) => Some(d.f_index_select(0, &idx)?),
@@ -229,7 +267,15 @@ pub fn train_trial(
                         loss: running,
                     });
                 }
+                running_loss = Some(running / seen as f64);
             }
+            on_batch(&BatchProgress {
+                epoch,
+                total_epochs: hp.epochs,
+                batch: b + 1,
+                batches: steps_per_epoch,
+                running_loss,
+            });
         }
         let train_loss = f64::try_from(&loss_sum)? / seen as f64;
         if !train_loss.is_finite() {

@@ -5,7 +5,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::pick_other;
-use crate::hparams::{HyperParams, Objective, Optimizer, Schedule};
+use crate::hparams::{Augment, HyperParams, Objective, Optimizer, Schedule};
 use crate::spec::SearchSpace;
 
 #[cfg(test)]
@@ -22,6 +22,9 @@ const WD_LOG_SIGMA: f64 = 1.0;
 
 /// The smallest non-zero weight decay drawn when the range starts at zero, relative to its top.
 const WD_LOW_FRACTION: f64 = 1e-3;
+
+/// Standard deviation of the normal step of an augmentation probability (`flip`, `erase`).
+const AUGMENT_PROBABILITY_SIGMA: f64 = 0.1;
 
 /// How often a numeric hyperparameter step is redrawn when rounding or clamping undid it.
 const NUMERIC_REDRAWS: usize = 8;
@@ -44,7 +47,10 @@ pub fn mutate_hparams<R: Rng + ?Sized>(
 /// Samples plain-objective hyperparameters uniformly from the space: a log-uniform learning rate, uniform batch
 /// size, optimiser, schedule and epochs, and a weight decay that is log-uniform when the range
 /// starts above zero, else 0 with probability 0.2 and log-uniform in `[high / 1000, high]`
-/// otherwise. Numbers are rounded to three significant digits. Always valid.
+/// otherwise. Numbers are rounded to three significant digits. Augmentation strengths are
+/// uniform in their ranges (probabilities to two decimals), off when the space has none; a
+/// space without augmentation ranges draws exactly what it drew before they existed. Always
+/// valid.
 pub fn sample_hparams<R: Rng + ?Sized>(space: &SearchSpace, rng: &mut R) -> HyperParams {
     let b = HpBounds::of(space);
     let [lr_lo, lr_hi] = b.learning_rate;
@@ -73,6 +79,20 @@ pub fn sample_hparams<R: Rng + ?Sized>(space: &SearchSpace, rng: &mut R) -> Hype
         )
     };
     let epochs = rng.gen_range(b.epochs[0]..=b.epochs[1]);
+    let [c0, c1] = b.crop_pad;
+    let crop_pad = if c0 < c1 { rng.gen_range(c0..=c1) } else { c0 };
+    let mut probability = |[lo, hi]: [f64; 2]| {
+        if lo < hi {
+            round_probability(rng.gen_range(lo..=hi), lo, hi)
+        } else {
+            lo
+        }
+    };
+    let augment = Augment {
+        crop_pad,
+        flip: probability(b.flip),
+        erase: probability(b.erase),
+    };
     HyperParams {
         optimizer,
         learning_rate,
@@ -82,6 +102,7 @@ pub fn sample_hparams<R: Rng + ?Sized>(space: &SearchSpace, rng: &mut R) -> Hype
         epochs,
         objective: Objective::Plain,
         head_only: false,
+        augment,
     }
 }
 
@@ -96,6 +117,12 @@ enum HpOp {
     Epochs,
     /// The equivalent learning rate of ELR mode.
     Elr,
+    /// The random crop's padding (`augment.crop_pad`), one pixel up or down.
+    CropPad,
+    /// The horizontal-flip probability (`augment.flip`).
+    Flip,
+    /// The random-erasing probability (`augment.erase`).
+    Erase,
 }
 
 impl HpOp {
@@ -118,6 +145,27 @@ impl HpOp {
         HpOp::Schedule,
         HpOp::Epochs,
     ];
+
+    /// The operators for `hp` in `b`: those of its objective, then the augmentation operators
+    /// whose range in the space has more than one value (appended, so a space without
+    /// augmentation shuffles and draws exactly as before they existed).
+    fn for_hparams(hp: &HyperParams, b: &HpBounds) -> Vec<HpOp> {
+        let mut ops = if hp.objective.is_elr() {
+            HpOp::ELR.to_vec()
+        } else {
+            HpOp::PLAIN.to_vec()
+        };
+        if b.crop_pad[0] < b.crop_pad[1] {
+            ops.push(HpOp::CropPad);
+        }
+        if b.flip[0] < b.flip[1] {
+            ops.push(HpOp::Flip);
+        }
+        if b.erase[0] < b.erase[1] {
+            ops.push(HpOp::Erase);
+        }
+        ops
+    }
 }
 
 /// The ranges of a search space, made usable even when the space was never validated: bad
@@ -130,6 +178,12 @@ pub(super) struct HpBounds {
     schedules: Vec<Schedule>,
     weight_decay: [f64; 2],
     elr: [f64; 2],
+    /// `augment.crop_pad`'s range; `[0, 0]` (off) when the space has none or a bad one.
+    crop_pad: [u32; 2],
+    /// `augment.flip`'s range; `[0, 0]` (off) when the space has none or a bad one.
+    flip: [f64; 2],
+    /// `augment.erase`'s range; `[0, 0]` (off) when the space has none or a bad one.
+    erase: [f64; 2],
 }
 
 impl HpBounds {
@@ -169,9 +223,24 @@ impl HpBounds {
             } else {
                 crate::spec::DEFAULT_ELR_RANGE
             };
+        let crop_pad = match space.crop_pad {
+            Some([lo, hi]) if lo <= hi && hi <= crate::hparams::MAX_CROP_PAD => [lo, hi],
+            _ => [0, 0],
+        };
+        let probability = |range: Option<[f64; 2]>, max: f64| match range {
+            Some([lo, hi])
+                if lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi && hi <= max =>
+            {
+                [lo, hi]
+            }
+            _ => [0.0, 0.0],
+        };
         HpBounds {
             learning_rate,
             elr,
+            crop_pad,
+            flip: probability(space.flip, crate::hparams::MAX_FLIP),
+            erase: probability(space.erase, crate::hparams::MAX_ERASE),
             batch_sizes,
             epochs: [e0, e1],
             optimizers: dedup_or(&space.optimizers, defaults.optimizers),
@@ -230,6 +299,16 @@ impl HpBounds {
             };
         }
         out.epochs = hp.epochs.clamp(self.epochs[0], self.epochs[1]);
+        let probability =
+            |x: f64, [lo, hi]: [f64; 2]| if x.is_nan() { lo } else { x.clamp(lo, hi) };
+        out.augment = Augment {
+            crop_pad: hp
+                .augment
+                .crop_pad
+                .clamp(self.crop_pad[0], self.crop_pad[1]),
+            flip: probability(hp.augment.flip, self.flip),
+            erase: probability(hp.augment.erase, self.erase),
+        };
         let f = |x: f64| x.to_string();
         for (field, old, new) in [
             ("lr", f(hp.learning_rate), f(out.learning_rate)),
@@ -250,6 +329,13 @@ impl HpBounds {
             ),
             ("weight_decay", f(hp.weight_decay), f(out.weight_decay)),
             ("epochs", hp.epochs.to_string(), out.epochs.to_string()),
+            (
+                "crop_pad",
+                hp.augment.crop_pad.to_string(),
+                out.augment.crop_pad.to_string(),
+            ),
+            ("flip", f(hp.augment.flip), f(out.augment.flip)),
+            ("erase", f(hp.augment.erase), f(out.augment.erase)),
         ] {
             if old != new {
                 notes.push(format!("clamp {field} {old}->{new}"));
@@ -282,11 +368,7 @@ fn mutate_hparams_traced<R: Rng + ?Sized>(
     let bounds = HpBounds::of(space);
     let (mut child, mut notes) = bounds.clamp(hparams);
     let wanted = if rng.gen_bool(0.5) { 2 } else { 1 };
-    let mut order: Vec<HpOp> = if hparams.objective.is_elr() {
-        HpOp::ELR.to_vec()
-    } else {
-        HpOp::PLAIN.to_vec()
-    };
+    let mut order = HpOp::for_hparams(hparams, &bounds);
     order.shuffle(rng);
     let mut applied = Vec::with_capacity(wanted);
     for op in order {
@@ -376,6 +458,25 @@ fn apply_hp_op<R: Rng + ?Sized>(
             hp.objective = Objective::Elr { elr: new, scale };
             Some(format!("elr {old}->{new}"))
         }
+        HpOp::CropPad => {
+            let [lo, hi] = b.crop_pad;
+            let old = hp.augment.crop_pad;
+            let new = step_one(old, lo, hi, rng)?;
+            hp.augment.crop_pad = new;
+            Some(format!("crop_pad {old}->{new}"))
+        }
+        HpOp::Flip => {
+            let old = hp.augment.flip;
+            let new = step_probability(old, b.flip, rng)?;
+            hp.augment.flip = new;
+            Some(format!("flip {old}->{new}"))
+        }
+        HpOp::Erase => {
+            let old = hp.augment.erase;
+            let new = step_probability(old, b.erase, rng)?;
+            hp.augment.erase = new;
+            Some(format!("erase {old}->{new}"))
+        }
         HpOp::Epochs => {
             let [e0, e1] = b.epochs;
             let old = hp.epochs;
@@ -395,6 +496,35 @@ fn apply_hp_op<R: Rng + ?Sized>(
             Some(format!("epochs {old}->{new}"))
         }
     }
+}
+
+/// `old` one up or one down within `[lo, hi]` (either way with probability 1/2 when both are
+/// possible); `None` when the range has no other value.
+fn step_one<R: Rng + ?Sized>(old: u32, lo: u32, hi: u32, rng: &mut R) -> Option<u32> {
+    match (old > lo, old < hi) {
+        (true, true) => Some(if rng.gen_bool(0.5) { old - 1 } else { old + 1 }),
+        (true, false) => Some(old - 1),
+        (false, true) => Some(old + 1),
+        (false, false) => None,
+    }
+}
+
+/// A probability moved by a normal step of [`AUGMENT_PROBABILITY_SIGMA`], rounded to two
+/// decimals and kept in `range`; `None` when no draw moved it.
+fn step_probability<R: Rng + ?Sized>(old: f64, range: [f64; 2], rng: &mut R) -> Option<f64> {
+    let [lo, hi] = range;
+    redraw(old, || {
+        round_probability(
+            old + AUGMENT_PROBABILITY_SIGMA * standard_normal(rng),
+            lo,
+            hi,
+        )
+    })
+}
+
+/// `p` rounded to two decimals, then clamped to `[lo, hi]`.
+fn round_probability(p: f64, lo: f64, hi: f64) -> f64 {
+    ((p * 100.0).round() / 100.0).clamp(lo, hi)
 }
 
 /// Draws with `draw` until the value differs from `old` (a few times at most).

@@ -50,6 +50,7 @@ fn propose_fails_when_nothing_can_change() {
         epochs: 2,
         objective: Default::default(),
         head_only: false,
+        augment: Default::default(),
     };
     let err = propose(&preset("cnn2"), &hp, &space, &mut rng(11))
         .unwrap_err()

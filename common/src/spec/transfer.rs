@@ -72,6 +72,7 @@ pub fn default_settings() -> Vec<HyperParams> {
         epochs: 2,
         objective: Default::default(),
         head_only: false,
+        augment: Default::default(),
     }]
 }
 

@@ -4,9 +4,11 @@
 
 mod budgets;
 mod chains;
+mod control;
 mod early_stopping;
 mod epoch_metrics;
 mod exhaustion;
+mod final_phase;
 mod invariants;
 mod leases;
 mod predictor_search;

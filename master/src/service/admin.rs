@@ -5,7 +5,7 @@ use std::sync::Arc;
 use explore_common::proto;
 use explore_common::proto::admin_service_server::AdminService;
 use explore_common::spec::ExperimentSpec;
-use explore_common::ExperimentId;
+use explore_common::{ExperimentId, TrialId};
 use tonic::{Request, Response, Status};
 
 use super::convert::{experiment_summary, parse_id, trial_record};
@@ -155,6 +155,44 @@ impl AdminService for AdminApi {
             &view.spec,
             Some(&epoch_metrics),
         )))
+    }
+
+    async fn get_trial(
+        &self,
+        request: Request<proto::GetTrialRequest>,
+    ) -> Result<Response<proto::TrialRecord>, Status> {
+        let id: TrialId = parse_id("trial_id", &request.into_inner().trial_id)?;
+        let trial = self.scheduler.trial(id.as_str()).await?;
+        let spec = self.scheduler.spec_of(&trial.experiment_id).await?;
+        let epoch_metrics = self.scheduler.trial_epoch_metrics(&trial).await?;
+        Ok(Response::new(trial_record(
+            &trial,
+            &spec,
+            Some(&epoch_metrics),
+        )))
+    }
+
+    async fn stop_experiment(
+        &self,
+        request: Request<proto::StopExperimentRequest>,
+    ) -> Result<Response<proto::ExperimentSummary>, Status> {
+        let request = request.into_inner();
+        let id: ExperimentId = parse_id("experiment_id", &request.experiment_id)?;
+        self.scheduler
+            .stop_experiment(id.as_str(), request.now)
+            .await?;
+        let view = self.scheduler.experiment_view(id.as_str()).await?;
+        Ok(Response::new(experiment_summary(&view)))
+    }
+
+    async fn resume_experiment(
+        &self,
+        request: Request<proto::ResumeExperimentRequest>,
+    ) -> Result<Response<proto::ExperimentSummary>, Status> {
+        let id: ExperimentId = parse_id("experiment_id", &request.into_inner().experiment_id)?;
+        self.scheduler.resume_experiment(id.as_str()).await?;
+        let view = self.scheduler.experiment_view(id.as_str()).await?;
+        Ok(Response::new(experiment_summary(&view)))
     }
 
     type DownloadCheckpointStream = ChunkStream;

@@ -80,7 +80,7 @@ pub fn experiment_summary(v: &ExperimentView) -> proto::ExperimentSummary {
     proto::ExperimentSummary {
         experiment_id: v.row.id.clone(),
         name: v.row.name.clone(),
-        status: v.row.status.clone(),
+        status: v.row.lifecycle().as_str().to_string(),
         trials_completed: v.counts.completed,
         trials_failed: v.counts.failed,
         trials_running: v.counts.in_flight(),

@@ -1,7 +1,7 @@
 //! `explore.v1.WorkerService` over the scheduler.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use explore_common::proto::worker_service_server::WorkerService;
 use explore_common::proto::{self, PROTOCOL_VERSION};
@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{parse_id, trial_assignment};
 use super::ChunkStream;
+use crate::metrics::Rpc;
 use crate::scheduler::{HeartbeatAnswer, Progress, Scheduler};
 use crate::store::TrialResult;
 
@@ -59,6 +60,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<proto::AcquireRequest>,
     ) -> Result<Response<proto::AcquireResponse>, Status> {
+        let started = Instant::now();
         let r = request.into_inner();
         let worker: WorkerId = parse_id("worker_id", &r.worker_id)?;
         let wait = Duration::from_millis(r.wait_ms as u64).min(MAX_WAIT);
@@ -70,6 +72,9 @@ impl WorkerService for WorkerApi {
             }
             None => None,
         };
+        self.scheduler
+            .metrics()
+            .rpc_answered(Rpc::Acquire, started.elapsed().as_secs_f64());
         Ok(Response::new(proto::AcquireResponse { trial }))
     }
 
@@ -77,6 +82,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        let started = Instant::now();
         let r = request.into_inner();
         let worker: WorkerId = parse_id("worker_id", &r.worker_id)?;
         let trial: TrialId = parse_id("trial_id", &r.trial_id)?;
@@ -97,6 +103,9 @@ impl WorkerService for WorkerApi {
             HeartbeatAnswer::Stop(reason) => (proto::TrialCommand::Stop, reason),
             HeartbeatAnswer::LeaseLost(reason) => (proto::TrialCommand::LeaseLost, reason),
         };
+        self.scheduler
+            .metrics()
+            .rpc_answered(Rpc::Heartbeat, started.elapsed().as_secs_f64());
         Ok(Response::new(proto::HeartbeatResponse {
             command: command as i32,
             reason,
@@ -134,6 +143,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<proto::CompleteRequest>,
     ) -> Result<Response<proto::CompleteResponse>, Status> {
+        let started = Instant::now();
         let r = request.into_inner();
         let worker: WorkerId = parse_id("worker_id", &r.worker_id)?;
         let trial: TrialId = parse_id("trial_id", &r.trial_id)?;
@@ -147,6 +157,9 @@ impl WorkerService for WorkerApi {
             .scheduler
             .complete(worker.as_str(), trial.as_str(), r.attempt, result)
             .await?;
+        self.scheduler
+            .metrics()
+            .rpc_answered(Rpc::Complete, started.elapsed().as_secs_f64());
         Ok(Response::new(proto::CompleteResponse {
             accepted: answer.accepted,
             reason: answer.reason,

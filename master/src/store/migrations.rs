@@ -31,6 +31,12 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0004_probes.sql"),
     ),
     (5, "scale", include_str!("../../migrations/0005_scale.sql")),
+    (
+        6,
+        "control",
+        include_str!("../../migrations/0006_control.sql"),
+    ),
+    (7, "final", include_str!("../../migrations/0007_final.sql")),
 ];
 
 /// [`MIGRATIONS`] as a source sqlx can resolve.

@@ -2,8 +2,10 @@
 //! start-up). Every query takes a connection, so callers compose several of them into one
 //! transaction: a state change is either fully recorded or not at all.
 
+pub mod final_phase;
 mod migrations;
 mod model;
+pub mod reads;
 mod row;
 #[cfg(test)]
 mod tests;
@@ -18,7 +20,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 
 pub use model::{
     ChainRow, EpochRow, EpochUsage, ExperimentRow, ExperimentStatus, NewTrial, TrialCounts,
-    TrialKind, TrialResult, TrialRow, TrialStatus,
+    TrialKind, TrialResult, TrialRow, TrialStatus, FINAL_PHASE,
 };
 
 use crate::error::MasterError;
@@ -193,6 +195,61 @@ pub async fn finish_experiment(
     .await
     .map_err(convert_sqlx_err)?;
     Ok(())
+}
+
+/// Marks a running experiment stopped at `now_ms` (see [`ExperimentStatus::Stopped`]); a no-op
+/// on one already stopped.
+pub async fn stop_experiment(
+    conn: &mut SqliteConnection,
+    id: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<(), MasterError> {
+    sqlx::query(
+        "UPDATE experiments SET stopped_at_ms = COALESCE(stopped_at_ms, ?), status_reason = ?
+          WHERE id = ? AND status = 'running'",
+    )
+    .bind(now_ms)
+    .bind(reason)
+    .bind(id)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// Lets a stopped experiment run again; the time it was stopped is added to `paused_ms`.
+pub async fn resume_experiment(
+    conn: &mut SqliteConnection,
+    id: &str,
+    now_ms: i64,
+) -> Result<(), MasterError> {
+    sqlx::query(
+        "UPDATE experiments SET paused_ms = paused_ms + MAX(0, ? - stopped_at_ms),
+             stopped_at_ms = NULL, status_reason = ''
+          WHERE id = ? AND status = 'running' AND stopped_at_ms IS NOT NULL",
+    )
+    .bind(now_ms)
+    .bind(id)
+    .execute(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(())
+}
+
+/// The trials of an experiment that workers hold now (leased or running).
+pub async fn held_trials_of(
+    conn: &mut SqliteConnection,
+    experiment_id: &str,
+) -> Result<Vec<TrialRow>, MasterError> {
+    sqlx::query_as::<_, TrialRow>(
+        "SELECT * FROM trials WHERE status IN ('leased', 'running') AND experiment_id = ?
+          ORDER BY seq",
+    )
+    .bind(experiment_id)
+    .fetch_all(conn)
+    .await
+    .map_err(convert_sqlx_err)
 }
 
 /// Records the experiment's best trial.
@@ -560,7 +617,7 @@ pub async fn lease_next_trial(
 ) -> Result<Option<TrialRow>, MasterError> {
     let candidate: Option<(String,)> = sqlx::query_as(
         "SELECT t.id FROM trials t JOIN experiments e ON e.id = t.experiment_id
-          WHERE t.status = 'queued' AND e.status = 'running'
+          WHERE t.status = 'queued' AND e.status = 'running' AND e.stopped_at_ms IS NULL
           ORDER BY e.created_at_ms, t.seq LIMIT 1",
     )
     .fetch_optional(&mut *conn)

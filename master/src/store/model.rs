@@ -112,6 +112,9 @@ impl FromStr for TrialKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExperimentStatus {
     Running,
+    /// Stopped by `master stop`: nothing new is proposed or leased until `master resume`.
+    /// Stored as `running` with `stopped_at_ms` set (see migration 0006).
+    Stopped,
     Completed,
     Failed,
 }
@@ -121,6 +124,7 @@ impl ExperimentStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             ExperimentStatus::Running => "running",
+            ExperimentStatus::Stopped => "stopped",
             ExperimentStatus::Completed => "completed",
             ExperimentStatus::Failed => "failed",
         }
@@ -139,6 +143,42 @@ crate::sqlite_row! {
         pub created_at_ms: i64,
         pub finished_at_ms: Option<i64>,
         pub best_trial_id: Option<String>,
+        /// When `master stop` stopped it; `None` unless stopped (see [`ExperimentStatus::Stopped`]).
+        pub stopped_at_ms: Option<i64>,
+        /// Milliseconds spent stopped before the current run (not counted as wall time).
+        pub paused_ms: i64,
+        /// Why the search ended, once it has and the final phase (`[final]`) has begun; `None`
+        /// while the experiment searches (see migration 0007).
+        pub search_ended: Option<String>,
+    }
+}
+
+impl ExperimentRow {
+    /// The experiment's lifecycle state, `Stopped` included.
+    pub fn lifecycle(&self) -> ExperimentStatus {
+        match self.status.as_str() {
+            "running" if self.stopped_at_ms.is_some() => ExperimentStatus::Stopped,
+            "running" => ExperimentStatus::Running,
+            "completed" => ExperimentStatus::Completed,
+            _ => ExperimentStatus::Failed,
+        }
+    }
+
+    /// Whether the experiment proposes and leases new trials.
+    pub fn is_running(&self) -> bool {
+        self.lifecycle() == ExperimentStatus::Running
+    }
+
+    /// Whether the search is over and the final phase has begun (`[final]`).
+    pub fn in_final_phase(&self) -> bool {
+        self.search_ended.is_some()
+    }
+
+    /// Wall time the experiment has run at `now_ms`: since its creation, less the time it
+    /// spent stopped.
+    pub fn running_ms(&self, now_ms: i64) -> i64 {
+        let stopped_now = self.stopped_at_ms.map_or(0, |at| (now_ms - at).max(0));
+        (now_ms - self.created_at_ms - self.paused_ms - stopped_now).max(0)
     }
 }
 
@@ -183,6 +223,9 @@ crate::sqlite_row! {
         pub predicted_score: Option<f64>,
         /// The standard deviation of that prediction.
         pub predicted_std: Option<f64>,
+        /// `search` or `final`: a final trial trains a best architecture of the search again
+        /// (see [`FINAL_PHASE`]).
+        pub phase: String,
     }
 }
 
@@ -201,7 +244,16 @@ impl TrialRow {
     pub fn metrics(&self) -> BTreeMap<String, f64> {
         serde_json::from_str(&self.metrics_json).unwrap_or_default()
     }
+
+    /// Whether the trial belongs to the final phase (see [`FINAL_PHASE`]).
+    pub fn is_final(&self) -> bool {
+        self.phase == FINAL_PHASE
+    }
 }
+
+/// The `trials.phase` of a final trial: it trains one of the search's best architectures again
+/// with the `[final]` schedule; every other trial is in phase `search`.
+pub const FINAL_PHASE: &str = "final";
 
 crate::sqlite_row! {
     /// One row of `trial_epochs`: what a heartbeat reported after an epoch.

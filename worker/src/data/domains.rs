@@ -23,7 +23,8 @@ use tch::{Device, Tensor};
 
 use super::transform::{self, Geometry};
 use super::{
-    default_data_dir, DataSource, Dataset, DatasetCache, HistorySplit, SplitConfig, SplitData,
+    default_data_dir, ChannelStats, DataSource, Dataset, DatasetCache, HistorySplit, SplitConfig,
+    SplitData,
 };
 use crate::error::WorkerError;
 
@@ -180,17 +181,59 @@ impl DataPlan {
         self.training_parts().map(|p| p.name.clone()).collect()
     }
 
+    /// The one dataset of a plan that uses a single source as it is (no domains, transform,
+    /// history or resizing): [`DataPlan::split`] is then [`Dataset::split`] unchanged.
+    fn unchanged_source(&self) -> Option<&Dataset> {
+        let [only] = self.parts.as_slice() else {
+            return None;
+        };
+        let resized = self
+            .size
+            .is_some_and(|side| (only.dataset.height, only.dataset.width) != (side, side));
+        (!self.labelled && only.transform.is_identity() && self.history.is_none() && !resized)
+            .then_some(&*only.dataset)
+    }
+
+    /// The per-channel normalisation [`DataPlan::split`] applies with `cfg` (the statistics of
+    /// its training split, after resizing and transforms), without building the split: an
+    /// image of this plan's geometry with intensities `x` in `[0, 1]` is what the trainer sees
+    /// as `(x − mean) / std`.
+    pub fn normalisation(&self, cfg: &SplitConfig) -> Result<Vec<ChannelStats>, WorkerError> {
+        if let Some(only) = self.unchanged_source() {
+            let (train_idx, _) = only.select(cfg, cfg.split_seed)?;
+            return Ok(only.channel_stats(&train_idx));
+        }
+        // The training examples exactly as `split` pools them: each training domain's own
+        // seeded selection, resized and transformed with the same noise stream.
+        let geometry = self.geometry()?;
+        let mut train = Pooled::default();
+        for (index, part) in self.parts.iter().enumerate() {
+            if part.target {
+                continue;
+            }
+            let domain = domain_index(self, index);
+            let (train_idx, _) = part.dataset.select(cfg, cfg.split_seed + domain as u64)?;
+            let mut rng = noise_rng(cfg.split_seed, index, 0);
+            train.extend(part, Which::Train, &train_idx, domain, geometry, &mut rng);
+        }
+        let n_train = train.labels.len();
+        let image = (geometry.0 * geometry.1 * geometry.2) as usize;
+        // `from_raw` wants a test file; one blank image stands in for it.
+        let pooled = Dataset::from_raw(
+            geometry,
+            train.pixels,
+            train.labels,
+            vec![0; image],
+            vec![0],
+        )?;
+        Ok(pooled.channel_stats(&(0..n_train).collect::<Vec<_>>()))
+    }
+
     /// Builds the split's tensors on `device`; see the module documentation. A single source
     /// without transform or few-shot takes [`Dataset::split`] unchanged.
     pub fn split(&self, cfg: &SplitConfig, device: Device) -> Result<SplitData, WorkerError> {
-        if let [only] = self.parts.as_slice() {
-            let resized = self
-                .size
-                .is_some_and(|side| (only.dataset.height, only.dataset.width) != (side, side));
-            if !self.labelled && only.transform.is_identity() && self.history.is_none() && !resized
-            {
-                return only.dataset.split(cfg, device);
-            }
+        if let Some(only) = self.unchanged_source() {
+            return only.split(cfg, device);
         }
         let geometry = self.geometry()?;
         let image = (geometry.0 * geometry.1 * geometry.2) as usize;

@@ -20,6 +20,7 @@ fn plan(optimizer: Optimizer, schedule: Schedule) -> TrialPlan {
             epochs: 4,
             objective: Objective::Plain,
             head_only: false,
+            augment: Default::default(),
         },
         seed: 5,
         parent_checkpoint: None,
@@ -52,6 +53,43 @@ fn every_optimiser_and_schedule_learns_an_easy_task() {
         assert!(reports[3].train_loss < reports[0].train_loss, "{reports:?}");
         assert_eq!(out.params, genome().analyze().unwrap().params);
     }
+}
+
+#[test]
+fn the_batch_hook_sees_every_step_and_the_running_loss_after_each_nan_check() {
+    let _guard = lock();
+    let data = split();
+    let mut p = plan(Optimizer::AdamW, Schedule::Constant);
+    p.hparams.epochs = 2;
+    p.hparams.batch_size = 2;
+    let batches = batch_ranges(data.train_len(), 2).len();
+    assert!(batches > NAN_CHECK_EVERY, "{batches} batches");
+    let mut seen = Vec::new();
+    let observed = train_trial_observed(
+        &p,
+        &data,
+        Device::Cpu,
+        &mut |_| Control::Continue,
+        &mut |b| seen.push(*b),
+    )
+    .unwrap();
+    assert_eq!(seen.len(), 2 * batches);
+    for (i, b) in seen.iter().enumerate() {
+        assert_eq!(
+            (b.epoch as usize, b.batch),
+            (i / batches + 1, i % batches + 1)
+        );
+        assert_eq!((b.total_epochs, b.batches), (2, batches));
+        // the running loss is known from the epoch's first NaN check on
+        assert_eq!(
+            b.running_loss.is_some(),
+            b.batch >= NAN_CHECK_EVERY,
+            "{b:?}"
+        );
+    }
+    // observing changes nothing
+    let plain = train_trial(&p, &data, Device::Cpu, &mut |_| Control::Continue).unwrap();
+    assert_eq!(observed.checkpoint, plain.checkpoint);
 }
 
 #[test]

@@ -100,3 +100,90 @@ fn an_elr_mutation_never_changes_learning_rate_or_weight_decay() {
         assert!(elr_moved, "seed {seed}: the ELR itself never moved");
     }
 }
+
+/// Issue 14: with augmentation ranges in the space, each augmentation operator fires and keeps
+/// its strength in range; without them none is ever chosen.
+#[test]
+fn augmentation_operators_fire_only_when_the_space_has_their_range() {
+    let augmented = SearchSpace {
+        crop_pad: Some([0, 4]),
+        flip: Some([0.0, 0.5]),
+        erase: Some([0.1, 0.5]),
+        ..SearchSpace::default()
+    };
+    let mut r = rng(5);
+    let mut fired = HashSet::new();
+    let mut hp = HyperParams::default();
+    for _ in 0..300 {
+        let (child, description, applied) = mutate_hparams_traced(&hp, &augmented, &mut r);
+        let a = child.augment;
+        assert!(a.crop_pad <= 4, "{description}");
+        assert!((0.0..=0.5).contains(&a.flip), "{description}");
+        assert!((0.1..=0.5).contains(&a.erase), "{description}");
+        assert_eq!(a.flip, (a.flip * 100.0).round() / 100.0, "{description}");
+        child.validate().unwrap();
+        fired.extend(applied);
+        hp = child;
+    }
+    for op in [HpOp::CropPad, HpOp::Flip, HpOp::Erase] {
+        assert!(fired.contains(&op), "{op:?} never fired");
+    }
+    // Only the augmentation ranges given are searched; a one-value range pins the strength.
+    let flip_only = SearchSpace {
+        flip: Some([0.0, 0.5]),
+        erase: Some([0.2, 0.2]),
+        ..SearchSpace::default()
+    };
+    let ops = HpOp::for_hparams(&HyperParams::default(), &HpBounds::of(&flip_only));
+    assert!(ops.contains(&HpOp::Flip));
+    assert!(!ops.contains(&HpOp::CropPad) && !ops.contains(&HpOp::Erase));
+    let (child, description) = mutate_hparams(&HyperParams::default(), &flip_only, &mut rng(1));
+    assert_eq!(child.augment.erase, 0.2, "{description}");
+    assert!(description.contains("clamp erase 0->0.2"), "{description}");
+
+    let plain = SearchSpace::default();
+    let ops = HpOp::for_hparams(&HyperParams::default(), &HpBounds::of(&plain));
+    assert_eq!(ops, HpOp::PLAIN.to_vec());
+    let augmented_parent = HyperParams {
+        augment: Augment {
+            crop_pad: 2,
+            flip: 0.5,
+            erase: 0.3,
+        },
+        ..HyperParams::default()
+    };
+    for seed in 0..50 {
+        let (child, description, applied) =
+            mutate_hparams_traced(&augmented_parent, &plain, &mut rng(seed));
+        assert!(child.augment.is_off(), "{description}");
+        assert!(description.contains("clamp crop_pad 2->0"), "{description}");
+        assert!(
+            applied
+                .iter()
+                .all(|op| !matches!(op, HpOp::CropPad | HpOp::Flip | HpOp::Erase)),
+            "{description}"
+        );
+    }
+}
+
+#[test]
+fn sampling_draws_augmentation_only_from_its_ranges() {
+    let plain = SearchSpace::default();
+    let augmented = SearchSpace {
+        crop_pad: Some([1, 3]),
+        flip: Some([0.0, 0.5]),
+        erase: Some([0.25, 0.25]),
+        ..SearchSpace::default()
+    };
+    let mut seen_pads = HashSet::new();
+    for seed in 0..100 {
+        assert!(sample_hparams(&plain, &mut rng(seed)).augment.is_off());
+        let hp = sample_hparams(&augmented, &mut rng(seed));
+        hp.validate().unwrap();
+        assert!((1..=3).contains(&hp.augment.crop_pad));
+        assert!((0.0..=0.5).contains(&hp.augment.flip));
+        assert_eq!(hp.augment.erase, 0.25);
+        seen_pads.insert(hp.augment.crop_pad);
+    }
+    assert_eq!(seen_pads.len(), 3);
+}

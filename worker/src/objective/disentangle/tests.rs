@@ -145,6 +145,7 @@ fn plan(objective: Settings) -> TrialPlan {
             epochs: 8,
             objective,
             head_only: false,
+            augment: Default::default(),
         },
         seed: 11,
         parent_checkpoint: None,

@@ -203,6 +203,7 @@ fn plan(objective: Settings, epochs: u32, parent: Option<PathBuf>) -> TrialPlan 
             epochs,
             objective,
             head_only: false,
+            augment: Default::default(),
         },
         seed: 7,
         parent_checkpoint: parent,

@@ -1,0 +1,157 @@
+//! The `[final]` section of a spec: once the search is over, train the best architectures again
+//! with a longer schedule.
+//!
+//! ```toml
+//! [final]
+//! top_k = 3          # the 3 best distinct architectures by validation score
+//! epochs = 20        # each trained for 20 epochs
+//! from = "weights"   # starting from its trained weights ("scratch": a fresh initialisation)
+//! ```
+//!
+//! The final phase is part of the budget: `budget.max_trials` and `budget.max_epochs` are the
+//! experiment's totals, and the search gets what is left after `top_k` trials and
+//! `top_k × epochs` epochs are reserved for the final phase (so a spec must leave the search at
+//! least one trial and one epoch). The wall-time budget ends the search only; the final phase
+//! then runs to its end.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CommonError;
+
+/// Most epochs a final trial may train (the bound of `HyperParams::epochs`).
+pub const MAX_FINAL_EPOCHS: u32 = 1000;
+
+/// Where a final trial starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalStart {
+    /// From the checkpoint of the trial it retrains (a fresh initialisation when that trial
+    /// has none). The default: the search's best models are usually fine-tunes many epochs
+    /// deep, whose quality a from-scratch run of `epochs` epochs would have to earn again.
+    #[default]
+    Weights,
+    /// From a fresh initialisation, with a new training seed.
+    Scratch,
+}
+
+impl FinalStart {
+    /// The spec's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinalStart::Weights => "weights",
+            FinalStart::Scratch => "scratch",
+        }
+    }
+}
+
+/// `[final]`: the final-training phase (absent: none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinalConfig {
+    /// How many of the best distinct architectures (by validation score; two trials of one
+    /// genome count once) are trained again.
+    pub top_k: u32,
+    /// Epochs of each final trial.
+    pub epochs: u32,
+    /// Whether a final trial starts from its parent's weights or from scratch.
+    #[serde(default)]
+    pub from: FinalStart,
+}
+
+impl FinalConfig {
+    /// Epochs the final phase reserves from `budget.max_epochs`: `top_k × epochs`.
+    pub fn reserved_epochs(&self) -> u64 {
+        u64::from(self.top_k) * u64::from(self.epochs)
+    }
+
+    /// Checks the section's values and that the budget leaves the search something; the error
+    /// names the key.
+    pub fn validate(&self, max_trials: u32, max_epochs: Option<u32>) -> Result<(), CommonError> {
+        let key = |k: &str, reason: String| {
+            Err(CommonError::SpecKey {
+                key: k.to_string(),
+                reason,
+            })
+        };
+        if self.top_k == 0 {
+            return key("final.top_k", "must be at least 1".into());
+        }
+        if self.epochs == 0 || self.epochs > MAX_FINAL_EPOCHS {
+            return key(
+                "final.epochs",
+                format!("must be 1..={MAX_FINAL_EPOCHS}, got {}", self.epochs),
+            );
+        }
+        if self.top_k >= max_trials {
+            return key(
+                "final.top_k",
+                format!(
+                    "must be below budget.max_trials ({max_trials}), which counts the final \
+                     trials too, got {}",
+                    self.top_k
+                ),
+            );
+        }
+        if let Some(max) = max_epochs {
+            if self.reserved_epochs() >= u64::from(max) {
+                return key(
+                    "final.epochs",
+                    format!(
+                        "top_k × epochs = {} must be below budget.max_epochs ({max}), which \
+                         counts the final epochs too",
+                        self.reserved_epochs()
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::spec::ExperimentSpec;
+
+    fn parse(extra: &str) -> Result<ExperimentSpec, String> {
+        ExperimentSpec::from_toml(&format!(
+            "name = \"t\"\n[budget]\nmax_trials = 10\nmax_epochs = 100\n{extra}"
+        ))
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn final_is_off_by_default_and_reads_back() {
+        assert_eq!(parse("").unwrap().final_training, None);
+        let spec = parse("[final]\ntop_k = 2\nepochs = 20\n").unwrap();
+        let f = spec.final_training.clone().unwrap();
+        assert_eq!((f.top_k, f.epochs, f.from.as_str()), (2, 20, "weights"));
+        assert_eq!(f.reserved_epochs(), 40);
+        let text = spec.to_toml().unwrap();
+        assert!(text.contains("[final]"), "{text}");
+        assert_eq!(ExperimentSpec::from_toml(&text).unwrap(), spec);
+        let scratch = parse("[final]\ntop_k = 1\nepochs = 5\nfrom = \"scratch\"\n").unwrap();
+        assert_eq!(scratch.final_training.unwrap().from.as_str(), "scratch");
+    }
+
+    #[test]
+    fn bad_final_values_name_their_key() {
+        for (extra, key) in [
+            ("[final]\ntop_k = 0\nepochs = 5\n", "final.top_k"),
+            ("[final]\ntop_k = 10\nepochs = 5\n", "final.top_k"),
+            ("[final]\ntop_k = 2\nepochs = 0\n", "final.epochs"),
+            ("[final]\ntop_k = 2\nepochs = 1001\n", "final.epochs"),
+            ("[final]\ntop_k = 2\nepochs = 50\n", "final.epochs"),
+            (
+                "[final]\ntop_k = 2\nepochs = 5\nfrom = \"x\"\n",
+                "expected `weights` or `scratch`",
+            ),
+            (
+                "[final]\ntop_k = 2\nepochs = 5\nk = 1\n",
+                "unknown field `k`",
+            ),
+        ] {
+            let err = parse(extra).unwrap_err();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! `master stop` and `master resume`: an experiment stops proposing and leasing trials, and
+//! later runs again where it stopped.
+
+use tracing::info;
+
+use super::{now_ms, Scheduler};
+use crate::error::MasterError;
+use crate::store::{self, ExperimentStatus, TrialStatus};
+
+/// Why the trials a `stop --now` cancelled ended; the pool keeps it as their error.
+pub const CANCELLED_BY_STOP: &str = "cancelled: experiment stopped with --now";
+
+/// What a stop did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StopOutcome {
+    /// Queued trials cancelled (they had not started).
+    pub cancelled_queued: u64,
+    /// Held trials cancelled (`now` only); their workers are told to stop at the next
+    /// heartbeat.
+    pub cancelled_held: u64,
+    /// Held trials left to finish (without `now`).
+    pub finishing: u64,
+}
+
+impl Scheduler {
+    /// Stops a running experiment: nothing new is proposed or leased, its queued trials are
+    /// cancelled, and the trials workers hold finish — or, with `now`, are cancelled too.
+    /// Stopping a stopped experiment again is allowed (with `now`, it cancels what still runs).
+    pub async fn stop_experiment(
+        &self,
+        experiment_id: &str,
+        now: bool,
+    ) -> Result<StopOutcome, MasterError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.store.begin().await?;
+        let row = store::get_experiment(&mut tx, experiment_id)
+            .await?
+            .ok_or_else(|| MasterError::NotFound(format!("experiment {experiment_id}")))?;
+        let lifecycle = row.lifecycle();
+        if !matches!(
+            lifecycle,
+            ExperimentStatus::Running | ExperimentStatus::Stopped
+        ) {
+            return Err(MasterError::FailedPrecondition(format!(
+                "experiment {experiment_id} is {} and cannot be stopped",
+                lifecycle.as_str()
+            )));
+        }
+        let at = now_ms();
+        let mut outcome = StopOutcome {
+            cancelled_queued: store::cancel_queued(
+                &mut tx,
+                experiment_id,
+                "experiment stopped",
+                at,
+            )
+            .await?,
+            ..StopOutcome::default()
+        };
+        let held = store::held_trials_of(&mut tx, experiment_id).await?;
+        if now {
+            for trial in &held {
+                store::end_trial(
+                    &mut tx,
+                    &trial.id,
+                    TrialStatus::Cancelled,
+                    CANCELLED_BY_STOP,
+                    at,
+                )
+                .await?;
+            }
+            outcome.cancelled_held = held.len() as u64;
+        } else {
+            outcome.finishing = held.len() as u64;
+        }
+        let reason = if now {
+            "stopped with --now".to_string()
+        } else {
+            "stopped".to_string()
+        };
+        store::stop_experiment(&mut tx, experiment_id, &reason, at).await?;
+        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        info!(
+            experiment_id,
+            now,
+            cancelled_queued = outcome.cancelled_queued,
+            cancelled_held = outcome.cancelled_held,
+            finishing = outcome.finishing,
+            "experiment stopped"
+        );
+        Ok(outcome)
+    }
+
+    /// Lets a stopped experiment run again: the queue is refilled and waiting workers woken.
+    /// The time it was stopped does not count against its wall-time budget.
+    pub async fn resume_experiment(&self, experiment_id: &str) -> Result<(), MasterError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.store.begin().await?;
+        let row = store::get_experiment(&mut tx, experiment_id)
+            .await?
+            .ok_or_else(|| MasterError::NotFound(format!("experiment {experiment_id}")))?;
+        if row.lifecycle() != ExperimentStatus::Stopped {
+            return Err(MasterError::FailedPrecondition(format!(
+                "experiment {experiment_id} is {}, not stopped",
+                row.lifecycle().as_str()
+            )));
+        }
+        let at = now_ms();
+        store::resume_experiment(&mut tx, experiment_id, at).await?;
+        let row = store::get_experiment(&mut tx, experiment_id)
+            .await?
+            .ok_or_else(|| MasterError::Internal("experiment vanished".into()))?;
+        self.refill_experiment(&mut tx, &row, at).await?;
+        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        info!(experiment_id, "experiment resumed");
+        self.work_available.notify_waiters();
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! The final-training phase (`[final] top_k = K, epochs = E, from = "weights" | "scratch"`):
+//! once the search is over, the K best distinct architectures (by validation score; two trials
+//! of one genome count once) are trained again for E epochs, and the experiment completes when
+//! those trials have ended.
+//!
+//! **Budget.** The phase is inside the budget: `budget.max_trials` and `budget.max_epochs` are
+//! the experiment's totals, and the search gets `max_trials − K` trials and `max_epochs − K·E`
+//! epochs ([`search_trials`], [`search_epochs`]); spec validation makes sure both leave the
+//! search something. The final trials are ordinary training trials, so the status view's trial
+//! and epoch counts include them. A search that ends with fewer than K distinct completed
+//! architectures trains that many (the status message says so) and leaves the rest of the
+//! reservation unspent. The wall-time budget ends the search only: the final phase's cost is
+//! known (at most K·E epochs) and it runs to its end. The failure limit (`max_failures`)
+//! applies to the search only: a final trial that fails for good (lease expired `max_attempts`
+//! times, or reported failed) is one model less, not a failed experiment.
+//!
+//! **State.** Everything is in the database: `experiments.search_ended` says the phase has begun
+//! (and why the search ended), and every final trial (`trials.phase = 'final'`, parent = the
+//! trial it trains again) is queued in the same transaction that sets it. So the plan is the
+//! set of parents of the final trials, and a restarted master resumes the phase as it was:
+//! nothing is chosen twice, queued or held trials keep their places, leases are reclaimed and
+//! retried by the usual rules. Only `master stop` cancels final trials (queued ones, held ones
+//! with `--now`); [`Scheduler::refill_final`] queues a new trial for each parent left without a
+//! live or ended one once the experiment runs again, never while it is stopped.
+//!
+//! **Selection.** A final trial completes like any other, except that it is not a Metropolis
+//! step (no chain is cooled or moved; it is recorded as accepted) and early stopping never
+//! prunes it. It becomes the experiment's best trial only when its validation score beats the
+//! best so far, by the same rule as every trial, so `master best` reports the final model
+//! whenever the longer training paid off on validation.
+
+use explore_common::annealing;
+use explore_common::spec::{ExperimentSpec, FinalConfig, FinalStart};
+use explore_common::{HyperParams, TrialId};
+use rand::Rng;
+use sqlx::SqliteConnection;
+use tracing::info;
+
+use super::{db_seed, Scheduler, STREAM_TRIAL_SEED};
+use crate::chains;
+use crate::error::MasterError;
+use crate::store::{
+    self, final_phase as final_store, ExperimentRow, ExperimentStatus, NewTrial, TrialKind,
+    TrialRow, TrialStatus,
+};
+
+/// Trials the search may train: `budget.max_trials` less the final phase's `top_k`.
+pub fn search_trials(spec: &ExperimentSpec) -> u32 {
+    let reserved = spec.final_training.as_ref().map_or(0, |f| f.top_k);
+    spec.budget.max_trials.saturating_sub(reserved).max(1)
+}
+
+/// Epochs the search may train, when the budget has an epoch limit: `budget.max_epochs` less
+/// the final phase's `top_k × epochs`.
+pub fn search_epochs(spec: &ExperimentSpec) -> Option<u64> {
+    let reserved = spec
+        .final_training
+        .as_ref()
+        .map_or(0, FinalConfig::reserved_epochs);
+    spec.budget
+        .max_epochs
+        .map(|max| u64::from(max).saturating_sub(reserved).max(1))
+}
+
+/// The parents of the final trials (the plan), each once, in the order they were queued.
+fn plan_of(finals: &[TrialRow]) -> Vec<&str> {
+    let mut parents: Vec<&str> = Vec::new();
+    for t in finals {
+        if let Some(p) = t.parent_id.as_deref() {
+            if !parents.contains(&p) {
+                parents.push(p);
+            }
+        }
+    }
+    parents
+}
+
+/// What the phase's status message says about the plan's size.
+fn plan_note(fin: &FinalConfig, planned: usize) -> String {
+    if planned < fin.top_k as usize {
+        format!(
+            "{planned} of top_k = {} architectures (only {planned} distinct architectures \
+             completed in the search)",
+            fin.top_k
+        )
+    } else {
+        format!("{planned} architectures")
+    }
+}
+
+impl Scheduler {
+    /// The search is over for `reason` (its budget is spent, or it has nothing left to
+    /// propose) and nothing of it is queued or in flight: with `[final]`, begins the final
+    /// phase (see the module documentation); without, completes the experiment.
+    pub(super) async fn search_over(
+        &self,
+        conn: &mut SqliteConnection,
+        row: &ExperimentRow,
+        spec: &ExperimentSpec,
+        reason: &str,
+        now: i64,
+    ) -> Result<(), MasterError> {
+        let Some(fin) = &spec.final_training else {
+            store::finish_experiment(conn, &row.id, ExperimentStatus::Completed, reason, now)
+                .await?;
+            info!(experiment_id = %row.id, reason = %reason, "experiment completed");
+            return Ok(());
+        };
+        let plan = final_store::best_distinct(conn, &row.id, fin.top_k).await?;
+        if plan.is_empty() {
+            let reason = format!("{reason}; no final training: no completed trial to retrain");
+            store::finish_experiment(conn, &row.id, ExperimentStatus::Completed, &reason, now)
+                .await?;
+            info!(experiment_id = %row.id, reason = %reason, "experiment completed");
+            return Ok(());
+        }
+        final_store::begin(conn, &row.id, reason).await?;
+        for parent in &plan {
+            self.queue_final(conn, row, spec, fin, parent, now).await?;
+        }
+        let message = format!(
+            "final training: {} for {} epochs, 0 of {} ended; search ended: {reason}",
+            plan_note(fin, plan.len()),
+            fin.epochs,
+            plan.len()
+        );
+        final_store::set_status_reason(conn, &row.id, &message).await?;
+        info!(experiment_id = %row.id, planned = plan.len(), top_k = fin.top_k, epochs = fin.epochs, search_ended = %reason, "final phase begun");
+        Ok(())
+    }
+
+    /// Keeps the final phase going (the experiment runs, and its search has ended): queues a
+    /// trial again for a parent whose final trial `master stop` cancelled, keeps the status
+    /// message current, and completes the experiment once every final trial has ended
+    /// (completed, or failed for good). Returns whether anything changed.
+    pub(super) async fn refill_final(
+        &self,
+        conn: &mut SqliteConnection,
+        row: &ExperimentRow,
+        spec: &ExperimentSpec,
+        now: i64,
+    ) -> Result<bool, MasterError> {
+        let search_ended = row.search_ended.clone().unwrap_or_default();
+        let Some(fin) = &spec.final_training else {
+            // Cannot happen (the spec is stored once), but must not leave the experiment open.
+            store::finish_experiment(
+                conn,
+                &row.id,
+                ExperimentStatus::Completed,
+                &search_ended,
+                now,
+            )
+            .await?;
+            return Ok(true);
+        };
+        let finals = final_store::final_trials(conn, &row.id).await?;
+        let mut changed = false;
+        for parent_id in plan_of(&finals) {
+            let live = finals.iter().any(|t| {
+                t.parent_id.as_deref() == Some(parent_id)
+                    && t.status != TrialStatus::Cancelled.as_str()
+            });
+            if !live {
+                let parent = super::require_trial(conn, parent_id).await?;
+                self.queue_final(conn, row, spec, fin, &parent, now).await?;
+                changed = true;
+            }
+        }
+        let finals = if changed {
+            final_store::final_trials(conn, &row.id).await?
+        } else {
+            finals
+        };
+        let planned = plan_of(&finals).len();
+        let live: Vec<&TrialRow> = finals
+            .iter()
+            .filter(|t| t.status != TrialStatus::Cancelled.as_str())
+            .collect();
+        let count = |s: TrialStatus| live.iter().filter(|t| t.status == s.as_str()).count();
+        let (completed, pruned, failed) = (
+            count(TrialStatus::Completed),
+            count(TrialStatus::Pruned),
+            count(TrialStatus::Failed),
+        );
+        let ended = completed + pruned + failed;
+        if ended == live.len() {
+            let reason = format!(
+                "final training done: {} retrained for {} epochs ({completed} completed, \
+                 {failed} failed); search ended: {search_ended}",
+                plan_note(fin, planned),
+                fin.epochs
+            );
+            store::finish_experiment(conn, &row.id, ExperimentStatus::Completed, &reason, now)
+                .await?;
+            info!(experiment_id = %row.id, completed, failed, "experiment completed after its final phase");
+            return Ok(true);
+        }
+        let message = format!(
+            "final training: {} for {} epochs, {ended} of {planned} ended; search ended: \
+             {search_ended}",
+            plan_note(fin, planned),
+            fin.epochs
+        );
+        final_store::set_status_reason(conn, &row.id, &message).await?;
+        Ok(changed)
+    }
+
+    /// Queues the final trial of `parent`: its genome and hyperparameters with `[final]`'s
+    /// epochs, a new training seed, and (from weights) the parent's checkpoint to start from.
+    async fn queue_final(
+        &self,
+        conn: &mut SqliteConnection,
+        row: &ExperimentRow,
+        spec: &ExperimentSpec,
+        fin: &FinalConfig,
+        parent: &TrialRow,
+        now: i64,
+    ) -> Result<(), MasterError> {
+        let seq = store::next_seq(conn, &row.id).await?;
+        let seed = db_seed(annealing::rng_for(spec.seed, STREAM_TRIAL_SEED, seq as u64).gen());
+        let mut hparams = HyperParams::from_json(&parent.hparams_json)?;
+        hparams.epochs = fin.epochs;
+        let checkpoint = parent
+            .checkpoint_sha256
+            .clone()
+            .filter(|sha| self.artifacts.contains(sha));
+        let (inherit_from, start) = match (fin.from, checkpoint) {
+            (FinalStart::Weights, Some(sha)) => (Some(sha), "from its weights"),
+            (FinalStart::Weights, None) => (None, "from scratch (it has no checkpoint)"),
+            (FinalStart::Scratch, _) => (None, "from scratch"),
+        };
+        let chain = chains::load(conn, spec, &row.id, parent.chain).await?;
+        let trial = NewTrial {
+            id: TrialId::generate().to_string(),
+            experiment_id: row.id.clone(),
+            seq,
+            parent_id: Some(parent.id.clone()),
+            origin: format!(
+                "final: retrain of {} for {} epochs {start}",
+                parent.id, fin.epochs
+            ),
+            genome_json: parent.genome_json.clone(),
+            genome_hash: parent.genome_hash.clone(),
+            hparams_json: hparams.to_json(),
+            params: parent.params,
+            flops: parent.flops,
+            seed,
+            temperature: chain.temperature,
+            chain: parent.chain,
+            inherit_from,
+            kind: TrialKind::Train,
+            seed_index: None,
+            prediction: None,
+        };
+        store::insert_trial(conn, &trial, now).await?;
+        final_store::mark_final(conn, &trial.id).await?;
+        tracing::debug!(trial_id = %trial.id, seq, parent = %parent.id, origin = %trial.origin, "final trial queued");
+        Ok(())
+    }
+}

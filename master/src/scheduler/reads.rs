@@ -1,0 +1,179 @@
+//! Reads for the dashboard, its JSON API and `/metrics`: the same scheduler the gRPC admin
+//! service reads, so the HTTP edge stays a thin adapter. Each checks that the experiment or
+//! trial exists (a `NotFound` otherwise) and is bounded in the rows it returns.
+
+use std::collections::HashMap;
+
+use super::{require_trial, Scheduler};
+use crate::error::MasterError;
+use crate::metrics::StoreGauges;
+use crate::store::reads::{
+    self, BestPoint, TemperaturePoint, TrialFilter, TrialPage, TrialSort, WorkerRow,
+};
+use crate::store::{self, ChainRow, EpochRow, TrialRow};
+
+/// Most workers the workers view lists.
+pub const MAX_WORKERS_LISTED: u32 = 1000;
+/// Most points of a temperature history.
+pub const MAX_TEMPERATURE_POINTS: u32 = 2000;
+
+/// A trial with its curve and ancestors.
+#[derive(Debug, Clone)]
+pub struct TrialDetail {
+    pub trial: TrialRow,
+    pub epochs: Vec<EpochRow>,
+    /// From the parent back to the seed.
+    pub lineage: Vec<TrialRow>,
+}
+
+/// A worker and the trials it holds.
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    pub worker: WorkerRow,
+    pub held: Vec<TrialRow>,
+}
+
+impl Scheduler {
+    async fn require_experiment(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        experiment_id: &str,
+    ) -> Result<(), MasterError> {
+        match store::get_experiment(conn, experiment_id).await? {
+            Some(_) => Ok(()),
+            None => Err(MasterError::NotFound(format!("experiment {experiment_id}"))),
+        }
+    }
+
+    /// A filtered, sorted page of an experiment's trials and how many match.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn query_trials(
+        &self,
+        experiment_id: &str,
+        filter: &TrialFilter,
+        sort: TrialSort,
+        descending: bool,
+        offset: u64,
+        limit: u32,
+    ) -> Result<TrialPage, MasterError> {
+        let mut conn = self.store.conn().await?;
+        self.require_experiment(&mut conn, experiment_id).await?;
+        reads::query_trials(
+            &mut conn,
+            experiment_id,
+            filter,
+            sort,
+            descending,
+            offset,
+            limit,
+        )
+        .await
+    }
+
+    /// A trial with its epoch curve and its ancestors.
+    pub async fn trial_detail(&self, trial_id: &str) -> Result<TrialDetail, MasterError> {
+        let mut conn = self.store.conn().await?;
+        let trial = require_trial(&mut conn, trial_id).await?;
+        let epochs = store::epoch_curve(&mut conn, trial_id).await?;
+        let lineage = reads::lineage(&mut conn, trial_id).await?;
+        Ok(TrialDetail {
+            trial,
+            epochs,
+            lineage,
+        })
+    }
+
+    /// The `limit` best trials of an experiment and their ancestors.
+    pub async fn genealogy(
+        &self,
+        experiment_id: &str,
+        limit: u32,
+    ) -> Result<Vec<TrialRow>, MasterError> {
+        let mut conn = self.store.conn().await?;
+        self.require_experiment(&mut conn, experiment_id).await?;
+        reads::genealogy(&mut conn, experiment_id, limit).await
+    }
+
+    /// The best-so-far curve's improvements and how many trials finished in all.
+    pub async fn best_curve(
+        &self,
+        experiment_id: &str,
+    ) -> Result<(Vec<BestPoint>, i64), MasterError> {
+        let mut conn = self.store.conn().await?;
+        self.require_experiment(&mut conn, experiment_id).await?;
+        reads::best_curve(&mut conn, experiment_id).await
+    }
+
+    /// The experiment's chains now and their temperatures over time.
+    pub async fn chain_history(
+        &self,
+        experiment_id: &str,
+    ) -> Result<(Vec<ChainRow>, Vec<TemperaturePoint>), MasterError> {
+        let mut conn = self.store.conn().await?;
+        self.require_experiment(&mut conn, experiment_id).await?;
+        let chains = store::list_chains(&mut conn, experiment_id).await?;
+        let history =
+            reads::temperature_history(&mut conn, experiment_id, MAX_TEMPERATURE_POINTS).await?;
+        Ok((chains, history))
+    }
+
+    /// Workers (active first) with the trials each holds.
+    pub async fn worker_views(&self) -> Result<Vec<WorkerView>, MasterError> {
+        let mut conn = self.store.conn().await?;
+        let workers = reads::workers(&mut conn, MAX_WORKERS_LISTED).await?;
+        let mut held: HashMap<String, Vec<TrialRow>> = HashMap::new();
+        for trial in reads::held_trials(&mut conn).await? {
+            if let Some(worker) = trial.worker_id.clone() {
+                held.entry(worker).or_default().push(trial);
+            }
+        }
+        Ok(workers
+            .into_iter()
+            .map(|worker| WorkerView {
+                held: held.remove(&worker.id).unwrap_or_default(),
+                worker,
+            })
+            .collect())
+    }
+
+    /// What `/metrics` reads from the store.
+    pub async fn store_gauges(&self) -> Result<StoreGauges, MasterError> {
+        let mut conn = self.store.conn().await?;
+        let trials = reads::status_tallies(&mut conn)
+            .await?
+            .into_iter()
+            .map(|t| (t.experiment_id, t.status, t.n))
+            .collect();
+        let since = super::now_ms() - 2 * self.config.lease.as_millis() as i64;
+        let (connected_workers, connected_slots) = reads::connected(&mut conn, since).await?;
+        let mut experiments = Vec::new();
+        for row in store::list_experiments(&mut conn).await? {
+            let best = match &row.best_trial_id {
+                Some(t) => store::get_trial(&mut conn, t).await?.and_then(|t| t.score),
+                None => None,
+            };
+            experiments.push((
+                row.id.clone(),
+                row.name.clone(),
+                row.lifecycle().as_str().to_string(),
+                best,
+            ));
+        }
+        Ok(StoreGauges {
+            trials,
+            connected_workers,
+            connected_slots,
+            experiments,
+        })
+    }
+
+    /// Whether the store answers a trivial query (for `/readyz`).
+    pub async fn store_reachable(&self) -> Result<(), MasterError> {
+        let mut conn = self.store.conn().await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .map_err(store::convert_sqlx_err)?;
+        Ok(())
+    }
+}
