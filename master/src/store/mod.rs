@@ -1108,14 +1108,8 @@ pub async fn connected_slots(
     conn: &mut SqliteConnection,
     since_ms: i64,
 ) -> Result<u32, MasterError> {
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT COALESCE(SUM(slots), 0) FROM workers WHERE status = 'active' AND last_seen_ms >= ?",
-    )
-    .bind(since_ms)
-    .fetch_one(conn)
-    .await
-    .map_err(convert_sqlx_err)?;
-    Ok(n as u32)
+    let (_, slots) = reads::connected(conn, since_ms).await?;
+    Ok(slots as u32)
 }
 
 crate::sqlite_row! {

@@ -107,11 +107,15 @@ pub async fn query_trials(
         ""
     };
     let count_sql = format!("SELECT COUNT(*) FROM trials WHERE {conditions}");
-    // Two steps: the page's rowids first (the sort and the skipped rows carry one integer
-    // each, not whole rows with their genome JSON), then those rows.
+    // The page's rowids are picked first (the sort and the skipped rows carry one integer
+    // each, not whole rows with their genome JSON); only those rows are then read, and the
+    // page's few rows sorted again.
     let page_sql = format!(
-        "SELECT rowid FROM trials WHERE {conditions}
-          ORDER BY {column} {direction}{nulls}, seq {direction} LIMIT ? OFFSET ?"
+        "SELECT t.* FROM trials t JOIN (
+             SELECT rowid AS r FROM trials WHERE {conditions}
+              ORDER BY {column} {direction}{nulls}, seq {direction} LIMIT ? OFFSET ?
+         ) page ON t.rowid = page.r
+         ORDER BY t.{column} {direction}{nulls}, t.seq {direction}"
     );
     macro_rules! bind_filter {
         ($query:expr) => {{
@@ -138,34 +142,12 @@ pub async fn query_trials(
         .fetch_one(&mut *conn)
         .await
         .map_err(convert_sqlx_err)?;
-    let rowids: Vec<(i64,)> = bind_filter!(sqlx::query_as(&page_sql))
+    let trials = bind_filter!(sqlx::query_as::<_, TrialRow>(&page_sql))
         .bind(i64::from(limit))
         .bind(offset.min(i64::MAX as u64) as i64)
         .fetch_all(&mut *conn)
         .await
         .map_err(convert_sqlx_err)?;
-    let mut trials = Vec::with_capacity(rowids.len());
-    if !rowids.is_empty() {
-        let list = rowids
-            .iter()
-            .map(|(r,)| r.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut rows: Vec<(i64, TrialRow)> = Vec::with_capacity(rowids.len());
-        for row in sqlx::query(&format!(
-            "SELECT rowid AS rid, * FROM trials WHERE rowid IN ({list})"
-        ))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(convert_sqlx_err)?
-        {
-            use sqlx::{FromRow, Row};
-            let rid: i64 = row.try_get("rid").map_err(convert_sqlx_err)?;
-            rows.push((rid, TrialRow::from_row(&row).map_err(convert_sqlx_err)?));
-        }
-        let mut by_rowid: std::collections::HashMap<i64, TrialRow> = rows.into_iter().collect();
-        trials.extend(rowids.iter().filter_map(|(r,)| by_rowid.remove(r)));
-    }
     Ok(TrialPage {
         total: total as u64,
         trials,
