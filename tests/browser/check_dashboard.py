@@ -146,11 +146,19 @@ class Dashboard:
             self.ok("the temperature chart has a line per chain")
 
     def genealogy(self):
-        nodes = self.api(f"/experiments/{self.exp}/genealogy", limit=60)["nodes"]
-        if not nodes:
+        path = f"/experiments/{self.exp}/genealogy"
+        if not self.api(path, limit=60)["nodes"]:
             raise CheckFailed("the genealogy API has no node: no trial finished?")
-        self.wait(f"{len(nodes)} genealogy nodes", lambda: len(self.find(tid("genealogy-node"))) == len(nodes))
-        self.ok(f"the genealogy shows {len(nodes)} nodes")
+        # The experiment runs on while the page catches up: compare with the API as it is at
+        # each try, not with one earlier answer (regression: a fixed count raced new results).
+        api_nodes = {}
+
+        def same_as_api():
+            api_nodes["n"] = len(self.api(path, limit=60)["nodes"])
+            return len(self.find(tid("genealogy-node"))) == api_nodes["n"]
+
+        self.wait("the genealogy's nodes to match the API's", same_as_api)
+        self.ok(f"the genealogy shows {api_nodes['n']} nodes")
 
     def live_updates(self):
         """On a running experiment: the page follows new trials without a reload and keeps the
