@@ -313,14 +313,22 @@ fn sigterm_drains_every_slot() {
     // Drain: both slots finish their trials, then the worker deregisters and exits cleanly.
     let status = worker.terminate(Duration::from_secs(180)).unwrap();
     let text = read_log(&log);
-    assert!(status.success(), "{status:?}\n{text}");
+    assert!(
+        status.success(),
+        "{status:?}\n{text}\nMASTER\n{}",
+        read_log(&master.log)
+    );
     let trials = db.trials().unwrap();
     assert_eq!(trials.len(), 2, "{trials:?}");
     for t in &trials {
         assert_eq!(t.status, "completed", "{t:?}\n{text}");
         assert_eq!((t.attempt, t.epoch), (1, EPOCHS), "{t:?}\n{text}");
     }
-    assert!(text.contains("trials_done=2"), "{text}");
+    assert!(
+        text.contains("trials_done=2"),
+        "{text}\nMASTER\n{}",
+        read_log(&master.log)
+    );
     eprintln!(
         "drain with two slots: {:.1} s",
         began.elapsed().as_secs_f64()

@@ -29,7 +29,7 @@ use explore_common::proto::{self, TrialCommand, PROTOCOL_VERSION};
 use explore_common::{Genome, HyperParams};
 use tch::Device;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::data::{DataPlan, DatasetCache, SplitCache, SplitConfig};
 use crate::error::WorkerError;
@@ -86,6 +86,9 @@ struct Held {
     started: bool,
     progress: Option<EpochReport>,
     total_epochs: u32,
+    /// The result is on its way to the master, which ends the lease: no more heartbeats, and
+    /// an answer to one sent just before is stale.
+    reporting: bool,
     cancel: Arc<AtomicBool>,
 }
 
@@ -116,6 +119,7 @@ impl HeldTrials {
                 started: false,
                 progress: None,
                 total_epochs: 0,
+                reporting: false,
                 cancel: cancel.clone(),
             },
         );
@@ -143,6 +147,14 @@ impl HeldTrials {
         }
     }
 
+    /// The slot is sending the attempt's result: heartbeats for it stop, and answers to those
+    /// already sent are ignored (a completed trial is "no longer leased" to anyone).
+    fn reporting(&self, trial_id: &str, attempt: u32) {
+        if let Some(h) = self.lock().get_mut(&(trial_id.to_string(), attempt)) {
+            h.reporting = true;
+        }
+    }
+
     /// Wind-down: the slot is done with the attempt (reported, failed, stopped or never
     /// started); no more heartbeats for it. Other attempts of the same trial stay held.
     pub(crate) fn release(&self, trial_id: &str, attempt: u32) {
@@ -166,7 +178,7 @@ impl HeldTrials {
         let mut due: Vec<proto::HeartbeatRequest> = self
             .lock()
             .iter()
-            .filter(|(_, h)| !h.cancel.load(Ordering::SeqCst))
+            .filter(|(_, h)| !h.cancel.load(Ordering::SeqCst) && !h.reporting)
             .map(|((trial_id, attempt), h)| {
                 heartbeat_request(
                     worker_id,
@@ -191,11 +203,17 @@ impl HeldTrials {
         response: proto::HeartbeatResponse,
     ) {
         let command = TrialCommand::try_from(response.command).unwrap_or(TrialCommand::Continue);
-        if matches!(command, TrialCommand::Stop | TrialCommand::LeaseLost) {
-            warn!(trial_id, attempt, command = ?command, reason = %response.reason, "master asked to drop the trial");
-            if let Some(h) = self.lock().get(&(trial_id.to_string(), attempt)) {
+        if !matches!(command, TrialCommand::Stop | TrialCommand::LeaseLost) {
+            return;
+        }
+        let held = self.lock();
+        match held.get(&(trial_id.to_string(), attempt)) {
+            Some(h) if !h.reporting => {
+                warn!(trial_id, attempt, command = ?command, reason = %response.reason, "master asked to drop the trial");
                 h.cancel.store(true, Ordering::SeqCst);
             }
+            // A heartbeat that crossed the result on the wire: the master already has it.
+            _ => debug!(trial_id, attempt, command = ?command, "stale heartbeat answer ignored"),
         }
     }
 }
@@ -744,11 +762,14 @@ async fn train_and_report(
     }
     match outcome {
         Ok(Work::Trained(outcome)) => {
-            report_success(client, config, worker_id, &trial, outcome).await
+            report_success(client, config, held, worker_id, &trial, outcome).await
         }
-        Ok(Work::Probed(outcome)) => report_probe(client, config, worker_id, &trial, outcome).await,
+        Ok(Work::Probed(outcome)) => {
+            report_probe(client, config, held, worker_id, &trial, outcome).await
+        }
         Err(e) => {
             warn!(trial_id = %trial_id, attempt = trial.attempt, worker_id, error = %e, "trial failed");
+            held.reporting(&trial_id, trial.attempt);
             with_retry("fail", config.give_up_after, || {
                 let mut c = client.clone();
                 let r = proto::FailRequest {
@@ -767,6 +788,7 @@ async fn train_and_report(
 async fn report_success(
     client: &mut WorkerServiceClient<AuthChannel>,
     config: &JoinConfig,
+    held: &HeldTrials,
     worker_id: &str,
     trial: &proto::Trial,
     outcome: TrialOutcome,
@@ -803,7 +825,7 @@ async fn report_success(
         checkpoint_sha256: upload.sha256,
         epochs_run: outcome.epochs_run,
     };
-    let answer = complete(client, config, request).await?;
+    let answer = complete(client, config, held, request).await?;
     if answer.accepted {
         info!(
             trial_id = %trial.trial_id,
@@ -824,8 +846,10 @@ async fn report_success(
 async fn complete(
     client: &WorkerServiceClient<AuthChannel>,
     config: &JoinConfig,
+    held: &HeldTrials,
     request: proto::CompleteRequest,
 ) -> Result<proto::CompleteResponse, WorkerError> {
+    held.reporting(&request.trial_id, request.attempt);
     with_retry("complete", config.give_up_after, || {
         let mut c = client.clone();
         let r = request.clone();
@@ -838,6 +862,7 @@ async fn complete(
 async fn report_probe(
     client: &mut WorkerServiceClient<AuthChannel>,
     config: &JoinConfig,
+    held: &HeldTrials,
     worker_id: &str,
     trial: &proto::Trial,
     outcome: ProbeOutcome,
@@ -851,7 +876,7 @@ async fn report_probe(
         checkpoint_sha256: String::new(),
         epochs_run: 0,
     };
-    let answer = complete(client, config, request).await?;
+    let answer = complete(client, config, held, request).await?;
     if answer.accepted {
         info!(
             trial_id = %trial.trial_id,
@@ -1107,6 +1132,31 @@ mod tests {
         assert_eq!(master.sent.last(), Some(&("trial-b".to_string(), 1, 2)));
         assert!(!b.load(Ordering::SeqCst));
         assert_eq!(held.len(), 1);
+    }
+
+    // Regression (CI, fresh clone): a slot's heartbeat crossed its result on the wire; the
+    // master answered "no longer leased" (the trial was completed) and the worker logged that
+    // the master asked it to drop a trial it had just reported.
+    #[tokio::test]
+    async fn a_heartbeat_answer_that_crosses_the_result_is_ignored() {
+        let held = HeldTrials::default();
+        let mut master = FakeMaster::default();
+        let a = held.hold("trial-a", 1);
+        let b = held.hold("trial-b", 1);
+        held.start("trial-a", 1);
+        held.start("trial-b", 1);
+        // Slot A sends its result: its heartbeats stop, slot B's go on.
+        held.reporting("trial-a", 1);
+        assert_eq!(master.round(&held).await, vec![pair("trial-b", 1)]);
+        // The answer to a heartbeat sent just before arrives now, and changes nothing.
+        held.apply_command("trial-a", 1, answer(TrialCommand::LeaseLost));
+        assert!(
+            !a.load(Ordering::SeqCst),
+            "a reported attempt was cancelled"
+        );
+        // Slot B, not reporting, still obeys its answers.
+        held.apply_command("trial-b", 1, answer(TrialCommand::LeaseLost));
+        assert!(b.load(Ordering::SeqCst));
     }
 
     #[test]

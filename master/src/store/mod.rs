@@ -93,10 +93,17 @@ impl Store {
     /// failing with "database is locked" when a deferred transaction that has read tries to
     /// write: SQLite refuses that upgrade without waiting while another connection holds the
     /// lock, e.g. the rollback of a refused call's transaction still on its way.
+    ///
+    /// The start runs in its own task, so a caller cancelled meanwhile (a gRPC call whose client
+    /// went away) cannot leak it: sqlx checks a custom `BEGIN` after SQLite has run it, and a
+    /// future dropped between the two would leave the transaction open on a pooled connection
+    /// with no `Transaction` to roll it back, holding the write lock for good. Here the task
+    /// always ends with a `Transaction`, whose drop rolls back if nobody took it.
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, MasterError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
+        let pool = self.pool.clone();
+        tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
             .await
+            .map_err(|e| MasterError::Store(format!("starting a transaction: {e}")))?
             .map_err(convert_sqlx_err)
     }
 

@@ -1410,3 +1410,30 @@ async fn a_write_transaction_waits_for_another_open_write_instead_of_failing() {
     next.commit().await.unwrap();
     release.await.unwrap();
 }
+
+/// Regression: a call cancelled while its write transaction was starting (a worker dropping
+/// its long-poll Acquire as it drained) left `BEGIN IMMEDIATE` done on a pooled connection with
+/// no `Transaction` to roll it back, so the write lock stayed held: the next writer failed with
+/// "database is locked" after the busy timeout, then "begin_with at non-zero transaction depth".
+#[tokio::test]
+async fn a_begin_cancelled_at_any_point_leaves_no_transaction_open() {
+    let store = Store::in_memory().await.unwrap();
+    for step in 0..400u64 {
+        // Cancel the start of a transaction after a growing delay, so that some cancellations
+        // land in each of its await points.
+        let delay = Duration::from_micros(step * 5);
+        if let Ok(tx) = tokio::time::timeout(delay, store.begin()).await {
+            drop(tx.unwrap());
+        }
+        // The store's only connection must take a new write transaction at once.
+        let mut tx = tokio::time::timeout(Duration::from_secs(5), store.begin())
+            .await
+            .unwrap_or_else(|_| panic!("step {step}: begin hung"))
+            .unwrap_or_else(|e| panic!("step {step}: a cancelled begin left a transaction: {e}"));
+        sqlx::query("UPDATE workers SET slots = slots WHERE 0")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+}
