@@ -10,6 +10,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::CommonError;
+use crate::failover::MasterChannel;
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::worker_service_client::WorkerServiceClient;
 
@@ -47,8 +48,9 @@ impl Interceptor for BearerToken {
     }
 }
 
-/// A channel whose calls carry the token.
-pub type AuthChannel = InterceptedService<Channel, BearerToken>;
+/// A channel whose calls carry the token, to one master or to whichever of several answers
+/// ([`MasterChannel`]).
+pub type AuthChannel = InterceptedService<MasterChannel, BearerToken>;
 
 /// TLS settings of a client connection. With an `https` URL and neither set, the client
 /// trusts the system's root certificates and presents no certificate of its own.
@@ -164,6 +166,12 @@ pub async fn connect_with(url: &str, tls: &TlsOptions) -> Result<Channel, Common
         })
 }
 
+/// A channel to a master URL that connects on its first call (and reconnects as
+/// [`connect_with`]'s does); the URL and TLS settings are checked now.
+pub fn connect_lazy_with(url: &str, tls: &TlsOptions) -> Result<Channel, CommonError> {
+    Ok(with_connection_options(tls.endpoint(url)?).connect_lazy())
+}
+
 /// The socket and HTTP/2 settings of every connection to the master.
 fn with_connection_options(endpoint: Endpoint) -> Endpoint {
     endpoint
@@ -243,16 +251,22 @@ fn is_tls_failure(e: &(dyn Error + 'static)) -> bool {
     false
 }
 
-/// A worker-service client over `channel`.
-pub fn worker_client(channel: Channel, token: &BearerToken) -> WorkerServiceClient<AuthChannel> {
-    WorkerServiceClient::with_interceptor(channel, token.clone())
+/// A worker-service client over `channel` (a [`Channel`] or a [`MasterChannel`]).
+pub fn worker_client(
+    channel: impl Into<MasterChannel>,
+    token: &BearerToken,
+) -> WorkerServiceClient<AuthChannel> {
+    WorkerServiceClient::with_interceptor(channel.into(), token.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// An admin-service client over `channel`.
-pub fn admin_client(channel: Channel, token: &BearerToken) -> AdminServiceClient<AuthChannel> {
-    AdminServiceClient::with_interceptor(channel, token.clone())
+/// An admin-service client over `channel` (a [`Channel`] or a [`MasterChannel`]).
+pub fn admin_client(
+    channel: impl Into<MasterChannel>,
+    token: &BearerToken,
+) -> AdminServiceClient<AuthChannel> {
+    AdminServiceClient::with_interceptor(channel.into(), token.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }

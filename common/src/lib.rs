@@ -7,6 +7,7 @@ pub mod annealing;
 pub mod client;
 pub mod convert;
 pub mod error;
+pub mod failover;
 pub mod genome;
 pub mod hparams;
 pub mod ids;

@@ -259,6 +259,9 @@ pub fn model_card(t: &TrialRecord, data: &proto::DataSpec, lineage: &[TrialRecor
             "validation": null,
             "test": null,
             "rule": split_rule(data),
+            // Examples of the training split this trial trained on: fewer than `train` for a
+            // search trial of `[final] search_subset` (its first examples), else all of them.
+            "trained_on": t.metrics.get("train_examples"),
         },
         "lineage": lineage.iter().map(|a| json!({
             "trial_id": a.trial_id,
@@ -356,6 +359,7 @@ pub fn markdown_card(card: &Value) -> String {
          {split_seed}\n\
          - test subset: {test_subset} (0 = all)\n\
          - examples: {train} training, {val} validation, {test} test\n\
+         - this model trained on: {trained_on} training examples\n\
          - transform: {transform}; domains: {domains}\n\n\
          Split: {rule}.\n\n",
         dataset = text(&data["dataset"]),
@@ -364,6 +368,10 @@ pub fn markdown_card(card: &Value) -> String {
         split_seed = text(&data["split_seed"]),
         test_subset = text(&data["test_subset"]),
         train = text(&split["train"]),
+        trained_on = match split["trained_on"].as_f64() {
+            Some(n) => format!("{}", n as u64),
+            None => "all the".to_string(),
+        },
         val = text(&split["validation"]),
         test = text(&split["test"]),
         transform = match &data["transform"] {

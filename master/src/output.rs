@@ -189,12 +189,26 @@ pub fn watch_line(s: &ExperimentSummary, now_ms: i64) -> String {
     if s.trials_failed > 0 {
         parts.push(format!("failed {}", s.trials_failed));
     }
+    if let Some(phase) = final_phase(s) {
+        // The search's temperature and wall-time ETA no longer apply: say what is training.
+        parts.push(phase.to_string());
+        return parts.join("  ");
+    }
     parts.push(format!("T {:.4}", s.temperature));
     parts.push(match eta(s, now_ms) {
         Some(d) => format!("ETA {}", short_duration(d)),
         None => "ETA -".into(),
     });
     parts.join("  ")
+}
+
+/// While a running experiment is in its `[final]` phase, the phase's progress from the status
+/// reason ("final training: 2 architectures for 5 epochs, 1 of 2 ended").
+fn final_phase(s: &ExperimentSummary) -> Option<&str> {
+    if s.status != "running" || !s.status_reason.starts_with("final training:") {
+        return None;
+    }
+    s.status_reason.split(';').next()
 }
 
 #[cfg(test)]
@@ -418,6 +432,18 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("ETA -"), "{line}");
+        // In the final phase the line says what trains instead of the search's T and ETA.
+        let s = ExperimentSummary {
+            status_reason: "final training: 2 architectures for 5 epochs, 1 of 2 ended; \
+                            search ended: wall-time budget reached"
+                .into(),
+            ..summary()
+        };
+        let line = watch_line(&s, s.created_at_ms);
+        assert!(
+            line.ends_with("running 2  pruned 1  failed 2  final training: 2 architectures for 5 epochs, 1 of 2 ended"),
+            "{line}"
+        );
         assert_eq!(short_duration(Duration::from_secs(185)), "3m05s");
         assert_eq!(short_duration(Duration::from_secs(3720)), "1h02m");
     }

@@ -202,9 +202,20 @@ fn spawn_master(
 impl MasterProc {
     /// Starts `master serve` and waits until it prints its address.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Result<MasterProc> {
+        Self::launch(data_dir, "127.0.0.1:0", extra, false)
+    }
+
+    /// Starts `master serve --listen LISTEN` on `data_dir` (e.g. a second master taking over a
+    /// killed one's data directory on an address reserved earlier) and waits until it prints
+    /// its address. Its log is appended to `<data_dir>.master.log`, after any earlier master's.
+    pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<MasterProc> {
+        Self::launch(data_dir, listen, extra, true)
+    }
+
+    fn launch(data_dir: &Path, listen: &str, extra: &[&str], append: bool) -> Result<MasterProc> {
         let log = data_dir.with_extension("master.log");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (proc, addr) = spawn_master(data_dir, "127.0.0.1:0", &extra, &log, false)?;
+        let (proc, addr) = spawn_master(data_dir, listen, &extra, &log, append)?;
         Ok(MasterProc {
             proc,
             url: format!("http://{addr}"),

@@ -804,6 +804,25 @@ impl SplitData {
             }),
         }
     }
+
+    /// The split with its training part cut to its first `examples` examples (a search trial
+    /// of `[final] search_subset`); validation, test and normalisation stay those of the whole
+    /// split, so scores compare with the final trials that train on all of it. No copy: the
+    /// training tensors are views. `examples` of 0 or beyond the training split keeps it all.
+    pub fn training_prefix(&self, examples: usize) -> Result<SplitData, WorkerError> {
+        let mut split = self.shallow_clone();
+        let n = self.train_len();
+        if examples == 0 || examples >= n {
+            return Ok(split);
+        }
+        let k = examples as i64;
+        split.train_x = self.train_x.f_narrow(0, 0, k)?;
+        split.train_y = self.train_y.f_narrow(0, 0, k)?;
+        if let Some(domain) = &self.train_domain {
+            split.train_domain = Some(domain.f_narrow(0, 0, k)?);
+        }
+        Ok(split)
+    }
 }
 
 /// The split the worker's trials train on, built once on the training device and shared by

@@ -29,7 +29,7 @@ fn the_kubernetes_worker_command_line_is_a_valid_worker_join() {
     let argv = container_argv(&yaml, "worker").unwrap();
     let join = parse_join(&argv, "deploy/k8s/base/workers.yaml");
     // The master's Service and the token Secret's mount.
-    assert_eq!(join.connection.master, "http://explore-master:50051");
+    assert_eq!(join.connection.master, ["http://explore-master:50051"]);
     assert_eq!(
         join.connection.token_file.as_deref(),
         Some(std::path::Path::new("/etc/explore/token"))
@@ -48,5 +48,5 @@ fn the_kubernetes_worker_command_line_is_a_valid_worker_join() {
 fn the_worker_image_s_default_command_is_a_valid_worker_join() {
     let argv = dockerfile_argv(&read_repo_file("deploy/Dockerfile.worker")).unwrap();
     let join = parse_join(&argv, "deploy/Dockerfile.worker");
-    assert_eq!(join.connection.master, "http://explore-master:50051");
+    assert_eq!(join.connection.master, ["http://explore-master:50051"]);
 }

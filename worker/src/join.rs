@@ -21,9 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use explore_common::client::{
-    connect_with, status_text, worker_client, AuthChannel, BearerToken, TlsOptions,
+    connect_lazy_with, connect_with, status_text, worker_client, AuthChannel, BearerToken,
+    TlsOptions,
 };
 use explore_common::convert::data_spec_from_proto;
+use explore_common::failover::MasterChannel;
 use explore_common::proto::worker_service_client::WorkerServiceClient;
 use explore_common::proto::{self, TrialCommand, PROTOCOL_VERSION};
 use explore_common::{Genome, HyperParams};
@@ -42,8 +44,10 @@ use crate::train::{
 /// Settings of `worker join`.
 #[derive(Debug, Clone)]
 pub struct JoinConfig {
-    /// URL of the master, e.g. `http://127.0.0.1:50051`.
-    pub master: String,
+    /// URLs of the masters, e.g. `http://127.0.0.1:50051` (at least one): one master, one
+    /// Service address in front of several, or every master of the cluster, of which the worker
+    /// follows whichever is active ([`MasterChannel`]).
+    pub masters: Vec<String>,
     /// TLS settings for an `https://` master.
     pub tls: TlsOptions,
     /// The cluster token.
@@ -255,30 +259,60 @@ where
     }
 }
 
-/// Connects, retrying with backoff until the master answers or `give_up_after` passes.
+/// Connects, retrying with backoff until a master answers or `give_up_after` passes. With
+/// several masters each is tried in turn; the client starts at the first that connects and
+/// moves on to the next whenever one is unreachable or answers `UNAVAILABLE`.
 async fn connect_with_retry(
     config: &JoinConfig,
-) -> Result<WorkerServiceClient<AuthChannel>, WorkerError> {
+) -> Result<(MasterChannel, WorkerServiceClient<AuthChannel>), WorkerError> {
     let token = BearerToken::new(&config.token).map_err(|e| WorkerError::Master(e.to_string()))?;
+    let masters = &config.masters;
+    if masters.is_empty() {
+        return Err(WorkerError::Master("no master url given".into()));
+    }
     // A bad URL or a missing certificate file does not get better by waiting: fail now.
     // Handshake failures are retried like any other (a restarting master resets connections).
-    config
-        .tls
-        .check(&config.master)
-        .map_err(|e| WorkerError::Master(e.to_string()))?;
+    for url in masters {
+        config
+            .tls
+            .check(url)
+            .map_err(|e| WorkerError::Master(e.to_string()))?;
+    }
     let start = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(500);
+    let mut next = 0;
     loop {
-        match connect_with(&config.master, &config.tls).await {
-            Ok(channel) => return Ok(worker_client(channel, &token)),
+        let url = &masters[next];
+        match connect_with(url, &config.tls).await {
+            Ok(channel) => {
+                // The other masters are connected to when the client first turns to them.
+                let mut endpoints = Vec::with_capacity(masters.len());
+                for (i, other) in masters.iter().enumerate() {
+                    let channel = if i == next {
+                        channel.clone()
+                    } else {
+                        connect_lazy_with(other, &config.tls)
+                            .map_err(|e| WorkerError::Master(e.to_string()))?
+                    };
+                    endpoints.push((other.clone(), channel));
+                }
+                let channel = MasterChannel::new(endpoints, next);
+                return Ok((channel.clone(), worker_client(channel, &token)));
+            }
             Err(e) => {
+                next = (next + 1) % masters.len();
+                if next != 0 {
+                    warn!(master = %url, error = %e, "master unreachable, trying the next one");
+                    continue;
+                }
                 if start.elapsed() >= config.give_up_after {
                     return Err(WorkerError::Master(format!(
                         "master at {} unreachable for {:?}: {e}",
-                        config.master, config.give_up_after
+                        masters.join(", "),
+                        config.give_up_after
                     )));
                 }
-                warn!(master = %config.master, retry_in_ms = delay.as_millis() as u64, error = %e, "master unreachable, retrying");
+                warn!(master = %url, retry_in_ms = delay.as_millis() as u64, error = %e, "master unreachable, retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
@@ -289,7 +323,7 @@ async fn connect_with_retry(
 /// Runs the worker until `shutdown` flips to true (drain: every slot finishes its current
 /// trial, the prepared one is handed back) or `max_trials` trials are done.
 pub async fn run(config: JoinConfig, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
-    let client = connect_with_retry(&config).await?;
+    let (masters, client) = connect_with_retry(&config).await?;
     let device_text = crate::device::describe(config.device);
     let slots = config.slots.max(1);
     let registration = with_retry("register", config.give_up_after, || {
@@ -305,7 +339,7 @@ pub async fn run(config: JoinConfig, shutdown: watch::Receiver<bool>) -> Result<
     .await?;
     let worker_id = registration.worker_id.clone();
     let heartbeat_every = Duration::from_millis(registration.heartbeat_interval_ms.max(100) as u64);
-    info!(worker_id = %worker_id, master = %config.master, device = %device_text, slots, "registered");
+    info!(worker_id = %worker_id, master = %masters.current_url(), device = %device_text, slots, "registered");
 
     let held = HeldTrials::default();
     let cache = Arc::new(DatasetCache::new());
@@ -678,6 +712,7 @@ async fn train_and_report(
     held.start(&trial_id, trial.attempt);
     let cancel_flag = cancel.clone();
     let probe = trial.kind == proto::TrialKind::Probe as i32;
+    let train_examples = trial.train_examples as usize;
     let splits = splits.clone();
     let ids = TrialIds {
         trial_id: trial_id.clone(),
@@ -687,6 +722,8 @@ async fn train_and_report(
     let training = tokio::task::spawn_blocking(move || -> Result<Work, WorkerError> {
         // One copy of the split for every slot (built here by the first slot that needs it).
         let data = splits.get_or_build(&key, || dataset.split(&split, device))?;
+        // A search trial under `[final] search_subset` trains on the split's first examples.
+        let data = data.training_prefix(train_examples)?;
         // A bar on a terminal, else a line per epoch and every 30 s within long epochs (a
         // probe has no epochs: nothing to show).
         let progress = std::cell::RefCell::new(
@@ -812,6 +849,7 @@ async fn report_success(
     metrics.insert("test_accuracy".to_string(), outcome.test_accuracy);
     metrics.insert("train_loss".to_string(), outcome.train_loss);
     metrics.insert("train_seconds".to_string(), outcome.train_seconds);
+    metrics.insert("train_examples".to_string(), outcome.train_examples as f64);
     if outcome.inherited.total > 0 {
         let copied = outcome.inherited.copied.len() as f64;
         metrics.insert("inherited_tensors".to_string(), copied);

@@ -73,9 +73,18 @@ enum Command {
 /// How a worker (real or simulated) reaches the master: its address, token and TLS files.
 #[derive(Debug, Args)]
 struct MasterArgs {
-    /// URL of the master
-    #[arg(long, env = "EXPLORE_MASTER", value_name = "URL")]
-    master: String,
+    /// URL of the master. `worker join` also takes several, comma-separated or as repeated
+    /// flags (every master of a cluster, active and standbys): it follows whichever is active,
+    /// moving to the next when one is unreachable or answers UNAVAILABLE. One Service address
+    /// in front of the masters works too
+    #[arg(
+        long,
+        env = "EXPLORE_MASTER",
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        required = true
+    )]
+    master: Vec<String>,
     /// File holding the cluster token (default: $EXPLORE_TOKEN)
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
@@ -97,6 +106,14 @@ impl MasterArgs {
         TlsOptions {
             ca: self.tls_ca.clone(),
             identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+        }
+    }
+
+    /// The one master URL, for the commands that take one.
+    fn single_master(&self) -> Result<&str> {
+        match self.master.as_slice() {
+            [url] => Ok(url),
+            urls => bail!("this command takes one master url, got {}", urls.len()),
         }
     }
 
@@ -259,7 +276,7 @@ fn run_join(args: JoinArgs) -> Result<()> {
     });
     let config = JoinConfig {
         tls: args.connection.tls(),
-        master: args.connection.master,
+        masters: args.connection.master,
         token,
         name,
         device,
@@ -292,7 +309,7 @@ fn run_join(args: JoinArgs) -> Result<()> {
 fn run_simulate(args: SimulateArgs) -> Result<()> {
     use explore_worker::simulate::{self, SimConfig};
     let token = args.connection.token()?;
-    let mut config = SimConfig::new(&args.connection.master, &token, args.count);
+    let mut config = SimConfig::new(args.connection.single_master()?, &token, args.count);
     config.tls = args.connection.tls();
     config.connections = args.connections;
     config.duration =
@@ -564,3 +581,48 @@ fn check_safetensors_name(path: &Path) -> Result<()> {
 /// The command lines in deploy/ parsed by this CLI.
 #[cfg(test)]
 mod deploy_manifest_tests;
+
+#[cfg(test)]
+mod master_list_tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        Cli::try_parse_from(argv)
+    }
+
+    fn join_masters(argv: &[&str]) -> Vec<String> {
+        match parse(argv).unwrap().command {
+            Command::Join(args) => args.connection.master,
+            other => panic!("not join: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn join_takes_one_master_or_a_list_comma_separated_or_repeated() {
+        assert_eq!(
+            join_masters(&["worker", "join", "--master", "http://a:1"]),
+            ["http://a:1"]
+        );
+        assert_eq!(
+            join_masters(&[
+                "worker",
+                "join",
+                "--master",
+                "http://a:1,http://b:2",
+                "--master",
+                "http://c:3"
+            ]),
+            ["http://a:1", "http://b:2", "http://c:3"]
+        );
+    }
+
+    #[test]
+    fn simulate_refuses_a_list_of_masters() {
+        let cli = parse(&["worker", "simulate", "--master", "http://a:1,http://b:2"]).unwrap();
+        let Command::Simulate(args) = cli.command else {
+            panic!("not simulate");
+        };
+        let e = args.connection.single_master().unwrap_err().to_string();
+        assert!(e.contains("one master url, got 2"), "{e}");
+    }
+}

@@ -96,6 +96,8 @@ pub struct TrialOutcome {
     pub stopped: bool,
     /// Trainable parameters.
     pub params: u64,
+    /// Examples of the training split trained on (each epoch goes through all of them).
+    pub train_examples: usize,
     /// What was inherited from the parent's checkpoint (nothing without one).
     pub inherited: Inherited,
     /// The var store in safetensors format (see [`crate::model`] for the names).
@@ -111,6 +113,7 @@ impl std::fmt::Debug for TrialOutcome {
             .field("epochs_run", &self.epochs_run)
             .field("train_seconds", &self.train_seconds)
             .field("stopped", &self.stopped)
+            .field("train_examples", &self.train_examples)
             .field("params", &self.params)
             .field("inherited", &self.inherited.copied.len())
             .field(
@@ -301,6 +304,7 @@ pub fn train_trial_observed(
     let train_seconds = started.elapsed().as_secs_f64();
     let test_accuracy = accuracy(&net, &test_x, &test_y)?;
     Ok(TrialOutcome {
+        train_examples: n_train,
         val_accuracy: last.val_accuracy,
         test_accuracy,
         train_loss: last.train_loss,

@@ -56,6 +56,17 @@ pub struct FinalConfig {
     /// Whether a final trial starts from its parent's weights or from scratch.
     #[serde(default)]
     pub from: FinalStart,
+    /// Search on a subset: every search trial trains on the first `search_subset` examples of
+    /// the (shuffled) training split, the final trials on all of it (0 or absent: the search
+    /// uses all of it too). Validation and test data are the same for both, so the search's
+    /// scores and the final ones compare. Cheap search trials let a slow machine explore many
+    /// models and spend its long training on the winners.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub search_subset: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl FinalConfig {
@@ -80,6 +91,15 @@ impl FinalConfig {
             return key(
                 "final.epochs",
                 format!("must be 1..={MAX_FINAL_EPOCHS}, got {}", self.epochs),
+            );
+        }
+        if self.search_subset != 0 && self.search_subset < 100 {
+            return key(
+                "final.search_subset",
+                format!(
+                    "must be 0 (the whole training split) or at least 100, got {}",
+                    self.search_subset
+                ),
             );
         }
         if self.top_k >= max_trials {
@@ -131,6 +151,15 @@ mod tests {
         assert_eq!(ExperimentSpec::from_toml(&text).unwrap(), spec);
         let scratch = parse("[final]\ntop_k = 1\nepochs = 5\nfrom = \"scratch\"\n").unwrap();
         assert_eq!(scratch.final_training.unwrap().from.as_str(), "scratch");
+        assert_eq!(
+            f.search_subset, 0,
+            "the search uses the whole split by default"
+        );
+        assert!(!text.contains("search_subset"), "{text}");
+        let subset = parse("[final]\ntop_k = 1\nepochs = 5\nsearch_subset = 9000\n").unwrap();
+        assert_eq!(subset.final_training.as_ref().unwrap().search_subset, 9000);
+        let text = subset.to_toml().unwrap();
+        assert_eq!(ExperimentSpec::from_toml(&text).unwrap(), subset);
     }
 
     #[test]
@@ -141,6 +170,10 @@ mod tests {
             ("[final]\ntop_k = 2\nepochs = 0\n", "final.epochs"),
             ("[final]\ntop_k = 2\nepochs = 1001\n", "final.epochs"),
             ("[final]\ntop_k = 2\nepochs = 50\n", "final.epochs"),
+            (
+                "[final]\ntop_k = 2\nepochs = 5\nsearch_subset = 99\n",
+                "final.search_subset",
+            ),
             (
                 "[final]\ntop_k = 2\nepochs = 5\nfrom = \"x\"\n",
                 "expected `weights` or `scratch`",

@@ -498,6 +498,48 @@ async fn without_a_final_section_the_experiment_ends_with_its_search() {
     assert!(finals(&trials(&h.sched, &id).await).is_empty());
 }
 
+#[tokio::test]
+async fn with_a_search_subset_search_trials_train_on_it_and_final_trials_on_everything() {
+    use crate::service::convert::trial_assignment;
+    let h = Harness::long().await;
+    let w = register(&h.sched, 1).await;
+    let s = final_spec(
+        5,
+        "",
+        "top_k = 1\nepochs = 3\nsearch_subset = 500",
+        TWO_GENOMES,
+    );
+    let id = within(h.sched.submit(s.clone())).await.unwrap();
+    let spec = view(&h.sched, &id).await.spec;
+    let searched = run_search(&h.sched, &w, &id, spread).await;
+    assert!(searched > 0);
+    let all = trials(&h.sched, &id).await;
+    for t in all.iter().filter(|t| !t.is_final()) {
+        assert_eq!(
+            trial_assignment(t, &spec).train_examples,
+            500,
+            "{}",
+            t.origin
+        );
+    }
+    let fin = finals(&all);
+    assert_eq!(fin.len(), 1);
+    let held = lease(&h.sched, &w).await;
+    assert_eq!(held.id, fin[0].id);
+    assert_eq!(
+        trial_assignment(&held, &spec).train_examples,
+        0,
+        "all of the split"
+    );
+    // Without the key, every trial trains on the whole split.
+    let plain = final_spec(5, "", "top_k = 1\nepochs = 3", TWO_GENOMES);
+    let id = within(h.sched.submit(plain)).await.unwrap();
+    let spec = view(&h.sched, &id).await.spec;
+    let t = lease(&h.sched, &w).await;
+    assert_eq!(t.experiment_id, id.to_string());
+    assert_eq!(trial_assignment(&t, &spec).train_examples, 0);
+}
+
 // ---- random operation orders, with restarts -----------------------------------------------------
 
 #[derive(Debug, Clone)]

@@ -72,6 +72,16 @@ pub fn trial_assignment(t: &TrialRow, spec: &explore_common::spec::ExperimentSpe
         parent_trial_id: t.parent_id.clone().unwrap_or_default(),
         inherit_checkpoint_sha256: t.inherit_from.clone().unwrap_or_default(),
         kind: trial_kind(t) as i32,
+        train_examples: train_examples(t, spec),
+    }
+}
+
+/// How many examples of the training split the trial trains on (0: all): `[final]
+/// search_subset` for a search trial, all of it for a final trial.
+fn train_examples(t: &TrialRow, spec: &explore_common::spec::ExperimentSpec) -> u32 {
+    match &spec.final_training {
+        Some(fin) if !t.is_final() => fin.search_subset,
+        _ => 0,
     }
 }
 

@@ -350,3 +350,28 @@ fn digits_load_when_installed_and_resize_to_mnist_geometry() {
     assert_eq!((split.train_len(), split.val_len()), (900, 100));
     assert_eq!(split.domain_names, vec!["mnist", "inverted"]);
 }
+
+#[test]
+fn a_training_prefix_cuts_only_the_training_part_and_copies_nothing() {
+    let full = crate::testing::split();
+    let search = full.training_prefix(120).unwrap();
+    assert_eq!(search.train_len(), 120);
+    assert_eq!(search.train_y.size(), vec![120]);
+    // The same first examples, read from the same storage.
+    assert_eq!(search.train_x.data_ptr(), full.train_x.data_ptr());
+    assert!(search.train_x.equal(&full.train_x.narrow(0, 0, 120)));
+    assert!(search.train_y.equal(&full.train_y.narrow(0, 0, 120)));
+    // Validation and test are those of the whole split: the scores compare.
+    for (a, b) in [
+        (&search.val_x, &full.val_x),
+        (&search.val_y, &full.val_y),
+        (&search.test_x, &full.test_x),
+        (&search.test_y, &full.test_y),
+    ] {
+        assert_eq!(a.data_ptr(), b.data_ptr());
+        assert_eq!(a.size(), b.size());
+    }
+    // 0 and anything beyond the split keep all of it.
+    assert_eq!(full.training_prefix(0).unwrap().train_len(), 300);
+    assert_eq!(full.training_prefix(10_000).unwrap().train_len(), 300);
+}
