@@ -461,6 +461,11 @@ impl Scheduler {
         let now = now_ms();
         store::touch_worker(&mut tx, worker_id, now).await?;
         let lease_ms = self.config.lease.as_millis() as i64;
+        // A prefetch waits while every queued trial has an idle slot waiting for it elsewhere.
+        if store::prefetch_would_starve(&mut tx, worker_id, now - 2 * lease_ms).await? {
+            tx.commit().await.map_err(store::convert_sqlx_err)?;
+            return Ok(None);
+        }
         let mut trial = store::lease_next_trial(&mut tx, worker_id, now, lease_ms).await?;
         if trial.is_none() {
             // The queue may be short because this worker just joined: top it up and retry.

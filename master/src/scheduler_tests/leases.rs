@@ -405,3 +405,32 @@ async fn draining_answers_waiting_long_polls_at_once() {
         .unwrap()
         .is_none());
 }
+
+// Regression (a one-CPU-hour run, 2026-12-06): when the final phase queued its two trials, the
+// worker whose slot was free took the first and, a moment later, prefetched the second, while
+// the other worker's slot sat idle; the two final trials then trained one after the other.
+#[tokio::test]
+async fn a_prefetch_leaves_the_last_queued_trials_to_idle_slots_elsewhere() {
+    let h = Harness::long().await;
+    let a = register(&h.sched, 1).await;
+    let b = register(&h.sched, 1).await;
+    within(h.sched.submit(spec(2, ""))).await.unwrap();
+    let first = lease(&h.sched, &a).await;
+    // A's slot is busy and B's idle, with one trial left: A's prefetch must not take it.
+    let prefetch = within(h.sched.acquire(a.as_str(), Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert!(prefetch.is_none(), "{prefetch:?}");
+    let second = lease(&h.sched, &b).await;
+    assert_ne!(first.id, second.id);
+}
+
+#[tokio::test]
+async fn a_lone_worker_still_prefetches() {
+    let h = Harness::long().await;
+    let a = register(&h.sched, 1).await;
+    within(h.sched.submit(spec(3, ""))).await.unwrap();
+    let first = lease(&h.sched, &a).await;
+    let prefetched = lease(&h.sched, &a).await;
+    assert_ne!(first.id, prefetched.id);
+}

@@ -20,6 +20,9 @@ async fn source_experiment(sched: &Scheduler, name: &str, scores: &[f64]) -> Exp
         let t = lease(sched, &w).await;
         finish_with_checkpoint(sched, &w, &t, score).await;
     }
+    // Its worker leaves: an idle live worker would have the next experiment's last queued
+    // trials kept for it (see `store::prefetch_would_starve`).
+    within(sched.deregister(w.as_str())).await.unwrap();
     id
 }
 
@@ -406,7 +409,9 @@ async fn with_enough_history_the_predictor_chooses_and_its_prediction_is_recorde
     )))
     .await
     .unwrap();
-    let w = register(&h.sched, 1).await;
+    // Two slots: the queue is topped up to two, as when the source experiment's worker was
+    // still connected, so all nine first fine-tunes are proposed on thin history.
+    let w = register(&h.sched, 2).await;
     run_probes(&h.sched, &w, 3, |sha| (first_logme(sha), 1.0)).await;
     for _ in 0..9 {
         let t = lease(&h.sched, &w).await;

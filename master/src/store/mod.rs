@@ -648,6 +648,59 @@ pub async fn lease_next_trial(
     get_trial(conn, &id).await
 }
 
+/// Whether leasing one more trial to `worker_id` would be a prefetch that starves another
+/// worker: `worker_id` already holds a trial for each of its slots, and the runnable queue has
+/// no more trials than the free slots of the other live workers (seen since `since_ms`), so
+/// every queued trial has an idle slot waiting for it elsewhere. (The end of a search and a
+/// final phase queue only a few trials; without this, one worker's prefetch could take a
+/// trial that another worker's idle slot would have started at once.)
+pub async fn prefetch_would_starve(
+    conn: &mut SqliteConnection,
+    worker_id: &str,
+    since_ms: i64,
+) -> Result<bool, MasterError> {
+    let (slots, held): (i64, i64) = sqlx::query_as(
+        "SELECT w.slots, (SELECT COUNT(*) FROM trials
+                           WHERE worker_id = w.id AND status IN ('leased', 'running'))
+           FROM workers w WHERE w.id = ?",
+    )
+    .bind(worker_id)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    if held < slots {
+        return Ok(false);
+    }
+    let (idle_elsewhere,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(SUM(MAX(w.slots - COALESCE(h.n, 0), 0)), 0)
+           FROM workers w
+           LEFT JOIN (SELECT worker_id, COUNT(*) AS n FROM trials
+                       WHERE status IN ('leased', 'running') GROUP BY worker_id) h
+             ON h.worker_id = w.id
+          WHERE w.status = 'active' AND w.last_seen_ms >= ? AND w.id != ?",
+    )
+    .bind(since_ms)
+    .bind(worker_id)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    if idle_elsewhere == 0 {
+        return Ok(false);
+    }
+    // Counted up to one past the idle slots: all that decides.
+    let (queued,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM (
+            SELECT 1 FROM trials t JOIN experiments e ON e.id = t.experiment_id
+             WHERE t.status = 'queued' AND e.status = 'running' AND e.stopped_at_ms IS NULL
+             LIMIT ?)",
+    )
+    .bind(idle_elsewhere + 1)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    Ok(queued <= idle_elsewhere)
+}
+
 /// Extends the lease of a held trial and records progress; false when `(worker, attempt)` no
 /// longer holds it.
 pub async fn heartbeat_trial(
