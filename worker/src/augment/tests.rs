@@ -1,5 +1,3 @@
-use std::time::Instant;
-
 use explore_common::hparams::{HyperParams, Optimizer, Schedule};
 use tch::Device;
 
@@ -338,41 +336,4 @@ fn only_the_training_loop_calls_the_augmenter() {
     let train = std::fs::read_to_string(src.join("train.rs")).unwrap();
     assert_eq!(train.matches("Augmenter::new").count(), 1);
     assert_eq!(train.matches(".apply(").count(), 1);
-}
-
-/// The cost of augmenting a 64-batch of 28×28 images on the CPU with every operation on
-/// (`cargo test -p explore-worker --release -- --ignored augment_cost --nocapture`).
-#[test]
-#[ignore]
-fn augment_cost() {
-    let _guard = lock();
-    tch::manual_seed(1);
-    if let Some(threads) = std::env::var("AUGMENT_COST_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-    {
-        tch::set_num_threads(threads);
-    }
-    let xs = Tensor::f_randn([64, 1, 28, 28], (Kind::Float, Device::Cpu)).unwrap();
-    let a = Augmenter::new(settings(4, 0.5, 0.5), 1).unwrap();
-    let runs = 2000;
-    let started = Instant::now();
-    for step in 0..runs {
-        let mut rng = a.rng(step);
-        let _ = Draws::draw(&a.settings, 64, 28, 28, &mut rng);
-    }
-    let per = started.elapsed().as_secs_f64() / runs as f64;
-    println!("draws alone: {:.1} µs per batch", per * 1e6);
-    for step in 0..50 {
-        let _ = a.apply(&xs, step).unwrap();
-    }
-    let started = Instant::now();
-    for step in 0..runs {
-        let _ = a.apply(&xs, step).unwrap();
-    }
-    let per = started.elapsed().as_secs_f64() / runs as f64;
-    println!(
-        "augment 64x1x28x28 (crop 4, flip 0.5, erase 0.5): {:.1} µs per batch",
-        per * 1e6
-    );
 }
