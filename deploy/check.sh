@@ -4,7 +4,9 @@
 #   1. render it with `kubectl kustomize` into target/deploy/<overlay>.yaml;
 #   2. validate every object against the Kubernetes $K8S_VERSION schemas, strictly (unknown
 #      fields are errors), with kubernetes-validate from the test venv;
-#   3. run checkov's Kubernetes policies on the rendered file.
+#   3. run checkov's Kubernetes policies on the rendered file;
+#   4. make sure it carries no credentials: no Secret object (explore-token and explore-db are
+#      created by the user) and no URL with a password in it (user:password@).
 # Then checkov's Dockerfile policies on deploy/Dockerfile.*. Every check skipped on purpose is
 # skipped in the manifest itself with its reason (`checkov.io/skipN: "CKV_…=reason"` annotations,
 # `# checkov:skip=CKV_…: reason` in Dockerfiles); a skip without a reason fails here.
@@ -59,6 +61,11 @@ for dir in deploy/k8s/overlays/*/; do
   "$validate" --strict --kubernetes-version "$K8S_VERSION" --quiet "$rendered"
   echo "==> $name: checkov (kubernetes)"
   "$checkov" --framework kubernetes -f "$rendered" "${checkov_args[@]}"
+  echo "==> $name: no credentials in the manifests"
+  if grep -nE '^kind: Secret$|[a-z][a-z0-9+.-]*://[^/@[:space:]]+:[^/@[:space:]]+@' "$rendered" >&2; then
+    echo "deploy/check.sh: $rendered holds a Secret or a URL with a password (above)" >&2
+    exit 1
+  fi
   overlays=$((overlays + 1))
 done
 if [ "$overlays" -eq 0 ]; then

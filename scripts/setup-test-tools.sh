@@ -3,13 +3,17 @@
 #   - Debian's `chromium` and `chromium-driver` (the dashboard's browser test,
 #     tests/tests/e2e_dashboard.rs drives them through tests/browser/check_dashboard.py);
 #   - Debian's `prometheus` (its `promtool check metrics` checks the master's /metrics);
+#   - Debian's `postgresql` (the server binaries under /usr/lib/postgresql/<version>/bin; about
+#     45 MB with its LLVM library, 20-40 s): scripts/pg-test-cluster.sh runs a private, throwaway
+#     cluster from them for the PostgreSQL store's tests (the package's own cluster, which it may
+#     start on port 5432, is not used);
 #   - a Python venv at ~/.cache/explore/test-venv (or $EXPLORE_CACHE/test-venv) with Selenium,
 #     pinned below; the browser test runs its script with this venv's python;
 #   - for deploy/check.sh (the Kubernetes manifests): `kubectl kustomize` (Debian's
 #     `kubernetes-client`, unless a kubectl is already there), kubernetes-validate (pinned, in the
 #     test venv) and checkov (pinned, in its own venv ~/.cache/explore/checkov-venv: it pins many
 #     libraries of its own). First install about 40 s.
-# A first run usually takes 30 s to 2 minutes (about 300 MB of Debian packages, then a few seconds
+# A first run usually takes 30 s to 2 minutes (about 350 MB of Debian packages, then a few seconds
 # for the venv); later runs take well under a second.
 set -euo pipefail
 
@@ -30,6 +34,8 @@ missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 command -v promtool >/dev/null || missing+=(prometheus)
+# The PostgreSQL server binaries (any version; scripts/pg-test-cluster.sh takes the newest).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 # A font, so that screenshots of the dashboard show text (chromium does not pull one in).
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 # The venv is made with Debian's python3 (python3-venv provides ensurepip there).

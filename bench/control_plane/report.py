@@ -21,14 +21,26 @@ def cpu_model():
     return platform.processor()
 
 
+def postgres_status(explore, others):
+    """"measured", or which PostgreSQL runs could not be measured and why."""
+    failed = [f"{r['label']}: {r['error']}" for r in explore if r.get("store") == "postgres" and "error" in r]
+    failed += [f"{o['system']} ({o.get('sampler')}): {o['error']}" for o in others
+               if o.get("system") == "optuna-rdb-postgres" and "error" in o]
+    return "measured" if not failed else "some runs not measured: " + "; ".join(failed)
+
+
 def main():
     explore_path, others_path, out_path, quick, secs, ray_note = sys.argv[1:7]
+    # Why PostgreSQL was not measured at all (the cluster did not start); empty when it was.
+    pg_note = sys.argv[7] if len(sys.argv) > 7 else ""
     explore = lines(explore_path)
     others = lines(others_path)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip() != ""
-    by_label = {r["label"]: r for r in explore}
+    # Runs that failed (PostgreSQL runs that could not be measured) carry "error" and no figures.
+    by_label = {r["label"]: r for r in explore if "error" not in r}
     optuna = {o.get("sampler"): o for o in others if o.get("system") == "optuna-rdb-sqlite"}
+    optuna_pg = {o.get("sampler"): o for o in others if o.get("system") == "optuna-rdb-postgres"}
     ray = next((o for o in others if o.get("system") == "ray-tune"), None)
 
     def tps(o):
@@ -39,11 +51,29 @@ def main():
     for name, o in [("optuna_random", optuna.get("random")), ("optuna_tpe", optuna.get("tpe")), ("ray_tune", ray)]:
         if w8 and tps(o):
             ratios[f"explore_8_workers_over_{name}"] = round(w8["trials_per_second"] / tps(o), 1)
+    # PostgreSQL against PostgreSQL: explore with 8 simulated workers on a PostgreSQL pool over
+    # Optuna with its study in PostgreSQL.
+    pg8 = by_label.get("pg-workers-8")
+    for name, o in [("optuna_pg_random", optuna_pg.get("random")), ("optuna_pg_tpe", optuna_pg.get("tpe"))]:
+        if pg8 and tps(o):
+            ratios[f"explore_pg_8_workers_over_{name}"] = round(pg8["trials_per_second"] / tps(o), 1)
+    # explore on PostgreSQL against explore on SQLite, same load (fresh pools): trials/s and p50s.
+    for n in [1, 8, 100]:
+        sq, pg = by_label.get(f"workers-{n}"), by_label.get(f"pg-workers-{n}")
+        if sq and pg and sq["trials_per_second"]:
+            ratios[f"explore_pg_over_sqlite_trials_per_second_{n}_workers"] = round(pg["trials_per_second"] / sq["trials_per_second"], 2)
+            for call in ["acquire", "complete"]:
+                if sq[call]["p50_ms"]:
+                    ratios[f"explore_pg_over_sqlite_{call}_p50_{n}_workers"] = round(pg[call]["p50_ms"] / sq[call]["p50_ms"], 2)
 
     goals = []
     if "explore_8_workers_over_optuna_random" in ratios:
         r = ratios["explore_8_workers_over_optuna_random"]
         goals.append(("8 simulated workers >= 50x Optuna-RDB (SQLite, 8 processes, random) trials/s", r >= 50, f"{r}x"))
+    if "explore_pg_8_workers_over_optuna_pg_random" in ratios:
+        r = ratios["explore_pg_8_workers_over_optuna_pg_random"]
+        goals.append(("same on PostgreSQL: 8 simulated workers (pool in PostgreSQL) >= 50x Optuna-RDB (PostgreSQL, 8 processes, random)",
+                      r >= 50, f"{r}x"))
     w1 = by_label.get("workers-1")
     if w1:
         a, c = w1["acquire"]["p50_ms"], w1["complete"]["p50_ms"]
@@ -79,7 +109,7 @@ def main():
         "explore": explore,
         "others": others,
         "ray": ray_note or "measured",
-        "postgresql": "not measured: explore has no PostgreSQL storage yet",
+        "postgresql": pg_note or postgres_status(explore, others),
         "ratios": ratios,
         "goals": [{"goal": g, "met": m, "figure": f} for g, m, f in goals],
     }
@@ -89,6 +119,9 @@ def main():
     print(f"\ncontrol plane, {result['machine']['cpus']} cpus ({result['machine']['cpu']}), commit {result['commit']}, {result['command']}")
     print(f"{'run':<16} {'trials':>7} {'trials/s':>9} {'acq p50':>8} {'acq p99':>8} {'hb p99':>8} {'cpl p50':>8} {'cpl p99':>8} {'stat p99':>8} {'err':>4} {'lost':>4} {'cpu s':>6} {'rss MB':>7}")
     for r in explore:
+        if "error" in r:
+            print(f"{r['label']:<16} {r['error']}")
+            continue
         print(f"{r['label']:<16} {r['trials']:>7} {r['trials_per_second']:>9.1f} {r['acquire']['p50_ms']:>8.2f} {r['acquire']['p99_ms']:>8.2f} "
               f"{r['heartbeat']['p99_ms']:>8.2f} {r['complete']['p50_ms']:>8.2f} {r['complete']['p99_ms']:>8.2f} {r['status']['p99_ms']:>8.2f} "
               f"{r['errors']:>4} {r['lost_trials']:>4} {r['master_cpu_seconds']:>6.1f} {r['master_peak_rss_mb']:>7.1f}")
@@ -100,7 +133,7 @@ def main():
             print(f"{label:<32} {o.get('error', 'no result')}")
     if ray_note:
         print(f"ray: {ray_note}")
-    print("postgresql: not measured (explore has no PostgreSQL storage yet)")
+    print(f"postgresql: {result['postgresql']}")
     for k, v in ratios.items():
         print(f"ratio {k}: {v}")
     print("\ngoals (issue 11):")

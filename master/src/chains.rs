@@ -7,13 +7,13 @@
 //! result the chain cools ([`annealing::next_temperature`]); after `reheat_after` results without
 //! beating its best it reheats: back to the initial temperature, restarting from a pool draw.
 
+use crate::store::PoolTx;
 use explore_common::annealing;
 use explore_common::spec::ExperimentSpec;
-use sqlx::SqliteConnection;
 use tracing::info;
 
 use crate::error::MasterError;
-use crate::store::{self, ChainRow};
+use crate::store::ChainRow;
 
 /// Most chains an experiment may have.
 pub const MAX_CHAINS: u32 = 256;
@@ -31,11 +31,11 @@ pub fn chain_count(spec: &ExperimentSpec, connected_slots: u32) -> u32 {
 /// trials overall, then the lowest index), so every chain keeps work in flight and the chains
 /// take turns.
 pub async fn least_loaded(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn PoolTx,
     experiment_id: &str,
     count: u32,
 ) -> Result<i64, MasterError> {
-    let loads = store::chain_loads(conn, experiment_id).await?;
+    let loads = conn.chain_loads(experiment_id).await?;
     let load_of = |c: i64| {
         loads
             .iter()
@@ -49,27 +49,28 @@ pub async fn least_loaded(
 
 /// The chain's state, created (at the initial temperature, and saved) if it does not exist yet.
 pub async fn load_or_create(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn PoolTx,
     spec: &ExperimentSpec,
     experiment_id: &str,
     chain: i64,
 ) -> Result<ChainRow, MasterError> {
-    if let Some(row) = store::get_chain(conn, experiment_id, chain).await? {
+    if let Some(row) = conn.get_chain(experiment_id, chain).await? {
         return Ok(row);
     }
     let row = fresh(spec, experiment_id, chain);
-    store::save_chain(conn, &row).await?;
+    conn.save_chain(&row).await?;
     Ok(row)
 }
 
 /// The chain's state, or a fresh one at the initial temperature (not saved).
 pub async fn load(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn PoolTx,
     spec: &ExperimentSpec,
     experiment_id: &str,
     chain: i64,
 ) -> Result<ChainRow, MasterError> {
-    Ok(store::get_chain(conn, experiment_id, chain)
+    Ok(conn
+        .get_chain(experiment_id, chain)
         .await?
         .unwrap_or_else(|| fresh(spec, experiment_id, chain)))
 }
@@ -103,7 +104,7 @@ pub struct ChainResult<'a> {
 /// Applies a result to the chain: moves its current model on acceptance, tracks its best,
 /// cools, and reheats after too long without improvement. Returns the saved state.
 pub async fn record(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn PoolTx,
     spec: &ExperimentSpec,
     mut chain: ChainRow,
     result: ChainResult<'_>,
@@ -143,17 +144,17 @@ pub async fn record(
             "chain stagnated: reheated, next base drawn from the whole pool"
         );
     }
-    store::save_chain(conn, &chain).await?;
+    conn.save_chain(&chain).await?;
     Ok(chain)
 }
 
 /// Mean temperature of the experiment's chains (the initial temperature before any exists).
 pub async fn mean_temperature(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn PoolTx,
     spec: &ExperimentSpec,
     experiment_id: &str,
 ) -> Result<f64, MasterError> {
-    let chains = store::list_chains(conn, experiment_id).await?;
+    let chains = conn.list_chains(experiment_id).await?;
     if chains.is_empty() {
         return Ok(spec.annealing.initial_temperature);
     }

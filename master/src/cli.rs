@@ -97,6 +97,15 @@ pub struct ServeArgs {
     /// Directory for the database, the cluster token and checkpoints.
     #[arg(long, env = "EXPLORE_DATA_DIR", default_value = ".explore")]
     pub data_dir: PathBuf,
+    /// Where the pool lives: `sqlite` (embedded, a file in --data-dir) or a PostgreSQL URL
+    /// (`postgres://user:password@host:5432/db`), which several masters may share.
+    #[arg(
+        long,
+        env = "EXPLORE_DB",
+        default_value = "sqlite",
+        value_name = "sqlite|URL"
+    )]
+    pub db: String,
     /// Seconds a trial lease lasts without a heartbeat.
     #[arg(long, default_value_t = 60)]
     pub lease_secs: u64,
@@ -141,6 +150,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
         Ok(ServeConfig {
             listen: a.listen,
             data_dir: a.data_dir.clone(),
+            db: a.db.clone(),
             scheduler: SchedulerConfig {
                 lease: Duration::from_secs(a.lease_secs),
                 heartbeat_interval: Duration::from_secs(a.heartbeat_secs),

@@ -14,7 +14,7 @@ pub enum MasterError {
     #[error("too large: {0}")]
     TooLarge(String),
     #[error("store error: {0}")]
-    Store(String),
+    Store(crate::store::StoreError),
     #[error("cannot access {path}: {reason}")]
     Io { path: String, reason: String },
     #[error("unavailable: {0}")]

@@ -15,6 +15,7 @@ pub mod early_stop;
 pub mod error;
 pub mod export;
 pub mod http;
+pub mod leader;
 pub mod lock;
 pub mod metrics;
 pub mod output;

@@ -18,7 +18,8 @@ use explore_common::spec::ExperimentSpec;
 use crate::artifacts::ArtifactStore;
 use crate::error::MasterError;
 use crate::scheduler::{now_ms, Scheduler, SchedulerConfig};
-use crate::store::{self, Store};
+use crate::store::sqlite::{convert_sqlx_err, SqliteBackend};
+use crate::store::Store;
 
 /// Submits `spec` into the pool in `data_dir` and adds `trials` completed trials to it; returns
 /// the experiment id.
@@ -29,18 +30,22 @@ pub async fn prefill(
 ) -> Result<String, MasterError> {
     // Refused while a master serves this directory (it names the master).
     let _lock = crate::lock::DataDirLock::acquire(data_dir)?;
-    let store = Store::open(data_dir).await?;
+    let backend = SqliteBackend::open(data_dir).await?;
+    let store = Store::from_backend(backend.clone());
     let artifacts = ArtifactStore::open(&data_dir.join("artifacts"), 1 << 30)?;
     let scheduler = Scheduler::new(store.clone(), artifacts, SchedulerConfig::default());
     let id = scheduler.submit(spec).await?.to_string();
     let started = Instant::now();
-    let mut tx = store.begin().await?;
-    let seed = store::train_trials_below(&mut tx, &id, 1)
+    let mut conn = store.conn().await?;
+    let seed = conn
+        .train_trials_below(&id, 1)
         .await?
         .into_iter()
         .next()
         .ok_or_else(|| MasterError::Internal("the experiment has no seed trial".into()))?;
-    let first_seq = store::next_seq(&mut tx, &id).await?;
+    let first_seq = conn.next_seq(&id).await?;
+    drop(conn);
+    let mut tx = backend.pool().begin().await.map_err(convert_sqlx_err)?;
     let now = now_ms();
     // The recursive table has at least one row: nothing to insert is a separate case.
     let rows = if trials == 0 { 0 } else { trials as i64 };
@@ -72,7 +77,7 @@ pub async fn prefill(
     .bind(rows)
     .execute(&mut *tx)
     .await
-    .map_err(store::convert_sqlx_err)?;
+    .map_err(convert_sqlx_err)?;
     sqlx::query(
         "UPDATE experiments SET spec_json = json_set(spec_json, '$.budget.max_trials', ?),
              best_trial_id = (SELECT id FROM trials WHERE experiment_id = ? AND kind = 'train'
@@ -85,12 +90,12 @@ pub async fn prefill(
     .bind(&id)
     .execute(&mut *tx)
     .await
-    .map_err(store::convert_sqlx_err)?;
-    tx.commit().await.map_err(store::convert_sqlx_err)?;
+    .map_err(convert_sqlx_err)?;
+    tx.commit().await.map_err(convert_sqlx_err)?;
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(&mut *store.conn().await?)
+        .execute(backend.pool())
         .await
-        .map_err(store::convert_sqlx_err)?;
+        .map_err(convert_sqlx_err)?;
     store.close().await;
     tracing::info!(
         experiment_id = %id,

@@ -28,17 +28,17 @@
 
 use std::collections::HashSet;
 
+use crate::store::PoolTx;
 use explore_common::annealing;
 use explore_common::mutation;
 use explore_common::spec::ExperimentSpec;
 use explore_common::{Genome, HyperParams};
 use rand::Rng;
-use sqlx::SqliteConnection;
 
 use crate::artifacts::ArtifactStore;
 use crate::error::MasterError;
 use crate::predictor::{self, Prediction, Predictor, SearchFeatures};
-use crate::store::{self, ChainRow, TrialRow};
+use crate::store::{ChainRow, TrialRow};
 
 /// Randomness stream of the fallback search (after `STREAM_PROPOSAL`, `STREAM_ACCEPTANCE` and
 /// the scheduler's trial-seed stream 3).
@@ -115,7 +115,7 @@ impl Search<'_> {
     /// An untried candidate from `primary` (drawing from `rng`), else from the fallback bases.
     pub async fn find(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         chain: &ChainRow,
         primary: TrialRow,
         rng: &mut impl Rng,
@@ -178,20 +178,22 @@ impl Search<'_> {
     /// `primary` itself, none twice, at most [`FALLBACK_BASES`].
     async fn fallback_bases(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         chain: &ChainRow,
         primary: &TrialRow,
         rng: &mut impl Rng,
     ) -> Result<Vec<TrialRow>, MasterError> {
         // `(id, score)` of the candidates: the best accepted trials by score (every accepted
         // trial of a pool of up to `store::BASE_CANDIDATES`), else the seed trials.
-        let mut pool: Vec<(String, Option<f64>)> = store::base_candidates(conn, self.experiment_id)
+        let mut pool: Vec<(String, Option<f64>)> = conn
+            .base_candidates(self.experiment_id)
             .await?
             .into_iter()
             .map(|(id, _, score)| (id, Some(score)))
             .collect();
         if pool.is_empty() {
-            pool = store::train_trials_below(conn, self.experiment_id, self.seed_count as i64)
+            pool = conn
+                .train_trials_below(self.experiment_id, self.seed_count as i64)
                 .await?
                 .into_iter()
                 .map(|t| (t.id, t.score))
@@ -215,7 +217,7 @@ impl Search<'_> {
             };
             picked.take(i);
         }
-        for other in store::list_chains(conn, self.experiment_id).await? {
+        for other in conn.list_chains(self.experiment_id).await? {
             if other.chain == chain.chain {
                 continue;
             }
@@ -242,7 +244,7 @@ impl Search<'_> {
         }
         let mut bases = Vec::with_capacity(picked.order.len());
         for i in picked.order {
-            if let Some(row) = store::get_trial(conn, &pool[i].0).await? {
+            if let Some(row) = conn.get_trial(&pool[i].0).await? {
                 bases.push(row);
             }
         }
@@ -252,7 +254,7 @@ impl Search<'_> {
     /// Up to `tries` mutations of `base`; the first untried one.
     async fn mutate(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         base: &TrialRow,
         tries: u64,
         rng: &mut impl Rng,
@@ -282,7 +284,7 @@ impl Search<'_> {
     /// (or `max(PRIMARY_TRIES, 2 × predictor_candidates)` were tried); the best predicted.
     async fn mutate_ranked(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         base: &TrialRow,
         predictor: &Predictor<SearchFeatures>,
         rng: &mut impl Rng,
@@ -339,7 +341,7 @@ impl Search<'_> {
     /// untried one. Nothing for a base outside the constraints or in ELR mode.
     async fn fresh(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         base: &TrialRow,
         tries: u64,
         rng: &mut impl Rng,
@@ -380,7 +382,7 @@ impl Search<'_> {
     /// The child as it would be queued (epochs cut), unless the pool already holds it.
     async fn untried(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         base: &TrialRow,
         genome: Genome,
         mut hparams: HyperParams,
@@ -395,13 +397,13 @@ impl Search<'_> {
             hparams.epochs = hparams.epochs.min(fine_tune);
         }
         cap_epochs(&mut hparams, self.remaining_epochs);
-        if store::candidate_exists(
-            conn,
-            self.experiment_id,
-            &genome.canonical_hash(),
-            &hparams.to_json(),
-        )
-        .await?
+        if conn
+            .candidate_exists(
+                self.experiment_id,
+                &genome.canonical_hash(),
+                &hparams.to_json(),
+            )
+            .await?
         {
             return Ok(None);
         }
@@ -422,16 +424,16 @@ impl Search<'_> {
 /// most recent completed trials, so its cost does not grow with the pool. A fit that fails on
 /// odd history is logged and skipped: the predictor only ever narrows a choice.
 pub async fn search_predictor(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn PoolTx,
     spec: &ExperimentSpec,
     experiment_id: &str,
 ) -> Result<Option<Predictor<SearchFeatures>>, MasterError> {
     if !spec.search.predictor {
         return Ok(None);
     }
-    let rows =
-        store::recent_completed_for_predictor(conn, experiment_id, predictor::SEARCH_HISTORY)
-            .await?;
+    let rows = conn
+        .recent_completed_for_predictor(experiment_id, predictor::SEARCH_HISTORY)
+        .await?;
     if rows.len() < predictor::MIN_HISTORY {
         return Ok(None);
     }

@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::store::PoolTx;
 use explore_common::annealing::{self, STREAM_ACCEPTANCE, STREAM_PROPOSAL};
 use explore_common::spec::ExperimentSpec;
 use explore_common::{ExperimentId, HyperParams, TrialId, WorkerId};
 use rand::Rng;
-use sqlx::SqliteConnection;
 use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
 
@@ -26,8 +26,8 @@ use crate::metrics::{MetricsSink, NoMetrics};
 use crate::predictor::{Predictor, SearchFeatures};
 use crate::proposals;
 use crate::store::{
-    self, ChainRow, EpochUsage, ExperimentRow, ExperimentStatus, NewTrial, Store, TrialCounts,
-    TrialKind, TrialResult, TrialRow, TrialStatus,
+    ChainRow, EpochUsage, ExperimentRow, ExperimentStatus, NewTrial, Store, TrialCounts, TrialKind,
+    TrialResult, TrialRow, TrialStatus,
 };
 use crate::transfer;
 
@@ -119,6 +119,8 @@ pub struct Scheduler {
     write_lock: Mutex<()>,
     work_available: Notify,
     draining: std::sync::atomic::AtomicBool,
+    /// Whether this master is the active one (false on a standby; see [`crate::leader`]).
+    active: std::sync::atomic::AtomicBool,
     metrics: Arc<dyn MetricsSink>,
 }
 
@@ -178,6 +180,7 @@ impl Scheduler {
             write_lock: Mutex::new(()),
             work_available: Notify::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            active: std::sync::atomic::AtomicBool::new(true),
             metrics: Arc::new(NoMetrics),
         }
     }
@@ -215,7 +218,7 @@ impl Scheduler {
         spec.validate()?;
         let spec = {
             let mut conn = self.store.conn().await?;
-            transfer::derive_seeds(&mut conn, &self.artifacts, &spec).await?
+            transfer::derive_seeds(&mut *conn, &self.artifacts, &spec).await?
         };
         // Resolve seeds now so the stored spec is self-contained.
         let seeds = spec.resolve_seeds(None)?;
@@ -241,15 +244,17 @@ impl Scheduler {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
         let now = now_ms();
-        store::insert_experiment(&mut tx, id.as_str(), &spec.name, &spec_json, now).await?;
+        tx.insert_experiment(id.as_str(), &spec.name, &spec_json, now)
+            .await?;
         if transfer::probes(&stored) {
-            transfer::queue_probes(&mut tx, &stored, &seeds, id.as_str(), now).await?;
+            transfer::queue_probes(&mut *tx, &stored, &seeds, id.as_str(), now).await?;
         }
-        let row = store::get_experiment(&mut tx, id.as_str())
+        let row = tx
+            .get_experiment(id.as_str())
             .await?
             .ok_or_else(|| MasterError::Internal("experiment vanished".into()))?;
-        self.refill_experiment(&mut tx, &row, now).await?;
-        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        self.refill_experiment(&mut *tx, &row, now).await?;
+        tx.commit().await?;
         info!(experiment_id = %id, name = %spec.name, max_trials = spec.budget.max_trials, "experiment submitted");
         self.work_available.notify_waiters();
         Ok(id)
@@ -258,36 +263,37 @@ impl Scheduler {
     /// An experiment with counts, best trial and current temperature.
     pub async fn experiment_view(&self, id: &str) -> Result<ExperimentView, MasterError> {
         let mut conn = self.store.conn().await?;
-        let row = store::get_experiment(&mut conn, id)
+        let row = conn
+            .get_experiment(id)
             .await?
             .ok_or_else(|| MasterError::NotFound(format!("experiment {id}")))?;
-        self.view_of(&mut conn, row).await
+        self.view_of(&mut *conn, row).await
     }
 
     /// Every experiment, newest first.
     pub async fn experiment_views(&self) -> Result<Vec<ExperimentView>, MasterError> {
         let mut conn = self.store.conn().await?;
-        let rows = store::list_experiments(&mut conn).await?;
+        let rows = conn.list_experiments().await?;
         let mut views = Vec::with_capacity(rows.len());
         for row in rows {
-            views.push(self.view_of(&mut conn, row).await?);
+            views.push(self.view_of(&mut *conn, row).await?);
         }
         Ok(views)
     }
 
     async fn view_of(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         row: ExperimentRow,
     ) -> Result<ExperimentView, MasterError> {
         let spec = parse_spec(&row)?;
-        let counts = store::trial_counts(conn, &row.id).await?;
+        let counts = conn.trial_counts(&row.id).await?;
         let best = match &row.best_trial_id {
-            Some(t) => store::get_trial(conn, t).await?,
+            Some(t) => conn.get_trial(t).await?,
             None => None,
         };
         let temperature = chains::mean_temperature(conn, &spec, &row.id).await?;
-        let epochs = store::epoch_usage(conn, &row.id).await?;
+        let epochs = conn.epoch_usage(&row.id).await?;
         Ok(ExperimentView {
             row,
             spec,
@@ -301,19 +307,16 @@ impl Scheduler {
     /// One trial by id, or `NotFound`.
     pub async fn trial(&self, trial_id: &str) -> Result<TrialRow, MasterError> {
         let mut conn = self.store.conn().await?;
-        require_trial(&mut conn, trial_id).await
+        require_trial(&mut *conn, trial_id).await
     }
 
     /// Every trial of an experiment.
     pub async fn trials(&self, experiment_id: &str) -> Result<Vec<TrialRow>, MasterError> {
         let mut conn = self.store.conn().await?;
-        if store::get_experiment(&mut conn, experiment_id)
-            .await?
-            .is_none()
-        {
+        if conn.get_experiment(experiment_id).await?.is_none() {
             return Err(MasterError::NotFound(format!("experiment {experiment_id}")));
         }
-        store::list_trials(&mut conn, experiment_id).await
+        conn.list_trials(experiment_id).await
     }
 
     /// One page of an experiment's trials in seq order (see [`store::list_trials_page`]), each
@@ -322,19 +325,17 @@ impl Scheduler {
         &self,
         experiment_id: &str,
         after_seq: Option<i64>,
-        status: Option<&str>,
+        status: Option<TrialStatus>,
         limit: u32,
     ) -> Result<Vec<(TrialRow, BTreeMap<String, f64>)>, MasterError> {
         let mut conn = self.store.conn().await?;
-        if store::get_experiment(&mut conn, experiment_id)
-            .await?
-            .is_none()
-        {
+        if conn.get_experiment(experiment_id).await?.is_none() {
             return Err(MasterError::NotFound(format!("experiment {experiment_id}")));
         }
-        let rows =
-            store::list_trials_page(&mut conn, experiment_id, after_seq, status, limit).await?;
-        let mut metrics = store::trials_epoch_metrics(&mut conn, &rows).await?;
+        let rows = conn
+            .list_trials_page(experiment_id, after_seq, status, limit)
+            .await?;
+        let mut metrics = conn.trials_epoch_metrics(&rows).await?;
         Ok(rows
             .into_iter()
             .map(|row| {
@@ -350,7 +351,7 @@ impl Scheduler {
         trial: &TrialRow,
     ) -> Result<BTreeMap<String, f64>, MasterError> {
         let mut conn = self.store.conn().await?;
-        store::trial_epoch_metrics(&mut conn, trial).await
+        conn.trial_epoch_metrics(trial).await
     }
 
     /// Per trial of an experiment, the named metrics of its last recorded epoch (trials
@@ -360,13 +361,14 @@ impl Scheduler {
         experiment_id: &str,
     ) -> Result<HashMap<String, BTreeMap<String, f64>>, MasterError> {
         let mut conn = self.store.conn().await?;
-        store::last_epoch_metrics(&mut conn, experiment_id).await
+        conn.last_epoch_metrics(experiment_id).await
     }
 
     /// The experiment's stored spec.
     pub async fn spec_of(&self, experiment_id: &str) -> Result<ExperimentSpec, MasterError> {
         let mut conn = self.store.conn().await?;
-        let row = store::get_experiment(&mut conn, experiment_id)
+        let row = conn
+            .get_experiment(experiment_id)
             .await?
             .ok_or_else(|| MasterError::NotFound(format!("experiment {experiment_id}")))?;
         parse_spec(&row)
@@ -394,21 +396,22 @@ impl Scheduler {
         let id = WorkerId::generate();
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
-        store::insert_worker(&mut tx, id.as_str(), name, device, slots, now_ms()).await?;
-        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        tx.insert_worker(id.as_str(), name, device, slots, now_ms())
+            .await?;
+        tx.commit().await?;
         info!(worker_id = %id, name, device, slots, "worker registered");
         Ok(id)
     }
 
     async fn check_worker(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         worker_id: &str,
     ) -> Result<(), MasterError> {
         worker_id
             .parse::<WorkerId>()
             .map_err(|e| MasterError::InvalidArgument(e.to_string()))?;
-        if !store::worker_is_active(conn, worker_id).await? {
+        if !conn.worker_is_active(worker_id).await? {
             return Err(MasterError::NotFound(format!(
                 "worker {worker_id} (register first)"
             )));
@@ -422,6 +425,20 @@ impl Scheduler {
         self.draining
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.work_available.notify_waiters();
+    }
+
+    /// Marks this master active (it leads) or a standby (it serves nothing but refusals).
+    pub fn set_active(&self, active: bool) {
+        self.active
+            .store(active, std::sync::atomic::Ordering::SeqCst);
+        if active {
+            self.work_available.notify_waiters();
+        }
+    }
+
+    /// Whether this master is the active one.
+    pub fn is_active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether [`Scheduler::drain`] was called.
@@ -457,24 +474,27 @@ impl Scheduler {
     async fn try_lease(&self, worker_id: &str) -> Result<Option<TrialRow>, MasterError> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
-        self.check_worker(&mut tx, worker_id).await?;
+        self.check_worker(&mut *tx, worker_id).await?;
         let now = now_ms();
-        store::touch_worker(&mut tx, worker_id, now).await?;
+        tx.touch_worker(worker_id, now).await?;
         let lease_ms = self.config.lease.as_millis() as i64;
         // A prefetch waits while every queued trial has an idle slot waiting for it elsewhere.
-        if store::prefetch_would_starve(&mut tx, worker_id, now - 2 * lease_ms).await? {
-            tx.commit().await.map_err(store::convert_sqlx_err)?;
+        if tx
+            .prefetch_would_starve(worker_id, now - 2 * lease_ms)
+            .await?
+        {
+            tx.commit().await?;
             return Ok(None);
         }
-        let mut trial = store::lease_next_trial(&mut tx, worker_id, now, lease_ms).await?;
+        let mut trial = tx.lease_next_trial(worker_id, now, lease_ms).await?;
         if trial.is_none() {
             // The queue may be short because this worker just joined: top it up and retry.
-            for row in store::running_experiments(&mut tx).await? {
-                self.refill_experiment(&mut tx, &row, now).await?;
+            for row in tx.running_experiments().await? {
+                self.refill_experiment(&mut *tx, &row, now).await?;
             }
-            trial = store::lease_next_trial(&mut tx, worker_id, now, lease_ms).await?;
+            trial = tx.lease_next_trial(worker_id, now, lease_ms).await?;
         }
-        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        tx.commit().await?;
         Ok(trial)
     }
 
@@ -493,11 +513,11 @@ impl Scheduler {
         validate_epoch_metrics(&progress.metrics)?;
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
-        self.check_worker(&mut tx, worker_id).await?;
+        self.check_worker(&mut *tx, worker_id).await?;
         let now = now_ms();
-        store::touch_worker(&mut tx, worker_id, now).await?;
-        let trial = require_trial(&mut tx, trial_id).await?;
-        let experiment = experiment_of(&mut tx, &trial).await?;
+        tx.touch_worker(worker_id, now).await?;
+        let trial = require_trial(&mut *tx, trial_id).await?;
+        let experiment = experiment_of(&mut *tx, &trial).await?;
         let deadline = now + self.config.lease.as_millis() as i64;
         // A trial never runs more epochs than planned; a report claiming more is clamped so it
         // cannot overdraw the epoch budget.
@@ -506,18 +526,18 @@ impl Scheduler {
             epoch: progress.epoch.min(planned),
             ..progress
         };
-        let held = store::heartbeat_trial(
-            &mut tx,
-            trial_id,
-            worker_id,
-            attempt as i64,
-            progress.epoch as i64,
-            progress.started,
-            deadline,
-        )
-        .await?;
+        let held = tx
+            .heartbeat_trial(
+                trial_id,
+                worker_id,
+                attempt as i64,
+                progress.epoch as i64,
+                progress.started,
+                deadline,
+            )
+            .await?;
         if !held {
-            tx.commit().await.map_err(store::convert_sqlx_err)?;
+            tx.commit().await?;
             // Cancelled while this worker held it (`master stop --now`): told why, not "lost".
             if trial.status()? == TrialStatus::Cancelled
                 && trial.attempt == i64::from(attempt)
@@ -537,9 +557,10 @@ impl Scheduler {
             && wall_time_spent(&parse_spec(&experiment)?, &experiment, now)
         {
             let reason = "wall-time budget reached before it started";
-            store::end_trial(&mut tx, trial_id, TrialStatus::Cancelled, reason, now).await?;
-            self.refill_experiment(&mut tx, &experiment, now).await?;
-            tx.commit().await.map_err(store::convert_sqlx_err)?;
+            tx.end_trial(trial_id, TrialStatus::Cancelled, reason, now)
+                .await?;
+            self.refill_experiment(&mut *tx, &experiment, now).await?;
+            tx.commit().await?;
             info!(
                 trial_id,
                 attempt, worker_id, "prefetched trial cancelled: wall-time budget reached"
@@ -547,18 +568,18 @@ impl Scheduler {
             return Ok(HeartbeatAnswer::Stop(reason.to_string()));
         }
         let epoch_reason = if trial.kind()? == TrialKind::Train {
-            self.record_epoch(&mut tx, &experiment, &trial, planned, &progress, now)
+            self.record_epoch(&mut *tx, &experiment, &trial, planned, &progress, now)
                 .await?
         } else {
             None
         };
         if let Some(reason) = epoch_reason {
-            tx.commit().await.map_err(store::convert_sqlx_err)?;
+            tx.commit().await?;
             info!(trial_id, attempt, worker_id, reason = %reason, "trial pruned");
             self.work_available.notify_waiters();
             return Ok(HeartbeatAnswer::Stop(reason));
         }
-        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        tx.commit().await?;
         if experiment.status != ExperimentStatus::Running.as_str() {
             return Ok(HeartbeatAnswer::Stop(format!(
                 "experiment {} is {}",
@@ -583,7 +604,7 @@ impl Scheduler {
     /// score the accuracy so far) and the reason is returned.
     async fn record_epoch(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         experiment: &ExperimentRow,
         trial: &TrialRow,
         total_epochs: u32,
@@ -599,7 +620,8 @@ impl Scheduler {
             .train_loss
             .is_finite()
             .then_some(progress.train_loss);
-        store::record_epoch(conn, &trial.id, epoch, val, loss, &progress.metrics).await?;
+        conn.record_epoch(&trial.id, epoch, val, loss, &progress.metrics)
+            .await?;
         // A final trial is one of the search's chosen models trained longer: never pruned.
         if experiment.status != ExperimentStatus::Running.as_str() || trial.is_final() {
             return Ok(None);
@@ -608,7 +630,9 @@ impl Scheduler {
         if !early_stop::may_stop(&spec.early_stopping, progress.epoch, total_epochs) {
             return Ok(None);
         }
-        let peers = store::peer_accuracies(conn, &experiment.id, &trial.id, epoch).await?;
+        let peers = conn
+            .peer_accuracies(&experiment.id, &trial.id, epoch)
+            .await?;
         let Some(reason) = early_stop::should_stop(
             &spec.early_stopping,
             progress.epoch,
@@ -619,7 +643,8 @@ impl Scheduler {
             return Ok(None);
         };
         let chain = chains::load(conn, &spec, &experiment.id, trial.chain).await?;
-        store::prune_trial(conn, &trial.id, val, epoch, &reason, chain.temperature, now).await?;
+        conn.prune_trial(&trial.id, val, epoch, &reason, chain.temperature, now)
+            .await?;
         self.metrics
             .trial_ended(TrialStatus::Pruned, trained_seconds(trial, now));
         let progress = self.budget_progress(conn, &spec, experiment, now).await?;
@@ -637,17 +662,17 @@ impl Scheduler {
     /// Used fraction of the experiment's budget (the largest of trials, epochs and wall time).
     async fn budget_progress(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         spec: &ExperimentSpec,
         row: &ExperimentRow,
         now: i64,
     ) -> Result<f64, MasterError> {
         let budget = &spec.budget;
-        let counts = store::trial_counts(conn, &row.id).await?;
+        let counts = conn.trial_counts(&row.id).await?;
         // The search's share of the budget (the final phase's reservation left out).
         let mut progress = f64::from(counts.finished()) / f64::from(search_trials(spec));
         if let Some(max) = search_epochs(spec) {
-            let usage = store::epoch_usage(conn, &row.id).await?;
+            let usage = conn.epoch_usage(&row.id).await?;
             progress = progress.max(usage.spent as f64 / max as f64);
         }
         if let Some(max) = budget.max_wall_seconds {
@@ -678,10 +703,10 @@ impl Scheduler {
         }
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
-        self.check_worker(&mut tx, worker_id).await?;
+        self.check_worker(&mut *tx, worker_id).await?;
         let now = now_ms();
-        store::touch_worker(&mut tx, worker_id, now).await?;
-        let trial = require_trial(&mut tx, trial_id).await?;
+        tx.touch_worker(worker_id, now).await?;
+        let trial = require_trial(&mut *tx, trial_id).await?;
         let status = trial.status()?;
         let current =
             trial.attempt == attempt as i64 && trial.worker_id.as_deref() == Some(worker_id);
@@ -696,24 +721,16 @@ impl Scheduler {
                 "attempt {attempt} of {trial_id} is not current (trial is {status}, attempt {})",
                 trial.attempt
             );
-            store::insert_late_result(
-                &mut tx,
-                trial_id,
-                attempt as i64,
-                worker_id,
-                &result,
-                &reason,
-                now,
-            )
-            .await?;
-            tx.commit().await.map_err(store::convert_sqlx_err)?;
+            tx.insert_late_result(trial_id, attempt as i64, worker_id, &result, &reason, now)
+                .await?;
+            tx.commit().await?;
             warn!(trial_id, attempt, worker_id, "late result kept as history");
             return Ok(CompleteAnswer {
                 accepted: false,
                 reason,
             });
         }
-        let experiment = experiment_of(&mut tx, &trial).await?;
+        let experiment = experiment_of(&mut *tx, &trial).await?;
         if trial.kind()? == TrialKind::Probe {
             // A probe measures a model; it is never a model of the pool: no chain, no best.
             let result = TrialResult {
@@ -721,9 +738,10 @@ impl Scheduler {
                 checkpoint_sha256: None,
                 ..result
             };
-            store::complete_trial(&mut tx, trial_id, &result, false, 0.0, now).await?;
-            self.refill_experiment(&mut tx, &experiment, now).await?;
-            tx.commit().await.map_err(store::convert_sqlx_err)?;
+            tx.complete_trial(trial_id, &result, false, 0.0, now)
+                .await?;
+            self.refill_experiment(&mut *tx, &experiment, now).await?;
+            tx.commit().await?;
             info!(trial_id, attempt, worker_id, experiment_id = %experiment.id, metrics = ?result.metrics, "probe completed");
             self.work_available.notify_waiters();
             return Ok(CompleteAnswer {
@@ -732,10 +750,10 @@ impl Scheduler {
             });
         }
         let spec = parse_spec(&experiment)?;
-        let chain = chains::load(&mut tx, &spec, &experiment.id, trial.chain).await?;
+        let chain = chains::load(&mut *tx, &spec, &experiment.id, trial.chain).await?;
         let temperature = chain.temperature;
         let parent_score = match &trial.parent_id {
-            Some(p) => store::get_trial(&mut tx, p).await?.and_then(|p| p.score),
+            Some(p) => tx.get_trial(p).await?.and_then(|p| p.score),
             None => None,
         };
         // A final trial is not a step of the search: no Metropolis decision, no chain moves.
@@ -756,12 +774,13 @@ impl Scheduler {
                 .min(HyperParams::from_json(&trial.hparams_json)?.epochs),
             ..result
         };
-        store::complete_trial(&mut tx, trial_id, &result, accepted, temperature, now).await?;
+        tx.complete_trial(trial_id, &result, accepted, temperature, now)
+            .await?;
         self.metrics
             .trial_ended(TrialStatus::Completed, trained_seconds(&trial, now));
         if !is_final {
             let progress = self
-                .budget_progress(&mut tx, &spec, &experiment, now)
+                .budget_progress(&mut *tx, &spec, &experiment, now)
                 .await?;
             let chain_result = ChainResult {
                 trial_id,
@@ -769,18 +788,18 @@ impl Scheduler {
                 accepted,
                 progress,
             };
-            chains::record(&mut tx, &spec, chain, chain_result).await?;
+            chains::record(&mut *tx, &spec, chain, chain_result).await?;
         }
         let best_score = match &experiment.best_trial_id {
-            Some(b) => store::get_trial(&mut tx, b).await?.and_then(|t| t.score),
+            Some(b) => tx.get_trial(b).await?.and_then(|t| t.score),
             None => None,
         };
         let new_best = best_score.is_none_or(|b| result.score > b);
         if new_best {
-            store::set_best_trial(&mut tx, &experiment.id, trial_id).await?;
+            tx.set_best_trial(&experiment.id, trial_id).await?;
         }
-        self.refill_experiment(&mut tx, &experiment, now).await?;
-        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        self.refill_experiment(&mut *tx, &experiment, now).await?;
+        tx.commit().await?;
         info!(
             trial_id,
             attempt,
@@ -813,20 +832,21 @@ impl Scheduler {
         let reason: String = reason.chars().take(2000).collect();
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
-        self.check_worker(&mut tx, worker_id).await?;
+        self.check_worker(&mut *tx, worker_id).await?;
         let now = now_ms();
-        let trial = require_trial(&mut tx, trial_id).await?;
+        let trial = require_trial(&mut *tx, trial_id).await?;
         let current =
             trial.attempt == attempt as i64 && trial.worker_id.as_deref() == Some(worker_id);
         if !(current && trial.status()?.is_held()) {
             return Ok(());
         }
-        store::end_trial(&mut tx, trial_id, TrialStatus::Failed, &reason, now).await?;
+        tx.end_trial(trial_id, TrialStatus::Failed, &reason, now)
+            .await?;
         self.metrics
             .trial_ended(TrialStatus::Failed, trained_seconds(&trial, now));
-        let experiment = experiment_of(&mut tx, &trial).await?;
-        self.refill_experiment(&mut tx, &experiment, now).await?;
-        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        let experiment = experiment_of(&mut *tx, &trial).await?;
+        self.refill_experiment(&mut *tx, &experiment, now).await?;
+        tx.commit().await?;
         warn!(trial_id, worker_id, attempt, reason = %reason, "trial failed");
         self.work_available.notify_waiters();
         Ok(())
@@ -836,13 +856,13 @@ impl Scheduler {
     pub async fn deregister(&self, worker_id: &str) -> Result<(), MasterError> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
-        self.check_worker(&mut tx, worker_id).await?;
+        self.check_worker(&mut *tx, worker_id).await?;
         let now = now_ms();
-        for trial in store::trials_held_by(&mut tx, worker_id).await? {
-            release_trial(&mut tx, &trial, &format!("worker {worker_id} left"), now).await?;
+        for trial in tx.trials_held_by(worker_id).await? {
+            release_trial(&mut *tx, &trial, &format!("worker {worker_id} left"), now).await?;
         }
-        store::worker_left(&mut tx, worker_id).await?;
-        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        tx.worker_left(worker_id).await?;
+        tx.commit().await?;
         info!(worker_id, "worker deregistered");
         self.work_available.notify_waiters();
         Ok(())
@@ -856,8 +876,8 @@ impl Scheduler {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
         let deadline = now_ms() + self.config.lease.as_millis() as i64;
-        let held = store::extend_held_leases(&mut tx, deadline).await?;
-        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        let held = tx.extend_held_leases(deadline).await?;
+        tx.commit().await?;
         if held > 0 {
             info!(
                 held,
@@ -873,13 +893,13 @@ impl Scheduler {
         let mut tx = self.store.begin().await?;
         let now = now_ms();
         let mut changed = false;
-        for trial in store::expired_leases(&mut tx, now).await? {
+        for trial in tx.expired_leases(now).await? {
             changed = true;
             self.metrics.lease_expired();
             let worker = trial.worker_id.clone().unwrap_or_default();
             if trial.attempt < self.config.max_attempts as i64 {
                 let requeued = release_trial(
-                    &mut tx,
+                    &mut *tx,
                     &trial,
                     &format!(
                         "lease of attempt {} expired (worker {worker})",
@@ -892,14 +912,15 @@ impl Scheduler {
                 warn!(trial_id = %trial.id, attempt = trial.attempt, worker_id = %worker, outcome, "lease expired");
             } else {
                 let reason = format!("lease expired {} times", trial.attempt);
-                store::end_trial(&mut tx, &trial.id, TrialStatus::Failed, &reason, now).await?;
+                tx.end_trial(&trial.id, TrialStatus::Failed, &reason, now)
+                    .await?;
                 warn!(trial_id = %trial.id, worker_id = %worker, "lease expired too often, trial failed");
             }
         }
-        for row in store::running_experiments(&mut tx).await? {
-            changed |= self.refill_experiment(&mut tx, &row, now).await?;
+        for row in tx.running_experiments().await? {
+            changed |= self.refill_experiment(&mut *tx, &row, now).await?;
         }
-        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        tx.commit().await?;
         // Wake long-polls only when there may be something new for them.
         if changed {
             self.work_available.notify_waiters();
@@ -911,7 +932,7 @@ impl Scheduler {
     /// worker slot (never more than the budget allows). Returns whether anything changed.
     async fn refill_experiment(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         row: &ExperimentRow,
         now: i64,
     ) -> Result<bool, MasterError> {
@@ -925,9 +946,9 @@ impl Scheduler {
         let budget = &spec.budget;
         // The search's share of the trial and epoch budgets: `[final]` reserves the rest.
         let max_trials = search_trials(&spec);
-        let mut counts = store::trial_counts(conn, &row.id).await?;
+        let mut counts = conn.trial_counts(&row.id).await?;
         if counts.finished() >= max_trials {
-            let cancelled = store::cancel_queued(conn, &row.id, "budget reached", now).await?;
+            let cancelled = conn.cancel_queued(&row.id, "budget reached", now).await?;
             // The final phase chooses among all the search's results, so it would wait for
             // trials still in flight (a guard: with `budgeted() <= max_trials` there are none).
             if spec.final_training.is_some() && counts.in_flight() > 0 {
@@ -940,15 +961,18 @@ impl Scheduler {
         }
         let max_failures = budget.max_failures.unwrap_or(budget.max_trials);
         if counts.failed >= max_failures {
-            store::cancel_queued(conn, &row.id, "experiment failed", now).await?;
+            conn.cancel_queued(&row.id, "experiment failed", now)
+                .await?;
             let reason = format!("{} trials failed (limit {max_failures})", counts.failed);
-            store::finish_experiment(conn, &row.id, ExperimentStatus::Failed, &reason, now).await?;
+            conn.finish_experiment(&row.id, ExperimentStatus::Failed, &reason, now)
+                .await?;
             warn!(experiment_id = %row.id, reason = %reason, "experiment failed");
             return Ok(true);
         }
         if wall_time_spent(&spec, row, now) {
-            let cancelled =
-                store::cancel_queued(conn, &row.id, "wall-time budget reached", now).await?;
+            let cancelled = conn
+                .cancel_queued(&row.id, "wall-time budget reached", now)
+                .await?;
             if counts.in_flight() == 0 {
                 info!(experiment_id = %row.id, trials = counts.finished(), "wall-time budget reached");
                 self.search_over(conn, row, &spec, "wall-time budget reached", now)
@@ -959,7 +983,7 @@ impl Scheduler {
         }
         let mut remaining_epochs = match search_epochs(&spec) {
             Some(max) => {
-                let usage = store::epoch_usage(conn, &row.id).await?;
+                let usage = conn.epoch_usage(&row.id).await?;
                 Some(max.saturating_sub(usage.committed))
             }
             None => None,
@@ -978,7 +1002,7 @@ impl Scheduler {
             return Ok(false);
         }
         let since = now - 2 * self.config.lease.as_millis() as i64;
-        let slots = store::connected_slots(conn, since).await?;
+        let slots = conn.connected_slots(since).await?;
         let target_queued = slots.max(1);
         let mut changed = false;
         // One call adds at most `MAX_PROPOSALS_PER_REFILL` trials, so a thousand workers joining
@@ -1042,13 +1066,13 @@ impl Scheduler {
     /// `remaining_epochs`), or that no base of the pool yielded an untried candidate.
     async fn propose(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         row: &ExperimentRow,
         shared: &mut RefillShared<'_>,
         remaining_epochs: Option<u64>,
     ) -> Result<Result<u32, proposals::Exhausted>, MasterError> {
         let (spec, connected_slots, now) = (shared.spec, shared.connected_slots, shared.now);
-        let seq = store::next_seq(conn, &row.id).await?;
+        let seq = conn.next_seq(&row.id).await?;
         let seeds = spec.resolve_seeds(None)?;
         let trial_seed =
             db_seed(annealing::rng_for(spec.seed, STREAM_TRIAL_SEED, seq as u64).gen());
@@ -1151,12 +1175,9 @@ impl Scheduler {
                 .and_then(|c| c.prediction)
                 .or(search_prediction),
         };
-        store::insert_trial(conn, &trial, now).await?;
-        if store::get_chain(conn, &row.id, chain_index)
-            .await?
-            .is_none()
-        {
-            store::save_chain(conn, &chain).await?;
+        conn.insert_trial(&trial, now).await?;
+        if conn.get_chain(&row.id, chain_index).await?.is_none() {
+            conn.save_chain(&chain).await?;
         }
         tracing::debug!(trial_id = %trial.id, seq, chain = chain_index, origin = %trial.origin, "trial proposed");
         Ok(Ok(epochs))
@@ -1167,14 +1188,14 @@ impl Scheduler {
     /// anything is scored, one of the seed trials.
     async fn base_for(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         row: &ExperimentRow,
         seed_count: usize,
         chain: &ChainRow,
         rng: &mut impl Rng,
     ) -> Result<TrialRow, MasterError> {
         if let Some(id) = &chain.current_trial_id {
-            if let Some(current) = store::get_trial(conn, id).await? {
+            if let Some(current) = conn.get_trial(id).await? {
                 if current.status == TrialStatus::Completed.as_str() && current.score.is_some() {
                     return Ok(current);
                 }
@@ -1183,9 +1204,9 @@ impl Scheduler {
         // The best accepted trials by score (all of them in a pool of up to
         // `store::BASE_CANDIDATES`), read through an index: the draw costs the same in a pool of
         // any size.
-        let candidates = store::base_candidates(conn, &row.id).await?;
+        let candidates = conn.base_candidates(&row.id).await?;
         if candidates.is_empty() {
-            let seed_trials = store::train_trials_below(conn, &row.id, seed_count as i64).await?;
+            let seed_trials = conn.train_trials_below(&row.id, seed_count as i64).await?;
             if seed_trials.is_empty() {
                 return Err(MasterError::Internal("no seed trial to mutate".into()));
             }
@@ -1216,39 +1237,36 @@ fn trained_seconds(trial: &TrialRow, now: i64) -> f64 {
 }
 
 /// The trial with this id, or `NotFound`.
-async fn require_trial(
-    conn: &mut SqliteConnection,
-    trial_id: &str,
-) -> Result<TrialRow, MasterError> {
-    store::get_trial(conn, trial_id)
+async fn require_trial(conn: &mut dyn PoolTx, trial_id: &str) -> Result<TrialRow, MasterError> {
+    conn.get_trial(trial_id)
         .await?
         .ok_or_else(|| MasterError::NotFound(format!("trial {trial_id}")))
 }
 
 /// The experiment a trial belongs to (the foreign key guarantees it exists).
 async fn experiment_of(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn PoolTx,
     trial: &TrialRow,
 ) -> Result<ExperimentRow, MasterError> {
-    store::get_experiment(conn, &trial.experiment_id)
+    conn.get_experiment(&trial.experiment_id)
         .await?
         .ok_or_else(|| MasterError::Internal(format!("trial {} without experiment", trial.id)))
 }
 
 async fn release_trial(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn PoolTx,
     trial: &TrialRow,
     reason: &str,
     now: i64,
 ) -> Result<bool, MasterError> {
-    let running = store::get_experiment(conn, &trial.experiment_id)
+    let running = conn
+        .get_experiment(&trial.experiment_id)
         .await?
         .is_some_and(|e| e.status == ExperimentStatus::Running.as_str());
     if running {
-        store::requeue_trial(conn, &trial.id, reason).await?;
+        conn.requeue_trial(&trial.id, reason).await?;
     } else {
-        store::end_trial(
-            conn,
+        conn.end_trial(
             &trial.id,
             TrialStatus::Cancelled,
             &format!("{reason} after the experiment ended"),

@@ -1,5 +1,5 @@
-//! Starting the master: lock the data directory (one master per directory, [`crate::lock`]),
-//! open the store, bind the gRPC endpoint (port 0 works, for tests) with the standard health
+//! Starting the master: lock the data directory when the pool is SQLite in it (one master per
+//! directory, [`crate::lock`]), open the store (SQLite or PostgreSQL, `--db`), bind the gRPC endpoint (port 0 works, for tests) with the standard health
 //! service beside the token-checked ones, run the scheduler's maintenance tick, and shut down
 //! cleanly on request.
 
@@ -25,6 +25,7 @@ use crate::artifacts::ArtifactStore;
 use crate::auth::{load_or_create_token, load_token, TokenAuth};
 use crate::error::MasterError;
 use crate::http::HttpState;
+use crate::leader::{Election, STANDBY_POLL};
 use crate::lock::DataDirLock;
 use crate::metrics::PromMetrics;
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -39,6 +40,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Holds the database, the token and the checkpoints.
     pub data_dir: PathBuf,
+    /// Where the pool lives: `sqlite` (a file in `data_dir`) or a `postgres://` URL.
+    pub db: String,
     pub scheduler: SchedulerConfig,
     /// Largest checkpoint accepted.
     pub max_checkpoint_bytes: u64,
@@ -90,6 +93,7 @@ impl Default for ServeConfig {
         ServeConfig {
             listen: "127.0.0.1:50051".parse().expect("valid address"),
             data_dir: PathBuf::from(".explore"),
+            db: "sqlite".into(),
             scheduler: SchedulerConfig::default(),
             max_checkpoint_bytes: 1 << 30,
             max_message_bytes: 4 << 20,
@@ -110,14 +114,17 @@ pub struct MasterHandle {
     /// The cluster token clients must present.
     pub token: String,
     auth: TokenAuth,
-    shutdown: watch::Sender<bool>,
+    shutdown: Arc<watch::Sender<bool>>,
+    /// Why this master stopped serving on its own (it lost the leadership), if it did.
+    lost: watch::Receiver<Option<String>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     http: Option<JoinHandle<std::io::Result<()>>>,
     ticker: JoinHandle<()>,
     scheduler: Arc<Scheduler>,
     health: HealthReporter,
-    /// Held until the store is closed; dropping it (or dying) frees the data directory.
-    lock: DataDirLock,
+    /// The data directory's lock, held while the pool is SQLite in that directory; dropping it
+    /// (or dying) frees the directory.
+    lock: Option<DataDirLock>,
 }
 
 /// The services whose `grpc.health.v1` status the master reports, besides the overall "".
@@ -165,9 +172,16 @@ impl MasterHandle {
         }
     }
 
-    /// Waits until the server stops on its own (it does not, unless it fails).
+    /// Waits until the server stops on its own: it does not, unless it fails or loses the
+    /// leadership it held (PostgreSQL, several masters), which is an error.
     pub async fn wait(&mut self) -> Result<(), MasterError> {
-        match (&mut self.server).await {
+        let ended = (&mut self.server).await;
+        if let Some(reason) = self.lost.borrow().clone() {
+            return Err(MasterError::Unavailable(format!(
+                "this master lost the leadership and stopped serving: {reason}"
+            )));
+        }
+        match ended {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(MasterError::Internal(format!("server error: {e}"))),
             Err(e) => Err(MasterError::Internal(format!("server task: {e}"))),
@@ -189,9 +203,17 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
             ))
         })?;
     }
-    // Before the store is opened: a second master on this directory must not touch it.
-    let lock = DataDirLock::acquire(&config.data_dir)?;
-    let store = Store::open(&config.data_dir).await?;
+    // Before the store is opened: a second master on this directory must not touch its SQLite
+    // pool. A PostgreSQL pool is the database's to guard, and the data directory (checkpoints)
+    // may be a volume several masters share.
+    let lock = if Store::is_sqlite(&config.db) {
+        Some(DataDirLock::acquire(&config.data_dir)?)
+    } else {
+        None
+    };
+    let store = Store::connect(&config.db, &config.data_dir).await?;
+    tracing::info!(backend = store.backend_name(), "pool opened");
+    let election = store.election(&master_name(config.listen)).await?;
     let artifacts = ArtifactStore::open(
         &config.data_dir.join("artifacts"),
         config.max_checkpoint_bytes,
@@ -205,10 +227,24 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
         Scheduler::new(store.clone(), artifacts, config.scheduler.clone())
             .with_metrics(metrics.clone()),
     );
-    // Trials in flight when the master stopped get one lease period for their workers to
-    // report; then budgets are applied before anyone is served.
-    scheduler.resume().await?;
-    scheduler.tick().await?;
+    // The active master resumes at once: trials in flight when the last one stopped get one
+    // lease period for their workers to report; then budgets are applied before anyone is
+    // served. A standby serves only UNAVAILABLE until it takes over (the ticker task below).
+    let active_at_start = election.try_acquire().await?;
+    match active_at_start {
+        Some(epoch) => {
+            if store.backend_name() != "sqlite" {
+                tracing::info!(epoch, "active master");
+            }
+            scheduler.resume().await?;
+            scheduler.tick().await?;
+        }
+        None => {
+            scheduler.set_active(false);
+            let holder = election.holder().await.unwrap_or_default();
+            tracing::info!(active = %holder, "standing by: another master is active");
+        }
+    }
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -232,13 +268,11 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
 
     // grpc.health.v1 needs no token: Kubernetes' gRPC probes send none, and it tells nothing.
     let (health, health_service) = tonic_health::server::health_reporter();
-    for service in HEALTH_SERVICES {
-        health
-            .set_service_status(service, ServingStatus::Serving)
-            .await;
-    }
+    set_health(&health, scheduler.is_active()).await;
 
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let shutdown_tx = Arc::new(shutdown_tx);
+    let (lost_tx, lost_rx) = watch::channel(None);
     // TCP_NODELAY on every accepted connection. tonic's `Server::tcp_nodelay` applies only
     // to listeners it binds itself, not to `serve_with_incoming`; without it Nagle's algorithm
     // holds back the small frames of each answer until the client's delayed ACK (~40 ms), so
@@ -247,10 +281,20 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
     let server = tokio::spawn(
         builder
             .add_service(health_service)
-            .add_service(InterceptedService::new(worker, move |r| {
-                worker_auth.check(r)
+            .add_service(InterceptedService::new(worker, {
+                let scheduler = scheduler.clone();
+                move |r| {
+                    refuse_on_standby(&scheduler)?;
+                    worker_auth.check(r)
+                }
             }))
-            .add_service(InterceptedService::new(admin, move |r| admin_auth.check(r)))
+            .add_service(InterceptedService::new(admin, {
+                let scheduler = scheduler.clone();
+                move |r| {
+                    refuse_on_standby(&scheduler)?;
+                    admin_auth.check(r)
+                }
+            }))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = shutdown_rx.wait_for(|stop| *stop).await;
             }),
@@ -284,16 +328,15 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
         }
         None => (None, None),
     };
-    let tick_scheduler = scheduler.clone();
-    let ticker = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(config.tick_interval);
-        loop {
-            interval.tick().await;
-            if let Err(e) = tick_scheduler.tick().await {
-                tracing::error!(error = %e, "scheduler tick failed");
-            }
-        }
-    });
+    let ticker = tokio::spawn(lead(
+        scheduler.clone(),
+        election,
+        active_at_start.is_none(),
+        config.tick_interval,
+        health.clone(),
+        shutdown_tx.clone(),
+        lost_tx,
+    ));
     tracing::info!(
         %addr,
         data_dir = %config.data_dir.display(),
@@ -307,6 +350,7 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
         token,
         auth,
         shutdown: shutdown_tx,
+        lost: lost_rx,
         server,
         http,
         ticker,
@@ -314,6 +358,100 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
         health,
         lock,
     })
+}
+
+/// The master's name in the election: host, address and process id.
+fn master_name(listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{host} {listen} pid {}", std::process::id())
+}
+
+/// Refuses a call while this master stands by: `UNAVAILABLE`, which workers given several
+/// master addresses take as "try the next one".
+fn refuse_on_standby(scheduler: &Scheduler) -> Result<(), tonic::Status> {
+    if scheduler.is_active() {
+        Ok(())
+    } else {
+        Err(tonic::Status::unavailable(
+            "this master is a standby: the active master is another one",
+        ))
+    }
+}
+
+/// Reports every service as serving (the active master) or not (a standby).
+async fn set_health(health: &HealthReporter, active: bool) {
+    let status = if active {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for service in HEALTH_SERVICES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// The master's leadership loop: a standby waits until it wins the election, then takes over
+/// exactly as a restarted master does (in-flight trials get one lease period, budgets are
+/// applied); the active master ticks the scheduler (expired leases, budgets, proposals) every
+/// `interval` until it loses the leadership, when it stops serving and records why.
+async fn lead(
+    scheduler: Arc<Scheduler>,
+    election: Box<dyn Election>,
+    standing_by: bool,
+    interval: Duration,
+    health: HealthReporter,
+    shutdown: Arc<watch::Sender<bool>>,
+    lost: watch::Sender<Option<String>>,
+) {
+    if standing_by {
+        let waited = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(STANDBY_POLL).await;
+            match election.try_acquire().await {
+                Ok(Some(epoch)) => {
+                    tracing::info!(
+                        epoch,
+                        waited_s = waited.elapsed().as_secs_f64(),
+                        "took over as the active master"
+                    );
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "election: cannot reach the database"),
+            }
+        }
+        while let Err(e) = scheduler.resume().await {
+            tracing::error!(error = %e, "taking over: resuming leases failed; retrying");
+            tokio::time::sleep(STANDBY_POLL).await;
+        }
+        if let Err(e) = scheduler.tick().await {
+            tracing::error!(error = %e, "scheduler tick failed");
+        }
+        scheduler.set_active(true);
+        set_health(&health, true).await;
+    }
+    let lost_leadership = election.lost();
+    tokio::pin!(lost_leadership);
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            reason = &mut lost_leadership => {
+                tracing::error!(reason = %reason, "lost the leadership: stopping");
+                scheduler.set_active(false);
+                set_health(&health, false).await;
+                let _ = lost.send(Some(reason));
+                let _ = shutdown.send(true);
+                return;
+            }
+            _ = ticks.tick() => {
+                if let Err(e) = scheduler.tick().await {
+                    tracing::error!(error = %e, "scheduler tick failed");
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

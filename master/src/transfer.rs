@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::store::PoolTx;
 use explore_common::annealing;
 use explore_common::genome::Genome;
 use explore_common::hparams::HyperParams;
@@ -29,12 +30,11 @@ use explore_common::spec::{
 };
 use explore_common::TrialId;
 use rand::Rng;
-use sqlx::SqliteConnection;
 
 use crate::artifacts::ArtifactStore;
 use crate::error::MasterError;
 use crate::predictor::{self, Predictor, TransferFeatures};
-use crate::store::{self, ExperimentRow, NewTrial, TrialKind, TrialRow, TrialStatus};
+use crate::store::{ExperimentRow, NewTrial, TrialKind, TrialRow, TrialStatus};
 
 /// Metrics a probe reports (names shared with the worker, which sends them).
 pub mod probe_metrics {
@@ -59,7 +59,7 @@ const STREAM_PROBE_SEED: u64 = 7;
 /// source experiment of `[transfer]`; `spec` unchanged without `[transfer]`. Errors say what is
 /// missing: no such experiment, no completed model, or which constraint rules out the most.
 pub async fn derive_seeds(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn PoolTx,
     artifacts: &ArtifactStore,
     spec: &ExperimentSpec,
 ) -> Result<ExperimentSpec, MasterError> {
@@ -86,7 +86,7 @@ pub async fn derive_seeds(
     let mut models = Vec::new();
     let mut ruled_out: BTreeMap<&'static str, (usize, String)> = BTreeMap::new();
     let mut completed = 0;
-    for trial in store::list_train_trials(conn, &source.id).await? {
+    for trial in conn.list_train_trials(&source.id).await? {
         let (Some(score), Some(sha)) = (trial.score, trial.checkpoint_sha256.clone()) else {
             continue;
         };
@@ -158,14 +158,11 @@ pub async fn derive_seeds(
 }
 
 /// The experiment `from` names: its id, else the newest experiment with that name.
-async fn find_source(
-    conn: &mut SqliteConnection,
-    from: &str,
-) -> Result<ExperimentRow, MasterError> {
-    if let Some(row) = store::get_experiment(conn, from).await? {
+async fn find_source(conn: &mut dyn PoolTx, from: &str) -> Result<ExperimentRow, MasterError> {
+    if let Some(row) = conn.get_experiment(from).await? {
         return Ok(row);
     }
-    store::list_experiments(conn)
+    conn.list_experiments()
         .await?
         .into_iter()
         .find(|row| row.name == from)
@@ -201,7 +198,7 @@ pub fn probes(spec: &ExperimentSpec) -> bool {
 /// Queues one probe trial for each distinct source model among `seeds` (in seed order, `seq`
 /// −1, −2, …). Returns how many were queued.
 pub async fn queue_probes(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn PoolTx,
     spec: &ExperimentSpec,
     seeds: &[ResolvedSeed],
     experiment_id: &str,
@@ -242,17 +239,17 @@ pub async fn queue_probes(
             seed_index: None,
             prediction: None,
         };
-        store::insert_trial(conn, &probe, now).await?;
+        conn.insert_trial(&probe, now).await?;
     }
     Ok(probed.len())
 }
 
 /// Whether some probe of the experiment is still queued or held: its fine-tunes wait for them.
 pub async fn probes_pending(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn PoolTx,
     experiment_id: &str,
 ) -> Result<bool, MasterError> {
-    let counts = store::probe_counts(conn, experiment_id).await?;
+    let counts = conn.probe_counts(experiment_id).await?;
     Ok(counts.queued + counts.in_flight() > 0)
 }
 
@@ -326,15 +323,16 @@ fn features(
 }
 
 /// The pool's fine-tunes of earlier probed transfers, across experiments, as predictor history.
-async fn history(conn: &mut SqliteConnection) -> Result<Vec<(TransferFeatures, f64)>, MasterError> {
+async fn history(conn: &mut dyn PoolTx) -> Result<Vec<(TransferFeatures, f64)>, MasterError> {
     let mut specs: HashMap<String, Option<ExperimentSpec>> = HashMap::new();
     let mut rows = Vec::new();
-    for (trial, probe_json) in store::fine_tune_history(conn).await? {
+    for (trial, probe_json) in conn.fine_tune_history().await? {
         let (Some(score), Some(index)) = (trial.score, trial.seed_index) else {
             continue;
         };
         if !specs.contains_key(&trial.experiment_id) {
-            let spec = store::get_experiment(conn, &trial.experiment_id)
+            let spec = conn
+                .get_experiment(&trial.experiment_id)
                 .await?
                 .and_then(|row| serde_json::from_str::<ExperimentSpec>(&row.spec_json).ok());
             specs.insert(trial.experiment_id.clone(), spec);
@@ -379,17 +377,18 @@ async fn history(conn: &mut SqliteConnection) -> Result<Vec<(TransferFeatures, f
 /// cut short (its prediction is for its full settings). `None` when no seed is left; an error
 /// when every model broke the latency limit.
 pub async fn choose_seed(
-    conn: &mut SqliteConnection,
+    conn: &mut dyn PoolTx,
     spec: &ExperimentSpec,
     experiment_id: &str,
     seeds: &[ResolvedSeed],
     remaining_epochs: Option<u64>,
 ) -> Result<Option<SeedChoice>, MasterError> {
-    let used: HashSet<i64> = store::queued_seed_indices(conn, experiment_id)
+    let used: HashSet<i64> = conn
+        .queued_seed_indices(experiment_id)
         .await?
         .into_iter()
         .collect();
-    let probes: Vec<TrialRow> = store::list_probes(conn, experiment_id).await?;
+    let probes: Vec<TrialRow> = conn.list_probes(experiment_id).await?;
     let mut scores: HashMap<String, ProbeScores> = HashMap::new();
     for probe in &probes {
         if probe.status()? != TrialStatus::Completed {

@@ -1,13 +1,16 @@
 //! The master's command lines in deploy/ (the Kubernetes base and the Dockerfile) are parsed by
 //! the master's own CLI, so they can never drift from it. Overlays may not change a command line:
-//! they would escape this test (the worker's side is `worker/src/deploy_manifest_tests.rs`).
+//! they would escape this test (the worker's side is `worker/src/deploy_manifest_tests.rs`). An
+//! overlay may set the master's environment (the `postgres` overlay's `EXPLORE_DB`, which is
+//! `--db`): that is checked against the CLI here too.
 
 #[path = "../../tests/src/manifest.rs"]
 mod manifest;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use explore_master::cli::{Cli, Command};
 use explore_master::server::ServeConfig;
+use explore_master::store::Store;
 use manifest::{container_argv, dockerfile_argv, read_repo_file, repo_root};
 
 /// Parses `argv` as `master` would and checks it is a valid `master serve`.
@@ -72,4 +75,114 @@ fn overlays_do_not_change_command_lines() {
         }
     }
     assert!(seen > 0, "no overlay files under {}", overlays.display());
+}
+
+/// The `env` list of the container named `container` in a manifest (the block style the
+/// manifests use): each variable's name and the trimmed lines of its value, e.g.
+/// `("EXPLORE_DB", ["valueFrom:", "secretKeyRef:", "name: explore-db", "key: url"])`.
+fn container_env(yaml: &str, container: &str) -> Vec<(String, Vec<String>)> {
+    let content = |l: &&str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let lines: Vec<&str> = yaml.lines().filter(content).collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim_start() == format!("- name: {container}"))
+        .unwrap_or_else(|| panic!("no container named {container}"));
+    let dash = indent(lines[start]);
+    let body: Vec<&str> = lines[start + 1..]
+        .iter()
+        .take_while(|l| indent(l) > dash)
+        .copied()
+        .collect();
+    let Some(at) = body
+        .iter()
+        .position(|l| indent(l) == dash + 2 && l.trim_start() == "env:")
+    else {
+        return Vec::new();
+    };
+    let mut env: Vec<(String, Vec<String>)> = Vec::new();
+    for l in body[at + 1..].iter().take_while(|l| indent(l) > dash + 2) {
+        let item = l.trim_start();
+        match item.strip_prefix("- name: ") {
+            Some(name) => env.push((name.trim().to_string(), Vec::new())),
+            None => env
+                .last_mut()
+                .unwrap_or_else(|| panic!("env: cannot read {l:?}"))
+                .1
+                .push(item.to_string()),
+        }
+    }
+    env
+}
+
+#[test]
+fn the_postgres_overlay_s_master_is_a_valid_master_serve_on_postgresql() {
+    let base = read_repo_file("deploy/k8s/base/master.yaml");
+    let argv = container_argv(&base, "master").unwrap();
+    // The base's command line has no --db: it would override EXPLORE_DB.
+    assert!(
+        !argv.iter().any(|a| a == "--db" || a.starts_with("--db=")),
+        "deploy/k8s/base/master.yaml: {argv:?}"
+    );
+
+    // The overlay sets EXPLORE_DB, and nothing else, from the Secret explore-db (key url).
+    let origin = "deploy/k8s/overlays/postgres/master-postgres.yaml";
+    let overlay = read_repo_file(origin);
+    assert_eq!(
+        container_env(&overlay, "master"),
+        [(
+            "EXPLORE_DB".to_string(),
+            [
+                "valueFrom:",
+                "secretKeyRef:",
+                "name: explore-db",
+                "key: url"
+            ]
+            .map(String::from)
+            .to_vec()
+        )],
+        "{origin}: the master's env"
+    );
+    for needed in [
+        "replicas: 2",
+        "mountPath: /data",
+        "claimName: explore-artifacts",
+    ] {
+        assert!(overlay.contains(needed), "{origin} lacks {needed}");
+    }
+
+    // The CLI reads `master serve --db` from EXPLORE_DB ...
+    let cli = Cli::command();
+    let serve = cli.find_subcommand("serve").expect("master serve");
+    let db = serve
+        .get_arguments()
+        .find(|a| a.get_long() == Some("db"))
+        .expect("master serve --db");
+    assert_eq!(
+        db.get_env().and_then(|e| e.to_str()),
+        Some("EXPLORE_DB"),
+        "`master serve --db` must read EXPLORE_DB, which {origin} sets"
+    );
+    // ... so the pod runs the base's command line with the Secret's URL as --db (given here as
+    // the flag: the test does not change its own process's environment).
+    let url = "postgres://explore:secret@postgres.example:5432/explore?sslmode=require";
+    let mut with_db = argv.clone();
+    with_db.extend(["--db".to_string(), url.to_string()]);
+    let config = parse_serve(&with_db, origin);
+    assert_eq!(config.db, url);
+    assert!(
+        !Store::is_sqlite(&config.db),
+        "{url} is not PostgreSQL mode"
+    );
+    assert_eq!(config.data_dir, std::path::Path::new("/data"));
+    assert_eq!(config.http_listen.map(|a| a.port()), Some(8080));
+    assert_eq!(
+        config.token_file.as_deref(),
+        Some(std::path::Path::new("/etc/explore/token"))
+    );
+
+    // The sqlite overlay leaves EXPLORE_DB unset: `--db` keeps its default, `sqlite`.
+    let sqlite = read_repo_file("deploy/k8s/overlays/sqlite/master-data.yaml");
+    assert_eq!(container_env(&sqlite, "master"), []);
+    assert_eq!(db.get_default_values(), ["sqlite"]);
 }

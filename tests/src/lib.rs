@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub mod manifest;
+pub mod pool;
 pub mod proxy;
 
 /// Where Fashion-MNIST is installed by Debian's `dataset-fashion-mnist`.
@@ -128,6 +129,103 @@ impl Drop for Proc {
     }
 }
 
+/// The variable naming the PostgreSQL server tests may use (a `postgres://` URL to a database
+/// where they may create databases; `scripts/test.sh` starts a private one).
+pub const PG_URL_VAR: &str = "EXPLORE_TEST_PG_URL";
+/// Set (as in CI): a test that needs PostgreSQL fails instead of skipping without it.
+pub const PG_REQUIRE_VAR: &str = "EXPLORE_REQUIRE_PG";
+/// `postgres` moves every master the harness starts onto PostgreSQL (a fresh database per data
+/// directory on the `EXPLORE_TEST_PG_URL` server): the same end-to-end and fault tests, on the
+/// other backend. Unset or `sqlite`: the embedded pool.
+pub const E2E_DB_VAR: &str = "EXPLORE_E2E_DB";
+
+/// The PostgreSQL server tests may use, or None after saying why `test` skips (a failure when
+/// `EXPLORE_REQUIRE_PG` is set).
+pub fn pg_server(test: &str) -> Option<String> {
+    match std::env::var(PG_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os(PG_REQUIRE_VAR).is_none(),
+                "{test}: {PG_REQUIRE_VAR} is set but {PG_URL_VAR} is not"
+            );
+            eprintln!("skipping {test}: {PG_URL_VAR} is not set (scripts/test.sh starts a server)");
+            None
+        }
+    }
+}
+
+/// Creates a fresh, empty database on the server `server_url` names and returns its URL.
+pub fn fresh_pg_database(server_url: &str) -> Result<String> {
+    use sqlx::Connection;
+    let name = format!("e2e_{:016x}", rand_u64());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut admin = sqlx::PgConnection::connect(server_url)
+            .await
+            .with_context(|| format!("connecting to {PG_URL_VAR}"))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .context("creating a test database")?;
+        admin.close().await.ok();
+        anyhow::Ok(())
+    })?;
+    with_database(server_url, &name)
+}
+
+/// `url` with its database (the path) replaced by `name`, query string kept.
+pub fn with_database(url: &str, name: &str) -> Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let (scheme, rest) = base
+        .split_once("://")
+        .context("a database URL has a scheme")?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    Ok(match query {
+        Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    })
+}
+
+/// With `EXPLORE_E2E_DB=postgres`, the database of the master on `data_dir`: created on first
+/// use and remembered in `<data_dir>.pgdb`, so that a restarted or second master on the same
+/// directory finds the same pool. None on SQLite.
+fn e2e_database_for(data_dir: &Path) -> Result<Option<String>> {
+    match std::env::var(E2E_DB_VAR).as_deref() {
+        Ok("postgres") => {}
+        Ok("sqlite") | Ok("") | Err(_) => return Ok(None),
+        Ok(other) => bail!("{E2E_DB_VAR}={other}: expected sqlite or postgres"),
+    }
+    let file = data_dir.with_extension("pgdb");
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return Ok(Some(url));
+    }
+    let server = std::env::var(PG_URL_VAR)
+        .with_context(|| format!("{E2E_DB_VAR}=postgres needs {PG_URL_VAR}"))?;
+    let url = fresh_pg_database(&server)?;
+    std::fs::write(&file, &url)?;
+    Ok(Some(url))
+}
+
+/// A random 64-bit number (database names), from the OS's hasher seed and the clock.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
 /// A master started on a free loopback port with its own data directory.
 pub struct MasterProc {
     pub proc: Proc,
@@ -214,7 +312,12 @@ impl MasterProc {
 
     fn launch(data_dir: &Path, listen: &str, extra: &[&str], append: bool) -> Result<MasterProc> {
         let log = data_dir.with_extension("master.log");
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.iter().any(|a| a == "--db") {
+            if let Some(url) = e2e_database_for(data_dir)? {
+                extra.extend(["--db".to_string(), url]);
+            }
+        }
         let (proc, addr) = spawn_master(data_dir, listen, &extra, &log, append)?;
         Ok(MasterProc {
             proc,

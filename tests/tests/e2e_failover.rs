@@ -9,12 +9,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use explore_tests::pool::PoolDb;
 use explore_tests::{
     describe, poll, read_log, require_fashion_mnist, start_worker_at, submitted_experiment_id,
     MasterProc,
 };
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Connection};
 
 const MAX_TRIALS: usize = 4;
 
@@ -77,22 +76,7 @@ fn with_status<'a>(trials: &'a [serde_json::Value], status: &str) -> Vec<&'a ser
 /// Rows of the data directory's `late_results` (results that arrived for an attempt after its
 /// trial was already decided: history only).
 fn late_results(data_dir: &Path) -> Result<i64> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut conn = SqliteConnectOptions::new()
-            .filename(data_dir.join("explore.db"))
-            .read_only(true)
-            .busy_timeout(Duration::from_secs(10))
-            .connect()
-            .await?;
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM late_results")
-            .fetch_one(&mut conn)
-            .await?;
-        conn.close().await?;
-        Ok(n)
-    })
+    PoolDb::of(data_dir).count_blocking("late_results")
 }
 
 #[test]

@@ -6,10 +6,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use explore_tests::pool::PoolDb;
 use explore_tests::{poll, read_log, require_fashion_mnist, start_worker, MasterProc};
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Connection};
 
 /// A spec with two seeds (both queued at once) and no trial beyond them.
 fn spec(epochs: u32) -> String {
@@ -54,15 +53,16 @@ struct Trial {
     finished_at_ms: Option<i64>,
 }
 
+/// The master's pool, on whichever backend the harness started it (`explore_tests::pool`).
 struct Db {
-    path: std::path::PathBuf,
+    master_dir: std::path::PathBuf,
     rt: tokio::runtime::Runtime,
 }
 
 impl Db {
     fn new(master_dir: &Path) -> Db {
         Db {
-            path: master_dir.join("explore.db"),
+            master_dir: master_dir.to_path_buf(),
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -70,74 +70,51 @@ impl Db {
         }
     }
 
+    /// Resolved on each use: the master may start (and pick its database) after `new`.
+    fn pool(&self) -> PoolDb {
+        PoolDb::of(&self.master_dir)
+    }
+
     fn trials(&self) -> Result<Vec<Trial>> {
-        self.rt.block_on(async {
-            let mut conn = SqliteConnectOptions::new()
-                .filename(&self.path)
-                .read_only(true)
-                .busy_timeout(Duration::from_secs(10))
-                .connect()
-                .await?;
-            type Columns = (String, String, i64, Option<String>, i64, Option<i64>);
-            let rows: Vec<Columns> = sqlx::query_as(
-                "SELECT id, status, attempt, worker_id, epoch, finished_at_ms
-                   FROM trials ORDER BY seq",
+        type Columns = (String, String, i64, Option<String>, i64, Option<i64>);
+        let rows: Vec<Columns> = self.rt.block_on(self.pool().fetch_all(
+            "SELECT id, status, attempt, worker_id, epoch, finished_at_ms
+               FROM trials ORDER BY seq",
+        ))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, status, attempt, worker_id, epoch, finished_at_ms)| Trial {
+                    id,
+                    status,
+                    attempt,
+                    worker_id,
+                    epoch,
+                    finished_at_ms,
+                },
             )
-            .fetch_all(&mut conn)
-            .await?;
-            conn.close().await?;
-            Ok(rows
-                .into_iter()
-                .map(
-                    |(id, status, attempt, worker_id, epoch, finished_at_ms)| Trial {
-                        id,
-                        status,
-                        attempt,
-                        worker_id,
-                        epoch,
-                        finished_at_ms,
-                    },
-                )
-                .collect())
-        })
+            .collect())
     }
 
     fn count(&self, table: &str) -> Result<i64> {
-        self.rt.block_on(async {
-            let mut conn = SqliteConnectOptions::new()
-                .filename(&self.path)
-                .read_only(true)
-                .busy_timeout(Duration::from_secs(10))
-                .connect()
-                .await?;
-            let (n,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {table}"))
-                .fetch_one(&mut conn)
-                .await?;
-            conn.close().await?;
-            Ok(n)
-        })
+        self.rt.block_on(self.pool().count(table))
     }
 
     /// Makes attempt `attempt` of `trial_id` look expired to the master's lease tick (as if
     /// the worker had stopped heartbeating it); a no-op once that attempt is not held.
     fn expire_lease(&self, trial_id: &str, attempt: i64) -> Result<()> {
-        self.rt.block_on(async {
-            let mut conn = SqliteConnectOptions::new()
-                .filename(&self.path)
-                .busy_timeout(Duration::from_secs(10))
-                .connect()
-                .await?;
-            sqlx::query(
-                "UPDATE trials SET lease_deadline_ms = 0
-                  WHERE id = ? AND attempt = ? AND status IN ('leased', 'running')",
-            )
-            .bind(trial_id)
-            .bind(attempt)
-            .execute(&mut conn)
-            .await?;
-            conn.close().await?;
-            Ok(())
-        })
+        ensure!(
+            trial_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            "unexpected trial id {trial_id:?}"
+        );
+        self.rt.block_on(self.pool().execute(&format!(
+            "UPDATE trials SET lease_deadline_ms = 0
+              WHERE id = '{trial_id}' AND attempt = {attempt}
+                AND status IN ('leased', 'running')"
+        )))?;
+        Ok(())
     }
 }
 

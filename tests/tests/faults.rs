@@ -13,6 +13,8 @@
 //! - `network_cut_*`: the proxied worker is cut off for longer than its lease, once with the
 //!   connections reset and once silently (nothing closed, every packet swallowed) so that the
 //!   worker must notice by its HTTP/2 keepalive.
+//! - `worker_sigstop_*`: the only worker is frozen with SIGSTOP while it trains, for longer than
+//!   its lease, then resumed with SIGCONT: it must learn its lease is gone and train again.
 //! - `replays_and_bad_calls_*`: duplicate and late completions are replayed, then 40 bad calls
 //!   are sent; the full contents of every table and the artifact files' hashes are compared.
 //!
@@ -49,7 +51,7 @@ fn config(name: &'static str, max_trials: u32) -> Config {
 
 #[test]
 fn master_sigkill_with_trials_in_flight_costs_no_lease() {
-    scenario(config("master_sigkill", 6), |c| {
+    scenario(config("master_sigkill", 8), |c| {
         // 1. While a trial trains.
         let t = c.wait_for_training(Duration::from_secs(90))?;
         c.restart_master(
@@ -247,12 +249,21 @@ fn cut_proxied_worker(c: &mut Cluster, mode: PauseMode, kind: &'static str) -> R
             );
             continue;
         }
+        // Resumed now: the cut lasted this long, and must have outlasted the lease.
+        let cut_lasted = paused_at.elapsed();
+        ensure!(
+            cut_lasted > LEASE,
+            "the {kind} lasted {cut_lasted:?}, not longer than the {LEASE:?} lease"
+        );
+        c.report
+            .extra
+            .insert("cut_seconds".into(), json!(cut_lasted.as_secs_f64()));
         c.fault(
             kind,
             format!(
                 "wp cut off for {:.1} s (lease {LEASE_SECS} s) while training {} attempt {}; \
                  {cut} connections reset, {silenced} silenced; leases lost: {lost:?}",
-                paused_at.elapsed().as_secs_f64(),
+                cut_lasted.as_secs_f64(),
                 t.trial_id,
                 t.attempt,
             ),
@@ -331,6 +342,130 @@ fn network_cut_silent_drop_is_noticed_by_keepalive() {
             Ok(())
         },
     );
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a process with kill(1).
+fn signal(pid: u32, signal: &str) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .context("cannot run kill")?;
+    ensure!(status.success(), "kill -{signal} {pid}: {status}");
+    Ok(())
+}
+
+/// The state letter of a process in /proc (`T` when stopped).
+fn process_state(pid: u32) -> Result<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // `pid (comm) S ...`: the state follows the last `)`.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .context("unreadable /proc stat")
+}
+
+/// One worker alone: nothing completes while it is frozen, so the trials it loses wait for it
+/// and it must move on to train them once it runs again.
+#[test]
+fn worker_sigstop_beyond_its_lease_then_sigcont_recovers() {
+    let cfg = Config {
+        direct_workers: 1,
+        ..config("worker_sigstop", 4)
+    };
+    scenario(cfg, |c| {
+        let i = c.worker_index("w0");
+        let (id, log) = (c.workers[i].id.clone(), c.workers[i].log.clone());
+        let pid = c.workers[i].proc.child.id();
+        for _ in 0..3 {
+            let t = c.wait_worker_training("w0")?;
+            signal(pid, "STOP")?;
+            let frozen_at = Instant::now();
+            let state = poll(
+                "the worker to be stopped",
+                c.limit(Duration::from_secs(5)),
+                Duration::from_millis(10),
+                || Ok(Some(process_state(pid)?).filter(|&s| s == 'T')),
+            );
+            if let Err(e) = state {
+                signal(pid, "CONT")?;
+                return Err(e);
+            }
+            // Every attempt the frozen worker holds (it cannot take a new one while stopped).
+            let held = c.held(Some(&id))?;
+            let superseded = poll(
+                "the frozen worker's lease to expire",
+                c.limit(LEASE + Duration::from_secs(20)),
+                Duration::from_millis(100),
+                || {
+                    let r = c.trial(&t.trial_id)?;
+                    Ok(if r.attempt > t.attempt {
+                        Some(true)
+                    } else if r.status == "completed" {
+                        Some(false)
+                    } else {
+                        None
+                    })
+                },
+            );
+            let superseded = match superseded {
+                Ok(s) => s,
+                Err(e) => {
+                    signal(pid, "CONT")?;
+                    return Err(e);
+                }
+            };
+            if superseded {
+                // Stay frozen a while past the lease (the fault's length).
+                let frozen_for = LEASE + Duration::from_secs(2);
+                if let Some(rest) = frozen_for.checked_sub(frozen_at.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+            let still_stopped = process_state(pid)? == 'T';
+            let mark = read_log(&log).len();
+            signal(pid, "CONT")?;
+            let frozen = frozen_at.elapsed();
+            ensure!(still_stopped, "the worker ran again before SIGCONT");
+            let mut lost = Vec::new();
+            for h in &held {
+                if c.trial(&h.0)?.attempt > h.1 {
+                    lost.push(h.clone());
+                }
+            }
+            c.report.superseded.extend(lost.iter().cloned());
+            if !superseded {
+                println!(
+                    "[{}]   froze too late for {}, trying again",
+                    c.cfg.name, t.trial_id
+                );
+                continue;
+            }
+            ensure!(
+                frozen > LEASE,
+                "the worker was frozen {frozen:?}, not longer than the {LEASE:?} lease"
+            );
+            c.fault(
+                "worker_sigstop",
+                format!(
+                    "w0 frozen (SIGSTOP) for {:.1} s (lease {LEASE_SECS} s) while training {} \
+                     attempt {}, then SIGCONT; leases lost: {lost:?}",
+                    frozen.as_secs_f64(),
+                    t.trial_id,
+                    t.attempt
+                ),
+            )?;
+            c.report
+                .extra
+                .insert("frozen_seconds".into(), json!(frozen.as_secs_f64()));
+            // Resumed, it must learn that its lease is gone and train again: nothing hangs.
+            c.worker_recovers("w0", &t, mark)?;
+            ensure!(
+                c.workers[i].proc.is_running(),
+                "the worker exited after SIGCONT"
+            );
+            return Ok(());
+        }
+        bail!("could not freeze the worker mid-trial in three tries")
+    });
 }
 
 #[test]

@@ -222,10 +222,36 @@ impl HeldTrials {
     }
 }
 
-/// Retries `op` with exponential backoff while the master is unreachable.
+/// How long a worker waits for the answer to one call (an `Acquire` long-poll waits 10 s of
+/// it on the master) before it counts the call as lost and retries: a master whose packets
+/// vanish never answers, and the connection's keepalive notices only later.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The same for a checkpoint download or upload (up to `--max-checkpoint-mib`, 1 GiB).
+pub const TRANSFER_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Runs one call with a deadline: past it, the call is abandoned and answered
+/// `DEADLINE_EXCEEDED`.
+async fn within<T>(
+    deadline: Duration,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "no answer within {} s",
+                deadline.as_secs_f64()
+            )))
+        })
+}
+
+/// Retries `op` with exponential backoff while the master is unreachable or does not answer
+/// within `deadline` (every retried call is idempotent on the master).
 async fn with_retry<T, F, Fut>(
     what: &str,
     give_up_after: Duration,
+    deadline: Duration,
     mut op: F,
 ) -> Result<T, WorkerError>
 where
@@ -235,12 +261,15 @@ where
     let start = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(500);
     loop {
-        match op().await {
+        match within(deadline, op()).await {
             Ok(v) => return Ok(v),
             Err(s)
                 if matches!(
                     s.code(),
-                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    tonic::Code::Unavailable
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled
+                        | tonic::Code::DeadlineExceeded
                 ) =>
             {
                 if start.elapsed() >= give_up_after {
@@ -326,7 +355,7 @@ pub async fn run(config: JoinConfig, shutdown: watch::Receiver<bool>) -> Result<
     let (masters, client) = connect_with_retry(&config).await?;
     let device_text = crate::device::describe(config.device);
     let slots = config.slots.max(1);
-    let registration = with_retry("register", config.give_up_after, || {
+    let registration = with_retry("register", config.give_up_after, CALL_DEADLINE, || {
         let mut c = client.clone();
         let request = proto::RegisterRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -404,12 +433,13 @@ pub async fn run(config: JoinConfig, shutdown: watch::Receiver<bool>) -> Result<
     }
     heartbeats.abort();
     let handed_back = held.len();
-    let dereg = client
-        .clone()
-        .deregister(proto::DeregisterRequest {
+    let dereg = within(
+        CALL_DEADLINE,
+        client.clone().deregister(proto::DeregisterRequest {
             worker_id: worker_id.clone(),
-        })
-        .await;
+        }),
+    )
+    .await;
     match dereg {
         Ok(_) => info!(worker_id = %worker_id, handed_back, trials_done = done, "deregistered"),
         Err(s) => {
@@ -529,7 +559,7 @@ async fn generator_loop(
             worker_id: worker_id.clone(),
             wait_ms: 10_000,
         };
-        let response = with_retry("acquire", config.give_up_after, || {
+        let response = with_retry("acquire", config.give_up_after, CALL_DEADLINE, || {
             let mut c = client.clone();
             let r = request.clone();
             async move { c.acquire(r).await.map(|r| r.into_inner()) }
@@ -648,20 +678,25 @@ async fn download_parent(
 ) -> Result<RemoveOnDrop, WorkerError> {
     use sha2::{Digest, Sha256};
     use tokio_stream::StreamExt;
-    let bytes = with_retry("download parent checkpoint", config.give_up_after, || {
-        let mut c = client.clone();
-        let request = proto::DownloadCheckpointRequest {
-            sha256: sha256.to_string(),
-        };
-        async move {
-            let mut stream = c.download_checkpoint(request).await?.into_inner();
-            let mut bytes = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                bytes.extend_from_slice(&chunk?.data);
+    let bytes = with_retry(
+        "download parent checkpoint",
+        config.give_up_after,
+        TRANSFER_DEADLINE,
+        || {
+            let mut c = client.clone();
+            let request = proto::DownloadCheckpointRequest {
+                sha256: sha256.to_string(),
+            };
+            async move {
+                let mut stream = c.download_checkpoint(request).await?.into_inner();
+                let mut bytes = Vec::new();
+                while let Some(chunk) = stream.next().await {
+                    bytes.extend_from_slice(&chunk?.data);
+                }
+                Ok(bytes)
             }
-            Ok(bytes)
-        }
-    })
+        },
+    )
     .await?;
     let digest = hex::encode(Sha256::digest(&bytes));
     if digest != sha256 {
@@ -769,16 +804,18 @@ async fn train_and_report(
         // The epoch's log line comes from the trial's `TrialProgress`.
         while let Some(report) = progress_rx.recv().await {
             forward_held.record_progress(&forward_id, attempt, &report);
-            let r = forward_client
-                .heartbeat(heartbeat_request(
+            let r = within(
+                CALL_DEADLINE,
+                forward_client.heartbeat(heartbeat_request(
                     &forward_worker,
                     &forward_id,
                     attempt,
                     true,
                     Some(&report),
                     report.total_epochs,
-                ))
-                .await;
+                )),
+            )
+            .await;
             match r {
                 Ok(r) => forward_held.apply_command(&forward_id, attempt, r.into_inner()),
                 Err(s) => {
@@ -807,7 +844,7 @@ async fn train_and_report(
         Err(e) => {
             warn!(trial_id = %trial_id, attempt = trial.attempt, worker_id, error = %e, "trial failed");
             held.reporting(&trial_id, trial.attempt);
-            with_retry("fail", config.give_up_after, || {
+            with_retry("fail", config.give_up_after, CALL_DEADLINE, || {
                 let mut c = client.clone();
                 let r = proto::FailRequest {
                     worker_id: worker_id.to_string(),
@@ -831,19 +868,24 @@ async fn report_success(
     outcome: TrialOutcome,
 ) -> Result<(), WorkerError> {
     let checkpoint = Arc::new(outcome.checkpoint);
-    let upload = with_retry("upload checkpoint", config.give_up_after, || {
-        let mut c = client.clone();
-        let bytes = checkpoint.clone();
-        async move {
-            let chunks: Vec<proto::CheckpointChunk> = bytes
-                .chunks(256 * 1024)
-                .map(|c| proto::CheckpointChunk { data: c.to_vec() })
-                .collect();
-            c.upload_checkpoint(tokio_stream::iter(chunks))
-                .await
-                .map(|r| r.into_inner())
-        }
-    })
+    let upload = with_retry(
+        "upload checkpoint",
+        config.give_up_after,
+        TRANSFER_DEADLINE,
+        || {
+            let mut c = client.clone();
+            let bytes = checkpoint.clone();
+            async move {
+                let chunks: Vec<proto::CheckpointChunk> = bytes
+                    .chunks(256 * 1024)
+                    .map(|c| proto::CheckpointChunk { data: c.to_vec() })
+                    .collect();
+                c.upload_checkpoint(tokio_stream::iter(chunks))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        },
+    )
     .await?;
     let mut metrics = HashMap::new();
     metrics.insert("test_accuracy".to_string(), outcome.test_accuracy);
@@ -888,7 +930,7 @@ async fn complete(
     request: proto::CompleteRequest,
 ) -> Result<proto::CompleteResponse, WorkerError> {
     held.reporting(&request.trial_id, request.attempt);
-    with_retry("complete", config.give_up_after, || {
+    with_retry("complete", config.give_up_after, CALL_DEADLINE, || {
         let mut c = client.clone();
         let r = request.clone();
         async move { c.complete(r).await.map(|r| r.into_inner()) }
@@ -999,7 +1041,11 @@ async fn heartbeat_loop(
         }
         heartbeat_round(&held, &worker_id, |request| {
             let mut c = client.clone();
-            async move { c.heartbeat(request).await.map(|r| r.into_inner()) }
+            async move {
+                within(CALL_DEADLINE, c.heartbeat(request))
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await;
     }
@@ -1008,6 +1054,33 @@ async fn heartbeat_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Regression (issue 13): a master whose packets vanish never answers; without a deadline a
+    // call waited until the connection's keepalive gave up, and one with keepalive off forever.
+    #[tokio::test]
+    async fn a_call_that_never_answers_is_abandoned_at_its_deadline_and_retried() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let result: Result<(), WorkerError> = tokio::time::timeout(
+            Duration::from_secs(10),
+            with_retry(
+                "complete",
+                Duration::from_millis(400),
+                Duration::from_millis(50),
+                || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<Result<(), tonic::Status>>()
+                },
+            ),
+        )
+        .await
+        .expect("a call without an answer must not hang");
+        let text = result.unwrap_err().to_string();
+        assert!(text.contains("no answer within 0.05 s"), "{text}");
+        assert!(
+            calls.load(Ordering::SeqCst) >= 2,
+            "the lost call was retried"
+        );
+    }
 
     // Regression: every download of a parent went to one path per (process, parent), so when a
     // trial and the prefetched trial behind it shared a parent, the first one's clean-up deleted

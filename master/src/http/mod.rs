@@ -100,8 +100,12 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the store answers and the master is not draining.
+/// Readiness: the master is the active one (not a standby), is not draining, and the store
+/// answers.
 async fn readyz(axum::extract::State(state): axum::extract::State<HttpState>) -> Response {
+    if !state.scheduler.is_active() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "standby\n").into_response();
+    }
     if state.scheduler.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }

@@ -5,7 +5,7 @@ use tracing::info;
 
 use super::{now_ms, Scheduler};
 use crate::error::MasterError;
-use crate::store::{self, ExperimentStatus, TrialStatus};
+use crate::store::{ExperimentStatus, TrialStatus};
 
 /// Why the trials a `stop --now` cancelled ended; the pool keeps it as their error.
 pub const CANCELLED_BY_STOP: &str = "cancelled: experiment stopped with --now";
@@ -33,7 +33,8 @@ impl Scheduler {
     ) -> Result<StopOutcome, MasterError> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
-        let row = store::get_experiment(&mut tx, experiment_id)
+        let row = tx
+            .get_experiment(experiment_id)
             .await?
             .ok_or_else(|| MasterError::NotFound(format!("experiment {experiment_id}")))?;
         let lifecycle = row.lifecycle();
@@ -48,26 +49,16 @@ impl Scheduler {
         }
         let at = now_ms();
         let mut outcome = StopOutcome {
-            cancelled_queued: store::cancel_queued(
-                &mut tx,
-                experiment_id,
-                "experiment stopped",
-                at,
-            )
-            .await?,
+            cancelled_queued: tx
+                .cancel_queued(experiment_id, "experiment stopped", at)
+                .await?,
             ..StopOutcome::default()
         };
-        let held = store::held_trials_of(&mut tx, experiment_id).await?;
+        let held = tx.held_trials_of(experiment_id).await?;
         if now {
             for trial in &held {
-                store::end_trial(
-                    &mut tx,
-                    &trial.id,
-                    TrialStatus::Cancelled,
-                    CANCELLED_BY_STOP,
-                    at,
-                )
-                .await?;
+                tx.end_trial(&trial.id, TrialStatus::Cancelled, CANCELLED_BY_STOP, at)
+                    .await?;
             }
             outcome.cancelled_held = held.len() as u64;
         } else {
@@ -78,8 +69,8 @@ impl Scheduler {
         } else {
             "stopped".to_string()
         };
-        store::stop_experiment(&mut tx, experiment_id, &reason, at).await?;
-        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        tx.stop_experiment(experiment_id, &reason, at).await?;
+        tx.commit().await?;
         info!(
             experiment_id,
             now,
@@ -96,7 +87,8 @@ impl Scheduler {
     pub async fn resume_experiment(&self, experiment_id: &str) -> Result<(), MasterError> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
-        let row = store::get_experiment(&mut tx, experiment_id)
+        let row = tx
+            .get_experiment(experiment_id)
             .await?
             .ok_or_else(|| MasterError::NotFound(format!("experiment {experiment_id}")))?;
         if row.lifecycle() != ExperimentStatus::Stopped {
@@ -106,12 +98,13 @@ impl Scheduler {
             )));
         }
         let at = now_ms();
-        store::resume_experiment(&mut tx, experiment_id, at).await?;
-        let row = store::get_experiment(&mut tx, experiment_id)
+        tx.resume_experiment(experiment_id, at).await?;
+        let row = tx
+            .get_experiment(experiment_id)
             .await?
             .ok_or_else(|| MasterError::Internal("experiment vanished".into()))?;
-        self.refill_experiment(&mut tx, &row, at).await?;
-        tx.commit().await.map_err(store::convert_sqlx_err)?;
+        self.refill_experiment(&mut *tx, &row, at).await?;
+        tx.commit().await?;
         info!(experiment_id, "experiment resumed");
         self.work_available.notify_waiters();
         Ok(())

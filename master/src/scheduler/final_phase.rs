@@ -29,20 +29,17 @@
 //! best so far, by the same rule as every trial, so `master best` reports the final model
 //! whenever the longer training paid off on validation.
 
+use crate::store::PoolTx;
 use explore_common::annealing;
 use explore_common::spec::{ExperimentSpec, FinalConfig, FinalStart};
 use explore_common::{HyperParams, TrialId};
 use rand::Rng;
-use sqlx::SqliteConnection;
 use tracing::info;
 
 use super::{db_seed, Scheduler, STREAM_TRIAL_SEED};
 use crate::chains;
 use crate::error::MasterError;
-use crate::store::{
-    self, final_phase as final_store, ExperimentRow, ExperimentStatus, NewTrial, TrialKind,
-    TrialRow, TrialStatus,
-};
+use crate::store::{ExperimentRow, ExperimentStatus, NewTrial, TrialKind, TrialRow, TrialStatus};
 
 /// Trials the search may train: `budget.max_trials` less the final phase's `top_k`.
 pub fn search_trials(spec: &ExperimentSpec) -> u32 {
@@ -94,27 +91,27 @@ impl Scheduler {
     /// phase (see the module documentation); without, completes the experiment.
     pub(super) async fn search_over(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         row: &ExperimentRow,
         spec: &ExperimentSpec,
         reason: &str,
         now: i64,
     ) -> Result<(), MasterError> {
         let Some(fin) = &spec.final_training else {
-            store::finish_experiment(conn, &row.id, ExperimentStatus::Completed, reason, now)
+            conn.finish_experiment(&row.id, ExperimentStatus::Completed, reason, now)
                 .await?;
             info!(experiment_id = %row.id, reason = %reason, "experiment completed");
             return Ok(());
         };
-        let plan = final_store::best_distinct(conn, &row.id, fin.top_k).await?;
+        let plan = conn.best_distinct(&row.id, fin.top_k).await?;
         if plan.is_empty() {
             let reason = format!("{reason}; no final training: no completed trial to retrain");
-            store::finish_experiment(conn, &row.id, ExperimentStatus::Completed, &reason, now)
+            conn.finish_experiment(&row.id, ExperimentStatus::Completed, &reason, now)
                 .await?;
             info!(experiment_id = %row.id, reason = %reason, "experiment completed");
             return Ok(());
         }
-        final_store::begin(conn, &row.id, reason).await?;
+        conn.begin_final_phase(&row.id, reason).await?;
         for parent in &plan {
             self.queue_final(conn, row, spec, fin, parent, now).await?;
         }
@@ -124,7 +121,7 @@ impl Scheduler {
             fin.epochs,
             plan.len()
         );
-        final_store::set_status_reason(conn, &row.id, &message).await?;
+        conn.set_status_reason(&row.id, &message).await?;
         info!(experiment_id = %row.id, planned = plan.len(), top_k = fin.top_k, epochs = fin.epochs, search_ended = %reason, "final phase begun");
         Ok(())
     }
@@ -135,7 +132,7 @@ impl Scheduler {
     /// (completed, or failed for good). Returns whether anything changed.
     pub(super) async fn refill_final(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         row: &ExperimentRow,
         spec: &ExperimentSpec,
         now: i64,
@@ -143,17 +140,11 @@ impl Scheduler {
         let search_ended = row.search_ended.clone().unwrap_or_default();
         let Some(fin) = &spec.final_training else {
             // Cannot happen (the spec is stored once), but must not leave the experiment open.
-            store::finish_experiment(
-                conn,
-                &row.id,
-                ExperimentStatus::Completed,
-                &search_ended,
-                now,
-            )
-            .await?;
+            conn.finish_experiment(&row.id, ExperimentStatus::Completed, &search_ended, now)
+                .await?;
             return Ok(true);
         };
-        let finals = final_store::final_trials(conn, &row.id).await?;
+        let finals = conn.final_trials(&row.id).await?;
         let mut changed = false;
         for parent_id in plan_of(&finals) {
             let live = finals.iter().any(|t| {
@@ -167,7 +158,7 @@ impl Scheduler {
             }
         }
         let finals = if changed {
-            final_store::final_trials(conn, &row.id).await?
+            conn.final_trials(&row.id).await?
         } else {
             finals
         };
@@ -190,7 +181,7 @@ impl Scheduler {
                 plan_note(fin, planned),
                 fin.epochs
             );
-            store::finish_experiment(conn, &row.id, ExperimentStatus::Completed, &reason, now)
+            conn.finish_experiment(&row.id, ExperimentStatus::Completed, &reason, now)
                 .await?;
             info!(experiment_id = %row.id, completed, failed, "experiment completed after its final phase");
             return Ok(true);
@@ -201,7 +192,7 @@ impl Scheduler {
             plan_note(fin, planned),
             fin.epochs
         );
-        final_store::set_status_reason(conn, &row.id, &message).await?;
+        conn.set_status_reason(&row.id, &message).await?;
         Ok(changed)
     }
 
@@ -209,14 +200,14 @@ impl Scheduler {
     /// epochs, a new training seed, and (from weights) the parent's checkpoint to start from.
     async fn queue_final(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut dyn PoolTx,
         row: &ExperimentRow,
         spec: &ExperimentSpec,
         fin: &FinalConfig,
         parent: &TrialRow,
         now: i64,
     ) -> Result<(), MasterError> {
-        let seq = store::next_seq(conn, &row.id).await?;
+        let seq = conn.next_seq(&row.id).await?;
         let seed = db_seed(annealing::rng_for(spec.seed, STREAM_TRIAL_SEED, seq as u64).gen());
         let mut hparams = HyperParams::from_json(&parent.hparams_json)?;
         hparams.epochs = fin.epochs;
@@ -252,8 +243,8 @@ impl Scheduler {
             seed_index: None,
             prediction: None,
         };
-        store::insert_trial(conn, &trial, now).await?;
-        final_store::mark_final(conn, &trial.id).await?;
+        conn.insert_trial(&trial, now).await?;
+        conn.mark_final(&trial.id).await?;
         tracing::debug!(trial_id = %trial.id, seq, parent = %parent.id, origin = %trial.origin, "final trial queued");
         Ok(())
     }

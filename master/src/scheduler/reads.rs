@@ -8,9 +8,9 @@ use super::{require_trial, Scheduler};
 use crate::error::MasterError;
 use crate::metrics::StoreGauges;
 use crate::store::reads::{
-    self, BestPoint, TemperaturePoint, TrialFilter, TrialPage, TrialSort, WorkerRow,
+    BestPoint, TemperaturePoint, TrialFilter, TrialPage, TrialSort, WorkerRow,
 };
-use crate::store::{self, ChainRow, EpochRow, TrialRow};
+use crate::store::{ChainRow, EpochRow, PoolTx, TrialRow};
 
 /// Most workers the workers view lists.
 pub const MAX_WORKERS_LISTED: u32 = 1000;
@@ -36,10 +36,10 @@ pub struct WorkerView {
 impl Scheduler {
     async fn require_experiment(
         &self,
-        conn: &mut sqlx::SqliteConnection,
+        conn: &mut dyn PoolTx,
         experiment_id: &str,
     ) -> Result<(), MasterError> {
-        match store::get_experiment(conn, experiment_id).await? {
+        match conn.get_experiment(experiment_id).await? {
             Some(_) => Ok(()),
             None => Err(MasterError::NotFound(format!("experiment {experiment_id}"))),
         }
@@ -57,25 +57,17 @@ impl Scheduler {
         limit: u32,
     ) -> Result<TrialPage, MasterError> {
         let mut conn = self.store.conn().await?;
-        self.require_experiment(&mut conn, experiment_id).await?;
-        reads::query_trials(
-            &mut conn,
-            experiment_id,
-            filter,
-            sort,
-            descending,
-            offset,
-            limit,
-        )
-        .await
+        self.require_experiment(&mut *conn, experiment_id).await?;
+        conn.query_trials(experiment_id, filter, sort, descending, offset, limit)
+            .await
     }
 
     /// A trial with its epoch curve and its ancestors.
     pub async fn trial_detail(&self, trial_id: &str) -> Result<TrialDetail, MasterError> {
         let mut conn = self.store.conn().await?;
-        let trial = require_trial(&mut conn, trial_id).await?;
-        let epochs = store::epoch_curve(&mut conn, trial_id).await?;
-        let lineage = reads::lineage(&mut conn, trial_id).await?;
+        let trial = require_trial(&mut *conn, trial_id).await?;
+        let epochs = conn.epoch_curve(trial_id).await?;
+        let lineage = conn.lineage(trial_id).await?;
         Ok(TrialDetail {
             trial,
             epochs,
@@ -90,8 +82,8 @@ impl Scheduler {
         limit: u32,
     ) -> Result<Vec<TrialRow>, MasterError> {
         let mut conn = self.store.conn().await?;
-        self.require_experiment(&mut conn, experiment_id).await?;
-        reads::genealogy(&mut conn, experiment_id, limit).await
+        self.require_experiment(&mut *conn, experiment_id).await?;
+        conn.genealogy(experiment_id, limit).await
     }
 
     /// The best-so-far curve's improvements and how many trials finished in all.
@@ -100,8 +92,8 @@ impl Scheduler {
         experiment_id: &str,
     ) -> Result<(Vec<BestPoint>, i64), MasterError> {
         let mut conn = self.store.conn().await?;
-        self.require_experiment(&mut conn, experiment_id).await?;
-        reads::best_curve(&mut conn, experiment_id).await
+        self.require_experiment(&mut *conn, experiment_id).await?;
+        conn.best_curve(experiment_id).await
     }
 
     /// The experiment's chains now and their temperatures over time.
@@ -110,19 +102,20 @@ impl Scheduler {
         experiment_id: &str,
     ) -> Result<(Vec<ChainRow>, Vec<TemperaturePoint>), MasterError> {
         let mut conn = self.store.conn().await?;
-        self.require_experiment(&mut conn, experiment_id).await?;
-        let chains = store::list_chains(&mut conn, experiment_id).await?;
-        let history =
-            reads::temperature_history(&mut conn, experiment_id, MAX_TEMPERATURE_POINTS).await?;
+        self.require_experiment(&mut *conn, experiment_id).await?;
+        let chains = conn.list_chains(experiment_id).await?;
+        let history = conn
+            .temperature_history(experiment_id, MAX_TEMPERATURE_POINTS)
+            .await?;
         Ok((chains, history))
     }
 
     /// Workers (active first) with the trials each holds.
     pub async fn worker_views(&self) -> Result<Vec<WorkerView>, MasterError> {
         let mut conn = self.store.conn().await?;
-        let workers = reads::workers(&mut conn, MAX_WORKERS_LISTED).await?;
+        let workers = conn.workers(MAX_WORKERS_LISTED).await?;
         let mut held: HashMap<String, Vec<TrialRow>> = HashMap::new();
-        for trial in reads::held_trials(&mut conn).await? {
+        for trial in conn.held_trials().await? {
             if let Some(worker) = trial.worker_id.clone() {
                 held.entry(worker).or_default().push(trial);
             }
@@ -139,17 +132,18 @@ impl Scheduler {
     /// What `/metrics` reads from the store.
     pub async fn store_gauges(&self) -> Result<StoreGauges, MasterError> {
         let mut conn = self.store.conn().await?;
-        let trials = reads::status_tallies(&mut conn)
+        let trials = conn
+            .status_tallies()
             .await?
             .into_iter()
             .map(|t| (t.experiment_id, t.status, t.n))
             .collect();
         let since = super::now_ms() - 2 * self.config.lease.as_millis() as i64;
-        let (connected_workers, connected_slots) = reads::connected(&mut conn, since).await?;
+        let (connected_workers, connected_slots) = conn.connected(since).await?;
         let mut experiments = Vec::new();
-        for row in store::list_experiments(&mut conn).await? {
+        for row in conn.list_experiments().await? {
             let best = match &row.best_trial_id {
-                Some(t) => store::get_trial(&mut conn, t).await?.and_then(|t| t.score),
+                Some(t) => conn.get_trial(t).await?.and_then(|t| t.score),
                 None => None,
             };
             experiments.push((
@@ -170,10 +164,6 @@ impl Scheduler {
     /// Whether the store answers a trivial query (for `/readyz`).
     pub async fn store_reachable(&self) -> Result<(), MasterError> {
         let mut conn = self.store.conn().await?;
-        sqlx::query("SELECT 1")
-            .execute(&mut *conn)
-            .await
-            .map_err(store::convert_sqlx_err)?;
-        Ok(())
+        conn.ping().await
     }
 }

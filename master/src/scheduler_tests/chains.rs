@@ -81,10 +81,7 @@ async fn a_stagnating_chain_is_reheated() {
         finish(&h.sched, &w, &t, score).await;
     }
     let mut conn = h.sched.store().conn().await.unwrap();
-    let chain = store::get_chain(&mut conn, id.as_str(), 0)
-        .await
-        .unwrap()
-        .unwrap();
+    let chain = conn.get_chain(id.as_str(), 0).await.unwrap().unwrap();
     assert_eq!((chain.reheats, chain.since_improvement), (0, 1));
     assert!(
         (chain.temperature - 0.05 * 0.25).abs() < 1e-12,
@@ -95,10 +92,7 @@ async fn a_stagnating_chain_is_reheated() {
     let t = lease(&h.sched, &w).await;
     finish(&h.sched, &w, &t, 0.4).await;
     let mut conn = h.sched.store().conn().await.unwrap();
-    let chain = store::get_chain(&mut conn, id.as_str(), 0)
-        .await
-        .unwrap()
-        .unwrap();
+    let chain = conn.get_chain(id.as_str(), 0).await.unwrap().unwrap();
     assert_eq!(chain.reheats, 1);
     assert_eq!(chain.temperature, 0.05, "back to the initial temperature");
     assert_eq!(

@@ -52,7 +52,7 @@ async fn a_heartbeat_with_a_bad_epoch_metric_is_refused_naming_it_and_records_no
     };
     let curve = |sched: Arc<Scheduler>, trial_id: String| async move {
         let mut conn = within(sched.store().conn()).await.unwrap();
-        store::epoch_curve(&mut conn, &trial_id).await.unwrap()
+        conn.epoch_curve(&trial_id).await.unwrap()
     };
     for (metrics, named) in [
         (

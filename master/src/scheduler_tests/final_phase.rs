@@ -246,7 +246,7 @@ async fn two_trials_of_one_genome_count_once_and_a_final_trial_can_be_the_best()
     let high = trial(&h.sched, &high.id).await;
     assert_eq!(high.accepted, Some(true));
     let mut conn = within(h.sched.store().conn()).await.unwrap();
-    let chains = store::list_chains(&mut conn, id.as_str()).await.unwrap();
+    let chains = conn.list_chains(id.as_str()).await.unwrap();
     assert!(chains
         .iter()
         .all(|c| c.current_trial_id.as_deref() != Some(high.id.as_str())));

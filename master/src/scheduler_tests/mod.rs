@@ -32,7 +32,7 @@ use crate::error::MasterError;
 use crate::scheduler::{
     CompleteAnswer, ExperimentView, HeartbeatAnswer, Progress, Scheduler, SchedulerConfig,
 };
-use crate::store::{self, Store, TrialCounts, TrialResult, TrialRow};
+use crate::store::{Store, TrialCounts, TrialResult, TrialRow};
 
 /// A lease no test outlives.
 const LONG_LEASE: Duration = Duration::from_secs(60);
@@ -78,15 +78,33 @@ impl Harness {
     }
 }
 
+/// The variable that moves the scheduler tests onto PostgreSQL (`postgres`; the server is
+/// `EXPLORE_TEST_PG_URL`'s). Unset, they run on SQLite.
+const BACKEND_VAR: &str = "EXPLORE_SCHEDULER_TESTS_DB";
+
+/// The pool of a scheduler in `dir`: SQLite in `dir`, or with `EXPLORE_SCHEDULER_TESTS_DB=postgres`
+/// a PostgreSQL schema that belongs to `dir` (so a reopened scheduler finds the same pool).
+async fn test_store(dir: &std::path::Path) -> Store {
+    match std::env::var(BACKEND_VAR).as_deref() {
+        Ok("postgres") => crate::store::postgres::testing::store_for_dir(dir).await,
+        Ok("sqlite") | Err(_) => Store::open(dir).await.unwrap(),
+        Ok(other) => panic!("{BACKEND_VAR}={other}: expected sqlite or postgres"),
+    }
+}
+
 async fn open_scheduler(dir: &std::path::Path, cfg: SchedulerConfig) -> Scheduler {
-    let store = Store::open(dir).await.unwrap();
+    let store = test_store(dir).await;
     let artifacts = ArtifactStore::open(&dir.join("artifacts"), 1 << 20).unwrap();
     Scheduler::new(store, artifacts, cfg)
 }
 
-/// A scheduler over a private in-memory database.
+/// A scheduler over a private in-memory database (a fresh schema on PostgreSQL).
 async fn in_memory_scheduler(artifact_dir: &std::path::Path) -> Scheduler {
-    let store = Store::in_memory().await.unwrap();
+    let store = if std::env::var(BACKEND_VAR).as_deref() == Ok("postgres") {
+        test_store(&artifact_dir.join("pool")).await
+    } else {
+        Store::in_memory().await.unwrap()
+    };
     let artifacts = ArtifactStore::open(artifact_dir, 1 << 20).unwrap();
     Scheduler::new(store, artifacts, config(LONG_LEASE, 3))
 }
@@ -168,15 +186,16 @@ async fn trials(sched: &Scheduler, id: &ExperimentId) -> Vec<TrialRow> {
 
 async fn trial(sched: &Scheduler, id: &str) -> TrialRow {
     let mut conn = within(sched.store().conn()).await.unwrap();
-    store::get_trial(&mut conn, id).await.unwrap().unwrap()
+    conn.get_trial(id).await.unwrap().unwrap()
 }
 
 async fn late_results(sched: &Scheduler) -> Vec<(String, i64, f64)> {
     let mut conn = within(sched.store().conn()).await.unwrap();
-    sqlx::query_as("SELECT trial_id, attempt, score FROM late_results ORDER BY rowid")
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap()
+    crate::store::suite::raw_rows(
+        &mut *conn,
+        "SELECT trial_id, attempt, score FROM late_results ORDER BY received_at_ms, trial_id, attempt",
+    )
+    .await
 }
 
 /// The best completed score of an experiment, read from the trials themselves.

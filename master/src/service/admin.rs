@@ -118,12 +118,7 @@ impl AdminService for AdminApi {
         // One more than asked tells whether a next page exists.
         let mut page = self
             .scheduler
-            .trials_page(
-                id.as_str(),
-                after_seq,
-                status.map(|s| s.as_str()),
-                limit + 1,
-            )
+            .trials_page(id.as_str(), after_seq, status, limit + 1)
             .await?;
         let more = page.len() > limit as usize;
         page.truncate(limit as usize);

@@ -373,3 +373,18 @@ pub struct EpochUsage {
     /// Epochs trained by ended trials plus the planned epochs of queued and held ones.
     pub committed: u64,
 }
+
+crate::sqlite_row! {
+    /// One completed training trial as the search predictor learns from it.
+    #[derive(Debug, Clone)]
+    pub struct PredictorHistoryRow {
+        pub genome_json: String,
+        pub hparams_json: String,
+        /// Its validation accuracy.
+        pub score: f64,
+        /// Whether it started from its parent's weights.
+        pub inherits: bool,
+        /// Its parent's validation accuracy, when the parent has one.
+        pub parent_score: Option<f64>,
+    }
+}

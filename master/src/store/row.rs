@@ -1,10 +1,16 @@
-//! [`sqlite_row!`](crate::sqlite_row): a struct read from SQLite rows by column name.
+//! [`sqlite_row!`](crate::sqlite_row): a struct read from SQLite and PostgreSQL rows by column
+//! name.
 
-/// Declares a struct and implements `sqlx::FromRow` for SQLite rows on it, each field read from
-/// the column of the same name. It does what `#[derive(sqlx::FromRow)]` does for these plain
-/// rows without sqlx's proc-macro crate, whose build compiles a second copy of the SQLite
-/// driver (and SQLite itself) for the compiler host in every fresh build. The calling crate
-/// needs `sqlx` as a dependency.
+/// Declares a struct and implements `sqlx::FromRow` for SQLite rows and for PostgreSQL rows on
+/// it, each field read from the column of the same name. It does what
+/// `#[derive(sqlx::FromRow)]` does for these plain rows without sqlx's proc-macro crate, whose
+/// build compiles a second copy of the SQLite driver (and SQLite itself) for the compiler host
+/// in every fresh build. The calling crate needs `sqlx` as a dependency, with its `sqlite` and
+/// `postgres` features.
+///
+/// PostgreSQL checks types strictly where SQLite converts: an `i64` field needs a `BIGINT`
+/// column (`COUNT(*)` is one; `SUM` of a `BIGINT` is a `NUMERIC`, to be cast with `::BIGINT`),
+/// an `f64` one a `DOUBLE PRECISION`, a `bool` one a `BOOLEAN`.
 ///
 /// ```
 /// explore_master::sqlite_row! {
@@ -32,6 +38,17 @@ macro_rules! sqlite_row {
         impl<'r> ::sqlx::FromRow<'r, ::sqlx::sqlite::SqliteRow> for $name {
             fn from_row(
                 row: &'r ::sqlx::sqlite::SqliteRow,
+            ) -> ::std::result::Result<Self, ::sqlx::Error> {
+                use ::sqlx::Row as _;
+                ::std::result::Result::Ok($name {
+                    $( $field: row.try_get(::std::stringify!($field))? ),*
+                })
+            }
+        }
+
+        impl<'r> ::sqlx::FromRow<'r, ::sqlx::postgres::PgRow> for $name {
+            fn from_row(
+                row: &'r ::sqlx::postgres::PgRow,
             ) -> ::std::result::Result<Self, ::sqlx::Error> {
                 use ::sqlx::Row as _;
                 ::std::result::Result::Ok($name {

@@ -20,14 +20,13 @@ use explore_common::client::{admin_client, connect, worker_client, AuthChannel, 
 use explore_common::proto::admin_service_client::AdminServiceClient;
 use explore_common::proto::worker_service_client::WorkerServiceClient;
 use explore_common::proto::{self, PROTOCOL_VERSION};
+use explore_tests::pool::PoolDb;
 use explore_tests::proxy::Proxy;
 use explore_tests::{
     poll, read_log, require_fashion_mnist, start_worker, start_worker_with_env, MasterProc, Proc,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Connection, Row};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -156,8 +155,8 @@ pub struct Report {
 /// accepted, reheats)`.
 type ChainBooks = (i64, Option<String>, Option<f64>, i64, i64, i64, i64);
 
-/// Every table's rows as text (SQLite's `quote()` of each column), table by table.
-pub type Dump = BTreeMap<String, Vec<String>>;
+/// Every table's rows as text (each column as SQL would write it), table by table.
+pub type Dump = explore_tests::pool::Dump;
 
 pub struct Cluster {
     pub cfg: Config,
@@ -279,8 +278,11 @@ impl Cluster {
         })?;
         self.experiment_id = submitted.experiment_id;
         println!(
-            "[{}] experiment {} submitted, {} trials, lease {LEASE_SECS} s",
-            self.cfg.name, self.experiment_id, self.cfg.max_trials
+            "[{}] experiment {} submitted, {} trials, lease {LEASE_SECS} s, pool on {}",
+            self.cfg.name,
+            self.experiment_id,
+            self.cfg.max_trials,
+            self.pool().backend()
         );
         if let Some(fake) = self.report.extra["fake_worker"].as_str().map(String::from) {
             let mut api = self.worker_api()?;
@@ -343,8 +345,9 @@ impl Cluster {
         Ok(())
     }
 
-    pub fn db_path(&self) -> PathBuf {
-        self.master.data_dir.join("explore.db")
+    /// The master's pool database (SQLite or PostgreSQL, as the harness started it).
+    pub fn pool(&self) -> PoolDb {
+        PoolDb::of(&self.master.data_dir)
     }
 
     pub fn bearer(&self) -> BearerToken {
@@ -467,64 +470,30 @@ impl Cluster {
         Ok(self.summary()?.trials_completed)
     }
 
-    /// Rows of a read-only query on the master's database (which may be down).
+    /// Rows of a read-only query on the master's database (which may be down), on either
+    /// backend: the SQL must be portable (see `explore_tests::pool`).
     pub fn db<T>(&self, sql: &str) -> Result<Vec<T>>
     where
-        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + Send
+            + Unpin,
     {
-        let path = self.db_path();
-        self.rt.block_on(async {
-            let mut conn = SqliteConnectOptions::new()
-                .filename(&path)
-                .read_only(true)
-                .connect()
-                .await?;
-            let rows = sqlx::query_as::<_, T>(sql).fetch_all(&mut conn).await?;
-            conn.close().await?;
-            Ok(rows)
-        })
+        let pool = self.pool();
+        self.rt.block_on(pool.fetch_all(sql))
     }
 
-    /// The full contents of every table: each row as the `quote()` of its columns, rows
-    /// sorted. With `mask_last_seen`, `workers.last_seen_ms` is left out (live workers touch
-    /// it by long-polling).
+    /// The full contents of every table: each row as its columns' SQL text, rows sorted. With
+    /// `mask_last_seen`, `workers.last_seen_ms` is left out (live workers touch it by
+    /// long-polling).
     pub fn dump(&self, mask_last_seen: bool) -> Result<Dump> {
-        let path = self.db_path();
-        self.rt.block_on(async {
-            let mut conn = SqliteConnectOptions::new()
-                .filename(&path)
-                .read_only(true)
-                .connect()
-                .await?;
-            let tables: Vec<(String,)> =
-                sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-                    .fetch_all(&mut conn)
-                    .await?;
-            let mut dump = Dump::new();
-            for (table,) in tables {
-                let columns: Vec<(String,)> =
-                    sqlx::query_as(&format!("SELECT name FROM pragma_table_info('{table}')"))
-                        .fetch_all(&mut conn)
-                        .await?;
-                let columns: Vec<String> = columns
-                    .into_iter()
-                    .map(|(c,)| c)
-                    .filter(|c| !(mask_last_seen && table == "workers" && c == "last_seen_ms"))
-                    .map(|c| format!("'{c}=' || quote(\"{c}\")"))
-                    .collect();
-                let sql = format!("SELECT {} FROM \"{table}\"", columns.join(" || ' | ' || "));
-                let mut rows: Vec<String> = sqlx::query(&sql)
-                    .fetch_all(&mut conn)
-                    .await?
-                    .iter()
-                    .map(|r| r.get::<String, _>(0))
-                    .collect();
-                rows.sort();
-                dump.insert(table, rows);
-            }
-            conn.close().await?;
-            Ok(dump)
-        })
+        let masked: &[(&str, &str)] = if mask_last_seen {
+            &[("workers", "last_seen_ms")]
+        } else {
+            &[]
+        };
+        let pool = self.pool();
+        self.rt.block_on(pool.dump(masked))
     }
 
     /// Every file under the artifact directory (partial uploads included) and its SHA-256.
@@ -742,14 +711,24 @@ impl Cluster {
                 .find(|w| w.id == worker)
                 .map(|w| w.log.clone());
             let needle = format!("trial_id={trial} attempt={attempt}");
+            // Until the worker shows it, or the attempt is gone (a lease the worker never got
+            // expires after the fresh period): then its log decides, once more. Waiting the
+            // whole 20 s instead can outlast the experiment.
             let known = log.is_some_and(|log| {
                 poll(
                     "the worker to show the attempt it holds",
                     self.limit(Duration::from_secs(20)),
                     Duration::from_millis(200),
-                    || Ok(read_log(&log).contains(&needle).then_some(())),
+                    || {
+                        if read_log(&log).contains(&needle) {
+                            return Ok(Some(true));
+                        }
+                        let t = self.trial(&trial)?;
+                        Ok((t.attempt > attempt || !is_held(&t.status))
+                            .then(|| read_log(&log).contains(&needle)))
+                    },
                 )
-                .is_ok()
+                .unwrap_or(false)
             });
             if known {
                 self.report.kept.push((trial, attempt, worker));
@@ -778,10 +757,16 @@ impl Cluster {
 
     /// Waits until the proxied worker trains a trial, returns it.
     pub fn wait_proxied_training(&self) -> Result<proto::TrialRecord> {
-        let i = self.worker_index("wp");
+        self.wait_worker_training("wp")
+    }
+
+    /// Waits until worker `name` trains a trial (its log shows the attempt it holds), returns
+    /// it.
+    pub fn wait_worker_training(&self, name: &str) -> Result<proto::TrialRecord> {
+        let i = self.worker_index(name);
         let (id, log) = (self.workers[i].id.clone(), self.workers[i].log.clone());
         poll(
-            "the proxied worker training a trial",
+            &format!("{name} training a trial"),
             self.limit(Duration::from_secs(90)),
             TICK,
             || {
@@ -801,9 +786,21 @@ impl Cluster {
     /// After a cut of the proxied worker, with the proxy resumed at log offset `mark`: waits
     /// until the worker learned that the lease of `t` is gone and trains another trial.
     pub fn proxied_worker_recovers(&mut self, t: &proto::TrialRecord, mark: usize) -> Result<()> {
-        let log = self.workers[self.worker_index("wp")].log.clone();
+        self.worker_recovers("wp", t, mark)
+    }
+
+    /// After worker `name` lost the lease of `t` (cut off, frozen) and is back, with its log
+    /// at offset `mark` when it came back: waits until it learned that the lease is gone and
+    /// trains another trial (or `t` again, as a new attempt).
+    pub fn worker_recovers(
+        &mut self,
+        name: &str,
+        t: &proto::TrialRecord,
+        mark: usize,
+    ) -> Result<()> {
+        let log = self.workers[self.worker_index(name)].log.clone();
         let how = poll(
-            "the cut-off worker to learn its lease is gone",
+            &format!("{name} to learn its lease is gone"),
             self.limit(Duration::from_secs(90)),
             Duration::from_millis(100),
             || {
@@ -821,12 +818,12 @@ impl Cluster {
                 }))
             },
         )?;
-        println!("[{}]   wp learned: {how}", self.cfg.name);
+        println!("[{}]   {name} learned: {how}", self.cfg.name);
         self.report
             .extra
             .insert("cut_worker_learned".into(), json!(how));
         poll(
-            "the cut-off worker to move on to another trial",
+            &format!("{name} to move on to another trial"),
             self.limit(Duration::from_secs(90)),
             Duration::from_millis(100),
             || {
@@ -1016,7 +1013,9 @@ impl Cluster {
             self.experiment_id
         ))?;
         let results: Vec<(String, i64, f64, i64)> = self.db(&format!(
-            "SELECT id, chain, score, accepted FROM trials
+            "SELECT id, chain, score,
+                    CASE WHEN accepted THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END
+               FROM trials
               WHERE experiment_id = '{}' AND kind = 'train' AND status IN ('completed', 'pruned')
               ORDER BY finished_at_ms, seq",
             self.experiment_id
@@ -1244,6 +1243,7 @@ impl Cluster {
                 });
         let report = json!({
             "scenario": name,
+            "backend": self.pool().backend(),
             "experiment": self.experiment_id,
             "max_trials": max_trials,
             "lease_secs": LEASE_SECS,

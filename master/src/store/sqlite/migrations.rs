@@ -2,7 +2,7 @@
 //! [`Migrator`], without sqlx's `migrate!` macro: the macro crate builds a second copy of the
 //! SQLite driver for the compiler host, minutes of every fresh build on a small machine.
 //!
-//! A new migration is a file `migrations/NNNN_name.sql` plus its line in [`MIGRATIONS`]; a test
+//! A new migration is a file `migrations/sqlite/NNNN_name.sql` plus its line in [`MIGRATIONS`]; a test
 //! checks that the two agree. The checksums are the same as `migrate!` computed (SHA-384 of the
 //! file's text), so databases created by earlier builds keep validating.
 
@@ -14,29 +14,41 @@ use sqlx::migrate::{MigrateError, Migration, MigrationSource, MigrationType, Mig
 
 /// Every migration: (version, description, SQL), in version order.
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/sqlite/0001_init.sql"),
+    ),
     (
         2,
         "search",
-        include_str!("../../migrations/0002_search.sql"),
+        include_str!("../../../migrations/sqlite/0002_search.sql"),
     ),
     (
         3,
         "epoch metrics",
-        include_str!("../../migrations/0003_epoch_metrics.sql"),
+        include_str!("../../../migrations/sqlite/0003_epoch_metrics.sql"),
     ),
     (
         4,
         "probes",
-        include_str!("../../migrations/0004_probes.sql"),
+        include_str!("../../../migrations/sqlite/0004_probes.sql"),
     ),
-    (5, "scale", include_str!("../../migrations/0005_scale.sql")),
+    (
+        5,
+        "scale",
+        include_str!("../../../migrations/sqlite/0005_scale.sql"),
+    ),
     (
         6,
         "control",
-        include_str!("../../migrations/0006_control.sql"),
+        include_str!("../../../migrations/sqlite/0006_control.sql"),
     ),
-    (7, "final", include_str!("../../migrations/0007_final.sql")),
+    (
+        7,
+        "final",
+        include_str!("../../../migrations/sqlite/0007_final.sql"),
+    ),
 ];
 
 /// [`MIGRATIONS`] as a source sqlx can resolve.
@@ -73,7 +85,7 @@ mod tests {
 
     #[test]
     fn every_migration_file_is_embedded_in_order_with_its_text() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
         let mut files: Vec<(i64, String)> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|entry| entry.unwrap().path())
@@ -92,7 +104,7 @@ mod tests {
         assert_eq!(
             files.iter().map(|f| f.0).collect::<Vec<_>>(),
             embedded.iter().map(|f| f.0).collect::<Vec<_>>(),
-            "migrations/ and MIGRATIONS list different versions"
+            "migrations/sqlite/ and MIGRATIONS list different versions"
         );
         assert_eq!(files, embedded);
     }
