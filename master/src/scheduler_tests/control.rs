@@ -18,7 +18,7 @@ async fn a_stopped_experiment_leases_nothing_and_lets_its_trials_in_flight_finis
         .unwrap();
     assert_eq!((outcome.finishing, outcome.cancelled_held), (1, 0));
     assert!(outcome.cancelled_queued >= 1, "{outcome:?}");
-    assert_eq!(outcome.finishing_ids, [held.id.clone()]);
+    assert_eq!(outcome.finishing_ids, std::slice::from_ref(&held.id));
     assert!(outcome.cancelled_held_ids.is_empty(), "{outcome:?}");
     assert_eq!(
         outcome.cancelled_queued_ids.len() as u64,
