@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Dashboard paging benchmark (issue 15): the real master (release build, SQLite on disk,
 # loopback) over a pool pre-filled with 100,000 completed trials (`master dev-prefill`), asked
-# for what the dashboard asks: trial pages (first, deep offset, sorted by score, filtered),
+# for what the dashboard asks: trial pages (first, deep offset, sorted by score, params,
+# status and chain, filtered by status, chain, score and objective),
 # the best-so-far curve, the genealogy, the chains' temperatures, the experiment list and
 # /metrics. Each request is timed N times from a Python client (stdlib only); p50 and p99 in
 # milliseconds. Baseline in the same run: listing the whole pool as a script did before the
@@ -70,6 +71,10 @@ cases = [
     ("sorted by score, 50", f"{t}?sort=score"),
     ("status=completed, by score", f"{t}?status=completed&sort=score"),
     ("chain=2 and min_score=0.85", f"{t}?chain=2&min_score=0.85"),
+    ("objective=plain (every trial matches)", f"{t}?objective=plain"),
+    ("sorted by params", f"{t}?sort=params"),
+    ("sorted by status", f"{t}?sort=status"),
+    ("sorted by chain", f"{t}?sort=chain"),
     ("500 per page", f"{t}?limit=500"),
     ("best-so-far curve", f"/api/v1/experiments/{exp}/best"),
     ("genealogy (60 best + ancestors)", f"/api/v1/experiments/{exp}/genealogy"),

@@ -287,6 +287,8 @@ pub struct StopArgs {
     #[arg(long)]
     pub now: bool,
     #[command(flatten)]
+    pub output: crate::output::OutputArgs,
+    #[command(flatten)]
     pub connect: ConnectArgs,
 }
 
@@ -299,10 +301,11 @@ pub struct ResumeArgs {
     pub connect: ConnectArgs,
 }
 
-/// `master stop`: prints the experiment's state after the stop.
+/// `master stop`: prints what the stop cancelled (queued trials; with `--now`, the trials in
+/// flight, by id) or leaves to finish, and how to resume.
 pub async fn stop(args: &StopArgs) -> Result<()> {
     let mut client = args.connect.admin().await?;
-    let summary = client
+    let answer = client
         .stop_experiment(proto::StopExperimentRequest {
             experiment_id: args.experiment.clone(),
             now: args.now,
@@ -310,18 +313,43 @@ pub async fn stop(args: &StopArgs) -> Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
+    if args.output.json() {
+        println!("{}", crate::output::stop_json(&answer));
+        return Ok(());
+    }
+    let summary = answer.experiment.clone().unwrap_or_default();
+    let id = if summary.experiment_id.is_empty() {
+        args.experiment.as_str()
+    } else {
+        summary.experiment_id.as_str()
+    };
+    println!("stopped {id} ({}): nothing new starts", summary.name);
+    let list = |ids: &[String]| {
+        if ids.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", ids.join(", "))
+        }
+    };
+    println!(
+        "cancelled {} queued trial(s) that had not started{}",
+        answer.cancelled_queued,
+        list(&answer.cancelled_queued_ids)
+    );
     if args.now {
         println!(
-            "stopped {} ({}): nothing new starts; trials in flight were cancelled",
-            summary.experiment_id, summary.name
+            "cancelled {} trial(s) in flight{}",
+            answer.cancelled_held,
+            list(&answer.cancelled_held_ids)
         );
     } else {
         println!(
-            "stopped {} ({}): nothing new starts; {} trial(s) in flight will finish",
-            summary.experiment_id, summary.name, summary.trials_running
+            "{} trial(s) in flight will finish{}",
+            answer.finishing,
+            list(&answer.finishing_ids)
         );
     }
-    println!("resume it with: master resume {}", summary.experiment_id);
+    println!("resume it with: master resume {id}");
     Ok(())
 }
 

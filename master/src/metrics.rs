@@ -143,6 +143,7 @@ impl Default for PromMetrics {
                 TrialStatus::Completed,
                 TrialStatus::Pruned,
                 TrialStatus::Failed,
+                TrialStatus::Cancelled,
             ]
             .into_iter()
             .map(|s| (s, Histogram::new(TRIAL_BUCKETS)))
@@ -294,7 +295,7 @@ impl PromMetrics {
             &mut out,
             "explore_trial_duration_seconds",
             "histogram",
-            "Training time of ended trials, from lease to end, by outcome.",
+            "Training time of ended trials, from lease to end, by outcome (cancelled: by a stop with --now).",
         );
         for (status, h) in &self.trial_durations {
             h.render(

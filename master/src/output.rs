@@ -8,6 +8,9 @@
 //! - `master best --output json`: `{"experiment_id": …, "trial": TRIAL, "exported_to": DIR |
 //!   null}`.
 //! - `master trials --output json` (alias `--json`): one TRIAL object per line.
+//! - `master stop --output json`: `{"experiment": SUMMARY, "cancelled_queued": N,
+//!   "cancelled_held": N, "finishing": N, "cancelled_queued_ids": […], "cancelled_held_ids":
+//!   […], "finishing_ids": […]}`.
 //!
 //! SUMMARY is [`summary_json`], TRIAL is [`crate::cli::trial_json`]. Absent numbers (no best
 //! score yet, no budget) are `null`, never NaN or 0.
@@ -16,7 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use explore_common::proto::{ExperimentSummary, TrialRecord};
+use explore_common::proto::{ExperimentSummary, StopExperimentResponse, TrialRecord};
 use serde_json::{json, Value};
 
 use crate::cli::trial_json;
@@ -115,6 +118,20 @@ pub fn best_json(t: &TrialRecord, exported_to: Option<&Path>) -> Value {
         "experiment_id": t.experiment_id,
         "trial": trial_json(t),
         "exported_to": exported_to.map(|p| p.display().to_string()),
+    })
+}
+
+/// `master stop --output json`: the experiment after the stop, how many trials the stop
+/// cancelled (queued; held, with `--now`) or left to finish, and their ids.
+pub fn stop_json(r: &StopExperimentResponse) -> Value {
+    json!({
+        "experiment": r.experiment.as_ref().map(summary_json),
+        "cancelled_queued": r.cancelled_queued,
+        "cancelled_held": r.cancelled_held,
+        "finishing": r.finishing,
+        "cancelled_queued_ids": r.cancelled_queued_ids,
+        "cancelled_held_ids": r.cancelled_held_ids,
+        "finishing_ids": r.finishing_ids,
     })
 }
 
@@ -332,6 +349,42 @@ mod tests {
         let mut line = trial_json(&trial(2, 0.8));
         line["rank"] = json!(2);
         assert_eq!(rows[1], line);
+    }
+
+    #[test]
+    fn stop_says_what_it_cancelled_and_what_finishes() {
+        let v = stop_json(&StopExperimentResponse {
+            experiment: Some(ExperimentSummary {
+                status: "stopped".into(),
+                ..summary()
+            }),
+            cancelled_queued: 2,
+            cancelled_held: 1,
+            finishing: 0,
+            cancelled_queued_ids: vec!["trial-q1".into(), "trial-q2".into()],
+            cancelled_held_ids: vec!["trial-h".into()],
+            finishing_ids: vec![],
+        });
+        assert_eq!(
+            keys(&v),
+            [
+                "cancelled_held",
+                "cancelled_held_ids",
+                "cancelled_queued",
+                "cancelled_queued_ids",
+                "experiment",
+                "finishing",
+                "finishing_ids",
+            ]
+        );
+        assert_eq!(v["experiment"]["status"], "stopped");
+        assert_eq!(
+            (v["cancelled_queued"].as_u64(), v["cancelled_held"].as_u64()),
+            (Some(2), Some(1))
+        );
+        assert_eq!(v["cancelled_held_ids"], json!(["trial-h"]));
+        assert_eq!(v["cancelled_queued_ids"], json!(["trial-q1", "trial-q2"]));
+        assert_eq!(v["finishing_ids"], json!([]));
     }
 
     #[test]

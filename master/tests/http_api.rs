@@ -4,6 +4,7 @@
 //! `/metrics` (checked by `promtool` where it is installed; CI installs it) read over plain
 //! HTTP/1.1 on loopback.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
@@ -311,6 +312,43 @@ async fn the_json_api_answers_from_the_pool_and_checks_its_input() {
     let mut expected: Vec<f64> = trained.iter().map(|t| t.1).collect();
     expected.sort_by(|a, b| b.partial_cmp(a).unwrap());
     assert_eq!(scores, expected);
+    // Sorted by status (by name) and by chain, ties by seq in the same direction.
+    for (key, order) in [
+        ("status", "asc"),
+        ("status", "desc"),
+        ("chain", "asc"),
+        ("chain", "desc"),
+    ] {
+        let page = m
+            .get(&format!("{base}?sort={key}&order={order}&limit=500"))
+            .await;
+        assert_eq!(page.status, 200, "sort={key}: {}", page.body);
+        let page = page.json();
+        assert_eq!(page["total"].as_u64(), Some(total), "{page}");
+        let rows: Vec<(String, i64)> = page["trials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let k = match key {
+                    "status" => t["status"].as_str().unwrap().to_string(),
+                    _ => format!("{:03}", t["chain"].as_i64().unwrap()),
+                };
+                (k, t["seq"].as_i64().unwrap())
+            })
+            .collect();
+        let mut sorted = rows.clone();
+        sorted.sort();
+        if order == "desc" {
+            sorted.reverse();
+        }
+        assert_eq!(rows, sorted, "sort={key}&order={order}");
+        let distinct: HashSet<&String> = rows.iter().map(|r| &r.0).collect();
+        assert!(
+            distinct.len() >= 2,
+            "sort={key}: too few kinds to tell: {rows:?}"
+        );
+    }
     let high = m
         .get(&format!("{base}?min_score=0.75&objective=plain"))
         .await
@@ -319,8 +357,14 @@ async fn the_json_api_answers_from_the_pool_and_checks_its_input() {
         high["total"],
         trained.iter().filter(|t| t.1 >= 0.75).count()
     );
-    let none = m.get(&format!("{base}?objective=elr")).await.json();
-    assert_eq!(none["total"], 0);
+    let bounds = m
+        .get(&format!("{base}?min_score=0&max_score=1&status=completed"))
+        .await
+        .json();
+    assert_eq!(
+        bounds["total"], 5,
+        "the bounds 0 and 1 are in range: {bounds}"
+    );
     for chain in [0, 1] {
         let page = m
             .get(&format!("{base}?chain={chain}&limit=500"))
@@ -358,11 +402,25 @@ async fn the_json_api_answers_from_the_pool_and_checks_its_input() {
         ("chain=x", "chain"),
         ("min_score=high", "min_score"),
         ("colour=red", "colour"),
+        // Filters out of range: a clear 400, not an empty page.
+        ("chain=2", "chain=2 is out of range"),
+        ("chain=-1", "chain=-1 is out of range"),
+        ("min_score=1.5", "min_score=1.5 is out of range"),
+        ("max_score=-0.1", "max_score=-0.1 is out of range"),
+        ("min_score=nan", "min_score=NaN is out of range"),
+        ("max_score=inf", "max_score=inf is out of range"),
+        ("min_score=-inf", "min_score=-inf is out of range"),
+        ("min_score=0.9&max_score=0.1", "above max_score"),
+        (
+            "objective=elr",
+            "objective=\"elr\" is not this experiment's",
+        ),
     ] {
         let a = m.get(&format!("{base}?{query}")).await;
         assert_eq!(a.status, 400, "{query}: {}", a.body);
         assert_eq!(a.error_code(), "invalid_argument");
-        assert!(a.body.contains(needle), "{query}: {}", a.body);
+        let message = a.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(needle), "{query}: {}", a.body);
     }
     let missing = m
         .get("/api/v1/experiments/exp-00000000000000000000000000000000")
@@ -504,7 +562,26 @@ async fn the_json_api_answers_from_the_pool_and_checks_its_input() {
     let token = m.handle.token.clone();
     let stopped = m.post(&format!("{stop}?now=true"), Some(&token)).await;
     assert_eq!(stopped.status, 200, "{}", stopped.body);
-    assert_eq!(stopped.json()["status"], "stopped");
+    let stopped = stopped.json();
+    assert_eq!(stopped["status"], "stopped");
+    // The answer says which trials the stop cancelled.
+    let what = &stopped["stop"];
+    assert_eq!(what["cancelled_held"], 1, "{stopped}");
+    assert_eq!(
+        what["cancelled_held_ids"],
+        serde_json::json!([held.trial_id.as_str()]),
+        "{stopped}"
+    );
+    assert_eq!(
+        what["cancelled_queued_ids"].as_array().unwrap().len() as u64,
+        what["cancelled_queued"].as_u64().unwrap(),
+        "{stopped}"
+    );
+    assert_eq!(
+        (what["finishing"].as_u64(), what["finishing_ids"].clone()),
+        (Some(0), serde_json::json!([])),
+        "{stopped}"
+    );
     let held_now = m
         .get(&format!("/api/v1/trials/{}", held.trial_id))
         .await
@@ -515,6 +592,19 @@ async fn the_json_api_answers_from_the_pool_and_checks_its_input() {
         "{held_now}"
     );
     let resume = format!("/api/v1/experiments/{experiment_id}/resume");
+    // A resume without the token, or with a wrong one: 401, and the experiment stays stopped.
+    let refused = m.post(&resume, None).await;
+    assert_eq!(
+        (refused.status, refused.error_code().as_str()),
+        (401, "unauthenticated")
+    );
+    assert_eq!(m.post(&resume, Some("wrong")).await.status, 401);
+    let still = m
+        .get(&format!("/api/v1/experiments/{experiment_id}"))
+        .await
+        .json();
+    assert_eq!(still["status"], "stopped", "{still}");
+    assert_eq!(still["trials"]["queued"], 0, "{still}");
     let resumed = m.post(&resume, Some(&token)).await;
     assert_eq!(
         (resumed.status, resumed.json()["status"].as_str().unwrap()),
@@ -551,11 +641,15 @@ async fn the_json_api_answers_from_the_pool_and_checks_its_input() {
         text.contains("explore_rpc_duration_seconds_count{method=\"Heartbeat\"} 10"),
         "{text}"
     );
-    assert!(text.contains("explore_refused_calls_total 2"), "{text}");
+    assert!(text.contains("explore_refused_calls_total 4"), "{text}");
     assert!(text.contains("explore_connected_workers 1"), "{text}");
     assert!(
         text.contains("explore_trial_duration_seconds_count{status=\"completed\"} 5"),
         "{text}"
+    );
+    assert!(
+        text.contains("explore_trial_duration_seconds_count{status=\"cancelled\"} 1"),
+        "the trial stop --now cancelled: {text}"
     );
     assert!(
         text.contains(&format!(

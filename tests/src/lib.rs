@@ -462,7 +462,8 @@ pub fn rescore_export(export_dir: &Path, split: Split) -> Result<(serde_json::Va
 }
 
 /// Re-scores an export like [`rescore_export`] on the data `data_args` (flags of `worker
-/// evaluate`, e.g. `--data-config FILE --split-seed N`) name.
+/// evaluate`, e.g. `--data-config FILE --split-seed N`) name. Fails when `worker evaluate`'s
+/// stderr (a pipe here) carries colour escape codes.
 pub fn rescore_export_on(
     export_dir: &Path,
     data_args: &[&str],
@@ -481,9 +482,21 @@ pub fn rescore_export_on(
         "cpu",
     ];
     args.extend_from_slice(data_args);
-    let eval = run(&binary("worker"), &args)?;
+    // Its stderr is a pipe here: the log lines must be plain even without NO_COLOR.
+    let eval = Command::new(binary("worker"))
+        .env_remove("NO_COLOR")
+        .env_remove("EXPLORE_LOG_FORMAT")
+        .args(&args)
+        .output()
+        .context("cannot run worker evaluate")?;
     if !eval.status.success() {
         bail!("worker evaluate failed: {}", describe(&eval));
+    }
+    if String::from_utf8_lossy(&eval.stderr).contains("\x1b[") {
+        bail!(
+            "worker evaluate's stderr carries colour escape codes in a pipe: {}",
+            describe(&eval)
+        );
     }
     let scores: serde_json::Value = serde_json::from_slice(&eval.stdout)?;
     let score = |key: &str| {

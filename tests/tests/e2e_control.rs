@@ -104,10 +104,36 @@ fn run(dir: &Path) -> Result<()> {
 
     let stop = master.client(&["stop", &id, "--now"])?;
     assert!(stop.status.success(), "{}", describe(&stop));
+    let said = String::from_utf8_lossy(&stop.stdout).to_string();
+    assert!(said.contains("master resume"), "{}", describe(&stop));
+    // It says which trials it cancelled: the one in training (and any the worker had
+    // prefetched), by id.
+    let in_flight = said
+        .lines()
+        .find(|l| l.contains("in flight"))
+        .with_context(|| describe(&stop))?;
     assert!(
-        String::from_utf8_lossy(&stop.stdout).contains("master resume"),
+        in_flight.starts_with("cancelled ") && in_flight.contains(&training),
         "{}",
         describe(&stop)
+    );
+    // Stopping again with --now is allowed, cancels nothing more, and prints it as JSON.
+    let again = master.client(&["stop", &id, "--now", "--output", "json"])?;
+    assert!(again.status.success(), "{}", describe(&again));
+    let again: Value = serde_json::from_slice(&again.stdout).context("stop --output json")?;
+    assert_eq!(again["experiment"]["status"], "stopped", "{again}");
+    assert_eq!(
+        (
+            again["cancelled_held"].as_u64(),
+            again["cancelled_queued"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+    assert_eq!(
+        again["cancelled_held_ids"],
+        serde_json::json!([]),
+        "{again}"
     );
     let stopped = trials(&master, &id)?;
     let t = stopped

@@ -348,4 +348,18 @@ hparams = { optimizer = "adamw", learning_rate = 0.003, schedule = "constant", b
         assert_eq!(line["attempt"], 1, "{line}");
         assert_eq!(line["worker_id"], worker_id.as_str(), "{line}");
     }
+
+    // `worker evaluate` on the exported model: its log lines, in a pipe, are plain
+    // (rescore_export fails on a colour escape in its stderr).
+    let export = tmp.path().join("best");
+    client_ok(&master, &["best", "--export", export.to_str().unwrap()]);
+    let split = explore_tests::Split {
+        train_subset: 400,
+        test_subset: 100,
+        validation_fraction: 0.1,
+        seed: 2,
+    };
+    let (card, _, test) = explore_tests::rescore_export(&export, split).unwrap();
+    assert_eq!(card["trial_id"], trial_id, "{card}");
+    assert!((0.0..=1.0).contains(&test), "{test}");
 }

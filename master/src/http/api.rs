@@ -49,6 +49,16 @@ fn param<T: std::str::FromStr>(
     }
 }
 
+/// A score filter: a finite number in [0, 1] (scores are accuracies), or a 400 naming it.
+fn score_bound(params: &HashMap<String, String>, name: &str) -> Result<Option<f64>, ApiError> {
+    match param::<f64>(params, name)? {
+        Some(v) if !(v.is_finite() && (0.0..=1.0).contains(&v)) => Err(invalid(format!(
+            "{name}={v} is out of range: scores are between 0 and 1"
+        ))),
+        bound => Ok(bound),
+    }
+}
+
 /// Refuses unknown query parameters, so a typo is a 400 instead of a silently ignored filter.
 fn only(params: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
     match params.keys().find(|k| !allowed.contains(&k.as_str())) {
@@ -132,9 +142,35 @@ pub async fn trials(
         status,
         chain: param(&params, "chain")?,
         objective: params.get("objective").filter(|o| !o.is_empty()).cloned(),
-        min_score: param::<f64>(&params, "min_score")?.filter(|v| v.is_finite()),
-        max_score: param::<f64>(&params, "max_score")?.filter(|v| v.is_finite()),
+        min_score: score_bound(&params, "min_score")?,
+        max_score: score_bound(&params, "max_score")?,
     };
+    if let (Some(min), Some(max)) = (filter.min_score, filter.max_score) {
+        if min > max {
+            return Err(invalid(format!(
+                "min_score={min} is above max_score={max}: no trial can match"
+            )));
+        }
+    }
+    if filter.chain.is_some() || filter.objective.is_some() {
+        let domain = s.scheduler.filter_domain(id.as_str()).await?;
+        if let Some(chain) = filter.chain {
+            if !(0..domain.chains).contains(&chain) {
+                return Err(invalid(format!(
+                    "chain={chain} is out of range: experiment {id} has chains 0 to {}",
+                    domain.chains - 1
+                )));
+            }
+        }
+        if let Some(objective) = &filter.objective {
+            if objective != domain.objective {
+                return Err(invalid(format!(
+                    "objective={objective:?} is not this experiment's: its trials train with {:?}",
+                    domain.objective
+                )));
+            }
+        }
+    }
     let page = s
         .scheduler
         .query_trials(id.as_str(), &filter, sort, descending, offset, limit)
@@ -221,9 +257,9 @@ pub async fn stop(
     let id = experiment_id(&id)?;
     only(&params, &["now"])?;
     let now: bool = param(&params, "now")?.unwrap_or(false);
-    s.scheduler.stop_experiment(id.as_str(), now).await?;
+    let outcome = s.scheduler.stop_experiment(id.as_str(), now).await?;
     let view = s.scheduler.experiment_view(id.as_str()).await?;
-    Ok(Json(json::experiment(&view)))
+    Ok(Json(json::stopped(&view, &outcome)))
 }
 
 /// `POST /api/v1/experiments/{id}/resume`.

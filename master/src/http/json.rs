@@ -4,7 +4,7 @@ use explore_common::HyperParams;
 use serde_json::{json, Value};
 
 use crate::scheduler::reads::{TrialDetail, WorkerView};
-use crate::scheduler::ExperimentView;
+use crate::scheduler::{ExperimentView, StopOutcome};
 use crate::store::reads::{BestPoint, TemperaturePoint};
 use crate::store::{ChainRow, TrialRow};
 
@@ -43,6 +43,20 @@ pub fn experiment(v: &ExperimentView) -> Value {
             v.best.as_ref().and_then(|b| b.metrics().get("test_accuracy").copied())
         ),
     })
+}
+
+/// The stop action's answer: the `Experiment` after the stop, with `"stop"`: what it did.
+pub fn stopped(v: &ExperimentView, o: &StopOutcome) -> Value {
+    let mut value = experiment(v);
+    value["stop"] = json!({
+        "cancelled_queued": o.cancelled_queued,
+        "cancelled_held": o.cancelled_held,
+        "finishing": o.finishing,
+        "cancelled_queued_ids": o.cancelled_queued_ids,
+        "cancelled_held_ids": o.cancelled_held_ids,
+        "finishing_ids": o.finishing_ids,
+    });
+    value
 }
 
 /// The name of a trial's training objective (`plain` when its hyperparameters do not parse).

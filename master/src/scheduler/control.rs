@@ -3,15 +3,16 @@
 
 use tracing::info;
 
-use super::{now_ms, Scheduler};
+use super::{now_ms, trained_seconds, Scheduler};
 use crate::error::MasterError;
+use crate::store::reads::{TrialFilter, TrialSort};
 use crate::store::{ExperimentStatus, TrialStatus};
 
 /// Why the trials a `stop --now` cancelled ended; the pool keeps it as their error.
 pub const CANCELLED_BY_STOP: &str = "cancelled: experiment stopped with --now";
 
 /// What a stop did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StopOutcome {
     /// Queued trials cancelled (they had not started).
     pub cancelled_queued: u64,
@@ -20,6 +21,12 @@ pub struct StopOutcome {
     pub cancelled_held: u64,
     /// Held trials left to finish (without `now`).
     pub finishing: u64,
+    /// The ids of the queued trials cancelled, in seq order.
+    pub cancelled_queued_ids: Vec<String>,
+    /// The ids of the held trials cancelled (`now` only), in seq order.
+    pub cancelled_held_ids: Vec<String>,
+    /// The ids of the held trials left to finish (without `now`), in seq order.
+    pub finishing_ids: Vec<String>,
 }
 
 impl Scheduler {
@@ -48,21 +55,35 @@ impl Scheduler {
             )));
         }
         let at = now_ms();
+        // The queue holds a few trials per slot; read their ids before cancelling them.
+        let queued = TrialFilter {
+            status: Some(TrialStatus::Queued),
+            ..TrialFilter::default()
+        };
+        let queued = tx
+            .query_trials(experiment_id, &queued, TrialSort::Seq, false, 0, u32::MAX)
+            .await?;
         let mut outcome = StopOutcome {
             cancelled_queued: tx
                 .cancel_queued(experiment_id, "experiment stopped", at)
                 .await?,
+            cancelled_queued_ids: queued.trials.into_iter().map(|t| t.id).collect(),
             ..StopOutcome::default()
         };
         let held = tx.held_trials_of(experiment_id).await?;
+        let held_ids = held.iter().map(|t| t.id.clone()).collect();
         if now {
             for trial in &held {
                 tx.end_trial(&trial.id, TrialStatus::Cancelled, CANCELLED_BY_STOP, at)
                     .await?;
+                self.metrics
+                    .trial_ended(TrialStatus::Cancelled, trained_seconds(trial, at));
             }
             outcome.cancelled_held = held.len() as u64;
+            outcome.cancelled_held_ids = held_ids;
         } else {
             outcome.finishing = held.len() as u64;
+            outcome.finishing_ids = held_ids;
         }
         let reason = if now {
             "stopped with --now".to_string()
@@ -77,6 +98,7 @@ impl Scheduler {
             cancelled_queued = outcome.cancelled_queued,
             cancelled_held = outcome.cancelled_held,
             finishing = outcome.finishing,
+            cancelled_held_ids = ?outcome.cancelled_held_ids,
             "experiment stopped"
         );
         Ok(outcome)

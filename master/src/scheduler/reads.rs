@@ -33,6 +33,15 @@ pub struct WorkerView {
     pub held: Vec<TrialRow>,
 }
 
+/// What an experiment's trial filters can name ([`Scheduler::filter_domain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterDomain {
+    /// Its trials are on chains `0..chains`.
+    pub chains: i64,
+    /// The name of the training objective all its trials use (`plain`, `elr`, ...).
+    pub objective: &'static str,
+}
+
 impl Scheduler {
     async fn require_experiment(
         &self,
@@ -43,6 +52,23 @@ impl Scheduler {
             Some(_) => Ok(()),
             None => Err(MasterError::NotFound(format!("experiment {experiment_id}"))),
         }
+    }
+
+    /// What an experiment's trial filters can name: its chains are `0..chains` (the spec's
+    /// `annealing.chains`, or as many as the chains table holds when the spec leaves it to the
+    /// connected slots) and every trial trains with `objective`.
+    pub async fn filter_domain(&self, experiment_id: &str) -> Result<FilterDomain, MasterError> {
+        let spec = self.spec_of(experiment_id).await?;
+        let mut conn = self.store.conn().await?;
+        let table = conn.list_chains(experiment_id).await?;
+        let in_table = table.iter().map(|c| c.chain + 1).max().unwrap_or(0);
+        let from_spec = i64::from(spec.annealing.chains.min(crate::chains::MAX_CHAINS));
+        Ok(FilterDomain {
+            chains: from_spec.max(in_table).max(1),
+            objective: spec
+                .seed_objective(&explore_common::HyperParams::default())
+                .name(),
+        })
     }
 
     /// A filtered, sorted page of an experiment's trials and how many match.

@@ -18,6 +18,20 @@ async fn a_stopped_experiment_leases_nothing_and_lets_its_trials_in_flight_finis
         .unwrap();
     assert_eq!((outcome.finishing, outcome.cancelled_held), (1, 0));
     assert!(outcome.cancelled_queued >= 1, "{outcome:?}");
+    assert_eq!(outcome.finishing_ids, std::slice::from_ref(&held.id));
+    assert!(outcome.cancelled_held_ids.is_empty(), "{outcome:?}");
+    assert_eq!(
+        outcome.cancelled_queued_ids.len() as u64,
+        outcome.cancelled_queued,
+        "{outcome:?}"
+    );
+    for queued in &outcome.cancelled_queued_ids {
+        let row = trial(&h.sched, queued).await;
+        assert_eq!(
+            (row.status.as_str(), row.error.as_str()),
+            ("cancelled", "experiment stopped")
+        );
+    }
     let v = view(&h.sched, &id).await;
     assert_eq!(v.row.lifecycle().as_str(), "stopped");
     assert_eq!(v.counts.queued, 0);
@@ -62,15 +76,43 @@ async fn a_stopped_experiment_leases_nothing_and_lets_its_trials_in_flight_finis
 
 #[tokio::test]
 async fn stop_now_cancels_the_trials_in_flight_and_tells_their_workers_why() {
-    let h = Harness::long().await;
+    let metrics = Arc::new(crate::metrics::PromMetrics::default());
+    let dir = tempfile::tempdir().unwrap();
+    let sched = open_scheduler(dir.path(), config(LONG_LEASE, 3))
+        .await
+        .with_metrics(metrics.clone());
+    let h = Harness {
+        sched: Arc::new(sched),
+        dir,
+    };
     let w = register(&h.sched, 2).await;
     let id = within(h.sched.submit(spec(10, ""))).await.unwrap();
     let a = lease(&h.sched, &w).await;
     let b = lease(&h.sched, &w).await;
+    within(h.sched.heartbeat(w.as_str(), &a.id, 1, progress(1)))
+        .await
+        .unwrap();
     let outcome = within(h.sched.stop_experiment(id.as_str(), true))
         .await
         .unwrap();
     assert_eq!((outcome.cancelled_held, outcome.finishing), (2, 0));
+    // The outcome names the trials it cancelled.
+    let mut cancelled = outcome.cancelled_held_ids.clone();
+    cancelled.sort();
+    let mut expected = vec![a.id.clone(), b.id.clone()];
+    expected.sort();
+    assert_eq!(cancelled, expected);
+    assert!(outcome.finishing_ids.is_empty(), "{outcome:?}");
+    assert_eq!(
+        outcome.cancelled_queued_ids.len() as u64,
+        outcome.cancelled_queued
+    );
+    // Their training time is recorded under status "cancelled".
+    let text = metrics.render(&crate::metrics::StoreGauges::default(), 0);
+    assert!(
+        text.contains("explore_trial_duration_seconds_count{status=\"cancelled\"} 2"),
+        "{text}"
+    );
     for t in [&a, &b] {
         let row = trial(&h.sched, &t.id).await;
         assert_eq!(

@@ -170,14 +170,23 @@ impl AdminService for AdminApi {
     async fn stop_experiment(
         &self,
         request: Request<proto::StopExperimentRequest>,
-    ) -> Result<Response<proto::ExperimentSummary>, Status> {
+    ) -> Result<Response<proto::StopExperimentResponse>, Status> {
         let request = request.into_inner();
         let id: ExperimentId = parse_id("experiment_id", &request.experiment_id)?;
-        self.scheduler
+        let outcome = self
+            .scheduler
             .stop_experiment(id.as_str(), request.now)
             .await?;
         let view = self.scheduler.experiment_view(id.as_str()).await?;
-        Ok(Response::new(experiment_summary(&view)))
+        Ok(Response::new(proto::StopExperimentResponse {
+            experiment: Some(experiment_summary(&view)),
+            cancelled_queued: outcome.cancelled_queued,
+            cancelled_held: outcome.cancelled_held,
+            finishing: outcome.finishing,
+            cancelled_queued_ids: outcome.cancelled_queued_ids,
+            cancelled_held_ids: outcome.cancelled_held_ids,
+            finishing_ids: outcome.finishing_ids,
+        }))
     }
 
     async fn resume_experiment(

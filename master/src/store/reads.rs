@@ -14,11 +14,15 @@ pub enum TrialSort {
     Created,
     Epochs,
     Params,
+    Status,
+    Chain,
 }
 
 impl TrialSort {
     /// The sort key's name in the API.
-    pub const NAMES: &'static [&'static str] = &["seq", "score", "created", "epochs", "params"];
+    pub const NAMES: &'static [&'static str] = &[
+        "seq", "score", "created", "epochs", "params", "status", "chain",
+    ];
 
     /// Parses an API sort key.
     pub fn parse(name: &str) -> Option<TrialSort> {
@@ -28,6 +32,8 @@ impl TrialSort {
             "created" => TrialSort::Created,
             "epochs" => TrialSort::Epochs,
             "params" => TrialSort::Params,
+            "status" => TrialSort::Status,
+            "chain" => TrialSort::Chain,
             _ => return None,
         })
     }
@@ -40,6 +46,9 @@ impl TrialSort {
             TrialSort::Created => "created_at_ms",
             TrialSort::Epochs => "epoch",
             TrialSort::Params => "params",
+            // By name: cancelled, completed, failed, leased, pruned, queued, running.
+            TrialSort::Status => "status",
+            TrialSort::Chain => "chain",
         }
     }
 }
