@@ -2,7 +2,7 @@
 # Dashboard paging benchmark (issue 15): the real master (release build, SQLite on disk,
 # loopback) over a pool pre-filled with 100,000 completed trials (`master dev-prefill`), asked
 # for what the dashboard asks: trial pages (first, deep offset, sorted by score, params,
-# status and chain, filtered by status, chain, score and objective),
+# status, chain and objective, filtered by status, chain, score and objective),
 # the best-so-far curve, the genealogy, the chains' temperatures, the experiment list and
 # /metrics. Each request is timed N times from a Python client (stdlib only); p50 and p99 in
 # milliseconds. Baseline in the same run: listing the whole pool as a script did before the
@@ -75,6 +75,7 @@ cases = [
     ("sorted by params", f"{t}?sort=params"),
     ("sorted by status", f"{t}?sort=status"),
     ("sorted by chain", f"{t}?sort=chain"),
+    ("sorted by objective", f"{t}?sort=objective"),
     ("500 per page", f"{t}?limit=500"),
     ("best-so-far curve", f"/api/v1/experiments/{exp}/best"),
     ("genealogy (60 best + ancestors)", f"/api/v1/experiments/{exp}/genealogy"),

@@ -16,12 +16,22 @@ pub enum TrialSort {
     Params,
     Status,
     Chain,
+    /// The training objective's name (`plain`, `elr`, ...), a JSON expression each backend
+    /// writes in its own SQL.
+    Objective,
 }
 
 impl TrialSort {
     /// The sort key's name in the API.
     pub const NAMES: &'static [&'static str] = &[
-        "seq", "score", "created", "epochs", "params", "status", "chain",
+        "seq",
+        "score",
+        "created",
+        "epochs",
+        "params",
+        "status",
+        "chain",
+        "objective",
     ];
 
     /// Parses an API sort key.
@@ -34,13 +44,15 @@ impl TrialSort {
             "params" => TrialSort::Params,
             "status" => TrialSort::Status,
             "chain" => TrialSort::Chain,
+            "objective" => TrialSort::Objective,
             _ => return None,
         })
     }
 
-    /// The column a SQL backend orders by.
-    pub(crate) fn column(self) -> &'static str {
-        match self {
+    /// The column a SQL backend orders by, or None for [`TrialSort::Objective`], an
+    /// expression in the backend's own SQL.
+    pub(crate) fn column(self) -> Option<&'static str> {
+        Some(match self {
             TrialSort::Seq => "seq",
             TrialSort::Score => "score",
             TrialSort::Created => "created_at_ms",
@@ -49,6 +61,17 @@ impl TrialSort {
             // By name: cancelled, completed, failed, leased, pruned, queued, running.
             TrialSort::Status => "status",
             TrialSort::Chain => "chain",
+            TrialSort::Objective => return None,
+        })
+    }
+
+    /// What the page query orders by, inside (`trials` unaliased) and outside (`trials t`) of
+    /// its id subquery, given the backend's SQL for the objective.
+    pub(crate) fn order_keys(self, objective_sql: &str) -> (String, String) {
+        match self.column() {
+            Some(column) => (column.to_string(), format!("t.{column}")),
+            // The expression names `hparams_json` alone, which only `t` has outside.
+            None => (objective_sql.to_string(), objective_sql.to_string()),
         }
     }
 }

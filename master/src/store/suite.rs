@@ -933,6 +933,66 @@ async fn chains_round_trip_and_loads_count_open_trials(store: Store) {
     assert_eq!(loads, vec![(0, 2, 2), (1, 1, 1)]);
 }
 
+async fn trial_pages_sort_by_every_key_and_filter_by_objective(store: Store) {
+    use crate::store::reads::{TrialFilter, TrialSort};
+    let mut conn = store.conn().await.unwrap();
+    conn.insert_experiment(EXP_A, "demo", "{}", 1)
+        .await
+        .unwrap();
+    // The objective as the three shapes the hyperparameters' JSON gives it.
+    let hparams = [
+        "{}",
+        r#"{"objective":"elr"}"#,
+        r#"{"objective":{"disentangle":{"weight":1.0}}}"#,
+        "{}",
+    ];
+    for (seq, h) in hparams.iter().enumerate() {
+        let t = new_trial(EXP_A, &trial_id(seq as i64), seq as i64, "g", h);
+        conn.insert_trial(&t, 1).await.unwrap();
+    }
+    let all = TrialFilter::default();
+    let order = |page: TrialPage| -> Vec<i64> { page.trials.iter().map(|t| t.seq).collect() };
+    for (sort, ascending, descending) in [
+        (TrialSort::Seq, vec![0, 1, 2, 3], vec![3, 2, 1, 0]),
+        (TrialSort::Params, vec![0, 1, 2, 3], vec![3, 2, 1, 0]),
+        // Ties by seq, in the same direction.
+        (TrialSort::Status, vec![0, 1, 2, 3], vec![3, 2, 1, 0]),
+        (TrialSort::Chain, vec![0, 2, 1, 3], vec![3, 1, 2, 0]),
+        (TrialSort::Objective, vec![2, 1, 0, 3], vec![3, 0, 1, 2]),
+    ] {
+        for (descending_flag, expected) in [(false, ascending), (true, descending)] {
+            let page = conn
+                .query_trials(EXP_A, &all, sort, descending_flag, 0, 10)
+                .await
+                .unwrap();
+            assert_eq!(page.total, 4);
+            assert_eq!(
+                order(page),
+                expected,
+                "{sort:?}, descending {descending_flag}"
+            );
+        }
+    }
+    let elr = TrialFilter {
+        objective: Some("elr".into()),
+        ..TrialFilter::default()
+    };
+    let page = conn
+        .query_trials(EXP_A, &elr, TrialSort::Objective, false, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!((page.total, order(page)), (1, vec![1]));
+    let plain = TrialFilter {
+        objective: Some("plain".into()),
+        ..TrialFilter::default()
+    };
+    let page = conn
+        .query_trials(EXP_A, &plain, TrialSort::Seq, true, 1, 10)
+        .await
+        .unwrap();
+    assert_eq!((page.total, order(page)), (2, vec![0]), "offset 1 of two");
+}
+
 macro_rules! store_test_suite {
     ($($case:ident),* $(,)?) => {
         mod in_memory {
@@ -999,6 +1059,7 @@ store_test_suite!(
     tallies_match_a_count_of_the_rows_after_every_kind_of_change,
     trials_are_listed_page_by_page_in_seq_order,
     base_candidates_are_the_best_accepted_in_seq_order,
+    trial_pages_sort_by_every_key_and_filter_by_objective,
 );
 
 /// The tallies the triggers keep (`trial_tallies`, `chain_tallies`) against a direct count of

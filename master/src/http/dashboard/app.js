@@ -450,7 +450,7 @@
     }
 
     function renderTrialTable({ page, sort, order }) {
-      const cols = [['#', 'seq'], ['Status', 'status'], ['Chain', 'chain'], ['Objective'], ['Score', 'score'], ['Test'], ['Epochs', 'epochs'], ['Params', 'params'],
+      const cols = [['#', 'seq'], ['Status', 'status'], ['Chain', 'chain'], ['Objective', 'objective'], ['Score', 'score'], ['Test'], ['Epochs', 'epochs'], ['Params', 'params'],
         ['Temp.'], ['Accepted'], ['Mutation'], ['Created', 'created'], ['Duration']];
       const head = h('tr', {}, cols.map(([label, key]) => {
         if (!key) return h('th', { scope: 'col' }, label);

@@ -51,7 +51,7 @@ pub async fn query_trials(
     }
     let (limit_param, offset_param) = (n + 1, n + 2);
     let direction = if descending { "DESC" } else { "ASC" };
-    let column = sort.column();
+    let (inner_key, outer_key) = sort.order_keys(OBJECTIVE_SQL);
     // Only `score` can be NULL; unscored trials go last either way (PostgreSQL sorts NULL
     // above every value, so both directions say so).
     let nulls = if sort == TrialSort::Score {
@@ -66,10 +66,10 @@ pub async fn query_trials(
     let page_sql = format!(
         "SELECT t.* FROM trials t JOIN (
              SELECT id FROM trials WHERE {conditions}
-              ORDER BY {column} {direction}{nulls}, seq {direction}
+              ORDER BY {inner_key} {direction}{nulls}, seq {direction}
               LIMIT ${limit_param} OFFSET ${offset_param}
          ) page ON t.id = page.id
-         ORDER BY t.{column} {direction}{nulls}, t.seq {direction}"
+         ORDER BY {outer_key} {direction}{nulls}, t.seq {direction}"
     );
     macro_rules! bind_filter {
         ($query:expr) => {{

@@ -43,7 +43,7 @@ pub async fn query_trials(
         conditions.push_str(" AND score <= ?");
     }
     let direction = if descending { "DESC" } else { "ASC" };
-    let column = sort.column();
+    let (inner_key, outer_key) = sort.order_keys(OBJECTIVE_SQL);
     // Only `score` can be NULL; unscored trials go last either way. The other keys are NOT
     // NULL, and an ORDER BY without expressions lets SQLite walk an index.
     let nulls = if sort == TrialSort::Score && !descending {
@@ -58,9 +58,9 @@ pub async fn query_trials(
     let page_sql = format!(
         "SELECT t.* FROM trials t JOIN (
              SELECT rowid AS r FROM trials WHERE {conditions}
-              ORDER BY {column} {direction}{nulls}, seq {direction} LIMIT ? OFFSET ?
+              ORDER BY {inner_key} {direction}{nulls}, seq {direction} LIMIT ? OFFSET ?
          ) page ON t.rowid = page.r
-         ORDER BY t.{column} {direction}{nulls}, t.seq {direction}"
+         ORDER BY {outer_key} {direction}{nulls}, t.seq {direction}"
     );
     macro_rules! bind_filter {
         ($query:expr) => {{
