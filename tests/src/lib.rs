@@ -226,6 +226,22 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
+/// The trials of a `trials_json` listing in `status`.
+pub fn with_status<'a>(
+    trials: &'a [serde_json::Value],
+    status: &str,
+) -> Vec<&'a serde_json::Value> {
+    trials.iter().filter(|t| t["status"] == status).collect()
+}
+
+/// Two loopback addresses nothing listens on now: bound together (so they differ), then
+/// released, for masters started later on known addresses.
+pub fn reserve_two_ports() -> Result<(String, String)> {
+    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.to_string(), b.local_addr()?.to_string()))
+}
+
 /// A master started on a free loopback port with its own data directory.
 pub struct MasterProc {
     pub proc: Proc,
@@ -358,6 +374,18 @@ impl MasterProc {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// `master trials EXP --json` on this master: one JSON object per trial.
+    pub fn trials_json(&self, experiment: &str) -> Result<Vec<serde_json::Value>> {
+        let out = self.client(&["trials", experiment, "--json"])?;
+        if !out.status.success() {
+            bail!("master trials failed: {}", describe(&out));
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).context("one JSON object per line"))
+            .collect()
     }
 
     /// The token file the master created.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use explore_tests::{
     describe, poll, read_log, require_fashion_mnist, start_worker, submitted_experiment_id,
-    MasterProc,
+    with_status, MasterProc,
 };
 use serde_json::Value;
 
@@ -40,22 +40,6 @@ hparams = {{ optimizer = "adamw", learning_rate = 0.002, schedule = "constant", 
     )
 }
 
-/// `master trials --json`, one object per trial.
-fn trials(master: &MasterProc, id: &str) -> Result<Vec<Value>> {
-    let out = master.client(&["trials", id, "--json"])?;
-    if !out.status.success() {
-        bail!("master trials failed: {}", describe(&out));
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).context("a JSON line"))
-        .collect()
-}
-
-fn with_status<'a>(trials: &'a [Value], status: &str) -> Vec<&'a Value> {
-    trials.iter().filter(|t| t["status"] == status).collect()
-}
-
 fn run(dir: &Path) -> Result<()> {
     let master = MasterProc::start(
         &dir.join("master"),
@@ -78,7 +62,7 @@ fn run(dir: &Path) -> Result<()> {
         Duration::from_secs(120),
         Duration::from_millis(200),
         || {
-            let ts = trials(&master, &id)?;
+            let ts = master.trials_json(&id)?;
             Ok(with_status(&ts, "running")
                 .first()
                 .map(|t| t["trial_id"].as_str().unwrap_or_default().to_string()))
@@ -94,7 +78,7 @@ fn run(dir: &Path) -> Result<()> {
         spec_path.to_str().context("utf-8 path")?,
     ])?;
     assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
-    let running = trials(&master, &id)?;
+    let running = master.trials_json(&id)?;
     assert!(
         running
             .iter()
@@ -135,7 +119,7 @@ fn run(dir: &Path) -> Result<()> {
         serde_json::json!([]),
         "{again}"
     );
-    let stopped = trials(&master, &id)?;
+    let stopped = master.trials_json(&id)?;
     let t = stopped
         .iter()
         .find(|t| t["trial_id"] == training.as_str())
@@ -155,7 +139,7 @@ fn run(dir: &Path) -> Result<()> {
 
     // Stopped: nothing is leased for a while, though the worker asks.
     for _ in 0..15 {
-        let ts = trials(&master, &id)?;
+        let ts = master.trials_json(&id)?;
         let held = with_status(&ts, "leased").len() + with_status(&ts, "running").len();
         assert_eq!(held, 0, "a stopped experiment leased a trial: {ts:?}");
         std::thread::sleep(Duration::from_millis(200));
@@ -175,7 +159,7 @@ fn run(dir: &Path) -> Result<()> {
         Duration::from_secs(240),
         Duration::from_millis(500),
         || {
-            let ts = trials(&master, &id)?;
+            let ts = master.trials_json(&id)?;
             Ok(
                 (with_status(&ts, "completed").len() + with_status(&ts, "pruned").len() >= TRIALS)
                     .then_some(ts),

@@ -4,15 +4,14 @@
 //! leases, and the experiment completes with every trial completed exactly once.
 
 use std::collections::HashSet;
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use explore_tests::pool::PoolDb;
 use explore_tests::{
-    describe, poll, read_log, require_fashion_mnist, start_worker_at, submitted_experiment_id,
-    MasterProc,
+    describe, poll, read_log, require_fashion_mnist, reserve_two_ports, start_worker_at,
+    submitted_experiment_id, with_status, MasterProc,
 };
 
 const MAX_TRIALS: usize = 4;
@@ -47,30 +46,6 @@ preset = "cnn2"
 hparams = {{ optimizer = "adamw", learning_rate = 0.003, schedule = "constant", batch_size = 64, weight_decay = 0.0001, epochs = 2 }}
 "#
     )
-}
-
-/// Two loopback addresses nothing listens on now: bound together (so they differ), then
-/// released.
-fn reserve_two_ports() -> Result<(String, String)> {
-    let a = TcpListener::bind("127.0.0.1:0")?;
-    let b = TcpListener::bind("127.0.0.1:0")?;
-    Ok((a.local_addr()?.to_string(), b.local_addr()?.to_string()))
-}
-
-/// `master trials EXP --json` on `master`: one object per trial.
-fn trials(master: &MasterProc, experiment: &str) -> Result<Vec<serde_json::Value>> {
-    let out = master.client(&["trials", experiment, "--json"])?;
-    if !out.status.success() {
-        bail!("master trials failed: {}", describe(&out));
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).context("one JSON object per line"))
-        .collect()
-}
-
-fn with_status<'a>(trials: &'a [serde_json::Value], status: &str) -> Vec<&'a serde_json::Value> {
-    trials.iter().filter(|t| t["status"] == status).collect()
 }
 
 /// Rows of the data directory's `late_results` (results that arrived for an attempt after its
@@ -114,7 +89,7 @@ fn a_worker_follows_the_master_that_takes_over_from_a_killed_one() -> Result<()>
         Duration::from_secs(45),
         Duration::from_millis(200),
         || {
-            let trials = trials(&a, &experiment)?;
+            let trials = a.trials_json(&experiment)?;
             let done = with_status(&trials, "completed").len();
             let running = with_status(&trials, "running").len();
             Ok((done >= 1 && running >= 1 && done < MAX_TRIALS).then_some(done))
@@ -131,7 +106,7 @@ fn a_worker_follows_the_master_that_takes_over_from_a_killed_one() -> Result<()>
         Duration::from_secs(60),
         Duration::from_millis(300),
         || {
-            let trials = trials(&b, &experiment)?;
+            let trials = b.trials_json(&experiment)?;
             let ended = trials.len() >= MAX_TRIALS
                 && trials
                     .iter()

@@ -8,13 +8,12 @@
 //! with a message without one, a failure in CI.
 
 use std::collections::HashSet;
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use explore_tests::{
-    describe, fresh_pg_database, pg_server, poll, read_log, require_fashion_mnist, start_worker_at,
-    submitted_experiment_id, MasterProc, Proc,
+    describe, fresh_pg_database, pg_server, poll, read_log, require_fashion_mnist,
+    reserve_two_ports, start_worker_at, submitted_experiment_id, with_status, MasterProc, Proc,
 };
 
 const MAX_TRIALS: usize = 9;
@@ -51,27 +50,8 @@ hparams = {{ optimizer = "adamw", learning_rate = 0.003, schedule = "constant", 
     )
 }
 
-/// Two loopback addresses nothing listens on now.
-fn reserve_two_ports() -> Result<(String, String)> {
-    let a = TcpListener::bind("127.0.0.1:0")?;
-    let b = TcpListener::bind("127.0.0.1:0")?;
-    Ok((a.local_addr()?.to_string(), b.local_addr()?.to_string()))
-}
-
-/// `master trials EXP --json` on `master`.
-fn trials(master: &MasterProc, experiment: &str) -> Result<Vec<serde_json::Value>> {
-    let out = master.client(&["trials", experiment, "--json"])?;
-    if !out.status.success() {
-        bail!("master trials failed: {}", describe(&out));
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).context("one JSON object per line"))
-        .collect()
-}
-
 fn count(trials: &[serde_json::Value], status: &str) -> usize {
-    trials.iter().filter(|t| t["status"] == status).count()
+    with_status(trials, status).len()
 }
 
 /// Waits until `master` answers as the active master and returns how long that took.
@@ -100,7 +80,7 @@ fn wait_for(
         Duration::from_secs(120),
         Duration::from_millis(200),
         || {
-            let trials = trials(master, experiment)?;
+            let trials = master.trials_json(experiment)?;
             Ok(done(&trials).then_some(trials))
         },
     )

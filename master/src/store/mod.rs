@@ -14,6 +14,7 @@
 #[macro_use]
 mod contract;
 mod error;
+mod migrate;
 mod model;
 pub mod postgres;
 pub mod reads;

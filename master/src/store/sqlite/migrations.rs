@@ -1,16 +1,8 @@
-//! The schema's migrations, embedded in the binary and applied at start-up by sqlx's
-//! [`Migrator`], without sqlx's `migrate!` macro: the macro crate builds a second copy of the
-//! SQLite driver for the compiler host, minutes of every fresh build on a small machine.
-//!
-//! A new migration is a file `migrations/sqlite/NNNN_name.sql` plus its line in [`MIGRATIONS`]; a test
-//! checks that the two agree. The checksums are the same as `migrate!` computed (SHA-384 of the
-//! file's text), so databases created by earlier builds keep validating.
+//! This backend's migrations (`master/migrations/sqlite/`), embedded in the binary and applied at
+//! start-up (`store/migrate.rs`). A new migration is a file `NNNN_name.sql` there plus its line
+//! in [`MIGRATIONS`]; a test checks that the two agree.
 
-use std::borrow::Cow;
-
-use futures::future::BoxFuture;
-use sqlx::error::BoxDynError;
-use sqlx::migrate::{MigrateError, Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::migrate::{MigrateError, Migrator};
 
 /// Every migration: (version, description, SQL), in version order.
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -51,32 +43,9 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-/// [`MIGRATIONS`] as a source sqlx can resolve.
-#[derive(Debug)]
-struct Embedded;
-
-impl<'s> MigrationSource<'s> for Embedded {
-    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {
-        Box::pin(async {
-            Ok(MIGRATIONS
-                .iter()
-                .map(|(version, description, sql)| {
-                    Migration::new(
-                        *version,
-                        Cow::Borrowed(*description),
-                        MigrationType::Simple,
-                        Cow::Borrowed(*sql),
-                        false,
-                    )
-                })
-                .collect())
-        })
-    }
-}
-
 /// The migrator for the embedded migrations.
 pub async fn migrator() -> Result<Migrator, MigrateError> {
-    Migrator::new(Embedded).await
+    crate::store::migrate::migrator(MIGRATIONS).await
 }
 
 #[cfg(test)]
@@ -85,27 +54,6 @@ mod tests {
 
     #[test]
     fn every_migration_file_is_embedded_in_order_with_its_text() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
-        let mut files: Vec<(i64, String)> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().path())
-            .filter(|path| path.extension().is_some_and(|e| e == "sql"))
-            .map(|path| {
-                let name = path.file_name().unwrap().to_string_lossy().to_string();
-                let version = name.split('_').next().unwrap().parse().unwrap();
-                (version, std::fs::read_to_string(&path).unwrap())
-            })
-            .collect();
-        files.sort();
-        let embedded: Vec<(i64, String)> = MIGRATIONS
-            .iter()
-            .map(|(version, _, sql)| (*version, sql.to_string()))
-            .collect();
-        assert_eq!(
-            files.iter().map(|f| f.0).collect::<Vec<_>>(),
-            embedded.iter().map(|f| f.0).collect::<Vec<_>>(),
-            "migrations/sqlite/ and MIGRATIONS list different versions"
-        );
-        assert_eq!(files, embedded);
+        crate::store::migrate::assert_files_are_embedded("migrations/sqlite", MIGRATIONS);
     }
 }
