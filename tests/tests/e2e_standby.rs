@@ -202,3 +202,60 @@ fn the_standby_takes_over_twice_and_every_trial_completes_once() -> Result<()> {
     }
     Ok(())
 }
+
+/// A master whose election session ends (here: terminated by the database, as a lost network
+/// would end it) stops serving and exits with an error instead of going on unfenced; the
+/// standby takes over.
+#[test]
+fn a_master_that_loses_its_election_session_exits_and_the_standby_takes_over() -> Result<()> {
+    let Some(server) = pg_server("a_master_that_loses_its_election_session") else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let data_dir = tmp.path().join("shared");
+    let db = fresh_pg_database(&server)?;
+    let (a_addr, b_addr) = reserve_two_ports()?;
+    let flags = ["--heartbeat-secs", "1", "--lease-secs", "20", "--db", &db];
+    let mut a = MasterProc::start_on(&data_dir, &a_addr, &flags)?;
+    let b = MasterProc::start_on(&data_dir, &b_addr, &flags)?;
+    ensure!(a.client(&["status"])?.status.success(), "A is active");
+
+    // End A's election session from the database side: the session holding the advisory lock.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let terminated: i64 = rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&db).await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_locks
+              WHERE locktype = 'advisory' AND granted AND database = (
+                  SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        conn.close().await?;
+        anyhow::Ok(n)
+    })?;
+    ensure!(
+        terminated == 1,
+        "one election session held the lock, not {terminated}"
+    );
+
+    let exited = poll(
+        "master A to exit",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || Ok((!a.proc.is_running()).then_some(())),
+    );
+    exited.with_context(|| read_log(&a.log))?;
+    let log = read_log(&a.log);
+    ensure!(
+        log.contains("lost the leadership"),
+        "A's log does not say why it stopped:\n{log}"
+    );
+    let status = a.proc.child.wait()?;
+    ensure!(!status.success(), "A exited with {status}, not an error");
+    takeover_time(&b, Instant::now())?;
+    Ok(())
+}
