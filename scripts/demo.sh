@@ -19,9 +19,11 @@ out="$data_dir/best-model"
 
 bash scripts/setup.sh
 echo "==> building explore (first build about 15 minutes on 2 cores: libtorch's C++ shim and"
-echo "    about 400 crates; later builds take seconds; cargo shows nothing until it is done)"
+echo "    about 400 crates; later builds take seconds)"
 build_start=$SECONDS
-cargo build --workspace --bins --quiet
+# On a terminal cargo's own progress bar shows how far the build is; in a log, one line at the end.
+if [[ -t 2 ]]; then quiet=(); else quiet=(--quiet); fi
+cargo build --workspace --bins "${quiet[@]}"
 echo "==> built in $((SECONDS - build_start)) s"
 bin="${CARGO_TARGET_DIR:-$root/target}/debug"
 

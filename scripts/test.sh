@@ -46,7 +46,9 @@ fi
 echo "==> cargo clippy (first run about 5-10 minutes on 2 cores, later runs seconds to a minute)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo build (binaries for the end-to-end tests; first build about 15 minutes on 2 cores, later builds seconds)"
-cargo build --workspace --bins --quiet
+# On a terminal cargo's own progress bar shows how far the build is; in a log (CI), nothing.
+if [[ -t 2 ]]; then quiet=(); else quiet=(--quiet); fi
+cargo build --workspace --bins "${quiet[@]}"
 echo "==> cargo test (builds the test executables, then runs the suite; tens of minutes on 2 cores: the end-to-end tests train real networks)"
 cargo test --workspace --no-fail-fast -- --test-threads 2
 
