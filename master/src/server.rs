@@ -233,9 +233,7 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
     let active_at_start = election.try_acquire().await?;
     match active_at_start {
         Some(epoch) => {
-            if store.backend_name() != "sqlite" {
-                tracing::info!(epoch, "active master");
-            }
+            tracing::info!(epoch, "active master");
             scheduler.resume().await?;
             scheduler.tick().await?;
         }
