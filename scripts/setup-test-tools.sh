@@ -12,7 +12,9 @@
 #   - for deploy/check.sh (the Kubernetes manifests): `kubectl kustomize` (Debian's
 #     `kubernetes-client`, unless a kubectl is already there), kubernetes-validate (pinned, in the
 #     test venv) and checkov (pinned, in its own venv ~/.cache/explore/checkov-venv: it pins many
-#     libraries of its own). First install about 40 s.
+#     libraries of its own). First install about 40 s;
+#   - moto's S3-compatible server (pinned, in its own venv ~/.cache/explore/s3-venv) for the
+#     object-storage test (tests/tests/e2e_object_storage.rs, through tests/src/s3.rs).
 # A first run usually takes 30 s to 2 minutes (about 350 MB of Debian packages, then a few seconds
 # for the venv); later runs take well under a second.
 set -euo pipefail
@@ -20,10 +22,12 @@ set -euo pipefail
 SELENIUM_VERSION=4.27.1
 KUBERNETES_VALIDATE_VERSION=1.37.0
 CHECKOV_VERSION=3.3.30
+MOTO_VERSION=5.2.6
 
 cache="${EXPLORE_CACHE:-$HOME/.cache/explore}"
 venv="$cache/test-venv"
 checkov_venv="$cache/checkov-venv"
+s3_venv="$cache/s3-venv"
 start=$SECONDS
 
 sudo_if_needed() {
@@ -71,6 +75,16 @@ if ! "$checkov_venv/bin/checkov" --version 2>/dev/null | grep -qx "$CHECKOV_VERS
   [ -x "$checkov_venv/bin/python" ] || /usr/bin/python3 -m venv "$checkov_venv"
   "$checkov_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     "checkov==$CHECKOV_VERSION"
+  echo "    done in $((SECONDS - t)) s"
+fi
+
+if ! "$s3_venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null \
+   || [ ! -x "$s3_venv/bin/moto_server" ]; then
+  echo "==> installing moto $MOTO_VERSION (an S3-compatible server) into $s3_venv (usually 10-20 s)"
+  t=$SECONDS
+  [ -x "$s3_venv/bin/python" ] || /usr/bin/python3 -m venv "$s3_venv"
+  "$s3_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "moto[s3]==$MOTO_VERSION" "flask==3.1.3" "flask-cors==6.0.5"
   echo "    done in $((SECONDS - t)) s"
 fi
 

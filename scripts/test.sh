@@ -13,6 +13,11 @@ bash scripts/setup-test-tools.sh
 export EXPLORE_REQUIRE_DATA=1
 # setup-test-tools.sh installs the browser, so the dashboard test must not skip either.
 export EXPLORE_REQUIRE_BROWSER=1
+# ... nor the object-storage test (its S3-compatible server comes from setup-test-tools.sh).
+export EXPLORE_REQUIRE_S3=1
+# Every cargo command below builds the master with object storage (S3, GCS, Azure), which the
+# object-storage test needs; one feature set for all of them, so none rebuilds another's work.
+features=(--features explore-master/cloud)
 
 # A private, throwaway PostgreSQL cluster on 127.0.0.1 (scripts/pg-test-cluster.sh, a few
 # seconds), removed when this script ends, whether the tests pass or not. Started before the
@@ -43,14 +48,16 @@ if cargo tree -p explore-master -e normal,build --prefix none | grep -qE '^(tch|
   echo "explore-master depends on tch/torch-sys" >&2
   exit 1
 fi
+echo "==> the master without object storage (the default build) still compiles (seconds to a minute)"
+cargo check -p explore-master --quiet
 echo "==> cargo clippy (first run about 5-10 minutes on 2 cores, later runs seconds to a minute)"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets "${features[@]}" --quiet -- -D warnings
 echo "==> cargo build (binaries for the end-to-end tests; first build about 15 minutes on 2 cores, later builds seconds)"
 # On a terminal cargo's own progress bar shows how far the build is; in a log (CI), nothing.
 if [[ -t 2 ]]; then quiet=(); else quiet=(--quiet); fi
-cargo build --workspace --bins "${quiet[@]}"
+cargo build --workspace --bins "${features[@]}" "${quiet[@]}"
 echo "==> cargo test (builds the test executables, then runs the suite; tens of minutes on 2 cores: the end-to-end tests train real networks)"
-cargo test --workspace --no-fail-fast -- --test-threads 2
+cargo test --workspace "${features[@]}" --no-fail-fast -- --test-threads 2
 
 # The same suites again with the pool on PostgreSQL (EXPLORE_TEST_PG_URL is always set in CI,
 # where the cluster above must start): the scheduler tests, then the fault suite and the
@@ -59,9 +66,9 @@ if [ -n "${EXPLORE_TEST_PG_URL:-}" ]; then
   echo "==> the scheduler tests on PostgreSQL (about 1.5 minutes on 2 cores: 82 tests, each on a schema of its own)"
   # --workspace, as above: a single-package build unifies features differently and would
   # recompile a third of the dependencies (about 3 minutes) for the same tests.
-  EXPLORE_SCHEDULER_TESTS_DB=postgres cargo test --workspace --lib -- scheduler_tests
+  EXPLORE_SCHEDULER_TESTS_DB=postgres cargo test --workspace "${features[@]}" --lib -- scheduler_tests
   echo "==> the fault suite and the cluster end-to-end tests on PostgreSQL (2.5 to 4 minutes on 2 cores, each master on a fresh database)"
-  EXPLORE_E2E_DB=postgres cargo test --workspace --no-fail-fast \
+  EXPLORE_E2E_DB=postgres cargo test --workspace "${features[@]}" --no-fail-fast \
     --test faults --test e2e_cluster --test e2e_slots --test e2e_failover --test e2e_control \
     -- --test-threads 2
 fi

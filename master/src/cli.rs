@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::artifacts::ArtifactLocation;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use explore_common::client::{
@@ -94,7 +95,8 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Directory for the database, the cluster token and checkpoints.
+    /// Directory for the database, the cluster token and (unless --artifacts says otherwise)
+    /// checkpoints.
     #[arg(long, env = "EXPLORE_DATA_DIR", default_value = ".explore")]
     pub data_dir: PathBuf,
     /// Where the pool lives: `sqlite` (embedded, a file in --data-dir) or a PostgreSQL URL
@@ -135,6 +137,12 @@ pub struct ServeArgs {
     /// <data-dir>/token, which is then neither read nor created.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Where checkpoints live: a directory (default <data-dir>/artifacts; a volume every master
+    /// mounts when several run) or object storage: `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix`, configured by the provider's usual environment variables
+    /// (AWS_ACCESS_KEY_ID, AWS_REGION, AWS_ENDPOINT, …).
+    #[arg(long, env = "EXPLORE_ARTIFACTS", value_name = "DIR|URL")]
+    pub artifacts: Option<String>,
 }
 
 impl TryFrom<&ServeArgs> for ServeConfig {
@@ -167,6 +175,11 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             },
             http_listen: a.http_listen,
             token_file: a.token_file.clone(),
+            artifacts: a
+                .artifacts
+                .as_deref()
+                .map(ArtifactLocation::parse)
+                .transpose()?,
             ..ServeConfig::default()
         })
     }

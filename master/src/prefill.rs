@@ -32,7 +32,7 @@ pub async fn prefill(
     let _lock = crate::lock::DataDirLock::acquire(data_dir)?;
     let backend = SqliteBackend::open(data_dir).await?;
     let store = Store::from_backend(backend.clone());
-    let artifacts = ArtifactStore::open(&data_dir.join("artifacts"), 1 << 30)?;
+    let artifacts = ArtifactStore::open_dir(&data_dir.join("artifacts"), 1 << 30).await?;
     let scheduler = Scheduler::new(store.clone(), artifacts, SchedulerConfig::default());
     let id = scheduler.submit(spec).await?.to_string();
     let started = Instant::now();

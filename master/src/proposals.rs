@@ -391,7 +391,11 @@ impl Search<'_> {
         let inherit_from = base
             .checkpoint_sha256
             .clone()
-            .filter(|sha| self.spec.inheritance.enabled && self.artifacts.contains(sha));
+            .filter(|_| self.spec.inheritance.enabled);
+        let inherit_from = match inherit_from {
+            Some(sha) if self.artifacts.contains(&sha).await? => Some(sha),
+            _ => None,
+        };
         let fine_tune = self.spec.inheritance.fine_tune_epochs;
         if inherit_from.is_some() && fine_tune > 0 {
             hparams.epochs = hparams.epochs.min(fine_tune);

@@ -695,7 +695,7 @@ impl Scheduler {
             .map_err(|e| MasterError::InvalidArgument(e.to_string()))?;
         validate_result(&result)?;
         if let Some(sha) = &result.checkpoint_sha256 {
-            if !self.artifacts.contains(sha) {
+            if !self.artifacts.contains(sha).await? {
                 return Err(MasterError::FailedPrecondition(format!(
                     "checkpoint {sha} was not uploaded"
                 )));

@@ -21,7 +21,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::artifacts::ArtifactStore;
+use crate::artifacts::{ArtifactLocation, ArtifactStore};
 use crate::auth::{load_or_create_token, load_token, TokenAuth};
 use crate::error::MasterError;
 use crate::http::HttpState;
@@ -57,6 +57,17 @@ pub struct ServeConfig {
     /// Read the cluster token from this file (e.g. a mounted Kubernetes Secret) instead of
     /// `data_dir/token`, which is then neither read nor created.
     pub token_file: Option<PathBuf>,
+    /// Where checkpoints live; `None` is `data_dir/artifacts`.
+    pub artifacts: Option<ArtifactLocation>,
+}
+
+impl ServeConfig {
+    /// Where checkpoints live: [`ServeConfig::artifacts`], or `data_dir/artifacts`.
+    pub fn artifacts_location(&self) -> ArtifactLocation {
+        self.artifacts
+            .clone()
+            .unwrap_or_else(|| ArtifactLocation::Dir(self.data_dir.join("artifacts")))
+    }
 }
 
 /// The master's TLS files (PEM). With `client_ca`, every client must present a certificate
@@ -101,6 +112,7 @@ impl Default for ServeConfig {
             tick_interval: Duration::from_secs(1),
             http_listen: None,
             token_file: None,
+            artifacts: None,
         }
     }
 }
@@ -214,10 +226,9 @@ pub async fn start(config: ServeConfig) -> Result<MasterHandle, MasterError> {
     let store = Store::connect(&config.db, &config.data_dir).await?;
     tracing::info!(backend = store.backend_name(), "pool opened");
     let election = store.election(&master_name(config.listen)).await?;
-    let artifacts = ArtifactStore::open(
-        &config.data_dir.join("artifacts"),
-        config.max_checkpoint_bytes,
-    )?;
+    let artifacts =
+        ArtifactStore::open(&config.artifacts_location(), config.max_checkpoint_bytes).await?;
+    tracing::info!(location = %artifacts.location(), "checkpoints opened");
     let token = match &config.token_file {
         Some(file) => load_token(file)?,
         None => load_or_create_token(&config.data_dir)?,

@@ -90,7 +90,7 @@ pub async fn derive_seeds(
         let (Some(score), Some(sha)) = (trial.score, trial.checkpoint_sha256.clone()) else {
             continue;
         };
-        if trial.status()? != TrialStatus::Completed || !artifacts.contains(&sha) {
+        if trial.status()? != TrialStatus::Completed || !artifacts.contains(&sha).await? {
             continue;
         }
         completed += 1;

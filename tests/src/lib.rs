@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 pub mod manifest;
 pub mod pool;
 pub mod proxy;
+pub mod s3;
 
 /// Where Fashion-MNIST is installed by Debian's `dataset-fashion-mnist`.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -254,6 +255,7 @@ pub struct MasterProc {
     /// Restart attempts that found the port still taken.
     pub bind_retries: u32,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// Starts `master serve --listen LISTEN` and returns it with the address it printed, or the
@@ -262,6 +264,7 @@ fn spawn_master(
     data_dir: &Path,
     listen: &str,
     extra: &[String],
+    env: &[(String, String)],
     log: &Path,
     append: bool,
 ) -> Result<(Proc, SocketAddr)> {
@@ -272,6 +275,7 @@ fn spawn_master(
         .truncate(!append)
         .open(log)?;
     let mut child = Command::new(binary("master"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["serve", "--listen", listen, "--data-dir"])
         .arg(data_dir)
         .args(extra)
@@ -316,17 +320,33 @@ fn spawn_master(
 impl MasterProc {
     /// Starts `master serve` and waits until it prints its address.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Result<MasterProc> {
-        Self::launch(data_dir, "127.0.0.1:0", extra, false)
+        Self::launch(data_dir, "127.0.0.1:0", extra, &[], false)
+    }
+
+    /// Starts `master serve` like [`MasterProc::start`], with `env` added to its environment
+    /// (restarts keep it).
+    pub fn start_with_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Result<MasterProc> {
+        Self::launch(data_dir, "127.0.0.1:0", extra, env, false)
     }
 
     /// Starts `master serve --listen LISTEN` on `data_dir` (e.g. a second master taking over a
     /// killed one's data directory on an address reserved earlier) and waits until it prints
     /// its address. Its log is appended to `<data_dir>.master.log`, after any earlier master's.
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<MasterProc> {
-        Self::launch(data_dir, listen, extra, true)
+        Self::launch(data_dir, listen, extra, &[], true)
     }
 
-    fn launch(data_dir: &Path, listen: &str, extra: &[&str], append: bool) -> Result<MasterProc> {
+    fn launch(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(String, String)],
+        append: bool,
+    ) -> Result<MasterProc> {
         let log = data_dir.with_extension("master.log");
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if !extra.iter().any(|a| a == "--db") {
@@ -334,7 +354,7 @@ impl MasterProc {
                 extra.extend(["--db".to_string(), url]);
             }
         }
-        let (proc, addr) = spawn_master(data_dir, listen, &extra, &log, append)?;
+        let (proc, addr) = spawn_master(data_dir, listen, &extra, env, &log, append)?;
         Ok(MasterProc {
             proc,
             url: format!("http://{addr}"),
@@ -343,6 +363,7 @@ impl MasterProc {
             log,
             bind_retries: 0,
             extra,
+            env: env.to_vec(),
         })
     }
 
@@ -361,7 +382,14 @@ impl MasterProc {
         let listen = self.addr.to_string();
         let deadline = Instant::now() + bind_timeout;
         loop {
-            match spawn_master(&self.data_dir, &listen, &self.extra, &self.log, true) {
+            match spawn_master(
+                &self.data_dir,
+                &listen,
+                &self.extra,
+                &self.env,
+                &self.log,
+                true,
+            ) {
                 Ok((proc, addr)) => {
                     assert_eq!(addr, self.addr, "a restarted master binds the same address");
                     self.proc = proc;

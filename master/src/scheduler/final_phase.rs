@@ -211,10 +211,10 @@ impl Scheduler {
         let seed = db_seed(annealing::rng_for(spec.seed, STREAM_TRIAL_SEED, seq as u64).gen());
         let mut hparams = HyperParams::from_json(&parent.hparams_json)?;
         hparams.epochs = fin.epochs;
-        let checkpoint = parent
-            .checkpoint_sha256
-            .clone()
-            .filter(|sha| self.artifacts.contains(sha));
+        let checkpoint = match parent.checkpoint_sha256.clone() {
+            Some(sha) if self.artifacts.contains(&sha).await? => Some(sha),
+            _ => None,
+        };
         let (inherit_from, start) = match (fin.from, checkpoint) {
             (FinalStart::Weights, Some(sha)) => (Some(sha), "from its weights"),
             (FinalStart::Weights, None) => (None, "from scratch (it has no checkpoint)"),

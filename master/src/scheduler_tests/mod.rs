@@ -94,7 +94,9 @@ async fn test_store(dir: &std::path::Path) -> Store {
 
 async fn open_scheduler(dir: &std::path::Path, cfg: SchedulerConfig) -> Scheduler {
     let store = test_store(dir).await;
-    let artifacts = ArtifactStore::open(&dir.join("artifacts"), 1 << 20).unwrap();
+    let artifacts = ArtifactStore::open_dir(&dir.join("artifacts"), 1 << 20)
+        .await
+        .unwrap();
     Scheduler::new(store, artifacts, cfg)
 }
 
@@ -105,7 +107,9 @@ async fn in_memory_scheduler(artifact_dir: &std::path::Path) -> Scheduler {
     } else {
         Store::in_memory().await.unwrap()
     };
-    let artifacts = ArtifactStore::open(artifact_dir, 1 << 20).unwrap();
+    let artifacts = ArtifactStore::open_dir(artifact_dir, 1 << 20)
+        .await
+        .unwrap();
     Scheduler::new(store, artifacts, config(LONG_LEASE, 3))
 }
 

@@ -7,7 +7,7 @@ pub mod worker;
 use std::pin::Pin;
 
 use explore_common::proto::CheckpointChunk;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 
 /// Size of the chunks checkpoints are streamed in.
 pub const CHUNK_BYTES: usize = 256 * 1024;
@@ -15,15 +15,16 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 /// A server stream of checkpoint chunks.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<CheckpointChunk, tonic::Status>> + Send>>;
 
-/// Streams a stored checkpoint.
+/// Streams a stored checkpoint from the artifact store, a chunk at a time.
 pub async fn stream_checkpoint(
     artifacts: &crate::artifacts::ArtifactStore,
     sha: &str,
 ) -> Result<ChunkStream, tonic::Status> {
-    let bytes = artifacts.read(sha).await?;
-    let chunks: Vec<Result<CheckpointChunk, tonic::Status>> = bytes
-        .chunks(CHUNK_BYTES)
-        .map(|c| Ok(CheckpointChunk { data: c.to_vec() }))
-        .collect();
-    Ok(Box::pin(futures::stream::iter(chunks)))
+    let chunks = artifacts.read_chunks(sha, CHUNK_BYTES).await?;
+    Ok(Box::pin(chunks.map(|chunk| match chunk {
+        Ok(data) => Ok(CheckpointChunk {
+            data: data.to_vec(),
+        }),
+        Err(e) => Err(e.into()),
+    })))
 }
