@@ -20,9 +20,10 @@
 # PostgreSQL: a private, throwaway cluster (scripts/pg-test-cluster.sh: loopback, fsync and
 # synchronous_commit off, as for the tests), stopped when the script exits. The explore runs
 # pg-workers-1, pg-workers-8 and pg-workers-100 each serve a fresh pool in a fresh database
-# (`master serve --db postgres://...`, the experiment submitted with `master submit`); there are
-# no pre-filled pools on PostgreSQL (`master dev-prefill` writes SQLite only). Optuna RDB runs on a
-# fresh database per sampler as well. If the cluster cannot start (no server binaries, ...), or
+# (`master serve --db postgres://...`, the experiment submitted with `master submit`), and
+# pg-pool-10000, pg-pool-100000 and pg-pool-1000000 serve 8 workers on pools pre-filled in a fresh
+# database (`master dev-prefill --db postgres://...`, the same rows as on SQLite). Optuna RDB runs
+# on a fresh database per sampler as well. If the cluster cannot start (no server binaries, ...), or
 # psycopg2 cannot be installed, those rows are reported as "not measured: <reason>" and the rest
 # of the bench runs as before.
 #
@@ -127,9 +128,9 @@ CLK=$(getconf CLK_TCK)
 cpu_seconds() { awk -v clk="$CLK" '{ print ($14 + $15) / clk }' "/proc/$1/stat"; }
 
 # explore_run LABEL WORKERS POOL [TRIAL_SECS [SECS [DB_URL]]]: one line of JSON into
-# $RUN/explore.jsonl. Without DB_URL the pool is SQLite in the run's data directory, pre-filled
-# with POOL completed trials; with a PostgreSQL DB_URL (a fresh database) the master serves
-# `--db DB_URL` and the experiment is submitted through it (POOL must be 0).
+# $RUN/explore.jsonl. Without DB_URL the pool is SQLite in the run's data directory; with a
+# PostgreSQL DB_URL (a fresh database) the master serves `--db DB_URL`. Either way the pool is
+# pre-filled with POOL completed trials (`master dev-prefill`, which submits the experiment).
 explore_run() {
     local label=$1 workers=$2 pool=$3 trial_secs=${4:-0} secs=${5:-$SECS} db=${6:-}
     local dir=$RUN/$label store=sqlite
@@ -137,14 +138,12 @@ explore_run() {
     mkdir -p "$dir"
     echo "== explore: $label ($workers simulated workers, pool of $pool, $store)" >&2
     local t0 prefill_s=0
-    if [[ -z "$db" ]]; then
-        t0=$(date +%s.%N)
-        "$MASTER" dev-prefill "$SPEC" --data-dir "$dir/data" --trials "$pool" >"$dir/experiment" 2>"$dir/prefill.log"
-        prefill_s=$(echo "$(date +%s.%N) - $t0" | bc)
-        RUST_LOG=warn "$MASTER" serve --listen 127.0.0.1:0 --data-dir "$dir/data" >"$dir/master.out" 2>"$dir/master.log" &
-    else
-        RUST_LOG=warn "$MASTER" serve --listen 127.0.0.1:0 --data-dir "$dir/data" --db "$db" >"$dir/master.out" 2>"$dir/master.log" &
-    fi
+    local db_args=(--db "${db:-sqlite}")
+    t0=$(date +%s.%N)
+    "$MASTER" dev-prefill "$SPEC" --data-dir "$dir/data" "${db_args[@]}" --trials "$pool" >"$dir/experiment" 2>"$dir/prefill.log" \
+        || { echo "prefill failed: $(tail -3 "$dir/prefill.log")" >&2; exit 1; }
+    prefill_s=$(echo "$(date +%s.%N) - $t0" | bc)
+    RUST_LOG=warn "$MASTER" serve --listen 127.0.0.1:0 --data-dir "$dir/data" "${db_args[@]}" >"$dir/master.out" 2>"$dir/master.log" &
     MASTER_PID=$!
     local addr=""
     for _ in $(seq 1 300); do
@@ -153,10 +152,6 @@ explore_run() {
         sleep 0.1
     done
     [[ -n "$addr" ]] || { echo "master did not start: $(tail -5 "$dir/master.log")" >&2; exit 1; }
-    if [[ -n "$db" ]]; then
-        "$MASTER" submit "$SPEC" --master "http://$addr" --data-dir "$dir/data" >"$dir/experiment" 2>"$dir/submit.log" \
-            || { echo "submit failed: $(tail -3 "$dir/submit.log")" >&2; exit 1; }
-    fi
     local cpu0 cpu1 rss
     cpu0=$(cpu_seconds "$MASTER_PID")
     "$WORKER" simulate --master "http://$addr" --token-file "$dir/data/token" --count "$workers" \
@@ -203,12 +198,14 @@ for pool in "${POOLS[@]}"; do
     explore_run "pool-$pool" 8 "$pool"
 done
 
-# The same load on PostgreSQL: fresh pools only. A run that fails is recorded as not measured
-# (with its reason) rather than ending the bench; it runs in a subshell with its own `set -e` and
-# a trap that stops its master.
-PG_WORKER_COUNTS=(1 8 100)
-for n in "${PG_WORKER_COUNTS[@]}"; do
-    label=pg-workers-$n
+# The same load on PostgreSQL: fresh pools, then pre-filled ones. A run that fails is recorded as
+# not measured (with its reason) rather than ending the bench; it runs in a subshell with its own
+# `set -e` and a trap that stops its master.
+PG_RUNS=("1 0" "8 0" "100 0")
+for pool in "${POOLS[@]}"; do PG_RUNS+=("8 $pool"); done
+for run in "${PG_RUNS[@]}"; do
+    read -r n pool <<<"$run"
+    if ((pool == 0)); then label=pg-workers-$n; else label=pg-pool-$pool; fi
     if [[ -z "$PG_URL" ]]; then
         echo "{\"label\": \"$label\", \"store\": \"postgres\", \"workers\": $n, \"error\": $(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$PG_NOTE")}" >>"$RUN/explore.jsonl"
         continue
@@ -217,8 +214,8 @@ for n in "${PG_WORKER_COUNTS[@]}"; do
     (
         set -e
         trap '[[ -n "$MASTER_PID" ]] && kill "$MASTER_PID" 2>/dev/null; true' EXIT
-        db_url=$(pg_db "bench_explore_$n")
-        explore_run "$label" "$n" 0 0 "$SECS" "$db_url"
+        db_url=$(pg_db "bench_explore_${n}_$pool")
+        explore_run "$label" "$n" "$pool" 0 "$SECS" "$db_url"
     ) 2>"$RUN/$label.err"
     rc=$?
     set -e
@@ -228,7 +225,7 @@ for n in "${PG_WORKER_COUNTS[@]}"; do
         echo "{\"label\": \"$label\", \"store\": \"postgres\", \"workers\": $n, \"error\": $(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$reason")}" >>"$RUN/explore.jsonl"
     fi
     if [[ -n "$PG_URL" ]]; then
-        psql "$PG_URL" -q -c "DROP DATABASE IF EXISTS bench_explore_$n" >/dev/null 2>&1 || true
+        psql "$PG_URL" -q -c "DROP DATABASE IF EXISTS bench_explore_${n}_$pool" >/dev/null 2>&1 || true
     fi
 done
 

@@ -76,6 +76,9 @@ pub struct PrefillArgs {
     /// Directory of the pool (the master must not be running on it).
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// The pool: `sqlite` (the file in --data-dir) or a PostgreSQL URL.
+    #[arg(long, default_value = "sqlite", value_name = "sqlite|URL")]
+    pub db: String,
     /// Completed trials to add.
     #[arg(long)]
     pub trials: u64,
@@ -84,7 +87,7 @@ pub struct PrefillArgs {
 /// `master dev-prefill`: prints the experiment id.
 pub async fn prefill(args: &PrefillArgs) -> Result<()> {
     let spec = ExperimentSpec::from_toml(&prepare_spec(&args.spec)?)?;
-    let id = crate::prefill::prefill(&args.data_dir, spec, args.trials).await?;
+    let id = crate::prefill::prefill(&args.data_dir, &args.db, spec, args.trials).await?;
     println!("{id}");
     Ok(())
 }
