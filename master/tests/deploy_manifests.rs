@@ -2,7 +2,8 @@
 //! the master's own CLI, so they can never drift from it. Overlays may not change a command line:
 //! they would escape this test (the worker's side is `worker/src/deploy_manifest_tests.rs`). An
 //! overlay may set the master's environment (the `postgres` overlay's `EXPLORE_DB`, which is
-//! `--db`): that is checked against the CLI here too.
+//! `--db`, and the `postgres-object-storage` overlay's `EXPLORE_ARTIFACTS`, which is `--artifacts`):
+//! that is checked against the CLI here too.
 
 #[path = "../../tests/src/manifest.rs"]
 mod manifest;
@@ -185,4 +186,63 @@ fn the_postgres_overlay_s_master_is_a_valid_master_serve_on_postgresql() {
     let sqlite = read_repo_file("deploy/k8s/overlays/sqlite/master-data.yaml");
     assert_eq!(container_env(&sqlite, "master"), []);
     assert_eq!(db.get_default_values(), ["sqlite"]);
+}
+
+#[test]
+fn the_object_storage_overlay_s_master_keeps_checkpoints_in_a_bucket() {
+    let origin = "deploy/k8s/overlays/postgres-object-storage/master-object-storage.yaml";
+    let overlay = read_repo_file(origin);
+    let env = container_env(&overlay, "master");
+    let [(name, value)] = env.as_slice() else {
+        panic!("{origin}: the master's env is EXPLORE_ARTIFACTS only: {env:?}");
+    };
+    assert_eq!(name, "EXPLORE_ARTIFACTS", "{origin}");
+    let url = value
+        .first()
+        .and_then(|v| v.strip_prefix("value: "))
+        .unwrap_or_else(|| panic!("{origin}: EXPLORE_ARTIFACTS has no plain value: {value:?}"));
+    assert!(
+        matches!(
+            explore_master::artifacts::ArtifactLocation::parse(url),
+            Ok(explore_master::artifacts::ArtifactLocation::Url(_))
+        ),
+        "{origin}: {url} is not an object-storage URL"
+    );
+    for needed in [
+        "name: explore-object-storage",
+        "optional: true",
+        "persistentVolumeClaim: null",
+        "emptyDir:",
+    ] {
+        assert!(overlay.contains(needed), "{origin} lacks {needed}");
+    }
+    let drop =
+        read_repo_file("deploy/k8s/overlays/postgres-object-storage/drop-artifacts-pvc.yaml");
+    assert!(drop.contains("$patch: delete") && drop.contains("name: explore-artifacts"));
+
+    // `master serve --artifacts` reads EXPLORE_ARTIFACTS, and the base's command line with it is a
+    // valid master serve keeping checkpoints there (given as the flag, as above).
+    let cli = Cli::command();
+    let serve = cli.find_subcommand("serve").expect("master serve");
+    let flag = serve
+        .get_arguments()
+        .find(|a| a.get_long() == Some("artifacts"))
+        .expect("master serve --artifacts");
+    assert_eq!(
+        flag.get_env().and_then(|e| e.to_str()),
+        Some("EXPLORE_ARTIFACTS")
+    );
+    let mut argv =
+        container_argv(&read_repo_file("deploy/k8s/base/master.yaml"), "master").unwrap();
+    assert!(
+        !argv.iter().any(|a| a.starts_with("--artifacts")),
+        "{argv:?}"
+    );
+    argv.extend(["--artifacts".to_string(), url.to_string()]);
+    let config = parse_serve(&argv, origin);
+    assert_eq!(
+        config.artifacts_location().to_string(),
+        url,
+        "{origin}: the checkpoints' location"
+    );
 }
