@@ -34,7 +34,7 @@ pub async fn prefill(
     let store = Store::from_backend(backend.clone());
     let artifacts = ArtifactStore::open(&data_dir.join("artifacts"), 1 << 30)?;
     let scheduler = Scheduler::new(store.clone(), artifacts, SchedulerConfig::default());
-    let id = scheduler.submit(spec).await?.to_string();
+    let id = scheduler.submit(spec).await?;
     let started = Instant::now();
     let mut conn = store.conn().await?;
     let seed = conn
@@ -62,9 +62,9 @@ pub async fn prefill(
            FROM n WHERE ? > 0",
     )
     .bind(rows.max(1))
-    .bind(&id)
+    .bind(id.as_str())
     .bind(first_seq)
-    .bind(&seed.id)
+    .bind(seed.id.as_str())
     .bind(&seed.genome_json)
     .bind(&seed.genome_hash)
     .bind(&seed.hparams_json)
@@ -86,8 +86,8 @@ pub async fn prefill(
           WHERE id = ?",
     )
     .bind((trials + 10_000_000).min(u64::from(u32::MAX)) as i64)
-    .bind(&id)
-    .bind(&id)
+    .bind(id.as_str())
+    .bind(id.as_str())
     .execute(&mut *tx)
     .await
     .map_err(convert_sqlx_err)?;
@@ -103,5 +103,5 @@ pub async fn prefill(
         seconds = started.elapsed().as_secs_f64(),
         "pool pre-filled"
     );
-    Ok(id)
+    Ok(id.to_string())
 }
