@@ -10,6 +10,7 @@
 use crate::store::PoolTx;
 use explore_common::annealing;
 use explore_common::spec::ExperimentSpec;
+use explore_common::{ExperimentId, TrialId};
 use tracing::info;
 
 use crate::error::MasterError;
@@ -32,7 +33,7 @@ pub fn chain_count(spec: &ExperimentSpec, connected_slots: u32) -> u32 {
 /// take turns.
 pub async fn least_loaded(
     conn: &mut dyn PoolTx,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     count: u32,
 ) -> Result<i64, MasterError> {
     let loads = conn.chain_loads(experiment_id).await?;
@@ -51,7 +52,7 @@ pub async fn least_loaded(
 pub async fn load_or_create(
     conn: &mut dyn PoolTx,
     spec: &ExperimentSpec,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     chain: i64,
 ) -> Result<ChainRow, MasterError> {
     if let Some(row) = conn.get_chain(experiment_id, chain).await? {
@@ -66,7 +67,7 @@ pub async fn load_or_create(
 pub async fn load(
     conn: &mut dyn PoolTx,
     spec: &ExperimentSpec,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     chain: i64,
 ) -> Result<ChainRow, MasterError> {
     Ok(conn
@@ -76,9 +77,9 @@ pub async fn load(
 }
 
 /// A chain that has seen nothing yet.
-fn fresh(spec: &ExperimentSpec, experiment_id: &str, chain: i64) -> ChainRow {
+fn fresh(spec: &ExperimentSpec, experiment_id: &ExperimentId, chain: i64) -> ChainRow {
     ChainRow {
-        experiment_id: experiment_id.to_string(),
+        experiment_id: experiment_id.clone(),
         chain,
         temperature: spec.annealing.initial_temperature,
         current_trial_id: None,
@@ -93,7 +94,7 @@ fn fresh(spec: &ExperimentSpec, experiment_id: &str, chain: i64) -> ChainRow {
 /// A result of one of the chain's trials.
 #[derive(Debug, Clone, Copy)]
 pub struct ChainResult<'a> {
-    pub trial_id: &'a str,
+    pub trial_id: &'a TrialId,
     pub score: f64,
     /// Whether the Metropolis rule accepted it (a pruned trial never is).
     pub accepted: bool,
@@ -113,7 +114,7 @@ pub async fn record(
     chain.results += 1;
     if result.accepted {
         chain.accepted += 1;
-        chain.current_trial_id = Some(result.trial_id.to_string());
+        chain.current_trial_id = Some(result.trial_id.clone());
     }
     if chain.best_score.is_none_or(|b| result.score > b) {
         chain.best_score = Some(result.score);
@@ -152,7 +153,7 @@ pub async fn record(
 pub async fn mean_temperature(
     conn: &mut dyn PoolTx,
     spec: &ExperimentSpec,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<f64, MasterError> {
     let chains = conn.list_chains(experiment_id).await?;
     if chains.is_empty() {

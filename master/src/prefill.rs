@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use explore_common::spec::ExperimentSpec;
+use explore_common::ExperimentId;
 
 use crate::artifacts::ArtifactStore;
 use crate::error::MasterError;
@@ -60,7 +61,7 @@ async fn fill(
     };
     let artifacts = ArtifactStore::open_dir(&data_dir.join("artifacts"), 1 << 30).await?;
     let scheduler = Scheduler::new(store.clone(), artifacts, SchedulerConfig::default());
-    let id = scheduler.submit(spec).await?.to_string();
+    let id = scheduler.submit(spec).await?;
     let started = Instant::now();
     let mut conn = store.conn().await?;
     let seed = conn
@@ -91,7 +92,7 @@ async fn fill(
         seconds = started.elapsed().as_secs_f64(),
         "pool pre-filled"
     );
-    Ok(id)
+    Ok(id.to_string())
 }
 
 /// The pool being filled.
@@ -102,7 +103,7 @@ enum Target {
 
 /// What both backends' bulk inserts write.
 struct Fill<'a> {
-    experiment_id: &'a str,
+    experiment_id: &'a ExperimentId,
     first_seq: i64,
     seed: &'a TrialRow,
     rows: i64,
@@ -127,9 +128,9 @@ async fn fill_sqlite(backend: &SqliteBackend, f: &Fill<'_>) -> Result<(), Master
            FROM n WHERE ? > 0",
     )
     .bind(f.rows.max(1))
-    .bind(f.experiment_id)
+    .bind(f.experiment_id.as_str())
     .bind(f.first_seq)
-    .bind(&f.seed.id)
+    .bind(f.seed.id.as_str())
     .bind(&f.seed.genome_json)
     .bind(&f.seed.genome_hash)
     .bind(&f.seed.hparams_json)
@@ -151,8 +152,8 @@ async fn fill_sqlite(backend: &SqliteBackend, f: &Fill<'_>) -> Result<(), Master
           WHERE id = ?",
     )
     .bind(f.max_trials)
-    .bind(f.experiment_id)
-    .bind(f.experiment_id)
+    .bind(f.experiment_id.as_str())
+    .bind(f.experiment_id.as_str())
     .execute(&mut *tx)
     .await
     .map_err(convert_sqlx_err)?;
@@ -187,9 +188,9 @@ async fn fill_postgres(backend: &PgBackend, f: &Fill<'_>) -> Result<(), MasterEr
              (i % 3) <> 0, 0.01, $9, $9, $9, i % 8, 'train'
            FROM generate_series(0::bigint, $10::bigint - 1) AS i",
     )
-    .bind(f.experiment_id)
+    .bind(f.experiment_id.as_str())
     .bind(f.first_seq)
-    .bind(&f.seed.id)
+    .bind(f.seed.id.as_str())
     .bind(&f.seed.genome_json)
     .bind(&f.seed.genome_hash)
     .bind(&f.seed.hparams_json)
@@ -215,7 +216,7 @@ async fn fill_postgres(backend: &PgBackend, f: &Fill<'_>) -> Result<(), MasterEr
     ] {
         let query = sqlx::query(tally);
         let query = if tally.contains("$1") {
-            query.bind(f.experiment_id).bind(f.first_seq)
+            query.bind(f.experiment_id.as_str()).bind(f.first_seq)
         } else {
             query
         };
@@ -230,7 +231,7 @@ async fn fill_postgres(backend: &PgBackend, f: &Fill<'_>) -> Result<(), MasterEr
           WHERE id = $2",
     )
     .bind(f.max_trials)
-    .bind(f.experiment_id)
+    .bind(f.experiment_id.as_str())
     .execute(&mut *tx)
     .await
     .map_err(convert_pg_err)?;
@@ -259,6 +260,7 @@ mod tests {
     /// counted by the tallies, the best accepted trial recorded as the best, the budget raised,
     /// and the experiment still proposing.
     async fn check(store: &Store, id: &str) {
+        let id: &ExperimentId = &id.parse().unwrap();
         let mut conn = store.conn().await.unwrap();
         let counts = conn.trial_counts(id).await.unwrap();
         assert_eq!(u64::from(counts.completed), TRIALS, "{counts:?}");
@@ -267,7 +269,7 @@ mod tests {
             .await
             .unwrap()
             .iter()
-            .filter(|t| t.experiment_id == id && t.status == "completed")
+            .filter(|t| &t.experiment_id == id && t.status == TrialStatus::Completed)
             .map(|t| t.n)
             .sum();
         assert_eq!(tallied, TRIALS as i64, "the tallies count every row");
@@ -278,7 +280,7 @@ mod tests {
         assert_eq!((open, total), (1, TRIALS as i64 + 1), "{loads:?}");
         let experiment = conn.get_experiment(id).await.unwrap().unwrap();
         let best = conn
-            .get_trial(experiment.best_trial_id.as_deref().unwrap())
+            .get_trial(experiment.best_trial_id.as_ref().unwrap())
             .await
             .unwrap()
             .unwrap();
@@ -290,7 +292,7 @@ mod tests {
             .map(|t| t.score.unwrap())
             .fold(f64::MIN, f64::max);
         assert_eq!(best.score, Some(top));
-        assert_eq!(best.status().unwrap(), TrialStatus::Completed);
+        assert_eq!(best.status, TrialStatus::Completed);
         assert!(experiment
             .spec_json
             .contains(&format!("{}", TRIALS + 10_000_000)));

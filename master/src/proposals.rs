@@ -32,7 +32,7 @@ use crate::store::PoolTx;
 use explore_common::annealing;
 use explore_common::mutation;
 use explore_common::spec::ExperimentSpec;
-use explore_common::{Genome, HyperParams};
+use explore_common::{ExperimentId, Genome, HyperParams, TrialId};
 use rand::Rng;
 
 use crate::artifacts::ArtifactStore;
@@ -98,7 +98,7 @@ impl std::fmt::Display for Exhausted {
 /// What every candidate of one proposal shares.
 pub struct Search<'a> {
     pub spec: &'a ExperimentSpec,
-    pub experiment_id: &'a str,
+    pub experiment_id: &'a ExperimentId,
     pub artifacts: &'a ArtifactStore,
     /// Epochs left in the budget, when it has one.
     pub remaining_epochs: Option<u64>,
@@ -144,7 +144,7 @@ impl Search<'_> {
                 .await?
             {
                 tracing::debug!(
-                    experiment_id = self.experiment_id,
+                    experiment_id = %self.experiment_id,
                     seq = self.seq,
                     exhausted_base = %primary.id,
                     base = %base.id,
@@ -185,7 +185,7 @@ impl Search<'_> {
     ) -> Result<Vec<TrialRow>, MasterError> {
         // `(id, score)` of the candidates: the best accepted trials by score (every accepted
         // trial of a pool of up to `store::BASE_CANDIDATES`), else the seed trials.
-        let mut pool: Vec<(String, Option<f64>)> = conn
+        let mut pool: Vec<(TrialId, Option<f64>)> = conn
             .base_candidates(self.experiment_id)
             .await?
             .into_iter()
@@ -430,7 +430,7 @@ impl Search<'_> {
 pub async fn search_predictor(
     conn: &mut dyn PoolTx,
     spec: &ExperimentSpec,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Option<Predictor<SearchFeatures>>, MasterError> {
     if !spec.search.predictor {
         return Ok(None);
@@ -452,7 +452,7 @@ pub async fn search_predictor(
     match Predictor::fit(&history) {
         Ok(fitted) => Ok(Some(fitted)),
         Err(error) => {
-            tracing::warn!(experiment_id, %error, "search predictor not fitted: proposing without it");
+            tracing::warn!(experiment_id = %experiment_id, %error, "search predictor not fitted: proposing without it");
             Ok(None)
         }
     }

@@ -7,13 +7,14 @@
 //! locked" errors instead of retrying them). The tonic services are thin adapters over this.
 
 use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::store::PoolTx;
 use explore_common::annealing::{self, STREAM_ACCEPTANCE, STREAM_PROPOSAL};
 use explore_common::spec::ExperimentSpec;
-use explore_common::{ExperimentId, HyperParams, TrialId, WorkerId};
+use explore_common::{CommonError, ExperimentId, HyperParams, TrialId, WorkerId};
 use rand::Rng;
 use tokio::sync::{Mutex, Notify};
 use tracing::{info, warn};
@@ -244,13 +245,13 @@ impl Scheduler {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
         let now = now_ms();
-        tx.insert_experiment(id.as_str(), &spec.name, &spec_json, now)
+        tx.insert_experiment(&id, &spec.name, &spec_json, now)
             .await?;
         if transfer::probes(&stored) {
-            transfer::queue_probes(&mut *tx, &stored, &seeds, id.as_str(), now).await?;
+            transfer::queue_probes(&mut *tx, &stored, &seeds, &id, now).await?;
         }
         let row = tx
-            .get_experiment(id.as_str())
+            .get_experiment(&id)
             .await?
             .ok_or_else(|| MasterError::Internal("experiment vanished".into()))?;
         self.refill_experiment(&mut *tx, &row, now).await?;
@@ -262,9 +263,10 @@ impl Scheduler {
 
     /// An experiment with counts, best trial and current temperature.
     pub async fn experiment_view(&self, id: &str) -> Result<ExperimentView, MasterError> {
+        let id: ExperimentId = lookup_id(id, "experiment")?;
         let mut conn = self.store.conn().await?;
         let row = conn
-            .get_experiment(id)
+            .get_experiment(&id)
             .await?
             .ok_or_else(|| MasterError::NotFound(format!("experiment {id}")))?;
         self.view_of(&mut *conn, row).await
@@ -306,17 +308,19 @@ impl Scheduler {
 
     /// One trial by id, or `NotFound`.
     pub async fn trial(&self, trial_id: &str) -> Result<TrialRow, MasterError> {
+        let trial_id: TrialId = lookup_id(trial_id, "trial")?;
         let mut conn = self.store.conn().await?;
-        require_trial(&mut *conn, trial_id).await
+        require_trial(&mut *conn, &trial_id).await
     }
 
     /// Every trial of an experiment.
     pub async fn trials(&self, experiment_id: &str) -> Result<Vec<TrialRow>, MasterError> {
+        let experiment_id: ExperimentId = lookup_id(experiment_id, "experiment")?;
         let mut conn = self.store.conn().await?;
-        if conn.get_experiment(experiment_id).await?.is_none() {
+        if conn.get_experiment(&experiment_id).await?.is_none() {
             return Err(MasterError::NotFound(format!("experiment {experiment_id}")));
         }
-        conn.list_trials(experiment_id).await
+        conn.list_trials(&experiment_id).await
     }
 
     /// One page of an experiment's trials in seq order (see [`store::list_trials_page`]), each
@@ -328,12 +332,13 @@ impl Scheduler {
         status: Option<TrialStatus>,
         limit: u32,
     ) -> Result<Vec<(TrialRow, BTreeMap<String, f64>)>, MasterError> {
+        let experiment_id: ExperimentId = lookup_id(experiment_id, "experiment")?;
         let mut conn = self.store.conn().await?;
-        if conn.get_experiment(experiment_id).await?.is_none() {
+        if conn.get_experiment(&experiment_id).await?.is_none() {
             return Err(MasterError::NotFound(format!("experiment {experiment_id}")));
         }
         let rows = conn
-            .list_trials_page(experiment_id, after_seq, status, limit)
+            .list_trials_page(&experiment_id, after_seq, status, limit)
             .await?;
         let mut metrics = conn.trials_epoch_metrics(&rows).await?;
         Ok(rows
@@ -359,16 +364,21 @@ impl Scheduler {
     pub async fn last_epoch_metrics(
         &self,
         experiment_id: &str,
-    ) -> Result<HashMap<String, BTreeMap<String, f64>>, MasterError> {
+    ) -> Result<HashMap<TrialId, BTreeMap<String, f64>>, MasterError> {
+        let Ok(experiment_id) = experiment_id.parse::<ExperimentId>() else {
+            // A malformed id names no experiment: no trials, no metrics.
+            return Ok(HashMap::new());
+        };
         let mut conn = self.store.conn().await?;
-        conn.last_epoch_metrics(experiment_id).await
+        conn.last_epoch_metrics(&experiment_id).await
     }
 
     /// The experiment's stored spec.
     pub async fn spec_of(&self, experiment_id: &str) -> Result<ExperimentSpec, MasterError> {
+        let experiment_id: ExperimentId = lookup_id(experiment_id, "experiment")?;
         let mut conn = self.store.conn().await?;
         let row = conn
-            .get_experiment(experiment_id)
+            .get_experiment(&experiment_id)
             .await?
             .ok_or_else(|| MasterError::NotFound(format!("experiment {experiment_id}")))?;
         parse_spec(&row)
@@ -396,8 +406,7 @@ impl Scheduler {
         let id = WorkerId::generate();
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
-        tx.insert_worker(id.as_str(), name, device, slots, now_ms())
-            .await?;
+        tx.insert_worker(&id, name, device, slots, now_ms()).await?;
         tx.commit().await?;
         info!(worker_id = %id, name, device, slots, "worker registered");
         Ok(id)
@@ -406,11 +415,8 @@ impl Scheduler {
     async fn check_worker(
         &self,
         conn: &mut dyn PoolTx,
-        worker_id: &str,
+        worker_id: &WorkerId,
     ) -> Result<(), MasterError> {
-        worker_id
-            .parse::<WorkerId>()
-            .map_err(|e| MasterError::InvalidArgument(e.to_string()))?;
         if !conn.worker_is_active(worker_id).await? {
             return Err(MasterError::NotFound(format!(
                 "worker {worker_id} (register first)"
@@ -453,6 +459,7 @@ impl Scheduler {
         worker_id: &str,
         wait: Duration,
     ) -> Result<Option<TrialRow>, MasterError> {
+        let worker_id: WorkerId = parse_arg(worker_id)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.work_available.notified();
@@ -461,8 +468,8 @@ impl Scheduler {
             if self.is_draining() {
                 return Ok(None);
             }
-            if let Some(trial) = self.try_lease(worker_id).await? {
-                info!(trial_id = %trial.id, worker_id, attempt = trial.attempt, "trial leased");
+            if let Some(trial) = self.try_lease(&worker_id).await? {
+                info!(trial_id = %trial.id, worker_id = %worker_id, attempt = trial.attempt, "trial leased");
                 return Ok(Some(trial));
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -471,7 +478,7 @@ impl Scheduler {
         }
     }
 
-    async fn try_lease(&self, worker_id: &str) -> Result<Option<TrialRow>, MasterError> {
+    async fn try_lease(&self, worker_id: &WorkerId) -> Result<Option<TrialRow>, MasterError> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
         self.check_worker(&mut *tx, worker_id).await?;
@@ -506,9 +513,9 @@ impl Scheduler {
         attempt: u32,
         progress: Progress,
     ) -> Result<HeartbeatAnswer, MasterError> {
-        trial_id
-            .parse::<TrialId>()
-            .map_err(|e| MasterError::InvalidArgument(e.to_string()))?;
+        let trial_id: TrialId = parse_arg(trial_id)?;
+        let worker_id: WorkerId = parse_arg(worker_id)?;
+        let (trial_id, worker_id) = (&trial_id, &worker_id);
         // Checked before anything is written: a refused report leaves no trace.
         validate_epoch_metrics(&progress.metrics)?;
         let _guard = self.write_lock.lock().await;
@@ -539,9 +546,9 @@ impl Scheduler {
         if !held {
             tx.commit().await?;
             // Cancelled while this worker held it (`master stop --now`): told why, not "lost".
-            if trial.status()? == TrialStatus::Cancelled
+            if trial.status == TrialStatus::Cancelled
                 && trial.attempt == i64::from(attempt)
-                && trial.worker_id.as_deref() == Some(worker_id)
+                && trial.worker_id.as_ref() == Some(worker_id)
             {
                 return Ok(HeartbeatAnswer::Stop(trial.error.clone()));
             }
@@ -553,7 +560,7 @@ impl Scheduler {
         // starting: cancel it instead of letting the experiment's tail grow by a whole trial.
         if !progress.started
             && !trial.is_final()
-            && experiment.status == ExperimentStatus::Running.as_str()
+            && experiment.status == ExperimentStatus::Running
             && wall_time_spent(&parse_spec(&experiment)?, &experiment, now)
         {
             let reason = "wall-time budget reached before it started";
@@ -562,8 +569,8 @@ impl Scheduler {
             self.refill_experiment(&mut *tx, &experiment, now).await?;
             tx.commit().await?;
             info!(
-                trial_id,
-                attempt, worker_id, "prefetched trial cancelled: wall-time budget reached"
+                trial_id = %trial_id,
+                attempt, worker_id = %worker_id, "prefetched trial cancelled: wall-time budget reached"
             );
             return Ok(HeartbeatAnswer::Stop(reason.to_string()));
         }
@@ -575,21 +582,21 @@ impl Scheduler {
         };
         if let Some(reason) = epoch_reason {
             tx.commit().await?;
-            info!(trial_id, attempt, worker_id, reason = %reason, "trial pruned");
+            info!(trial_id = %trial_id, attempt, worker_id = %worker_id, reason = %reason, "trial pruned");
             self.work_available.notify_waiters();
             return Ok(HeartbeatAnswer::Stop(reason));
         }
         tx.commit().await?;
-        if experiment.status != ExperimentStatus::Running.as_str() {
+        if experiment.status != ExperimentStatus::Running {
             return Ok(HeartbeatAnswer::Stop(format!(
                 "experiment {} is {}",
                 experiment.id, experiment.status
             )));
         }
         tracing::debug!(
-            trial_id,
+            trial_id = %trial_id,
             attempt,
-            worker_id,
+            worker_id = %worker_id,
             epoch = progress.epoch,
             total_epochs = progress.total_epochs,
             train_loss = progress.train_loss,
@@ -623,7 +630,7 @@ impl Scheduler {
         conn.record_epoch(&trial.id, epoch, val, loss, &progress.metrics)
             .await?;
         // A final trial is one of the search's chosen models trained longer: never pruned.
-        if experiment.status != ExperimentStatus::Running.as_str() || trial.is_final() {
+        if experiment.status != ExperimentStatus::Running || trial.is_final() {
             return Ok(None);
         }
         let spec = parse_spec(experiment)?;
@@ -690,9 +697,9 @@ impl Scheduler {
         attempt: u32,
         result: TrialResult,
     ) -> Result<CompleteAnswer, MasterError> {
-        trial_id
-            .parse::<TrialId>()
-            .map_err(|e| MasterError::InvalidArgument(e.to_string()))?;
+        let trial_id: TrialId = parse_arg(trial_id)?;
+        let worker_id: WorkerId = parse_arg(worker_id)?;
+        let (trial_id, worker_id) = (&trial_id, &worker_id);
         validate_result(&result)?;
         if let Some(sha) = &result.checkpoint_sha256 {
             if !self.artifacts.contains(sha).await? {
@@ -707,9 +714,9 @@ impl Scheduler {
         let now = now_ms();
         tx.touch_worker(worker_id, now).await?;
         let trial = require_trial(&mut *tx, trial_id).await?;
-        let status = trial.status()?;
+        let status = trial.status;
         let current =
-            trial.attempt == attempt as i64 && trial.worker_id.as_deref() == Some(worker_id);
+            trial.attempt == attempt as i64 && trial.worker_id.as_ref() == Some(worker_id);
         if status == TrialStatus::Completed && current {
             return Ok(CompleteAnswer {
                 accepted: true,
@@ -724,7 +731,7 @@ impl Scheduler {
             tx.insert_late_result(trial_id, attempt as i64, worker_id, &result, &reason, now)
                 .await?;
             tx.commit().await?;
-            warn!(trial_id, attempt, worker_id, "late result kept as history");
+            warn!(trial_id = %trial_id, attempt, worker_id = %worker_id, "late result kept as history");
             return Ok(CompleteAnswer {
                 accepted: false,
                 reason,
@@ -742,7 +749,7 @@ impl Scheduler {
                 .await?;
             self.refill_experiment(&mut *tx, &experiment, now).await?;
             tx.commit().await?;
-            info!(trial_id, attempt, worker_id, experiment_id = %experiment.id, metrics = ?result.metrics, "probe completed");
+            info!(trial_id = %trial_id, attempt, worker_id = %worker_id, experiment_id = %experiment.id, metrics = ?result.metrics, "probe completed");
             self.work_available.notify_waiters();
             return Ok(CompleteAnswer {
                 accepted: true,
@@ -801,9 +808,9 @@ impl Scheduler {
         self.refill_experiment(&mut *tx, &experiment, now).await?;
         tx.commit().await?;
         info!(
-            trial_id,
+            trial_id = %trial_id,
             attempt,
-            worker_id,
+            worker_id = %worker_id,
             experiment_id = %experiment.id,
             score = result.score,
             accepted,
@@ -826,9 +833,9 @@ impl Scheduler {
         attempt: u32,
         reason: &str,
     ) -> Result<(), MasterError> {
-        trial_id
-            .parse::<TrialId>()
-            .map_err(|e| MasterError::InvalidArgument(e.to_string()))?;
+        let trial_id: TrialId = parse_arg(trial_id)?;
+        let worker_id: WorkerId = parse_arg(worker_id)?;
+        let (trial_id, worker_id) = (&trial_id, &worker_id);
         let reason: String = reason.chars().take(2000).collect();
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
@@ -836,8 +843,8 @@ impl Scheduler {
         let now = now_ms();
         let trial = require_trial(&mut *tx, trial_id).await?;
         let current =
-            trial.attempt == attempt as i64 && trial.worker_id.as_deref() == Some(worker_id);
-        if !(current && trial.status()?.is_held()) {
+            trial.attempt == attempt as i64 && trial.worker_id.as_ref() == Some(worker_id);
+        if !(current && trial.status.is_held()) {
             return Ok(());
         }
         tx.end_trial(trial_id, TrialStatus::Failed, &reason, now)
@@ -847,13 +854,15 @@ impl Scheduler {
         let experiment = experiment_of(&mut *tx, &trial).await?;
         self.refill_experiment(&mut *tx, &experiment, now).await?;
         tx.commit().await?;
-        warn!(trial_id, worker_id, attempt, reason = %reason, "trial failed");
+        warn!(trial_id = %trial_id, worker_id = %worker_id, attempt, reason = %reason, "trial failed");
         self.work_available.notify_waiters();
         Ok(())
     }
 
     /// A worker leaves: the trials it holds go back to the queue.
     pub async fn deregister(&self, worker_id: &str) -> Result<(), MasterError> {
+        let worker_id: WorkerId = parse_arg(worker_id)?;
+        let worker_id = &worker_id;
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
         self.check_worker(&mut *tx, worker_id).await?;
@@ -863,7 +872,7 @@ impl Scheduler {
         }
         tx.worker_left(worker_id).await?;
         tx.commit().await?;
-        info!(worker_id, "worker deregistered");
+        info!(worker_id = %worker_id, "worker deregistered");
         self.work_available.notify_waiters();
         Ok(())
     }
@@ -896,7 +905,10 @@ impl Scheduler {
         for trial in tx.expired_leases(now).await? {
             changed = true;
             self.metrics.lease_expired();
-            let worker = trial.worker_id.clone().unwrap_or_default();
+            let worker = trial
+                .worker_id
+                .as_ref()
+                .map_or_else(String::new, ToString::to_string);
             if trial.attempt < self.config.max_attempts as i64 {
                 let requeued = release_trial(
                     &mut *tx,
@@ -1151,7 +1163,7 @@ impl Scheduler {
             .map_err(explore_common::CommonError::from)?;
         let epochs = hparams.epochs;
         let trial = NewTrial {
-            id: TrialId::generate().to_string(),
+            id: TrialId::generate(),
             experiment_id: row.id.clone(),
             seq,
             parent_id,
@@ -1196,7 +1208,7 @@ impl Scheduler {
     ) -> Result<TrialRow, MasterError> {
         if let Some(id) = &chain.current_trial_id {
             if let Some(current) = conn.get_trial(id).await? {
-                if current.status == TrialStatus::Completed.as_str() && current.score.is_some() {
+                if current.status == TrialStatus::Completed && current.score.is_some() {
                     return Ok(current);
                 }
             }
@@ -1237,7 +1249,7 @@ fn trained_seconds(trial: &TrialRow, now: i64) -> f64 {
 }
 
 /// The trial with this id, or `NotFound`.
-async fn require_trial(conn: &mut dyn PoolTx, trial_id: &str) -> Result<TrialRow, MasterError> {
+async fn require_trial(conn: &mut dyn PoolTx, trial_id: &TrialId) -> Result<TrialRow, MasterError> {
     conn.get_trial(trial_id)
         .await?
         .ok_or_else(|| MasterError::NotFound(format!("trial {trial_id}")))
@@ -1262,7 +1274,7 @@ async fn release_trial(
     let running = conn
         .get_experiment(&trial.experiment_id)
         .await?
-        .is_some_and(|e| e.status == ExperimentStatus::Running.as_str());
+        .is_some_and(|e| e.status == ExperimentStatus::Running);
     if running {
         conn.requeue_trial(&trial.id, reason).await?;
     } else {
@@ -1275,6 +1287,22 @@ async fn release_trial(
         .await?;
     }
     Ok(running)
+}
+
+/// Parses an id a client sent (a worker's, a trial's): a malformed one is an invalid argument.
+pub(crate) fn parse_arg<T>(text: &str) -> Result<T, MasterError>
+where
+    T: FromStr<Err = CommonError>,
+{
+    text.parse()
+        .map_err(|e: CommonError| MasterError::InvalidArgument(e.to_string()))
+}
+
+/// Parses the id of something a client looks up (`what`: "experiment", "trial"): a malformed
+/// id names nothing, so it is not found, as an unknown one is.
+pub(crate) fn lookup_id<T: FromStr>(text: &str, what: &str) -> Result<T, MasterError> {
+    text.parse()
+        .map_err(|_| MasterError::NotFound(format!("{what} {text}")))
 }
 
 /// Checks the named metrics of an epoch report: at most [`MAX_EPOCH_METRICS`] of them, names of

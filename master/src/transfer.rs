@@ -28,7 +28,7 @@ use explore_common::spec::{
     DataConfig, ExperimentSpec, HistoryConfig, ResolvedSeed, SeedModel, TransferSeed,
     NAMED_DATASETS,
 };
-use explore_common::TrialId;
+use explore_common::{ExperimentId, TrialId};
 use rand::Rng;
 
 use crate::artifacts::ArtifactStore;
@@ -90,7 +90,7 @@ pub async fn derive_seeds(
         let (Some(score), Some(sha)) = (trial.score, trial.checkpoint_sha256.clone()) else {
             continue;
         };
-        if trial.status()? != TrialStatus::Completed || !artifacts.contains(&sha).await? {
+        if trial.status != TrialStatus::Completed || !artifacts.contains(&sha).await? {
             continue;
         }
         completed += 1;
@@ -138,7 +138,7 @@ pub async fn derive_seeds(
                 genome: Some(genome.clone()),
                 hparams: Some(hparams),
                 transfer: Some(TransferSeed {
-                    trial_id: trial_id.clone(),
+                    trial_id: trial_id.to_string(),
                     checkpoint_sha256: sha.clone(),
                     label: format!(
                         "transfer {}#{seq} (source val {score:.4}), settings {k}",
@@ -159,8 +159,10 @@ pub async fn derive_seeds(
 
 /// The experiment `from` names: its id, else the newest experiment with that name.
 async fn find_source(conn: &mut dyn PoolTx, from: &str) -> Result<ExperimentRow, MasterError> {
-    if let Some(row) = conn.get_experiment(from).await? {
-        return Ok(row);
+    if let Ok(id) = from.parse::<ExperimentId>() {
+        if let Some(row) = conn.get_experiment(&id).await? {
+            return Ok(row);
+        }
     }
     conn.list_experiments()
         .await?
@@ -201,7 +203,7 @@ pub async fn queue_probes(
     conn: &mut dyn PoolTx,
     spec: &ExperimentSpec,
     seeds: &[ResolvedSeed],
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     now: i64,
 ) -> Result<usize, MasterError> {
     let mut probed = HashSet::new();
@@ -221,8 +223,8 @@ pub async fn queue_probes(
         let trial_seed: u64 =
             annealing::rng_for(spec.seed, STREAM_PROBE_SEED, probed.len() as u64).gen();
         let probe = NewTrial {
-            id: TrialId::generate().to_string(),
-            experiment_id: experiment_id.to_string(),
+            id: TrialId::generate(),
+            experiment_id: experiment_id.clone(),
             seq,
             parent_id: None,
             origin: format!("probe of {model}"),
@@ -247,7 +249,7 @@ pub async fn queue_probes(
 /// Whether some probe of the experiment is still queued or held: its fine-tunes wait for them.
 pub async fn probes_pending(
     conn: &mut dyn PoolTx,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<bool, MasterError> {
     let counts = conn.probe_counts(experiment_id).await?;
     Ok(counts.queued + counts.in_flight() > 0)
@@ -324,7 +326,7 @@ fn features(
 
 /// The pool's fine-tunes of earlier probed transfers, across experiments, as predictor history.
 async fn history(conn: &mut dyn PoolTx) -> Result<Vec<(TransferFeatures, f64)>, MasterError> {
-    let mut specs: HashMap<String, Option<ExperimentSpec>> = HashMap::new();
+    let mut specs: HashMap<ExperimentId, Option<ExperimentSpec>> = HashMap::new();
     let mut rows = Vec::new();
     for (trial, probe_json) in conn.fine_tune_history().await? {
         let (Some(score), Some(index)) = (trial.score, trial.seed_index) else {
@@ -379,7 +381,7 @@ async fn history(conn: &mut dyn PoolTx) -> Result<Vec<(TransferFeatures, f64)>, 
 pub async fn choose_seed(
     conn: &mut dyn PoolTx,
     spec: &ExperimentSpec,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     seeds: &[ResolvedSeed],
     remaining_epochs: Option<u64>,
 ) -> Result<Option<SeedChoice>, MasterError> {
@@ -391,7 +393,7 @@ pub async fn choose_seed(
     let probes: Vec<TrialRow> = conn.list_probes(experiment_id).await?;
     let mut scores: HashMap<String, ProbeScores> = HashMap::new();
     for probe in &probes {
-        if probe.status()? != TrialStatus::Completed {
+        if probe.status != TrialStatus::Completed {
             continue;
         }
         if let (Some(sha), Some(s)) = (
@@ -454,7 +456,7 @@ pub async fn choose_seed(
     let model = if history.len() >= predictor::MIN_HISTORY {
         Predictor::fit(&history)
             .inspect_err(
-                |e| tracing::warn!(experiment_id, error = %e, "transfer predictor not fitted"),
+                |e| tracing::warn!(experiment_id = %experiment_id, error = %e, "transfer predictor not fitted"),
             )
             .ok()
     } else {

@@ -75,7 +75,7 @@ pub fn trial(t: &TrialRow) -> Value {
         "kind": t.kind,
         "parent_id": t.parent_id,
         "origin": t.origin,
-        "status": t.status,
+        "status": t.status.as_str(),
         "attempt": t.attempt,
         "chain": t.chain,
         "score": number(t.score),
@@ -137,12 +137,12 @@ pub fn genealogy(rows: &[TrialRow]) -> Value {
         .map(|t| {
             let parent_score = t
                 .parent_id
-                .as_deref()
-                .and_then(|p| scores.get(p).copied().flatten());
+                .as_ref()
+                .and_then(|p| scores.get(p.as_str()).copied().flatten());
             let delta = t.score.zip(parent_score).map(|(s, p)| s - p);
             json!({
                 "id": t.id, "seq": t.seq, "parent_id": t.parent_id, "origin": t.origin,
-                "status": t.status, "chain": t.chain, "score": number(t.score),
+                "status": t.status.as_str(), "chain": t.chain, "score": number(t.score),
                 "parent_score": number(parent_score), "delta": number(delta),
                 "accepted": t.accepted, "inherited": t.inherit_from.is_some(),
             })
@@ -201,7 +201,7 @@ pub fn workers(views: &[WorkerView]) -> Value {
                 .map(|t| {
                     json!({
                         "trial_id": t.id, "experiment_id": t.experiment_id,
-                        "status": t.status, "epoch": t.epoch,
+                        "status": t.status.as_str(), "epoch": t.epoch,
                     })
                 })
                 .collect();

@@ -1,9 +1,10 @@
 //! `master stop` and `master resume`: an experiment stops proposing and leasing trials, and
 //! later runs again where it stopped.
 
+use explore_common::{ExperimentId, TrialId};
 use tracing::info;
 
-use super::{now_ms, trained_seconds, Scheduler};
+use super::{lookup_id, now_ms, trained_seconds, Scheduler};
 use crate::error::MasterError;
 use crate::store::reads::{TrialFilter, TrialSort};
 use crate::store::{ExperimentStatus, TrialStatus};
@@ -22,11 +23,11 @@ pub struct StopOutcome {
     /// Held trials left to finish (without `now`).
     pub finishing: u64,
     /// The ids of the queued trials cancelled, in seq order.
-    pub cancelled_queued_ids: Vec<String>,
+    pub cancelled_queued_ids: Vec<TrialId>,
     /// The ids of the held trials cancelled (`now` only), in seq order.
-    pub cancelled_held_ids: Vec<String>,
+    pub cancelled_held_ids: Vec<TrialId>,
     /// The ids of the held trials left to finish (without `now`), in seq order.
-    pub finishing_ids: Vec<String>,
+    pub finishing_ids: Vec<TrialId>,
 }
 
 impl Scheduler {
@@ -38,6 +39,8 @@ impl Scheduler {
         experiment_id: &str,
         now: bool,
     ) -> Result<StopOutcome, MasterError> {
+        let experiment_id: ExperimentId = lookup_id(experiment_id, "experiment")?;
+        let experiment_id = &experiment_id;
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
         let row = tx
@@ -93,7 +96,7 @@ impl Scheduler {
         tx.stop_experiment(experiment_id, &reason, at).await?;
         tx.commit().await?;
         info!(
-            experiment_id,
+            experiment_id = %experiment_id,
             now,
             cancelled_queued = outcome.cancelled_queued,
             cancelled_held = outcome.cancelled_held,
@@ -107,6 +110,8 @@ impl Scheduler {
     /// Lets a stopped experiment run again: the queue is refilled and waiting workers woken.
     /// The time it was stopped does not count against its wall-time budget.
     pub async fn resume_experiment(&self, experiment_id: &str) -> Result<(), MasterError> {
+        let experiment_id: ExperimentId = lookup_id(experiment_id, "experiment")?;
+        let experiment_id = &experiment_id;
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
         let row = tx
@@ -127,7 +132,7 @@ impl Scheduler {
             .ok_or_else(|| MasterError::Internal("experiment vanished".into()))?;
         self.refill_experiment(&mut *tx, &row, at).await?;
         tx.commit().await?;
-        info!(experiment_id, "experiment resumed");
+        info!(experiment_id = %experiment_id, "experiment resumed");
         self.work_available.notify_waiters();
         Ok(())
     }

@@ -60,10 +60,10 @@ pub fn search_epochs(spec: &ExperimentSpec) -> Option<u64> {
 }
 
 /// The parents of the final trials (the plan), each once, in the order they were queued.
-fn plan_of(finals: &[TrialRow]) -> Vec<&str> {
-    let mut parents: Vec<&str> = Vec::new();
+fn plan_of(finals: &[TrialRow]) -> Vec<&TrialId> {
+    let mut parents: Vec<&TrialId> = Vec::new();
     for t in finals {
-        if let Some(p) = t.parent_id.as_deref() {
+        if let Some(p) = t.parent_id.as_ref() {
             if !parents.contains(&p) {
                 parents.push(p);
             }
@@ -148,8 +148,7 @@ impl Scheduler {
         let mut changed = false;
         for parent_id in plan_of(&finals) {
             let live = finals.iter().any(|t| {
-                t.parent_id.as_deref() == Some(parent_id)
-                    && t.status != TrialStatus::Cancelled.as_str()
+                t.parent_id.as_ref() == Some(parent_id) && t.status != TrialStatus::Cancelled
             });
             if !live {
                 let parent = super::require_trial(conn, parent_id).await?;
@@ -165,9 +164,9 @@ impl Scheduler {
         let planned = plan_of(&finals).len();
         let live: Vec<&TrialRow> = finals
             .iter()
-            .filter(|t| t.status != TrialStatus::Cancelled.as_str())
+            .filter(|t| t.status != TrialStatus::Cancelled)
             .collect();
-        let count = |s: TrialStatus| live.iter().filter(|t| t.status == s.as_str()).count();
+        let count = |s: TrialStatus| live.iter().filter(|t| t.status == s).count();
         let (completed, pruned, failed) = (
             count(TrialStatus::Completed),
             count(TrialStatus::Pruned),
@@ -222,7 +221,7 @@ impl Scheduler {
         };
         let chain = chains::load(conn, spec, &row.id, parent.chain).await?;
         let trial = NewTrial {
-            id: TrialId::generate().to_string(),
+            id: TrialId::generate(),
             experiment_id: row.id.clone(),
             seq,
             parent_id: Some(parent.id.clone()),

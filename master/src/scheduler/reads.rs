@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use super::{require_trial, Scheduler};
+use explore_common::{ExperimentId, TrialId, WorkerId};
+
+use super::{lookup_id, require_trial, Scheduler};
 use crate::error::MasterError;
 use crate::metrics::StoreGauges;
 use crate::store::reads::{
@@ -43,13 +45,16 @@ pub struct FilterDomain {
 }
 
 impl Scheduler {
+    /// The experiment a client named, checked to exist (`NotFound` otherwise, a malformed id
+    /// included).
     async fn require_experiment(
         &self,
         conn: &mut dyn PoolTx,
         experiment_id: &str,
-    ) -> Result<(), MasterError> {
-        match conn.get_experiment(experiment_id).await? {
-            Some(_) => Ok(()),
+    ) -> Result<ExperimentId, MasterError> {
+        let id: ExperimentId = lookup_id(experiment_id, "experiment")?;
+        match conn.get_experiment(&id).await? {
+            Some(_) => Ok(id),
             None => Err(MasterError::NotFound(format!("experiment {experiment_id}"))),
         }
     }
@@ -59,8 +64,9 @@ impl Scheduler {
     /// connected slots) and every trial trains with `objective`.
     pub async fn filter_domain(&self, experiment_id: &str) -> Result<FilterDomain, MasterError> {
         let spec = self.spec_of(experiment_id).await?;
+        let experiment_id: ExperimentId = lookup_id(experiment_id, "experiment")?;
         let mut conn = self.store.conn().await?;
-        let table = conn.list_chains(experiment_id).await?;
+        let table = conn.list_chains(&experiment_id).await?;
         let in_table = table.iter().map(|c| c.chain + 1).max().unwrap_or(0);
         let from_spec = i64::from(spec.annealing.chains.min(crate::chains::MAX_CHAINS));
         Ok(FilterDomain {
@@ -83,17 +89,18 @@ impl Scheduler {
         limit: u32,
     ) -> Result<TrialPage, MasterError> {
         let mut conn = self.store.conn().await?;
-        self.require_experiment(&mut *conn, experiment_id).await?;
-        conn.query_trials(experiment_id, filter, sort, descending, offset, limit)
+        let experiment_id = self.require_experiment(&mut *conn, experiment_id).await?;
+        conn.query_trials(&experiment_id, filter, sort, descending, offset, limit)
             .await
     }
 
     /// A trial with its epoch curve and its ancestors.
     pub async fn trial_detail(&self, trial_id: &str) -> Result<TrialDetail, MasterError> {
+        let trial_id: TrialId = lookup_id(trial_id, "trial")?;
         let mut conn = self.store.conn().await?;
-        let trial = require_trial(&mut *conn, trial_id).await?;
-        let epochs = conn.epoch_curve(trial_id).await?;
-        let lineage = conn.lineage(trial_id).await?;
+        let trial = require_trial(&mut *conn, &trial_id).await?;
+        let epochs = conn.epoch_curve(&trial_id).await?;
+        let lineage = conn.lineage(&trial_id).await?;
         Ok(TrialDetail {
             trial,
             epochs,
@@ -108,8 +115,8 @@ impl Scheduler {
         limit: u32,
     ) -> Result<Vec<TrialRow>, MasterError> {
         let mut conn = self.store.conn().await?;
-        self.require_experiment(&mut *conn, experiment_id).await?;
-        conn.genealogy(experiment_id, limit).await
+        let experiment_id = self.require_experiment(&mut *conn, experiment_id).await?;
+        conn.genealogy(&experiment_id, limit).await
     }
 
     /// The best-so-far curve's improvements and how many trials finished in all.
@@ -118,8 +125,8 @@ impl Scheduler {
         experiment_id: &str,
     ) -> Result<(Vec<BestPoint>, i64), MasterError> {
         let mut conn = self.store.conn().await?;
-        self.require_experiment(&mut *conn, experiment_id).await?;
-        conn.best_curve(experiment_id).await
+        let experiment_id = self.require_experiment(&mut *conn, experiment_id).await?;
+        conn.best_curve(&experiment_id).await
     }
 
     /// The experiment's chains now and their temperatures over time.
@@ -128,10 +135,10 @@ impl Scheduler {
         experiment_id: &str,
     ) -> Result<(Vec<ChainRow>, Vec<TemperaturePoint>), MasterError> {
         let mut conn = self.store.conn().await?;
-        self.require_experiment(&mut *conn, experiment_id).await?;
-        let chains = conn.list_chains(experiment_id).await?;
+        let experiment_id = self.require_experiment(&mut *conn, experiment_id).await?;
+        let chains = conn.list_chains(&experiment_id).await?;
         let history = conn
-            .temperature_history(experiment_id, MAX_TEMPERATURE_POINTS)
+            .temperature_history(&experiment_id, MAX_TEMPERATURE_POINTS)
             .await?;
         Ok((chains, history))
     }
@@ -140,7 +147,7 @@ impl Scheduler {
     pub async fn worker_views(&self) -> Result<Vec<WorkerView>, MasterError> {
         let mut conn = self.store.conn().await?;
         let workers = conn.workers(MAX_WORKERS_LISTED).await?;
-        let mut held: HashMap<String, Vec<TrialRow>> = HashMap::new();
+        let mut held: HashMap<WorkerId, Vec<TrialRow>> = HashMap::new();
         for trial in conn.held_trials().await? {
             if let Some(worker) = trial.worker_id.clone() {
                 held.entry(worker).or_default().push(trial);
@@ -162,7 +169,7 @@ impl Scheduler {
             .status_tallies()
             .await?
             .into_iter()
-            .map(|t| (t.experiment_id, t.status, t.n))
+            .map(|t| (t.experiment_id.to_string(), t.status.to_string(), t.n))
             .collect();
         let since = super::now_ms() - 2 * self.config.lease.as_millis() as i64;
         let (connected_workers, connected_slots) = conn.connected(since).await?;
@@ -173,7 +180,7 @@ impl Scheduler {
                 None => None,
             };
             experiments.push((
-                row.id.clone(),
+                row.id.to_string(),
                 row.name.clone(),
                 row.lifecycle().as_str().to_string(),
                 best,

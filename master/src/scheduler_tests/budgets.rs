@@ -10,7 +10,11 @@ async fn experiment_completes_exactly_at_the_trial_budget() {
     let mut done = 0;
     while done < 4 {
         let v = view(&h.sched, &id).await;
-        assert_eq!(v.row.status, "running", "ended after {done} trials");
+        assert_eq!(
+            v.row.status,
+            ExperimentStatus::Running,
+            "ended after {done} trials"
+        );
         assert!(v.counts.budgeted() <= 4, "{:?}", v.counts);
         let x = lease(&h.sched, &a).await;
         let y = within(h.sched.acquire(a.as_str(), Duration::ZERO))
@@ -24,7 +28,7 @@ async fn experiment_completes_exactly_at_the_trial_budget() {
         }
     }
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "completed");
+    assert_eq!(v.row.status, ExperimentStatus::Completed);
     assert_eq!(v.row.status_reason, "trial budget reached");
     assert!(v.row.finished_at_ms.is_some());
     assert_eq!(
@@ -63,7 +67,11 @@ async fn wall_time_budget_stops_proposals_and_ends_when_nothing_is_in_flight() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     within(h.sched.tick()).await.unwrap();
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "running", "a trial is still in flight");
+    assert_eq!(
+        v.row.status,
+        ExperimentStatus::Running,
+        "a trial is still in flight"
+    );
     assert_eq!(
         (v.counts.queued, v.counts.cancelled, v.counts.leased),
         (0, 1, 1)
@@ -71,7 +79,7 @@ async fn wall_time_budget_stops_proposals_and_ends_when_nothing_is_in_flight() {
     let cancelled = trials(&h.sched, &id)
         .await
         .into_iter()
-        .find(|t| t.status == "cancelled")
+        .find(|t| t.status == TrialStatus::Cancelled)
         .unwrap();
     assert_eq!(cancelled.error, "wall-time budget reached");
     assert!(within(h.sched.acquire(w.as_str(), Duration::ZERO))
@@ -79,16 +87,19 @@ async fn wall_time_budget_stops_proposals_and_ends_when_nothing_is_in_flight() {
         .unwrap()
         .is_none());
     assert_eq!(
-        within(h.sched.heartbeat(w.as_str(), &held.id, 1, progress(1)))
-            .await
-            .unwrap(),
+        within(
+            h.sched
+                .heartbeat(w.as_str(), held.id.as_str(), 1, progress(1))
+        )
+        .await
+        .unwrap(),
         HeartbeatAnswer::Continue,
         "running trials may finish"
     );
 
     assert_eq!(finish(&h.sched, &w, &held, 0.7).await.reason, "");
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "completed");
+    assert_eq!(v.row.status, ExperimentStatus::Completed);
     assert_eq!(v.row.status_reason, "wall-time budget reached");
     assert_eq!((v.counts.completed, v.counts.queued), (1, 0));
     assert_eq!(v.best.unwrap().id, held.id);
@@ -100,7 +111,7 @@ async fn failed_trial_is_replaced_and_does_not_use_the_budget() {
     let w = register(&h.sched, 1).await;
     let id = within(h.sched.submit(spec(2, ""))).await.unwrap();
     let t = lease(&h.sched, &w).await;
-    within(h.sched.fail(w.as_str(), &t.id, 1, "out of memory"))
+    within(h.sched.fail(w.as_str(), t.id.as_str(), 1, "out of memory"))
         .await
         .unwrap();
     let failed = trial(&h.sched, &t.id).await;
@@ -112,10 +123,10 @@ async fn failed_trial_is_replaced_and_does_not_use_the_budget() {
     let c = counts(&h.sched, &id).await;
     assert_eq!((c.failed, c.queued, c.budgeted()), (1, 1, 1));
     // A second report of the same failure, or one from an old attempt, changes nothing.
-    within(h.sched.fail(w.as_str(), &t.id, 1, "again"))
+    within(h.sched.fail(w.as_str(), t.id.as_str(), 1, "again"))
         .await
         .unwrap();
-    within(h.sched.fail(w.as_str(), &t.id, 7, "other"))
+    within(h.sched.fail(w.as_str(), t.id.as_str(), 7, "other"))
         .await
         .unwrap();
     assert_eq!(trial(&h.sched, &t.id).await.error, "out of memory");
@@ -123,7 +134,7 @@ async fn failed_trial_is_replaced_and_does_not_use_the_budget() {
 
     assert_eq!(run_to_end(&h.sched, &w, &id, &[0.5]).await, 2);
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "completed");
+    assert_eq!(v.row.status, ExperimentStatus::Completed);
     assert_eq!((v.counts.completed, v.counts.failed), (2, 1));
 }
 
@@ -133,9 +144,12 @@ async fn fail_reason_is_truncated() {
     let w = register(&h.sched, 1).await;
     within(h.sched.submit(spec(2, ""))).await.unwrap();
     let t = lease(&h.sched, &w).await;
-    within(h.sched.fail(w.as_str(), &t.id, 1, &"é".repeat(5000)))
-        .await
-        .unwrap();
+    within(
+        h.sched
+            .fail(w.as_str(), t.id.as_str(), 1, &"é".repeat(5000)),
+    )
+    .await
+    .unwrap();
     assert_eq!(trial(&h.sched, &t.id).await.error.chars().count(), 2000);
 }
 
@@ -147,16 +161,19 @@ async fn experiment_fails_after_max_failures() {
         .await
         .unwrap();
     let first = lease(&h.sched, &w).await;
-    within(h.sched.fail(w.as_str(), &first.id, 1, "nan loss"))
+    within(h.sched.fail(w.as_str(), first.id.as_str(), 1, "nan loss"))
         .await
         .unwrap();
-    assert_eq!(view(&h.sched, &id).await.row.status, "running");
+    assert_eq!(
+        view(&h.sched, &id).await.row.status,
+        ExperimentStatus::Running
+    );
     let second = lease(&h.sched, &w).await;
-    within(h.sched.fail(w.as_str(), &second.id, 1, "nan loss"))
+    within(h.sched.fail(w.as_str(), second.id.as_str(), 1, "nan loss"))
         .await
         .unwrap();
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "failed");
+    assert_eq!(v.row.status, ExperimentStatus::Failed);
     assert!(
         v.row.status_reason.contains("2 trials failed"),
         "{}",
@@ -180,11 +197,14 @@ async fn running_trials_of_a_failed_experiment_are_told_to_stop() {
         .unwrap();
     let a = lease(&h.sched, &w).await;
     let b = lease(&h.sched, &w).await;
-    within(h.sched.fail(w.as_str(), &a.id, 1, "boom"))
+    within(h.sched.fail(w.as_str(), a.id.as_str(), 1, "boom"))
         .await
         .unwrap();
-    assert_eq!(view(&h.sched, &id).await.row.status, "failed");
-    let answer = within(h.sched.heartbeat(w.as_str(), &b.id, 1, progress(1)))
+    assert_eq!(
+        view(&h.sched, &id).await.row.status,
+        ExperimentStatus::Failed
+    );
+    let answer = within(h.sched.heartbeat(w.as_str(), b.id.as_str(), 1, progress(1)))
         .await
         .unwrap();
     assert!(
@@ -206,12 +226,15 @@ async fn held_trials_of_an_ended_experiment_are_cancelled_not_requeued() {
     let a = lease(&h.sched, &w).await;
     let b = lease(&h.sched, &w).await;
     let c = lease(&h.sched, &w).await;
-    within(h.sched.fail(w.as_str(), &a.id, 1, "boom"))
+    within(h.sched.fail(w.as_str(), a.id.as_str(), 1, "boom"))
         .await
         .unwrap();
-    assert_eq!(view(&h.sched, &id).await.row.status, "failed");
+    assert_eq!(
+        view(&h.sched, &id).await.row.status,
+        ExperimentStatus::Failed
+    );
     // `b`'s worker stops without reporting (as told by the heartbeat); its lease runs out.
-    let keep = within(h.sched.heartbeat(w.as_str(), &c.id, 1, progress(1)))
+    let keep = within(h.sched.heartbeat(w.as_str(), c.id.as_str(), 1, progress(1)))
         .await
         .unwrap();
     assert!(matches!(keep, HeartbeatAnswer::Stop(_)));
@@ -222,7 +245,7 @@ async fn held_trials_of_an_ended_experiment_are_cancelled_not_requeued() {
     assert_eq!(v.counts.in_flight(), 0, "{:?}", v.counts);
     for t in [&b, &c] {
         let t = trial(&h.sched, &t.id).await;
-        assert_eq!(t.status, "cancelled", "{}: {}", t.id, t.error);
+        assert_eq!(t.status, TrialStatus::Cancelled, "{}: {}", t.id, t.error);
     }
 
     // The same through a worker that leaves while holding a trial of an ended experiment.
@@ -233,11 +256,11 @@ async fn held_trials_of_an_ended_experiment_are_cancelled_not_requeued() {
         .unwrap();
     let a = lease(&h.sched, &w).await;
     let b = lease(&h.sched, &w).await;
-    within(h.sched.fail(w.as_str(), &a.id, 1, "boom"))
+    within(h.sched.fail(w.as_str(), a.id.as_str(), 1, "boom"))
         .await
         .unwrap();
     within(h.sched.deregister(w.as_str())).await.unwrap();
-    assert_eq!(trial(&h.sched, &b.id).await.status, "cancelled");
+    assert_eq!(trial(&h.sched, &b.id).await.status, TrialStatus::Cancelled);
     assert_eq!(counts(&h.sched, &id).await.queued, 0);
 }
 
@@ -257,7 +280,7 @@ async fn after_the_wall_time_a_prefetched_trial_is_cancelled_but_a_started_one_r
     assert_eq!(
         within(
             h.sched
-                .heartbeat(w.as_str(), &training.id, 1, started.clone())
+                .heartbeat(w.as_str(), training.id.as_str(), 1, started.clone())
         )
         .await
         .unwrap(),
@@ -267,24 +290,27 @@ async fn after_the_wall_time_a_prefetched_trial_is_cancelled_but_a_started_one_r
     // Past the budget: the waiting trial is dropped, the training one may finish.
     let answer = within(
         h.sched
-            .heartbeat(w.as_str(), &prefetched.id, 1, progress(0)),
+            .heartbeat(w.as_str(), prefetched.id.as_str(), 1, progress(0)),
     )
     .await
     .unwrap();
     assert!(matches!(answer, HeartbeatAnswer::Stop(_)), "{answer:?}");
     let t = trial(&h.sched, &prefetched.id).await;
-    assert_eq!(t.status, "cancelled");
+    assert_eq!(t.status, TrialStatus::Cancelled);
     assert_eq!(t.error, "wall-time budget reached before it started");
     assert_eq!(
-        within(h.sched.heartbeat(w.as_str(), &training.id, 1, started))
-            .await
-            .unwrap(),
+        within(
+            h.sched
+                .heartbeat(w.as_str(), training.id.as_str(), 1, started)
+        )
+        .await
+        .unwrap(),
         HeartbeatAnswer::Continue
     );
     assert!(finish(&h.sched, &w, &training, 0.8).await.accepted);
     within(h.sched.tick()).await.unwrap();
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "completed");
+    assert_eq!(v.row.status, ExperimentStatus::Completed);
     assert_eq!(v.row.status_reason, "wall-time budget reached");
     assert_eq!(v.counts.completed, 1);
 }

@@ -25,14 +25,14 @@ async fn chains_take_turns_and_each_mutates_its_own_current_model() {
         assert_eq!(ts[0].parent_id, None, "each chain starts from a seed");
         for pair in ts.windows(2) {
             assert_eq!(
-                pair[1].parent_id.as_deref(),
-                Some(pair[0].id.as_str()),
+                pair[1].parent_id.as_ref(),
+                Some(&pair[0].id),
                 "chain {chain} mutates its own last accepted model"
             );
         }
     }
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "completed");
+    assert_eq!(v.row.status, ExperimentStatus::Completed);
 }
 
 #[tokio::test]
@@ -46,7 +46,7 @@ async fn children_inherit_their_parents_checkpoint_and_fine_tune_briefly() {
     finish_with_checkpoint(&h.sched, &w, &seed, 0.8).await;
     let seed = trial(&h.sched, &seed.id).await;
     let child = lease(&h.sched, &w).await;
-    assert_eq!(child.parent_id.as_deref(), Some(seed.id.as_str()));
+    assert_eq!(child.parent_id.as_ref(), Some(&seed.id));
     assert_eq!(child.inherit_from, seed.checkpoint_sha256);
     assert!(
         child.origin.ends_with("(inherits weights)"),
@@ -81,7 +81,7 @@ async fn a_stagnating_chain_is_reheated() {
         finish(&h.sched, &w, &t, score).await;
     }
     let mut conn = h.sched.store().conn().await.unwrap();
-    let chain = conn.get_chain(id.as_str(), 0).await.unwrap().unwrap();
+    let chain = conn.get_chain(&id, 0).await.unwrap().unwrap();
     assert_eq!((chain.reheats, chain.since_improvement), (0, 1));
     assert!(
         (chain.temperature - 0.05 * 0.25).abs() < 1e-12,
@@ -92,7 +92,7 @@ async fn a_stagnating_chain_is_reheated() {
     let t = lease(&h.sched, &w).await;
     finish(&h.sched, &w, &t, 0.4).await;
     let mut conn = h.sched.store().conn().await.unwrap();
-    let chain = conn.get_chain(id.as_str(), 0).await.unwrap().unwrap();
+    let chain = conn.get_chain(&id, 0).await.unwrap().unwrap();
     assert_eq!(chain.reheats, 1);
     assert_eq!(chain.temperature, 0.05, "back to the initial temperature");
     assert_eq!(

@@ -44,9 +44,12 @@ async fn a_stopped_experiment_leases_nothing_and_lets_its_trials_in_flight_finis
 
     // The trial in flight trains on and its result counts.
     assert_eq!(
-        within(h.sched.heartbeat(w.as_str(), &held.id, 1, progress(1)))
-            .await
-            .unwrap(),
+        within(
+            h.sched
+                .heartbeat(w.as_str(), held.id.as_str(), 1, progress(1))
+        )
+        .await
+        .unwrap(),
         HeartbeatAnswer::Continue
     );
     assert_eq!(finish(&h.sched, &w, &held, 0.8).await.reason, "");
@@ -56,7 +59,7 @@ async fn a_stopped_experiment_leases_nothing_and_lets_its_trials_in_flight_finis
         v.counts.queued, 0,
         "completing refilled a stopped experiment"
     );
-    assert_eq!(v.row.best_trial_id.as_deref(), Some(held.id.as_str()));
+    assert_eq!(v.row.best_trial_id.as_ref(), Some(&held.id));
 
     // Resumed: the queue fills and trials are leased again.
     within(h.sched.resume_experiment(id.as_str()))
@@ -67,7 +70,7 @@ async fn a_stopped_experiment_leases_nothing_and_lets_its_trials_in_flight_finis
         "running"
     );
     let next = lease(&h.sched, &w).await;
-    assert_eq!(next.experiment_id, id.as_str());
+    assert_eq!(next.experiment_id, id);
     assert_eq!(finish(&h.sched, &w, &next, 0.6).await.reason, "");
     assert_eq!(run_to_end(&h.sched, &w, &id, &[0.5]).await, 8);
     let v = view(&h.sched, &id).await;
@@ -89,7 +92,7 @@ async fn stop_now_cancels_the_trials_in_flight_and_tells_their_workers_why() {
     let id = within(h.sched.submit(spec(10, ""))).await.unwrap();
     let a = lease(&h.sched, &w).await;
     let b = lease(&h.sched, &w).await;
-    within(h.sched.heartbeat(w.as_str(), &a.id, 1, progress(1)))
+    within(h.sched.heartbeat(w.as_str(), a.id.as_str(), 1, progress(1)))
         .await
         .unwrap();
     let outcome = within(h.sched.stop_experiment(id.as_str(), true))
@@ -121,7 +124,7 @@ async fn stop_now_cancels_the_trials_in_flight_and_tells_their_workers_why() {
         );
     }
     assert_eq!(
-        within(h.sched.heartbeat(w.as_str(), &a.id, 1, progress(1)))
+        within(h.sched.heartbeat(w.as_str(), a.id.as_str(), 1, progress(1)))
             .await
             .unwrap(),
         HeartbeatAnswer::Stop(CANCELLED_BY_STOP.to_string())
@@ -182,7 +185,7 @@ async fn time_spent_stopped_is_not_charged_to_the_wall_time_budget() {
         v.row.status_reason
     );
     assert!(v.row.paused_ms >= 2000, "{}", v.row.paused_ms);
-    assert!(lease(&h.sched, &w).await.experiment_id == id.as_str());
+    assert!(lease(&h.sched, &w).await.experiment_id == id);
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ async fn a_trial_below_its_peers_median_is_pruned_and_never_a_base() {
     };
     assert!(reason.contains("median"), "{reason}");
     let pruned = trial(&h.sched, &bad.id).await;
-    assert_eq!(pruned.status, "pruned");
+    assert_eq!(pruned.status, TrialStatus::Pruned);
     assert_eq!((pruned.score, pruned.epoch), (Some(0.70), 1));
     assert_eq!(pruned.error, reason);
     assert_eq!(pruned.accepted, Some(false));
@@ -43,7 +43,7 @@ async fn a_trial_below_its_peers_median_is_pruned_and_never_a_base() {
     assert_eq!(v.counts.pruned, 1);
     for _ in 0..3 {
         let t = lease(&h.sched, &w).await;
-        assert_ne!(t.parent_id.as_deref(), Some(bad.id.as_str()));
+        assert_ne!(t.parent_id.as_ref(), Some(&bad.id));
         finish(&h.sched, &w, &t, 0.5).await;
     }
 }
@@ -58,7 +58,7 @@ async fn the_epoch_budget_cuts_the_last_trial_and_ends_the_experiment() {
     .unwrap();
     let id = within(h.sched.submit(spec)).await.unwrap();
     let mut planned = Vec::new();
-    while view(&h.sched, &id).await.row.status == "running" {
+    while view(&h.sched, &id).await.row.status == ExperimentStatus::Running {
         let t = lease(&h.sched, &w).await;
         let epochs = HyperParams::from_json(&t.hparams_json).unwrap().epochs;
         planned.push(epochs);
@@ -66,9 +66,12 @@ async fn the_epoch_budget_cuts_the_last_trial_and_ends_the_experiment() {
             epochs_run: epochs,
             ..result(0.5 + planned.len() as f64 / 100.0)
         };
-        within(h.sched.complete(w.as_str(), &t.id, t.attempt as u32, r))
-            .await
-            .unwrap();
+        within(
+            h.sched
+                .complete(w.as_str(), t.id.as_str(), t.attempt as u32, r),
+        )
+        .await
+        .unwrap();
         assert!(planned.len() < 10, "the experiment does not end");
     }
     assert_eq!(planned, vec![3, 3, 1], "the last trial gets what is left");

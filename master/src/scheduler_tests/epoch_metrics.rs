@@ -50,7 +50,7 @@ async fn a_heartbeat_with_a_bad_epoch_metric_is_refused_naming_it_and_records_no
         val_accuracy: 0.7,
         metrics,
     };
-    let curve = |sched: Arc<Scheduler>, trial_id: String| async move {
+    let curve = |sched: Arc<Scheduler>, trial_id: TrialId| async move {
         let mut conn = within(sched.store().conn()).await.unwrap();
         conn.epoch_curve(&trial_id).await.unwrap()
     };
@@ -64,7 +64,11 @@ async fn a_heartbeat_with_a_bad_epoch_metric_is_refused_naming_it_and_records_no
             "epoch metric \"elr.norm_drift\" = NaN",
         ),
     ] {
-        let answer = within(h.sched.heartbeat(w.as_str(), &t.id, 1, beat(metrics))).await;
+        let answer = within(
+            h.sched
+                .heartbeat(w.as_str(), t.id.as_str(), 1, beat(metrics)),
+        )
+        .await;
         match answer {
             Err(MasterError::InvalidArgument(message)) => {
                 assert!(message.contains(named), "{message}")
@@ -85,9 +89,12 @@ async fn a_heartbeat_with_a_bad_epoch_metric_is_refused_naming_it_and_records_no
 
     // A good report is stored with its epoch and read back as the trial's last-epoch metrics.
     let good = epoch_metrics(&[("elr.norm_drift", 0.125)]);
-    let answer = within(h.sched.heartbeat(w.as_str(), &t.id, 1, beat(good.clone())))
-        .await
-        .unwrap();
+    let answer = within(
+        h.sched
+            .heartbeat(w.as_str(), t.id.as_str(), 1, beat(good.clone())),
+    )
+    .await
+    .unwrap();
     assert_eq!(answer, HeartbeatAnswer::Continue);
     let rows = curve(h.sched.clone(), t.id.clone()).await;
     assert_eq!(rows.len(), 1);

@@ -24,7 +24,12 @@ async fn experiment_ends_when_the_search_space_is_exhausted() {
         (v.counts.completed, v.counts.queued, v.counts.in_flight()),
         (2, 0, 0)
     );
-    assert_eq!(v.row.status, "completed", "{}", v.row.status_reason);
+    assert_eq!(
+        v.row.status,
+        ExperimentStatus::Completed,
+        "{}",
+        v.row.status_reason
+    );
     assert!(
         v.row
             .status_reason
@@ -44,7 +49,7 @@ async fn experiment_ends_when_the_search_space_is_exhausted() {
 async fn run_synthetic(sched: &Scheduler, id: &ExperimentId, budget: u32) -> ExperimentView {
     let w = register(sched, 1).await;
     let mut n = 0u64;
-    while view(sched, id).await.row.status == "running" {
+    while view(sched, id).await.row.status == ExperimentStatus::Running {
         assert!(n <= u64::from(budget) + 5, "experiment does not end");
         let t = within(sched.acquire(w.as_str(), Duration::ZERO))
             .await
@@ -119,7 +124,7 @@ async fn a_truly_tiny_space_is_covered_then_ends_as_exhausted() {
             .await
             .unwrap();
         let v = run_synthetic(&sched, &id, BUDGET).await;
-        assert_eq!(v.row.status, "completed");
+        assert_eq!(v.row.status, ExperimentStatus::Completed);
         let reason = &v.row.status_reason;
         assert!(
             reason.starts_with(

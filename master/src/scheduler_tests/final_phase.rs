@@ -40,7 +40,7 @@ async fn complete_full(sched: &Scheduler, w: &WorkerId, t: &TrialRow, score: f64
         epochs_run: planned_epochs(t),
         ..result(score)
     };
-    let answer = within(sched.complete(w.as_str(), &t.id, t.attempt as u32, r))
+    let answer = within(sched.complete(w.as_str(), t.id.as_str(), t.attempt as u32, r))
         .await
         .unwrap();
     assert_eq!(answer.reason, "", "{answer:?}");
@@ -58,7 +58,7 @@ async fn run_search(
     let mut n = 0;
     loop {
         let v = view(sched, id).await;
-        if v.row.status != "running" || v.row.in_final_phase() {
+        if v.row.status != ExperimentStatus::Running || v.row.in_final_phase() {
             return n;
         }
         assert!(n < 200, "the search does not end");
@@ -79,11 +79,11 @@ async fn run_search(
 }
 
 /// The ids of the best completed search trial of each of the `k` best genomes, best first.
-fn expected_parents(all: &[TrialRow], k: usize) -> Vec<String> {
+fn expected_parents(all: &[TrialRow], k: usize) -> Vec<TrialId> {
     let mut best: HashMap<&str, &TrialRow> = HashMap::new();
     for t in all
         .iter()
-        .filter(|t| !t.is_final() && t.status == "completed")
+        .filter(|t| !t.is_final() && t.status == TrialStatus::Completed)
     {
         let entry = best.entry(t.genome_hash.as_str()).or_insert(t);
         if (t.score, -t.seq) > (entry.score, -entry.seq) {
@@ -121,7 +121,12 @@ async fn the_final_phase_retrains_exactly_the_k_best_distinct_genomes_within_the
     let all = trials(&h.sched, &id).await;
     let fin = finals(&all);
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "running", "{}", v.row.status_reason);
+    assert_eq!(
+        v.row.status,
+        ExperimentStatus::Running,
+        "{}",
+        v.row.status_reason
+    );
     assert!(
         v.row
             .status_reason
@@ -131,7 +136,7 @@ async fn the_final_phase_retrains_exactly_the_k_best_distinct_genomes_within_the
     );
     // Exactly K final trials, queued at once, retraining the K best distinct genomes.
     assert_eq!(fin.len(), 3, "after {searched} search trials");
-    let parents: Vec<String> = fin.iter().map(|t| t.parent_id.clone().unwrap()).collect();
+    let parents: Vec<TrialId> = fin.iter().map(|t| t.parent_id.clone().unwrap()).collect();
     assert_eq!(parents, expected_parents(&all, 3));
     let genomes: HashSet<&str> = fin.iter().map(|t| t.genome_hash.as_str()).collect();
     assert_eq!(genomes.len(), 3);
@@ -140,7 +145,7 @@ async fn the_final_phase_retrains_exactly_the_k_best_distinct_genomes_within_the
             .iter()
             .find(|p| Some(&p.id) == t.parent_id.as_ref())
             .unwrap();
-        assert_eq!(t.status, "queued");
+        assert_eq!(t.status, TrialStatus::Queued);
         assert_eq!(t.genome_json, parent.genome_json);
         assert_eq!(planned_epochs(t), 7);
         let mut hp = HyperParams::from_json(&parent.hparams_json).unwrap();
@@ -174,13 +179,16 @@ async fn the_final_phase_retrains_exactly_the_k_best_distinct_genomes_within_the
     }
     complete_full(&h.sched, &w, &first, 0.6).await;
     for t in &fin[1..] {
-        assert_eq!(view(&h.sched, &id).await.row.status, "running");
+        assert_eq!(
+            view(&h.sched, &id).await.row.status,
+            ExperimentStatus::Running
+        );
         let held = lease(&h.sched, &w).await;
         assert_eq!(held.id, t.id);
         complete_full(&h.sched, &w, &held, 0.6).await;
     }
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "completed");
+    assert_eq!(v.row.status, ExperimentStatus::Completed);
     assert!(
         v.row.status_reason.starts_with(
             "final training done: 3 architectures retrained for 7 epochs (3 completed, 0 failed)"
@@ -223,7 +231,7 @@ async fn two_trials_of_one_genome_count_once_and_a_final_trial_can_be_the_best()
     let all = trials(&h.sched, &id).await;
     let fin = finals(&all);
     assert_eq!(fin.len(), 2);
-    let parents: Vec<String> = fin.iter().map(|t| t.parent_id.clone().unwrap()).collect();
+    let parents: Vec<TrialId> = fin.iter().map(|t| t.parent_id.clone().unwrap()).collect();
     assert_eq!(parents, expected_parents(&all, 2));
     assert_ne!(fin[0].genome_hash, fin[1].genome_hash);
     let best_search = view(&h.sched, &id).await.row.best_trial_id.unwrap();
@@ -233,23 +241,23 @@ async fn two_trials_of_one_genome_count_once_and_a_final_trial_can_be_the_best()
     let low = lease(&h.sched, &w).await;
     complete_full(&h.sched, &w, &low, 0.51).await;
     assert_eq!(
-        view(&h.sched, &id).await.row.best_trial_id.as_deref(),
-        Some(best_search.as_str())
+        view(&h.sched, &id).await.row.best_trial_id.as_ref(),
+        Some(&best_search)
     );
     let high = lease(&h.sched, &w).await;
     complete_full(&h.sched, &w, &high, 0.99).await;
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "completed");
-    assert_eq!(v.row.best_trial_id.as_deref(), Some(high.id.as_str()));
+    assert_eq!(v.row.status, ExperimentStatus::Completed);
+    assert_eq!(v.row.best_trial_id.as_ref(), Some(&high.id));
     assert!(v.best.unwrap().is_final());
     // Not a step of the search: recorded as accepted, no chain moved by it.
     let high = trial(&h.sched, &high.id).await;
     assert_eq!(high.accepted, Some(true));
     let mut conn = within(h.sched.store().conn()).await.unwrap();
-    let chains = conn.list_chains(id.as_str()).await.unwrap();
+    let chains = conn.list_chains(&id).await.unwrap();
     assert!(chains
         .iter()
-        .all(|c| c.current_trial_id.as_deref() != Some(high.id.as_str())));
+        .all(|c| c.current_trial_id.as_ref() != Some(&high.id)));
 }
 
 #[tokio::test]
@@ -279,7 +287,12 @@ async fn fewer_distinct_genomes_than_top_k_train_that_many_from_scratch() {
     let t = lease(&h.sched, &w).await;
     complete_full(&h.sched, &w, &t, 0.7).await;
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "completed", "{}", v.row.status_reason);
+    assert_eq!(
+        v.row.status,
+        ExperimentStatus::Completed,
+        "{}",
+        v.row.status_reason
+    );
     assert_eq!(v.counts.finished(), 6);
 }
 
@@ -309,20 +322,20 @@ async fn a_restart_midway_through_the_final_phase_neither_loses_nor_doubles_a_tr
     let sched = open_scheduler(dir.path(), cfg).await;
     within(sched.resume()).await.unwrap();
     within(sched.tick()).await.unwrap();
-    let before: Vec<(String, String)> = finals(&trials(&sched, &id).await)
+    let before: Vec<(TrialId, TrialStatus)> = finals(&trials(&sched, &id).await)
         .into_iter()
         .map(|t| (t.id, t.status))
         .collect();
     assert_eq!(
         before,
         vec![
-            (done.clone(), "completed".to_string()),
-            (held.id.clone(), "running".to_string()),
-            (queued.clone(), "queued".to_string()),
+            (done.clone(), TrialStatus::Completed),
+            (held.id.clone(), TrialStatus::Running),
+            (queued.clone(), TrialStatus::Queued),
         ]
     );
     let v = view(&sched, &id).await;
-    assert_eq!(v.row.status, "running");
+    assert_eq!(v.row.status, ExperimentStatus::Running);
     assert!(
         v.row.status_reason.contains("1 of 3 ended"),
         "{}",
@@ -334,13 +347,18 @@ async fn a_restart_midway_through_the_final_phase_neither_loses_nor_doubles_a_tr
     assert_eq!(last.id, queued);
     complete_full(&sched, &w, &last, 0.75).await;
     let v = view(&sched, &id).await;
-    assert_eq!(v.row.status, "completed", "{}", v.row.status_reason);
+    assert_eq!(
+        v.row.status,
+        ExperimentStatus::Completed,
+        "{}",
+        v.row.status_reason
+    );
     let all = trials(&sched, &id).await;
     let fin = finals(&all);
     assert_eq!(fin.len(), 3);
     assert!(fin
         .iter()
-        .all(|t| t.status == "completed" && t.attempt == 1));
+        .all(|t| t.status == TrialStatus::Completed && t.attempt == 1));
     let parents: HashSet<_> = fin.iter().map(|t| t.parent_id.clone()).collect();
     assert_eq!(parents.len(), 3);
     assert!(v.epochs.committed <= 50, "{:?}", v.epochs);
@@ -384,9 +402,12 @@ async fn a_stopped_final_phase_proposes_nothing_and_resumes_each_cancelled_trial
     let all = trials(&h.sched, &id).await;
     let fin = finals(&all);
     assert_eq!(fin.len(), 4, "one new trial per cancelled one");
-    let requeued: Vec<&TrialRow> = fin.iter().filter(|t| t.status == "queued").collect();
+    let requeued: Vec<&TrialRow> = fin
+        .iter()
+        .filter(|t| t.status == TrialStatus::Queued)
+        .collect();
     assert_eq!(requeued.len(), 2);
-    let parents = |ts: &[&TrialRow]| -> Vec<Option<String>> {
+    let parents = |ts: &[&TrialRow]| -> Vec<Option<TrialId>> {
         ts.iter().map(|t| t.parent_id.clone()).collect()
     };
     assert_eq!(
@@ -398,10 +419,25 @@ async fn a_stopped_final_phase_proposes_nothing_and_resumes_each_cancelled_trial
         complete_full(&h.sched, &w, &t, 0.7).await;
     }
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "completed", "{}", v.row.status_reason);
+    assert_eq!(
+        v.row.status,
+        ExperimentStatus::Completed,
+        "{}",
+        v.row.status_reason
+    );
     let fin = finals(&trials(&h.sched, &id).await);
-    assert_eq!(fin.iter().filter(|t| t.status == "completed").count(), 2);
-    assert_eq!(fin.iter().filter(|t| t.status == "cancelled").count(), 2);
+    assert_eq!(
+        fin.iter()
+            .filter(|t| t.status == TrialStatus::Completed)
+            .count(),
+        2
+    );
+    assert_eq!(
+        fin.iter()
+            .filter(|t| t.status == TrialStatus::Cancelled)
+            .count(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -433,15 +469,26 @@ async fn a_final_trial_is_retried_by_the_lease_rules_and_one_that_fails_does_not
     );
     let retry = lease(&h.sched, &w).await;
     assert_eq!((retry.id.as_str(), retry.attempt), (lost.id.as_str(), 2));
-    within(h.sched.fail(w.as_str(), &retry.id, 2, "out of memory"))
-        .await
-        .unwrap();
-    assert_eq!(view(&h.sched, &id).await.row.status, "running");
+    within(
+        h.sched
+            .fail(w.as_str(), retry.id.as_str(), 2, "out of memory"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        view(&h.sched, &id).await.row.status,
+        ExperimentStatus::Running
+    );
     let other = lease(&h.sched, &w).await;
     assert_eq!(other.id, fin[1].id);
     complete_full(&h.sched, &w, &other, 0.7).await;
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "completed", "{}", v.row.status_reason);
+    assert_eq!(
+        v.row.status,
+        ExperimentStatus::Completed,
+        "{}",
+        v.row.status_reason
+    );
     assert!(
         v.row.status_reason.contains("(1 completed, 1 failed)"),
         "{}",
@@ -470,17 +517,22 @@ async fn the_wall_time_budget_ends_the_search_and_the_final_phase_still_runs() {
     // A prefetched final trial is not cancelled for the spent wall time.
     let f = lease(&h.sched, &w).await;
     assert!(f.is_final());
-    assert_eq!(f.parent_id.as_deref(), Some(t.id.as_str()));
+    assert_eq!(f.parent_id.as_ref(), Some(&t.id));
     assert_eq!(
-        within(h.sched.heartbeat(w.as_str(), &f.id, 1, progress(0)))
+        within(h.sched.heartbeat(w.as_str(), f.id.as_str(), 1, progress(0)))
             .await
             .unwrap(),
         HeartbeatAnswer::Continue
     );
     complete_full(&h.sched, &w, &f, 0.8).await;
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "completed", "{}", v.row.status_reason);
-    assert_eq!(v.row.best_trial_id.as_deref(), Some(f.id.as_str()));
+    assert_eq!(
+        v.row.status,
+        ExperimentStatus::Completed,
+        "{}",
+        v.row.status_reason
+    );
+    assert_eq!(v.row.best_trial_id.as_ref(), Some(&f.id));
 }
 
 #[tokio::test]
@@ -536,7 +588,7 @@ async fn with_a_search_subset_search_trials_train_on_it_and_final_trials_on_ever
     let id = within(h.sched.submit(plain)).await.unwrap();
     let spec = view(&h.sched, &id).await.spec;
     let t = lease(&h.sched, &w).await;
-    assert_eq!(t.experiment_id, id.to_string());
+    assert_eq!(t.experiment_id, id);
     assert_eq!(trial_assignment(&t, &spec).train_examples, 0);
 }
 
@@ -572,7 +624,7 @@ async fn check_final_invariants(
     id: &ExperimentId,
     max_trials: u32,
     top_k: usize,
-    completions: &[String],
+    completions: &[TrialId],
 ) {
     let v = view(sched, id).await;
     assert!(v.counts.budgeted() <= max_trials, "{:?}", v.counts);
@@ -584,10 +636,10 @@ async fn check_final_invariants(
     let all = trials(sched, id).await;
     let live: Vec<&TrialRow> = all
         .iter()
-        .filter(|t| t.is_final() && t.status != "cancelled")
+        .filter(|t| t.is_final() && t.status != TrialStatus::Cancelled)
         .collect();
-    let parents: Vec<String> = live.iter().map(|t| t.parent_id.clone().unwrap()).collect();
-    let distinct: HashSet<&String> = parents.iter().collect();
+    let parents: Vec<TrialId> = live.iter().map(|t| t.parent_id.clone().unwrap()).collect();
+    let distinct: HashSet<&TrialId> = parents.iter().collect();
     assert_eq!(
         distinct.len(),
         parents.len(),
@@ -603,7 +655,7 @@ async fn check_final_invariants(
     } else {
         assert!(parents.is_empty());
     }
-    if v.row.status == "completed" {
+    if v.row.status == ExperimentStatus::Completed {
         assert!(live
             .iter()
             .all(|t| matches!(t.status.as_str(), "completed" | "failed")));
@@ -621,7 +673,7 @@ async fn run_final_ops(max_trials: u32, top_k: u32, slots: u32, ops: Vec<Op>) {
         .await
         .unwrap();
     let mut held: Vec<TrialRow> = Vec::new();
-    let mut completions: Vec<String> = Vec::new();
+    let mut completions: Vec<TrialId> = Vec::new();
     let top_k = top_k as usize;
     for op in ops {
         match op {
@@ -641,9 +693,14 @@ async fn run_final_ops(max_trials: u32, top_k: u32, slots: u32, ops: Vec<Op>) {
             }
             Op::Fail(n) if !held.is_empty() => {
                 let t = held.remove(n % held.len());
-                within(sched.fail(w.as_str(), &t.id, t.attempt as u32, "random failure"))
-                    .await
-                    .unwrap();
+                within(sched.fail(
+                    w.as_str(),
+                    t.id.as_str(),
+                    t.attempt as u32,
+                    "random failure",
+                ))
+                .await
+                .unwrap();
             }
             Op::Restart => {
                 sched.store().close().await;
@@ -657,7 +714,7 @@ async fn run_final_ops(max_trials: u32, top_k: u32, slots: u32, ops: Vec<Op>) {
     }
     // Whatever happened so far, the experiment can still be finished.
     let mut rounds = 0;
-    while view(&sched, &id).await.row.status == "running" {
+    while view(&sched, &id).await.row.status == ExperimentStatus::Running {
         rounds += 1;
         assert!(rounds < 100, "experiment does not end");
         for t in std::mem::take(&mut held) {
@@ -674,15 +731,15 @@ async fn run_final_ops(max_trials: u32, top_k: u32, slots: u32, ops: Vec<Op>) {
     }
     let v = view(&sched, &id).await;
     let all = trials(&sched, &id).await;
-    if v.row.status == "completed" {
+    if v.row.status == ExperimentStatus::Completed {
         let distinct: HashSet<&str> = all
             .iter()
-            .filter(|t| !t.is_final() && t.status == "completed")
+            .filter(|t| !t.is_final() && t.status == TrialStatus::Completed)
             .map(|t| t.genome_hash.as_str())
             .collect();
         let live = all
             .iter()
-            .filter(|t| t.is_final() && t.status != "cancelled")
+            .filter(|t| t.is_final() && t.status != TrialStatus::Cancelled)
             .count();
         assert_eq!(live, top_k.min(distinct.len()), "{}", v.row.status_reason);
     }

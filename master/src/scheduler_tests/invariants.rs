@@ -28,7 +28,7 @@ async fn check_invariants(
     sched: &Scheduler,
     id: &ExperimentId,
     max_trials: u32,
-    first_scores: &[(String, f64)],
+    first_scores: &[(TrialId, f64)],
 ) {
     let v = view(sched, id).await;
     assert!(v.counts.completed <= max_trials, "{:?}", v.counts);
@@ -49,7 +49,7 @@ async fn check_invariants(
         .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.max(s))));
     assert_eq!(v.best.as_ref().and_then(|b| b.score), max);
     if let Some(best) = &v.best {
-        assert_eq!(best.status, "completed");
+        assert_eq!(best.status, TrialStatus::Completed);
     }
     match v.row.status.as_str() {
         "completed" => assert_eq!(v.counts.completed, max_trials),
@@ -66,7 +66,7 @@ async fn run_ops(max_trials: u32, slots: u32, ops: Vec<Op>) {
     let id = within(sched.submit(spec(max_trials, ""))).await.unwrap();
     let mut held: Vec<TrialRow> = Vec::new();
     let mut completed: Vec<TrialRow> = Vec::new();
-    let mut first_scores: Vec<(String, f64)> = Vec::new();
+    let mut first_scores: Vec<(TrialId, f64)> = Vec::new();
     for op in ops {
         match op {
             Op::Acquire => {
@@ -98,9 +98,14 @@ async fn run_ops(max_trials: u32, slots: u32, ops: Vec<Op>) {
             }
             Op::Fail(n) if !held.is_empty() => {
                 let t = held.remove(n % held.len());
-                within(sched.fail(w.as_str(), &t.id, t.attempt as u32, "random failure"))
-                    .await
-                    .unwrap();
+                within(sched.fail(
+                    w.as_str(),
+                    t.id.as_str(),
+                    t.attempt as u32,
+                    "random failure",
+                ))
+                .await
+                .unwrap();
             }
             _ => {}
         }
@@ -108,7 +113,7 @@ async fn run_ops(max_trials: u32, slots: u32, ops: Vec<Op>) {
     }
     // Whatever happened so far, the experiment can still be finished.
     let mut rounds = 0;
-    while view(&sched, &id).await.row.status == "running" {
+    while view(&sched, &id).await.row.status == ExperimentStatus::Running {
         rounds += 1;
         assert!(rounds < 100, "experiment does not end");
         for t in std::mem::take(&mut held) {
@@ -202,7 +207,7 @@ async fn run_search_ops(max_epochs: u32, chains: u32, ops: Vec<SearchOp>) {
                 held[i].1 = epoch;
                 if matches!(answer, HeartbeatAnswer::Stop(_)) {
                     let (t, _) = held.remove(i);
-                    assert_eq!(trial(&sched, &t.id).await.status, "pruned");
+                    assert_eq!(trial(&sched, &t.id).await.status, TrialStatus::Pruned);
                 }
             }
             SearchOp::Complete(n, score) if !held.is_empty() => {
@@ -219,7 +224,7 @@ async fn run_search_ops(max_epochs: u32, chains: u32, ops: Vec<SearchOp>) {
         );
         let mut seen = HashSet::new();
         for t in trials(&sched, &id).await {
-            if t.status != "failed" && t.status != "cancelled" {
+            if t.status != TrialStatus::Failed && t.status != TrialStatus::Cancelled {
                 assert!(
                     seen.insert((t.genome_hash.clone(), t.hparams_json.clone())),
                     "trial {} repeats a candidate",
@@ -237,7 +242,7 @@ async fn run_search_ops(max_epochs: u32, chains: u32, ops: Vec<SearchOp>) {
             let parent = trial(&sched, parent).await;
             // Before anything is scored, children of the seed are proposed to fill the queue.
             assert!(
-                parent.status == "completed" || parent.seq == 0,
+                parent.status == TrialStatus::Completed || parent.seq == 0,
                 "base {} is {}",
                 parent.seq,
                 parent.status

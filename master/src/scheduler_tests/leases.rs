@@ -29,8 +29,8 @@ async fn lease_heartbeat_complete_life_cycle() {
     let id = within(h.sched.submit(spec(3, ""))).await.unwrap();
     let before = crate::scheduler::now_ms();
     let t = lease(&h.sched, &w).await;
-    assert_eq!(t.status, "leased");
-    assert_eq!(t.worker_id.as_deref(), Some(w.as_str()));
+    assert_eq!(t.status, TrialStatus::Leased);
+    assert_eq!(t.worker_id.as_ref(), Some(&w));
     assert_eq!(t.attempt, 1);
     let deadline = t.lease_deadline_ms.unwrap();
     assert!(
@@ -44,12 +44,12 @@ async fn lease_heartbeat_complete_life_cycle() {
     let still = trial(&h.sched, &t.id).await;
     assert_eq!((still.status.as_str(), still.attempt), ("leased", 1));
 
-    let answer = within(h.sched.heartbeat(w.as_str(), &t.id, 1, progress(0)))
+    let answer = within(h.sched.heartbeat(w.as_str(), t.id.as_str(), 1, progress(0)))
         .await
         .unwrap();
     assert_eq!(answer, HeartbeatAnswer::Continue);
-    assert_eq!(trial(&h.sched, &t.id).await.status, "leased");
-    let answer = within(h.sched.heartbeat(w.as_str(), &t.id, 1, progress(1)))
+    assert_eq!(trial(&h.sched, &t.id).await.status, TrialStatus::Leased);
+    let answer = within(h.sched.heartbeat(w.as_str(), t.id.as_str(), 1, progress(1)))
         .await
         .unwrap();
     assert_eq!(answer, HeartbeatAnswer::Continue);
@@ -66,14 +66,14 @@ async fn lease_heartbeat_complete_life_cycle() {
         }
     );
     let done = trial(&h.sched, &t.id).await;
-    assert_eq!(done.status, "completed");
+    assert_eq!(done.status, TrialStatus::Completed);
     assert_eq!(done.score, Some(0.61));
     assert_eq!(done.accepted, Some(true), "seeds are always accepted");
     assert_eq!(done.epoch, 2);
     assert_eq!(done.metrics().get("train_loss"), Some(&0.3));
     assert!(done.finished_at_ms.is_some());
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.best_trial_id.as_deref(), Some(t.id.as_str()));
+    assert_eq!(v.row.best_trial_id.as_ref(), Some(&t.id));
     assert_eq!(v.best.unwrap().score, Some(0.61));
     assert_eq!(
         (v.counts.completed, v.counts.queued),
@@ -82,7 +82,7 @@ async fn lease_heartbeat_complete_life_cycle() {
     );
 
     // The trial is no longer held: a late heartbeat is told so.
-    let answer = within(h.sched.heartbeat(w.as_str(), &t.id, 1, progress(3)))
+    let answer = within(h.sched.heartbeat(w.as_str(), t.id.as_str(), 1, progress(3)))
         .await
         .unwrap();
     assert!(
@@ -130,7 +130,7 @@ async fn acquire_wakes_up_as_soon_as_a_trial_is_queued() {
     let id = within(h.sched.submit(spec(2, ""))).await.unwrap();
     let (got, waited) = within(waiter).await.unwrap();
     let t = got.unwrap().expect("woken with a trial");
-    assert_eq!(t.experiment_id, id.as_str());
+    assert_eq!(t.experiment_id, id);
     assert!(waited < Duration::from_secs(10), "woke after {waited:?}");
 }
 
@@ -155,7 +155,7 @@ async fn acquire_wakes_up_when_a_failure_queues_a_replacement() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiter.is_finished(), "nothing to lease yet");
-    within(h.sched.fail(a.as_str(), &seed.id, 1, "cuda error"))
+    within(h.sched.fail(a.as_str(), seed.id.as_str(), 1, "cuda error"))
         .await
         .unwrap();
     let (got, waited) = within(waiter).await.unwrap();
@@ -185,20 +185,28 @@ async fn calls_from_unknown_or_malformed_workers_are_refused() {
     let w = register(&h.sched, 1).await;
     let t = lease(&h.sched, &w).await;
     assert_code(
-        within(h.sched.heartbeat(ghost.as_str(), &t.id, 1, progress(0))).await,
+        within(
+            h.sched
+                .heartbeat(ghost.as_str(), t.id.as_str(), 1, progress(0)),
+        )
+        .await,
         tonic::Code::NotFound,
     );
     assert_code(
-        within(h.sched.complete(ghost.as_str(), &t.id, 1, result(0.5))).await,
+        within(
+            h.sched
+                .complete(ghost.as_str(), t.id.as_str(), 1, result(0.5)),
+        )
+        .await,
         tonic::Code::NotFound,
     );
     assert_code(
-        within(h.sched.fail(ghost.as_str(), &t.id, 1, "x")).await,
+        within(h.sched.fail(ghost.as_str(), t.id.as_str(), 1, "x")).await,
         tonic::Code::NotFound,
     );
     assert_eq!(
         trial(&h.sched, &t.id).await.status,
-        "leased",
+        TrialStatus::Leased,
         "nothing changed"
     );
 }
@@ -263,13 +271,16 @@ async fn expired_leases_are_requeued_up_to_max_attempts_then_failed() {
     tokio::time::sleep(SHORT_LEASE * 2).await;
     within(h.sched.tick()).await.unwrap();
     let failed = trial(&h.sched, &first.id).await;
-    assert_eq!(failed.status, "failed");
+    assert_eq!(failed.status, TrialStatus::Failed);
     assert_eq!(failed.error, "lease expired 2 times");
     let c = counts(&h.sched, &id).await;
     assert_eq!((c.failed, c.queued), (1, 1), "a replacement is proposed");
-    let old = within(h.sched.heartbeat(w.as_str(), &first.id, 2, progress(1)))
-        .await
-        .unwrap();
+    let old = within(
+        h.sched
+            .heartbeat(w.as_str(), first.id.as_str(), 2, progress(1)),
+    )
+    .await
+    .unwrap();
     assert!(matches!(old, HeartbeatAnswer::LeaseLost(_)), "{old:?}");
     // A result for the failed trial is history only.
     assert!(!finish(&h.sched, &w, &second, 0.9).await.accepted);
@@ -285,9 +296,12 @@ async fn heartbeats_keep_a_lease_alive() {
     let t = lease(&h.sched, &w).await;
     for epoch in 0..8 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let answer = within(h.sched.heartbeat(w.as_str(), &t.id, 1, progress(epoch)))
-            .await
-            .unwrap();
+        let answer = within(
+            h.sched
+                .heartbeat(w.as_str(), t.id.as_str(), 1, progress(epoch)),
+        )
+        .await
+        .unwrap();
         assert_eq!(answer, HeartbeatAnswer::Continue);
         within(h.sched.tick()).await.unwrap();
     }
@@ -350,7 +364,9 @@ async fn concurrent_workers_never_share_a_trial() {
                         assert_eq!(finish(&sched, &w, &t, score).await.reason, "");
                         mine.push(t.id);
                     }
-                    None if view(&sched, &id).await.row.status != "running" => return mine,
+                    None if view(&sched, &id).await.row.status != ExperimentStatus::Running => {
+                        return mine
+                    }
                     None => {}
                 }
             }
@@ -360,11 +376,11 @@ async fn concurrent_workers_never_share_a_trial() {
     for task in tasks {
         all.extend(within(task).await.unwrap());
     }
-    let unique: HashSet<&String> = all.iter().collect();
+    let unique: HashSet<&TrialId> = all.iter().collect();
     assert_eq!(all.len(), 16);
     assert_eq!(unique.len(), 16, "a trial was trained twice");
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "completed");
+    assert_eq!(v.row.status, ExperimentStatus::Completed);
     assert_eq!(
         v.counts,
         TrialCounts {

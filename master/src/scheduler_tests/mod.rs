@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use explore_common::spec::ExperimentSpec;
-use explore_common::{ExperimentId, Genome, HyperParams, WorkerId};
+use explore_common::{ExperimentId, Genome, HyperParams, TrialId, WorkerId};
 use tempfile::TempDir;
 
 use crate::artifacts::ArtifactStore;
@@ -32,7 +32,7 @@ use crate::error::MasterError;
 use crate::scheduler::{
     CompleteAnswer, ExperimentView, HeartbeatAnswer, Progress, Scheduler, SchedulerConfig,
 };
-use crate::store::{Store, TrialCounts, TrialResult, TrialRow};
+use crate::store::{ExperimentStatus, Store, TrialCounts, TrialResult, TrialRow, TrialStatus};
 
 /// A lease no test outlives.
 const LONG_LEASE: Duration = Duration::from_secs(60);
@@ -168,7 +168,7 @@ async fn finish(
 ) -> CompleteAnswer {
     within(sched.complete(
         worker.as_str(),
-        &trial.id,
+        trial.id.as_str(),
         trial.attempt as u32,
         result(score),
     ))
@@ -188,7 +188,7 @@ async fn trials(sched: &Scheduler, id: &ExperimentId) -> Vec<TrialRow> {
     within(sched.trials(id.as_str())).await.unwrap()
 }
 
-async fn trial(sched: &Scheduler, id: &str) -> TrialRow {
+async fn trial(sched: &Scheduler, id: &TrialId) -> TrialRow {
     let mut conn = within(sched.store().conn()).await.unwrap();
     conn.get_trial(id).await.unwrap().unwrap()
 }
@@ -207,7 +207,7 @@ async fn max_completed_score(sched: &Scheduler, id: &ExperimentId) -> Option<f64
     trials(sched, id)
         .await
         .iter()
-        .filter(|t| t.status == "completed")
+        .filter(|t| t.status == TrialStatus::Completed)
         .filter_map(|t| t.score)
         .fold(None, |best: Option<f64>, s| {
             Some(best.map_or(s, |b| b.max(s)))
@@ -223,7 +223,7 @@ async fn run_to_end(
     scores: &[f64],
 ) -> usize {
     let mut n = 0;
-    while view(sched, id).await.row.status == "running" {
+    while view(sched, id).await.row.status == ExperimentStatus::Running {
         assert!(n < 500, "experiment does not end");
         let t = lease(sched, worker).await;
         let answer = finish(sched, worker, &t, scores[n % scores.len()]).await;
@@ -261,7 +261,7 @@ async fn report_epoch(
         val_accuracy: val,
         metrics: BTreeMap::new(),
     };
-    within(sched.heartbeat(w.as_str(), &t.id, t.attempt as u32, p))
+    within(sched.heartbeat(w.as_str(), t.id.as_str(), t.attempt as u32, p))
         .await
         .unwrap()
 }
@@ -277,7 +277,7 @@ async fn finish_with_checkpoint(sched: &Scheduler, w: &WorkerId, t: &TrialRow, s
         checkpoint_sha256: Some(sha),
         ..result(score)
     };
-    within(sched.complete(w.as_str(), &t.id, t.attempt as u32, r))
+    within(sched.complete(w.as_str(), t.id.as_str(), t.attempt as u32, r))
         .await
         .unwrap();
 }

@@ -22,7 +22,7 @@ async fn run_synthetic(h: &Harness, extra: &str, max_trials: u32) -> Vec<TrialRo
         .await
         .unwrap();
     let mut n = 0;
-    while view(&h.sched, &id).await.row.status == "running" {
+    while view(&h.sched, &id).await.row.status == ExperimentStatus::Running {
         assert!(n < 200, "experiment does not end");
         let t = lease(&h.sched, &w).await;
         let answer = finish(&h.sched, &w, &t, synthetic_score(&t)).await;

@@ -28,7 +28,7 @@ async fn proposals_are_valid_unique_children_within_the_constraints() {
             (t.params as u64, t.flops as u64),
             (analysis.params, analysis.flops)
         );
-        if t.status != "failed" {
+        if t.status != TrialStatus::Failed {
             assert!(
                 seen.insert((t.genome_hash.clone(), t.hparams_json.clone())),
                 "trial {} repeats an earlier candidate",
@@ -54,10 +54,10 @@ async fn proposals_are_valid_unique_children_within_the_constraints() {
             (space.epochs[0]..=space.epochs[1]).contains(&hparams.epochs),
             "{hparams:?}"
         );
-        let parent_id = t.parent_id.as_deref().expect("a mutation has a parent");
+        let parent_id = t.parent_id.as_ref().expect("a mutation has a parent");
         let parent = all
             .iter()
-            .find(|p| p.id == parent_id)
+            .find(|p| &p.id == parent_id)
             .expect("parent in the same experiment");
         assert!(parent.seq < t.seq);
         assert_eq!(
@@ -86,12 +86,12 @@ async fn replay(sched: &Scheduler, spec: ExperimentSpec, scores: &[f64]) -> Repl
     let id = within(sched.submit(spec)).await.unwrap();
     run_to_end(sched, &w, &id, scores).await;
     let all = trials(sched, &id).await;
-    let seq_of = |id: &str| all.iter().find(|t| t.id == id).map(|t| t.seq);
+    let seq_of = |id: &TrialId| all.iter().find(|t| &t.id == id).map(|t| t.seq);
     all.iter()
         .map(|t| {
             (
                 t.seq,
-                t.parent_id.as_deref().and_then(seq_of),
+                t.parent_id.as_ref().and_then(seq_of),
                 t.origin.clone(),
                 t.genome_json.clone(),
                 t.hparams_json.clone(),

@@ -23,17 +23,17 @@ async fn a_restarted_master_continues_the_experiment() {
     let sched = open_scheduler(dir.path(), cfg).await;
     within(sched.tick()).await.unwrap();
     let v = view(&sched, &id).await;
-    assert_eq!(v.row.status, "running");
+    assert_eq!(v.row.status, ExperimentStatus::Running);
     assert_eq!(
         (v.counts.completed, v.counts.leased),
         (2, 1),
         "{:?}",
         v.counts
     );
-    assert_eq!(v.row.best_trial_id.as_deref(), Some(best_before.as_str()));
+    assert_eq!(v.row.best_trial_id.as_ref(), Some(&best_before));
     // The worker outlived the master: its lease and its id are still good.
     assert_eq!(
-        within(sched.heartbeat(w.as_str(), &held.id, 1, progress(1)))
+        within(sched.heartbeat(w.as_str(), held.id.as_str(), 1, progress(1)))
             .await
             .unwrap(),
         HeartbeatAnswer::Continue
@@ -41,7 +41,7 @@ async fn a_restarted_master_continues_the_experiment() {
     assert_eq!(finish(&sched, &w, &held, 0.7).await.reason, "");
     run_to_end(&sched, &w, &id, &[0.9, 0.5]).await;
     let v = view(&sched, &id).await;
-    assert_eq!(v.row.status, "completed");
+    assert_eq!(v.row.status, ExperimentStatus::Completed);
     assert_eq!(v.counts.completed, 6);
     assert_eq!(v.counts.budgeted(), 6);
     assert_eq!(v.best.unwrap().score, Some(0.9));

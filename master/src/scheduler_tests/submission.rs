@@ -9,7 +9,7 @@ async fn submit_queues_the_seed_first() {
     let h = Harness::long().await;
     let id = within(h.sched.submit(spec(4, ""))).await.unwrap();
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "running");
+    assert_eq!(v.row.status, ExperimentStatus::Running);
     assert_eq!(v.row.name, "test");
     assert_eq!(v.spec.budget.max_trials, 4);
     assert!(v.best.is_none());
@@ -18,7 +18,7 @@ async fn submit_queues_the_seed_first() {
     assert_eq!(all.len(), 1, "no worker yet: one trial queued");
     let seed = &all[0];
     assert_eq!(seed.seq, 0);
-    assert_eq!(seed.status, "queued");
+    assert_eq!(seed.status, TrialStatus::Queued);
     assert_eq!(seed.attempt, 1);
     assert_eq!(seed.parent_id, None);
     assert_eq!(seed.origin, "seed cnn2");
@@ -78,7 +78,7 @@ async fn genome_file_seeds_are_inlined_at_submission() {
     assert_eq!(seed.genome_hash, genome.canonical_hash());
     finish(&h.sched, &w, &seed, 0.5).await;
     let child = lease(&h.sched, &w).await;
-    assert_eq!(child.parent_id.as_deref(), Some(seed.id.as_str()));
+    assert_eq!(child.parent_id.as_ref(), Some(&seed.id));
 }
 
 /// Writes `mlp` as a genome file and a spec next to it naming it as `genome_file`.
@@ -154,12 +154,12 @@ async fn queue_target_follows_connected_slots_within_the_budget() {
     let wide = within(h.sched.submit(spec(10, ""))).await.unwrap();
     let all = trials(&h.sched, &wide).await;
     assert_eq!(all.len(), 3, "one queued trial per connected slot");
-    assert!(all.iter().all(|t| t.status == "queued"));
+    assert!(all.iter().all(|t| t.status == TrialStatus::Queued));
     assert_eq!(all[0].parent_id, None);
     for t in &all[1..] {
         assert_eq!(
-            t.parent_id.as_deref(),
-            Some(all[0].id.as_str()),
+            t.parent_id.as_ref(),
+            Some(&all[0].id),
             "only the seed can be mutated"
         );
     }

@@ -56,7 +56,7 @@ async fn a_transfer_experiment_starts_from_the_best_source_models_with_their_wei
     let expected = [0.93, 0.93, 0.85, 0.85];
     for (seed, score) in stored.seeds.iter().zip(expected) {
         let t = seed.transfer.as_ref().unwrap();
-        assert_eq!(t.trial_id, by_score(score).id);
+        assert_eq!(t.trial_id, by_score(score).id.as_str());
         assert_eq!(
             Some(&t.checkpoint_sha256),
             by_score(score).checkpoint_sha256.as_ref()
@@ -189,7 +189,7 @@ async fn run_probes(
         let (logme, latency) = scores(t.inherit_from.as_deref().unwrap());
         let answer = within(sched.complete(
             w.as_str(),
-            &t.id,
+            t.id.as_str(),
             t.attempt as u32,
             probe_result(logme, latency),
         ))
@@ -251,7 +251,7 @@ async fn a_probing_transfer_probes_each_model_once_then_fine_tunes_the_best_logm
     assert_eq!(indices.len(), 6);
     // probes are never the best model, nor counted as results
     let v = view(&h.sched, &id).await;
-    let best = trial(&h.sched, v.row.best_trial_id.as_deref().unwrap()).await;
+    let best = trial(&h.sched, v.row.best_trial_id.as_ref().unwrap()).await;
     assert_eq!(best.kind, "train");
     assert_eq!(v.counts.completed, 6);
 }
@@ -279,7 +279,7 @@ async fn models_slower_than_max_latency_are_never_fine_tuned() {
     // the slow model's seed is skipped: the next trial mutates the fine-tuned fast model
     let next = lease(&h.sched, &w).await;
     assert_eq!(next.seed_index, None, "{}", next.origin);
-    assert_eq!(next.parent_id.as_deref(), Some(t.id.as_str()));
+    assert_eq!(next.parent_id.as_ref(), Some(&t.id));
     let seeds_run = trials(&h.sched, &id)
         .await
         .iter()
@@ -303,7 +303,7 @@ async fn models_slower_than_max_latency_are_never_fine_tuned() {
         "nothing was queued"
     );
     let v = view(&h.sched, &id).await;
-    assert_ne!(v.row.status, "running");
+    assert_ne!(v.row.status, ExperimentStatus::Running);
     assert!(
         v.row.status_reason.contains("transfer.max_latency_ms")
             && v.row.status_reason.contains("3.250"),
@@ -328,13 +328,13 @@ async fn a_failed_probe_puts_its_model_after_the_probed_ones() {
     let b = lease(&h.sched, &w).await;
     for t in [&a, &b] {
         if t.inherit_from.as_deref() == Some(best.as_str()) {
-            within(h.sched.fail(w.as_str(), &t.id, 1, "no such device"))
+            within(h.sched.fail(w.as_str(), t.id.as_str(), 1, "no such device"))
                 .await
                 .unwrap();
         } else {
             within(
                 h.sched
-                    .complete(w.as_str(), &t.id, 1, probe_result(0.2, 1.0)),
+                    .complete(w.as_str(), t.id.as_str(), 1, probe_result(0.2, 1.0)),
             )
             .await
             .unwrap();
@@ -367,12 +367,12 @@ async fn a_probe_result_is_checked_like_any_other() {
     let mut bad = probe_result(0.1, 1.0);
     bad.metrics.insert("probe.logme".into(), f64::NAN);
     assert_code(
-        within(h.sched.complete(w.as_str(), &probe.id, 1, bad)).await,
+        within(h.sched.complete(w.as_str(), probe.id.as_str(), 1, bad)).await,
         tonic::Code::InvalidArgument,
     );
     assert_eq!(
         trial(&h.sched, &probe.id).await.status,
-        "leased",
+        TrialStatus::Leased,
         "nothing changed"
     );
 }
@@ -419,7 +419,10 @@ async fn with_enough_history_the_predictor_chooses_and_its_prediction_is_recorde
         let score = truth(first_logme(t.inherit_from.as_deref().unwrap()), lr_of(&t));
         finish_with_checkpoint(&h.sched, &w, &t, score).await;
     }
-    assert_eq!(view(&h.sched, &first).await.row.status, "completed");
+    assert_eq!(
+        view(&h.sched, &first).await.row.status,
+        ExperimentStatus::Completed
+    );
 
     // 2. a second transfer on another task: other LogMEs, the same truth
     let second_logme = |sha: &str| {
@@ -512,5 +515,10 @@ async fn a_fine_tune_that_no_longer_fits_the_epoch_budget_is_passed_over() {
         ]
     );
     let v = view(&h.sched, &id).await;
-    assert_eq!(v.row.status, "completed", "{}", v.row.status_reason);
+    assert_eq!(
+        v.row.status,
+        ExperimentStatus::Completed,
+        "{}",
+        v.row.status_reason
+    );
 }

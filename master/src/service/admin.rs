@@ -8,7 +8,7 @@ use explore_common::spec::ExperimentSpec;
 use explore_common::{ExperimentId, TrialId};
 use tonic::{Request, Response, Status};
 
-use super::convert::{experiment_summary, parse_id, trial_record};
+use super::convert::{experiment_summary, ids_text, parse_id, trial_record};
 use super::ChunkStream;
 use crate::error::MasterError;
 use crate::scheduler::Scheduler;
@@ -158,7 +158,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::TrialRecord>, Status> {
         let id: TrialId = parse_id("trial_id", &request.into_inner().trial_id)?;
         let trial = self.scheduler.trial(id.as_str()).await?;
-        let spec = self.scheduler.spec_of(&trial.experiment_id).await?;
+        let spec = self.scheduler.spec_of(trial.experiment_id.as_str()).await?;
         let epoch_metrics = self.scheduler.trial_epoch_metrics(&trial).await?;
         Ok(Response::new(trial_record(
             &trial,
@@ -183,9 +183,9 @@ impl AdminService for AdminApi {
             cancelled_queued: outcome.cancelled_queued,
             cancelled_held: outcome.cancelled_held,
             finishing: outcome.finishing,
-            cancelled_queued_ids: outcome.cancelled_queued_ids,
-            cancelled_held_ids: outcome.cancelled_held_ids,
-            finishing_ids: outcome.finishing_ids,
+            cancelled_queued_ids: ids_text(outcome.cancelled_queued_ids),
+            cancelled_held_ids: ids_text(outcome.cancelled_held_ids),
+            finishing_ids: ids_text(outcome.finishing_ids),
         }))
     }
 

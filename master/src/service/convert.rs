@@ -17,11 +17,11 @@ pub fn trial_record(
     epoch_metrics: Option<&BTreeMap<String, f64>>,
 ) -> proto::TrialRecord {
     proto::TrialRecord {
-        trial_id: t.id.clone(),
-        experiment_id: t.experiment_id.clone(),
+        trial_id: t.id.to_string(),
+        experiment_id: t.experiment_id.to_string(),
         seq: t.seq.unsigned_abs() as u32,
-        parent_trial_id: t.parent_id.clone().unwrap_or_default(),
-        status: t.status.clone(),
+        parent_trial_id: id_or_empty(t.parent_id.as_ref()),
+        status: t.status.to_string(),
         attempt: t.attempt as u32,
         genome_json: t.genome_json.clone(),
         hparams_json: t.hparams_json.clone(),
@@ -32,7 +32,7 @@ pub fn trial_record(
         flops: t.flops as u64,
         accepted: t.accepted.unwrap_or(false),
         temperature: t.temperature.unwrap_or(f64::NAN),
-        worker_id: t.worker_id.clone().unwrap_or_default(),
+        worker_id: id_or_empty(t.worker_id.as_ref()),
         error: t.error.clone(),
         created_at_ms: t.created_at_ms,
         finished_at_ms: t.finished_at_ms.unwrap_or(0),
@@ -62,14 +62,14 @@ fn trial_kind(t: &TrialRow) -> proto::TrialKind {
 /// A trial row as the `Trial` a worker trains.
 pub fn trial_assignment(t: &TrialRow, spec: &explore_common::spec::ExperimentSpec) -> proto::Trial {
     proto::Trial {
-        trial_id: t.id.clone(),
-        experiment_id: t.experiment_id.clone(),
+        trial_id: t.id.to_string(),
+        experiment_id: t.experiment_id.to_string(),
         attempt: t.attempt as u32,
         genome_json: t.genome_json.clone(),
         hparams_json: t.hparams_json.clone(),
         data: Some(data_spec_to_proto(&spec.data, spec.seed)),
         seed: t.seed as u64,
-        parent_trial_id: t.parent_id.clone().unwrap_or_default(),
+        parent_trial_id: id_or_empty(t.parent_id.as_ref()),
         inherit_checkpoint_sha256: t.inherit_from.clone().unwrap_or_default(),
         kind: trial_kind(t) as i32,
         train_examples: train_examples(t, spec),
@@ -88,7 +88,7 @@ fn train_examples(t: &TrialRow, spec: &explore_common::spec::ExperimentSpec) -> 
 /// An experiment view as an `ExperimentSummary`.
 pub fn experiment_summary(v: &ExperimentView) -> proto::ExperimentSummary {
     proto::ExperimentSummary {
-        experiment_id: v.row.id.clone(),
+        experiment_id: v.row.id.to_string(),
         name: v.row.name.clone(),
         status: v.row.lifecycle().as_str().to_string(),
         trials_completed: v.counts.completed,
@@ -97,7 +97,7 @@ pub fn experiment_summary(v: &ExperimentView) -> proto::ExperimentSummary {
         trials_queued: v.counts.queued,
         max_trials: v.spec.budget.max_trials,
         best_score: v.best.as_ref().and_then(|b| b.score).unwrap_or(f64::NAN),
-        best_trial_id: v.row.best_trial_id.clone().unwrap_or_default(),
+        best_trial_id: id_or_empty(v.row.best_trial_id.as_ref()),
         temperature: v.temperature,
         created_at_ms: v.row.created_at_ms,
         finished_at_ms: v.row.finished_at_ms.unwrap_or(0),
@@ -107,6 +107,16 @@ pub fn experiment_summary(v: &ExperimentView) -> proto::ExperimentSummary {
         epochs_spent: v.epochs.spent,
         max_epochs: v.spec.budget.max_epochs.map_or(0, u64::from),
     }
+}
+
+/// An optional id as its wire text: empty when absent.
+pub fn id_or_empty(id: Option<&impl ToString>) -> String {
+    id.map(ToString::to_string).unwrap_or_default()
+}
+
+/// Ids as their wire text.
+pub fn ids_text(ids: Vec<impl Into<String>>) -> Vec<String> {
+    ids.into_iter().map(Into::into).collect()
 }
 
 /// Parses an id field, naming it when it is malformed.

@@ -67,7 +67,7 @@ impl WorkerService for WorkerApi {
         let trial = self.scheduler.acquire(worker.as_str(), wait).await?;
         let trial = match trial {
             Some(t) => {
-                let spec = self.scheduler.spec_of(&t.experiment_id).await?;
+                let spec = self.scheduler.spec_of(t.experiment_id.as_str()).await?;
                 Some(trial_assignment(&t, &spec))
             }
             None => None,

@@ -35,6 +35,10 @@ pub use model::{
 use reads::{
     BestPoint, StatusTally, TemperaturePoint, TrialFilter, TrialPage, TrialSort, WorkerRow,
 };
+pub(crate) use row::parse_text;
+pub use row::{parse_column, Column};
+
+use explore_common::ids::{ExperimentId, TrialId, WorkerId};
 
 use crate::error::MasterError;
 use crate::leader::Election;

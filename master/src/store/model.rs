@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use explore_common::ids::{ExperimentId, TrialId, WorkerId};
+
 use crate::error::MasterError;
 
 /// Lifecycle of a trial: `queued → leased → running → completed | pruned | failed`, or
@@ -131,18 +133,42 @@ impl ExperimentStatus {
     }
 }
 
+impl fmt::Display for ExperimentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ExperimentStatus {
+    type Err = MasterError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "running" => Ok(ExperimentStatus::Running),
+            "stopped" => Ok(ExperimentStatus::Stopped),
+            "completed" => Ok(ExperimentStatus::Completed),
+            "failed" => Ok(ExperimentStatus::Failed),
+            other => Err(MasterError::Internal(format!(
+                "unknown experiment status {other:?}"
+            ))),
+        }
+    }
+}
+
 crate::sqlite_row! {
     /// One row of `experiments`.
     #[derive(Debug, Clone)]
     pub struct ExperimentRow {
-        pub id: String,
+        pub id: ExperimentId,
         pub name: String,
         pub spec_json: String,
-        pub status: String,
+        /// The stored status: `Running` (stopped or not: see [`ExperimentRow::lifecycle`]),
+        /// `Completed` or `Failed`.
+        pub status: ExperimentStatus,
         pub status_reason: String,
         pub created_at_ms: i64,
         pub finished_at_ms: Option<i64>,
-        pub best_trial_id: Option<String>,
+        pub best_trial_id: Option<TrialId>,
         /// When `master stop` stopped it; `None` unless stopped (see [`ExperimentStatus::Stopped`]).
         pub stopped_at_ms: Option<i64>,
         /// Milliseconds spent stopped before the current run (not counted as wall time).
@@ -156,11 +182,9 @@ crate::sqlite_row! {
 impl ExperimentRow {
     /// The experiment's lifecycle state, `Stopped` included.
     pub fn lifecycle(&self) -> ExperimentStatus {
-        match self.status.as_str() {
-            "running" if self.stopped_at_ms.is_some() => ExperimentStatus::Stopped,
-            "running" => ExperimentStatus::Running,
-            "completed" => ExperimentStatus::Completed,
-            _ => ExperimentStatus::Failed,
+        match self.status {
+            ExperimentStatus::Running if self.stopped_at_ms.is_some() => ExperimentStatus::Stopped,
+            status => status,
         }
     }
 
@@ -186,10 +210,10 @@ crate::sqlite_row! {
     /// One row of `trials`.
     #[derive(Debug, Clone)]
     pub struct TrialRow {
-        pub id: String,
-        pub experiment_id: String,
+        pub id: TrialId,
+        pub experiment_id: ExperimentId,
         pub seq: i64,
-        pub parent_id: Option<String>,
+        pub parent_id: Option<TrialId>,
         pub origin: String,
         pub genome_json: String,
         pub genome_hash: String,
@@ -197,9 +221,9 @@ crate::sqlite_row! {
         pub params: i64,
         pub flops: i64,
         pub seed: i64,
-        pub status: String,
+        pub status: TrialStatus,
         pub attempt: i64,
-        pub worker_id: Option<String>,
+        pub worker_id: Option<WorkerId>,
         pub lease_deadline_ms: Option<i64>,
         pub epoch: i64,
         pub score: Option<f64>,
@@ -235,11 +259,6 @@ impl TrialRow {
         self.kind.parse()
     }
 
-    /// The parsed status column.
-    pub fn status(&self) -> Result<TrialStatus, MasterError> {
-        self.status.parse()
-    }
-
     /// The parsed metrics column.
     pub fn metrics(&self) -> BTreeMap<String, f64> {
         serde_json::from_str(&self.metrics_json).unwrap_or_default()
@@ -259,7 +278,7 @@ crate::sqlite_row! {
     /// One row of `trial_epochs`: what a heartbeat reported after an epoch.
     #[derive(Debug, Clone, PartialEq)]
     pub struct EpochRow {
-        pub trial_id: String,
+        pub trial_id: TrialId,
         pub epoch: i64,
         pub val_accuracy: f64,
         pub train_loss: Option<f64>,
@@ -284,10 +303,10 @@ pub(crate) fn parse_epoch_metrics(json: Option<&str>) -> BTreeMap<String, f64> {
 /// A new trial to insert.
 #[derive(Debug, Clone)]
 pub struct NewTrial {
-    pub id: String,
-    pub experiment_id: String,
+    pub id: TrialId,
+    pub experiment_id: ExperimentId,
     pub seq: i64,
-    pub parent_id: Option<String>,
+    pub parent_id: Option<TrialId>,
     pub origin: String,
     pub genome_json: String,
     pub genome_hash: String,
@@ -347,12 +366,12 @@ crate::sqlite_row! {
     /// One row of `chains`: an annealing chain's state.
     #[derive(Debug, Clone, PartialEq)]
     pub struct ChainRow {
-        pub experiment_id: String,
+        pub experiment_id: ExperimentId,
         pub chain: i64,
         pub temperature: f64,
         /// The chain's current model (its last accepted trial); `None` before its first, and after
         /// a reheat, when the next base is drawn from the whole pool.
-        pub current_trial_id: Option<String>,
+        pub current_trial_id: Option<TrialId>,
         /// The best score of the chain's trials since its last reheat.
         pub best_score: Option<f64>,
         /// Results in a row that did not beat `best_score`.

@@ -4,6 +4,8 @@
 //! `postgres/reads.rs`); none is on the scheduling hot path, each is bounded in rows returned,
 //! and the ones a dashboard polls read at most one experiment's trials through an index.
 
+use explore_common::ids::{ExperimentId, TrialId, WorkerId};
+
 use super::{TrialRow, TrialStatus};
 
 /// How a trial page is ordered.
@@ -100,7 +102,7 @@ crate::sqlite_row! {
     /// A completed trial that raised an experiment's best score.
     #[derive(Debug, Clone, PartialEq)]
     pub struct BestPoint {
-        pub trial_id: String,
+        pub trial_id: TrialId,
         pub score: f64,
         pub finished_at_ms: i64,
         /// Trials finished (completed or pruned) up to and including this one.
@@ -123,7 +125,7 @@ crate::sqlite_row! {
     /// One row of `workers`.
     #[derive(Debug, Clone, PartialEq)]
     pub struct WorkerRow {
-        pub id: String,
+        pub id: WorkerId,
         pub name: String,
         pub device: String,
         pub slots: i64,
@@ -137,8 +139,8 @@ crate::sqlite_row! {
     /// Trials of one experiment in one status.
     #[derive(Debug, Clone, PartialEq)]
     pub struct StatusTally {
-        pub experiment_id: String,
-        pub status: String,
+        pub experiment_id: ExperimentId,
+        pub status: TrialStatus,
         pub n: i64,
     }
 }

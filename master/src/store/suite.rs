@@ -54,20 +54,36 @@ pub(crate) const EXP_B: &str = "exp-bbbbbbbbbbbbbbbb";
 pub(crate) const WORKER: &str = "worker-1111111111111111";
 pub(crate) const OTHER_WORKER: &str = "worker-2222222222222222";
 
-pub(crate) fn trial_id(n: i64) -> String {
-    format!("trial-{n:016}")
+pub(crate) fn exp_a() -> ExperimentId {
+    EXP_A.parse().unwrap()
+}
+
+pub(crate) fn exp_b() -> ExperimentId {
+    EXP_B.parse().unwrap()
+}
+
+pub(crate) fn worker() -> WorkerId {
+    WORKER.parse().unwrap()
+}
+
+pub(crate) fn other_worker() -> WorkerId {
+    OTHER_WORKER.parse().unwrap()
+}
+
+pub(crate) fn trial_id(n: i64) -> TrialId {
+    format!("trial-{n:016}").parse().unwrap()
 }
 
 pub(crate) fn new_trial(
-    experiment_id: &str,
-    id: &str,
+    experiment_id: &ExperimentId,
+    id: &TrialId,
     seq: i64,
     genome_hash: &str,
     hparams_json: &str,
 ) -> NewTrial {
     NewTrial {
-        id: id.to_string(),
-        experiment_id: experiment_id.to_string(),
+        id: id.clone(),
+        experiment_id: experiment_id.clone(),
         seq,
         parent_id: None,
         origin: format!("test #{seq}"),
@@ -96,12 +112,21 @@ pub(crate) fn result(score: f64) -> TrialResult {
 }
 
 /// One experiment with `n` queued trials `trial_id(0..n)`, each with its own genome hash.
-pub(crate) async fn seeded(store: &Store, experiment_id: &str, created_at_ms: i64, n: i64) {
+pub(crate) async fn seeded(
+    store: &Store,
+    experiment_id: &ExperimentId,
+    created_at_ms: i64,
+    n: i64,
+) {
     let mut conn = store.conn().await.unwrap();
     conn.insert_experiment(experiment_id, "demo", "{}", created_at_ms)
         .await
         .unwrap();
-    let base = if experiment_id == EXP_A { 0 } else { 100 };
+    let base = if experiment_id.as_str() == EXP_A {
+        0
+    } else {
+        100
+    };
     for seq in 0..n {
         let t = new_trial(
             experiment_id,
@@ -114,7 +139,7 @@ pub(crate) async fn seeded(store: &Store, experiment_id: &str, created_at_ms: i6
     }
 }
 
-pub(crate) async fn status_of(store: &Store, id: &str) -> String {
+pub(crate) async fn status_of(store: &Store, id: &TrialId) -> TrialStatus {
     let mut conn = store.conn().await.unwrap();
     conn.get_trial(id).await.unwrap().unwrap().status
 }
@@ -123,31 +148,31 @@ pub(crate) async fn status_of(store: &Store, id: &str) -> String {
 
 async fn experiments_round_trip_and_list_newest_first(store: Store) {
     let mut conn = store.conn().await.unwrap();
-    assert!(conn.get_experiment(EXP_A).await.unwrap().is_none());
-    conn.insert_experiment(EXP_A, "first", r#"{"k":1}"#, 1_000)
+    assert!(conn.get_experiment(&exp_a()).await.unwrap().is_none());
+    conn.insert_experiment(&exp_a(), "first", r#"{"k":1}"#, 1_000)
         .await
         .unwrap();
-    conn.insert_experiment(EXP_B, "second", "{}", 2_000)
+    conn.insert_experiment(&exp_b(), "second", "{}", 2_000)
         .await
         .unwrap();
-    let a = conn.get_experiment(EXP_A).await.unwrap().unwrap();
+    let a = conn.get_experiment(&exp_a()).await.unwrap().unwrap();
     assert_eq!(a.name, "first");
     assert_eq!(a.spec_json, r#"{"k":1}"#);
-    assert_eq!(a.status, "running");
+    assert_eq!(a.status, ExperimentStatus::Running);
     assert_eq!(a.status_reason, "");
     assert_eq!(a.created_at_ms, 1_000);
     assert_eq!(a.finished_at_ms, None);
     assert_eq!(a.best_trial_id, None);
 
-    let listed: Vec<String> = conn
+    let listed: Vec<ExperimentId> = conn
         .list_experiments()
         .await
         .unwrap()
         .into_iter()
         .map(|e| e.id)
         .collect();
-    assert_eq!(listed, vec![EXP_B, EXP_A]);
-    let running: Vec<String> = conn
+    assert_eq!(listed, vec![exp_b(), exp_a()]);
+    let running: Vec<ExperimentId> = conn
         .running_experiments()
         .await
         .unwrap()
@@ -156,65 +181,76 @@ async fn experiments_round_trip_and_list_newest_first(store: Store) {
         .collect();
     assert_eq!(
         running,
-        vec![EXP_A, EXP_B],
+        vec![exp_a(), exp_b()],
         "running experiments are oldest first"
     );
 
     conn.finish_experiment(
-        EXP_A,
+        &exp_a(),
         ExperimentStatus::Completed,
         "trial budget reached",
         5_000,
     )
     .await
     .unwrap();
-    let a = conn.get_experiment(EXP_A).await.unwrap().unwrap();
-    assert_eq!(a.status, "completed");
+    let a = conn.get_experiment(&exp_a()).await.unwrap().unwrap();
+    assert_eq!(a.status, ExperimentStatus::Completed);
     assert_eq!(a.status_reason, "trial budget reached");
     assert_eq!(a.finished_at_ms, Some(5_000));
-    let running: Vec<String> = conn
+    let running: Vec<ExperimentId> = conn
         .running_experiments()
         .await
         .unwrap()
         .into_iter()
         .map(|e| e.id)
         .collect();
-    assert_eq!(running, vec![EXP_B]);
+    assert_eq!(running, vec![exp_b()]);
 }
 
 async fn duplicate_experiment_id_is_a_store_error(store: Store) {
     let mut conn = store.conn().await.unwrap();
-    conn.insert_experiment(EXP_A, "x", "{}", 1).await.unwrap();
+    conn.insert_experiment(&exp_a(), "x", "{}", 1)
+        .await
+        .unwrap();
     let err = conn
-        .insert_experiment(EXP_A, "y", "{}", 2)
+        .insert_experiment(&exp_a(), "y", "{}", 2)
         .await
         .unwrap_err();
     assert!(matches!(err, MasterError::Store(_)), "{err}");
-    assert_eq!(conn.get_experiment(EXP_A).await.unwrap().unwrap().name, "x");
+    assert_eq!(
+        conn.get_experiment(&exp_a()).await.unwrap().unwrap().name,
+        "x"
+    );
 }
 
 async fn trials_round_trip_in_seq_order(store: Store) {
     let mut conn = store.conn().await.unwrap();
-    conn.insert_experiment(EXP_A, "demo", "{}", 1)
+    conn.insert_experiment(&exp_a(), "demo", "{}", 1)
         .await
         .unwrap();
     // Inserted out of seq order; listed by seq.
     for seq in [0, 2, 1] {
-        let mut t = new_trial(EXP_A, &trial_id(seq), seq, "h", &format!("{{\"n\":{seq}}}"));
+        let mut t = new_trial(
+            &exp_a(),
+            &trial_id(seq),
+            seq,
+            "h",
+            &format!("{{\"n\":{seq}}}"),
+        );
         if seq > 0 {
             t.parent_id = Some(trial_id(0));
         }
         conn.insert_trial(&t, 10 + seq).await.unwrap();
     }
-    let all = conn.list_trials(EXP_A).await.unwrap();
+    let all = conn.list_trials(&exp_a()).await.unwrap();
     assert_eq!(all.iter().map(|t| t.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
     let t = conn.get_trial(&trial_id(1)).await.unwrap().unwrap();
-    assert_eq!(t.experiment_id, EXP_A);
-    assert_eq!(t.parent_id.as_deref(), Some(trial_id(0).as_str()));
+    assert_eq!(t.experiment_id, exp_a());
+    assert_eq!(t.parent_id.as_ref(), Some(&trial_id(0)));
     assert_eq!(t.origin, "test #1");
     assert_eq!(t.hparams_json, r#"{"n":1}"#);
     assert_eq!((t.params, t.flops, t.seed), (1001, 2001, 8));
-    assert_eq!(t.status().unwrap(), TrialStatus::Queued);
+    assert_eq!(t.status, TrialStatus::Queued);
     assert_eq!(t.attempt, 1);
     assert_eq!(t.worker_id, None);
     assert_eq!(t.epoch, 0);
@@ -224,67 +260,73 @@ async fn trials_round_trip_in_seq_order(store: Store) {
     assert_eq!(t.temperature, Some(0.02));
     assert_eq!(t.created_at_ms, 11);
     assert!(conn.get_trial(&trial_id(99)).await.unwrap().is_none());
-    assert!(conn.list_trials(EXP_B).await.unwrap().is_empty());
+    assert!(conn.list_trials(&exp_b()).await.unwrap().is_empty());
 }
 
 async fn seq_is_unique_per_experiment(store: Store) {
     let mut conn = store.conn().await.unwrap();
-    conn.insert_experiment(EXP_A, "a", "{}", 1).await.unwrap();
-    conn.insert_experiment(EXP_B, "b", "{}", 2).await.unwrap();
-    assert_eq!(conn.next_seq(EXP_A).await.unwrap(), 0);
-    conn.insert_trial(&new_trial(EXP_A, &trial_id(0), 0, "h", "{}"), 1)
+    conn.insert_experiment(&exp_a(), "a", "{}", 1)
+        .await
+        .unwrap();
+    conn.insert_experiment(&exp_b(), "b", "{}", 2)
+        .await
+        .unwrap();
+    assert_eq!(conn.next_seq(&exp_a()).await.unwrap(), 0);
+    conn.insert_trial(&new_trial(&exp_a(), &trial_id(0), 0, "h", "{}"), 1)
         .await
         .unwrap();
     let dup = conn
-        .insert_trial(&new_trial(EXP_A, &trial_id(1), 0, "h", "{}"), 1)
+        .insert_trial(&new_trial(&exp_a(), &trial_id(1), 0, "h", "{}"), 1)
         .await;
     assert!(matches!(dup, Err(MasterError::Store(_))), "{dup:?}");
     // The same seq in another experiment is fine.
-    conn.insert_trial(&new_trial(EXP_B, &trial_id(2), 0, "h", "{}"), 1)
+    conn.insert_trial(&new_trial(&exp_b(), &trial_id(2), 0, "h", "{}"), 1)
         .await
         .unwrap();
-    conn.insert_trial(&new_trial(EXP_A, &trial_id(3), 5, "h", "{}"), 1)
+    conn.insert_trial(&new_trial(&exp_a(), &trial_id(3), 5, "h", "{}"), 1)
         .await
         .unwrap();
-    assert_eq!(conn.next_seq(EXP_A).await.unwrap(), 6);
-    assert_eq!(conn.next_seq(EXP_B).await.unwrap(), 1);
+    assert_eq!(conn.next_seq(&exp_a()).await.unwrap(), 6);
+    assert_eq!(conn.next_seq(&exp_b()).await.unwrap(), 1);
 }
 
 async fn foreign_keys_are_enforced(store: Store) {
     let mut conn = store.conn().await.unwrap();
     let orphan = conn
-        .insert_trial(&new_trial(EXP_A, &trial_id(0), 0, "h", "{}"), 1)
+        .insert_trial(&new_trial(&exp_a(), &trial_id(0), 0, "h", "{}"), 1)
         .await;
     assert!(matches!(orphan, Err(MasterError::Store(_))), "{orphan:?}");
-    conn.insert_experiment(EXP_A, "a", "{}", 1).await.unwrap();
-    let mut t = new_trial(EXP_A, &trial_id(0), 0, "h", "{}");
+    conn.insert_experiment(&exp_a(), "a", "{}", 1)
+        .await
+        .unwrap();
+    let mut t = new_trial(&exp_a(), &trial_id(0), 0, "h", "{}");
     t.parent_id = Some(trial_id(42));
     assert!(
         conn.insert_trial(&t, 1).await.is_err(),
         "unknown parent accepted"
     );
     let late = conn
-        .insert_late_result(&trial_id(42), 1, WORKER, &result(0.5), "late", 1)
+        .insert_late_result(&trial_id(42), 1, &worker(), &result(0.5), "late", 1)
         .await;
     assert!(late.is_err(), "late result of an unknown trial accepted");
 }
 
 async fn lease_takes_oldest_running_experiment_then_lowest_seq(store: Store) {
-    seeded(&store, EXP_B, 2_000, 2).await;
-    seeded(&store, EXP_A, 1_000, 2).await;
+    seeded(&store, &exp_b(), 2_000, 2).await;
+    seeded(&store, &exp_a(), 1_000, 2).await;
     let mut conn = store.conn().await.unwrap();
     let first = conn
-        .lease_next_trial(WORKER, 10_000, 500)
+        .lease_next_trial(&worker(), 10_000, 500)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(first.id, trial_id(0), "oldest experiment, lowest seq first");
-    assert_eq!(first.status, "leased");
-    assert_eq!(first.worker_id.as_deref(), Some(WORKER));
+    assert_eq!(first.status, TrialStatus::Leased);
+    assert_eq!(first.worker_id, Some(worker()));
     assert_eq!(first.lease_deadline_ms, Some(10_500));
     assert_eq!(first.started_at_ms, Some(10_000));
     assert_eq!(
-        conn.lease_next_trial(WORKER, 10_001, 500)
+        conn.lease_next_trial(&worker(), 10_001, 500)
             .await
             .unwrap()
             .unwrap()
@@ -292,69 +334,69 @@ async fn lease_takes_oldest_running_experiment_then_lowest_seq(store: Store) {
         trial_id(1)
     );
     // A finished experiment's queued trials are never leased.
-    conn.finish_experiment(EXP_B, ExperimentStatus::Failed, "x", 10_002)
+    conn.finish_experiment(&exp_b(), ExperimentStatus::Failed, "x", 10_002)
         .await
         .unwrap();
     assert!(conn
-        .lease_next_trial(WORKER, 10_003, 500)
+        .lease_next_trial(&worker(), 10_003, 500)
         .await
         .unwrap()
         .is_none());
-    assert_eq!(conn.trial_counts(EXP_B).await.unwrap().queued, 2);
+    assert_eq!(conn.trial_counts(&exp_b()).await.unwrap().queued, 2);
 }
 
 async fn requeued_trial_keeps_its_first_start_time(store: Store) {
-    seeded(&store, EXP_A, 1, 1).await;
+    seeded(&store, &exp_a(), 1, 1).await;
     let mut conn = store.conn().await.unwrap();
     let id = trial_id(0);
-    conn.lease_next_trial(WORKER, 100, 50)
+    conn.lease_next_trial(&worker(), 100, 50)
         .await
         .unwrap()
         .unwrap();
     assert!(conn
-        .heartbeat_trial(&id, WORKER, 1, 2, true, 300)
+        .heartbeat_trial(&id, &worker(), 1, 2, true, 300)
         .await
         .unwrap());
     conn.requeue_trial(&id, "lease of attempt 1 expired")
         .await
         .unwrap();
     let t = conn.get_trial(&id).await.unwrap().unwrap();
-    assert_eq!(t.status, "queued");
+    assert_eq!(t.status, TrialStatus::Queued);
     assert_eq!(t.attempt, 2);
     assert_eq!(t.worker_id, None);
     assert_eq!(t.lease_deadline_ms, None);
     assert_eq!(t.epoch, 0);
     assert_eq!(t.error, "lease of attempt 1 expired");
     let again = conn
-        .lease_next_trial(OTHER_WORKER, 900, 50)
+        .lease_next_trial(&other_worker(), 900, 50)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(again.attempt, 2);
-    assert_eq!(again.worker_id.as_deref(), Some(OTHER_WORKER));
+    assert_eq!(again.worker_id, Some(other_worker()));
     assert_eq!(again.started_at_ms, Some(100));
     assert_eq!(again.lease_deadline_ms, Some(950));
 }
 
 async fn heartbeat_needs_the_current_holder(store: Store) {
-    seeded(&store, EXP_A, 1, 1).await;
+    seeded(&store, &exp_a(), 1, 1).await;
     let mut conn = store.conn().await.unwrap();
     let id = trial_id(0);
     // Not leased yet.
     assert!(!conn
-        .heartbeat_trial(&id, WORKER, 1, 0, false, 1_000)
+        .heartbeat_trial(&id, &worker(), 1, 0, false, 1_000)
         .await
         .unwrap());
-    conn.lease_next_trial(WORKER, 100, 50)
+    conn.lease_next_trial(&worker(), 100, 50)
         .await
         .unwrap()
         .unwrap();
     assert!(!conn
-        .heartbeat_trial(&id, OTHER_WORKER, 1, 0, false, 1_000)
+        .heartbeat_trial(&id, &other_worker(), 1, 0, false, 1_000)
         .await
         .unwrap());
     assert!(!conn
-        .heartbeat_trial(&id, WORKER, 2, 0, false, 1_000)
+        .heartbeat_trial(&id, &worker(), 2, 0, false, 1_000)
         .await
         .unwrap());
     assert_eq!(
@@ -368,7 +410,7 @@ async fn heartbeat_needs_the_current_holder(store: Store) {
 
     // Epoch 0 extends the lease but the trial stays leased; a later epoch makes it running.
     assert!(conn
-        .heartbeat_trial(&id, WORKER, 1, 0, false, 1_000)
+        .heartbeat_trial(&id, &worker(), 1, 0, false, 1_000)
         .await
         .unwrap());
     let t = conn.get_trial(&id).await.unwrap().unwrap();
@@ -377,12 +419,12 @@ async fn heartbeat_needs_the_current_holder(store: Store) {
         ("leased", Some(1_000), 0)
     );
     assert!(conn
-        .heartbeat_trial(&id, WORKER, 1, 2, true, 2_000)
+        .heartbeat_trial(&id, &worker(), 1, 2, true, 2_000)
         .await
         .unwrap());
     // Epochs never go backwards.
     assert!(conn
-        .heartbeat_trial(&id, WORKER, 1, 1, true, 3_000)
+        .heartbeat_trial(&id, &worker(), 1, 1, true, 3_000)
         .await
         .unwrap());
     let t = conn.get_trial(&id).await.unwrap().unwrap();
@@ -395,7 +437,7 @@ async fn heartbeat_needs_the_current_holder(store: Store) {
         .await
         .unwrap();
     assert!(!conn
-        .heartbeat_trial(&id, WORKER, 1, 3, true, 5_000)
+        .heartbeat_trial(&id, &worker(), 1, 3, true, 5_000)
         .await
         .unwrap());
     let t = conn.get_trial(&id).await.unwrap().unwrap();
@@ -406,10 +448,10 @@ async fn heartbeat_needs_the_current_holder(store: Store) {
 }
 
 async fn completion_records_the_result(store: Store) {
-    seeded(&store, EXP_A, 1, 1).await;
+    seeded(&store, &exp_a(), 1, 1).await;
     let mut conn = store.conn().await.unwrap();
     let id = trial_id(0);
-    conn.lease_next_trial(WORKER, 100, 50)
+    conn.lease_next_trial(&worker(), 100, 50)
         .await
         .unwrap()
         .unwrap();
@@ -417,7 +459,7 @@ async fn completion_records_the_result(store: Store) {
         .await
         .unwrap();
     let t = conn.get_trial(&id).await.unwrap().unwrap();
-    assert_eq!(t.status().unwrap(), TrialStatus::Completed);
+    assert_eq!(t.status, TrialStatus::Completed);
     assert_eq!(t.score, Some(0.75));
     assert_eq!(
         t.metrics(),
@@ -430,24 +472,24 @@ async fn completion_records_the_result(store: Store) {
     assert_eq!(t.lease_deadline_ms, None);
     assert_eq!(t.finished_at_ms, Some(4_000));
     assert_eq!(
-        t.worker_id.as_deref(),
-        Some(WORKER),
+        t.worker_id,
+        Some(worker()),
         "the worker that trained it is kept"
     );
     // Only accepted completed trials are annealing states.
-    assert!(conn.accepted_trials(EXP_A).await.unwrap().is_empty());
+    assert!(conn.accepted_trials(&exp_a()).await.unwrap().is_empty());
 }
 
 async fn accepted_trials_are_completed_and_accepted_in_seq_order(store: Store) {
-    seeded(&store, EXP_A, 1, 4).await;
+    seeded(&store, &exp_a(), 1, 4).await;
     let mut conn = store.conn().await.unwrap();
     for (n, accepted) in [(3, true), (0, true), (1, false)] {
         conn.complete_trial(&trial_id(n), &result(0.5), accepted, 0.01, 10)
             .await
             .unwrap();
     }
-    let ids: Vec<String> = conn
-        .accepted_trials(EXP_A)
+    let ids: Vec<TrialId> = conn
+        .accepted_trials(&exp_a())
         .await
         .unwrap()
         .into_iter()
@@ -457,26 +499,26 @@ async fn accepted_trials_are_completed_and_accepted_in_seq_order(store: Store) {
 }
 
 async fn counts_follow_every_status(store: Store) {
-    seeded(&store, EXP_A, 1, 6).await;
-    seeded(&store, EXP_B, 2, 2).await;
+    seeded(&store, &exp_a(), 1, 6).await;
+    seeded(&store, &exp_b(), 2, 2).await;
     let mut conn = store.conn().await.unwrap();
     assert_eq!(
-        conn.trial_counts(EXP_A).await.unwrap(),
+        conn.trial_counts(&exp_a()).await.unwrap(),
         TrialCounts {
             queued: 6,
             ..TrialCounts::default()
         }
     );
-    conn.lease_next_trial(WORKER, 10, 100)
+    conn.lease_next_trial(&worker(), 10, 100)
         .await
         .unwrap()
         .unwrap(); // 0 leased
-    conn.lease_next_trial(WORKER, 10, 100)
+    conn.lease_next_trial(&worker(), 10, 100)
         .await
         .unwrap()
         .unwrap(); // 1 leased
     assert!(conn
-        .heartbeat_trial(&trial_id(1), WORKER, 1, 1, true, 200)
+        .heartbeat_trial(&trial_id(1), &worker(), 1, 1, true, 200)
         .await
         .unwrap()); // 1 running
     conn.complete_trial(&trial_id(2), &result(0.1), true, 0.01, 20)
@@ -488,7 +530,7 @@ async fn counts_follow_every_status(store: Store) {
     conn.end_trial(&trial_id(4), TrialStatus::Cancelled, "stop", 30)
         .await
         .unwrap();
-    let c = conn.trial_counts(EXP_A).await.unwrap();
+    let c = conn.trial_counts(&exp_a()).await.unwrap();
     assert_eq!(
         c,
         TrialCounts {
@@ -509,47 +551,55 @@ async fn counts_follow_every_status(store: Store) {
         ("boom", Some(30))
     );
     // The other experiment is untouched.
-    assert_eq!(conn.trial_counts(EXP_B).await.unwrap().queued, 2);
+    assert_eq!(conn.trial_counts(&exp_b()).await.unwrap().queued, 2);
     assert_eq!(
-        conn.trial_counts("exp-none").await.unwrap(),
+        conn.trial_counts(&"exp-none".parse().unwrap())
+            .await
+            .unwrap(),
         TrialCounts::default()
     );
 }
 
 async fn cancel_queued_only_touches_queued_trials_of_that_experiment(store: Store) {
-    seeded(&store, EXP_A, 1, 3).await;
-    seeded(&store, EXP_B, 2, 1).await;
+    seeded(&store, &exp_a(), 1, 3).await;
+    seeded(&store, &exp_b(), 2, 1).await;
     let mut conn = store.conn().await.unwrap();
-    conn.lease_next_trial(WORKER, 10, 100)
+    conn.lease_next_trial(&worker(), 10, 100)
         .await
         .unwrap()
         .unwrap();
     let n = conn
-        .cancel_queued(EXP_A, "budget reached", 50)
+        .cancel_queued(&exp_a(), "budget reached", 50)
         .await
         .unwrap();
     assert_eq!(n, 2);
-    let c = conn.trial_counts(EXP_A).await.unwrap();
+    let c = conn.trial_counts(&exp_a()).await.unwrap();
     assert_eq!((c.queued, c.leased, c.cancelled), (0, 1, 2));
     let t = conn.get_trial(&trial_id(1)).await.unwrap().unwrap();
     assert_eq!(
         (t.error.as_str(), t.finished_at_ms),
         ("budget reached", Some(50))
     );
-    assert_eq!(conn.trial_counts(EXP_B).await.unwrap().queued, 1);
-    assert_eq!(conn.cancel_queued(EXP_A, "again", 60).await.unwrap(), 0);
+    assert_eq!(conn.trial_counts(&exp_b()).await.unwrap().queued, 1);
+    assert_eq!(conn.cancel_queued(&exp_a(), "again", 60).await.unwrap(), 0);
 }
 
 async fn candidate_exists_ignores_failed_and_cancelled(store: Store) {
-    seeded(&store, EXP_A, 1, 3).await;
-    seeded(&store, EXP_B, 2, 0).await;
+    seeded(&store, &exp_a(), 1, 3).await;
+    seeded(&store, &exp_b(), 2, 0).await;
     let mut conn = store.conn().await.unwrap();
-    assert!(conn.candidate_exists(EXP_A, "hash0", "{}").await.unwrap());
-    assert!(!conn
-        .candidate_exists(EXP_A, "hash0", r#"{"x":1}"#)
+    assert!(conn
+        .candidate_exists(&exp_a(), "hash0", "{}")
         .await
         .unwrap());
-    assert!(!conn.candidate_exists(EXP_B, "hash0", "{}").await.unwrap());
+    assert!(!conn
+        .candidate_exists(&exp_a(), "hash0", r#"{"x":1}"#)
+        .await
+        .unwrap());
+    assert!(!conn
+        .candidate_exists(&exp_b(), "hash0", "{}")
+        .await
+        .unwrap());
     conn.end_trial(&trial_id(0), TrialStatus::Failed, "boom", 5)
         .await
         .unwrap();
@@ -559,28 +609,37 @@ async fn candidate_exists_ignores_failed_and_cancelled(store: Store) {
     conn.complete_trial(&trial_id(2), &result(0.2), true, 0.01, 5)
         .await
         .unwrap();
-    assert!(!conn.candidate_exists(EXP_A, "hash0", "{}").await.unwrap());
-    assert!(!conn.candidate_exists(EXP_A, "hash1", "{}").await.unwrap());
-    assert!(conn.candidate_exists(EXP_A, "hash2", "{}").await.unwrap());
+    assert!(!conn
+        .candidate_exists(&exp_a(), "hash0", "{}")
+        .await
+        .unwrap());
+    assert!(!conn
+        .candidate_exists(&exp_a(), "hash1", "{}")
+        .await
+        .unwrap());
+    assert!(conn
+        .candidate_exists(&exp_a(), "hash2", "{}")
+        .await
+        .unwrap());
 }
 
 async fn expired_leases_are_held_trials_past_their_deadline(store: Store) {
-    seeded(&store, EXP_A, 1, 4).await;
+    seeded(&store, &exp_a(), 1, 4).await;
     let mut conn = store.conn().await.unwrap();
-    conn.lease_next_trial(WORKER, 0, 100)
+    conn.lease_next_trial(&worker(), 0, 100)
         .await
         .unwrap()
         .unwrap(); // 0: deadline 100
-    conn.lease_next_trial(WORKER, 0, 300)
+    conn.lease_next_trial(&worker(), 0, 300)
         .await
         .unwrap()
         .unwrap(); // 1: deadline 300
-    conn.lease_next_trial(WORKER, 0, 100)
+    conn.lease_next_trial(&worker(), 0, 100)
         .await
         .unwrap()
         .unwrap(); // 2: deadline 100
     assert!(conn
-        .heartbeat_trial(&trial_id(2), WORKER, 1, 1, true, 100)
+        .heartbeat_trial(&trial_id(2), &worker(), 1, 1, true, 100)
         .await
         .unwrap());
     conn.complete_trial(&trial_id(2), &result(0.3), true, 0.01, 50)
@@ -588,7 +647,7 @@ async fn expired_leases_are_held_trials_past_their_deadline(store: Store) {
         .unwrap();
     // A deadline equal to now has not expired yet.
     assert!(conn.expired_leases(100).await.unwrap().is_empty());
-    let ids: Vec<String> = conn
+    let ids: Vec<TrialId> = conn
         .expired_leases(101)
         .await
         .unwrap()
@@ -596,7 +655,7 @@ async fn expired_leases_are_held_trials_past_their_deadline(store: Store) {
         .map(|t| t.id)
         .collect();
     assert_eq!(ids, vec![trial_id(0)]);
-    let ids: Vec<String> = conn
+    let ids: Vec<TrialId> = conn
         .expired_leases(10_000)
         .await
         .unwrap()
@@ -611,39 +670,43 @@ async fn expired_leases_are_held_trials_past_their_deadline(store: Store) {
 }
 
 async fn held_trials_are_found_by_worker(store: Store) {
-    seeded(&store, EXP_A, 1, 3).await;
+    seeded(&store, &exp_a(), 1, 3).await;
     let mut conn = store.conn().await.unwrap();
-    conn.lease_next_trial(WORKER, 0, 100)
+    conn.lease_next_trial(&worker(), 0, 100)
         .await
         .unwrap()
         .unwrap();
-    conn.lease_next_trial(OTHER_WORKER, 0, 100)
+    conn.lease_next_trial(&other_worker(), 0, 100)
         .await
         .unwrap()
         .unwrap();
-    conn.lease_next_trial(WORKER, 0, 100)
+    conn.lease_next_trial(&worker(), 0, 100)
         .await
         .unwrap()
         .unwrap();
     conn.complete_trial(&trial_id(2), &result(0.3), true, 0.01, 50)
         .await
         .unwrap();
-    let held: Vec<String> = conn
-        .trials_held_by(WORKER)
+    let held: Vec<TrialId> = conn
+        .trials_held_by(&worker())
         .await
         .unwrap()
         .into_iter()
         .map(|t| t.id)
         .collect();
     assert_eq!(held, vec![trial_id(0)]);
-    assert_eq!(conn.trials_held_by(OTHER_WORKER).await.unwrap().len(), 1);
-    assert!(conn.trials_held_by("worker-none").await.unwrap().is_empty());
+    assert_eq!(conn.trials_held_by(&other_worker()).await.unwrap().len(), 1);
+    assert!(conn
+        .trials_held_by(&"worker-none".parse().unwrap())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn late_results_are_kept_apart(store: Store) {
-    seeded(&store, EXP_A, 1, 1).await;
+    seeded(&store, &exp_a(), 1, 1).await;
     let mut conn = store.conn().await.unwrap();
-    conn.insert_late_result(&trial_id(0), 1, WORKER, &result(0.9), "superseded", 77)
+    conn.insert_late_result(&trial_id(0), 1, &worker(), &result(0.9), "superseded", 77)
         .await
         .unwrap();
     let rows: Vec<(String, i64, String, f64, String, i64)> = raw_rows(
@@ -654,7 +717,7 @@ async fn late_results_are_kept_apart(store: Store) {
     assert_eq!(
         rows,
         vec![(
-            trial_id(0),
+            trial_id(0).to_string(),
             1,
             WORKER.to_string(),
             0.9,
@@ -669,51 +732,51 @@ async fn late_results_are_kept_apart(store: Store) {
 async fn workers_register_and_count_while_recently_seen(store: Store) {
     let mut conn = store.conn().await.unwrap();
     assert_eq!(conn.connected_slots(0).await.unwrap(), 0);
-    assert!(!conn.worker_is_active(WORKER).await.unwrap());
-    conn.insert_worker(WORKER, "w1", "cpu", 2, 1_000)
+    assert!(!conn.worker_is_active(&worker()).await.unwrap());
+    conn.insert_worker(&worker(), "w1", "cpu", 2, 1_000)
         .await
         .unwrap();
-    conn.insert_worker(OTHER_WORKER, "w2", "cuda:0", 3, 2_000)
+    conn.insert_worker(&other_worker(), "w2", "cuda:0", 3, 2_000)
         .await
         .unwrap();
     assert!(conn
-        .insert_worker(WORKER, "again", "cpu", 1, 3_000)
+        .insert_worker(&worker(), "again", "cpu", 1, 3_000)
         .await
         .is_err());
-    assert!(conn.worker_is_active(WORKER).await.unwrap());
+    assert!(conn.worker_is_active(&worker()).await.unwrap());
     assert_eq!(conn.connected_slots(1_000).await.unwrap(), 5);
     assert_eq!(conn.connected_slots(1_001).await.unwrap(), 3);
-    conn.touch_worker(WORKER, 5_000).await.unwrap();
+    conn.touch_worker(&worker(), 5_000).await.unwrap();
     assert_eq!(conn.connected_slots(4_000).await.unwrap(), 2);
-    conn.worker_left(WORKER).await.unwrap();
-    assert!(!conn.worker_is_active(WORKER).await.unwrap());
+    conn.worker_left(&worker()).await.unwrap();
+    assert!(!conn.worker_is_active(&worker()).await.unwrap());
     assert_eq!(conn.connected_slots(0).await.unwrap(), 3);
 }
 
 async fn uncommitted_transaction_leaves_nothing(store: Store) {
     {
         let mut tx = store.begin().await.unwrap();
-        tx.insert_experiment(EXP_A, "a", "{}", 1).await.unwrap();
-        tx.insert_trial(&new_trial(EXP_A, &trial_id(0), 0, "h", "{}"), 1)
+        tx.insert_experiment(&exp_a(), "a", "{}", 1).await.unwrap();
+        tx.insert_trial(&new_trial(&exp_a(), &trial_id(0), 0, "h", "{}"), 1)
             .await
             .unwrap();
-        assert!(tx.get_experiment(EXP_A).await.unwrap().is_some());
+        assert!(tx.get_experiment(&exp_a()).await.unwrap().is_some());
         // Dropped without commit: rolled back.
     }
     let mut conn = store.conn().await.unwrap();
-    assert!(conn.get_experiment(EXP_A).await.unwrap().is_none());
+    assert!(conn.get_experiment(&exp_a()).await.unwrap().is_none());
     assert!(conn.get_trial(&trial_id(0)).await.unwrap().is_none());
     drop(conn);
     let mut tx = store.begin().await.unwrap();
-    tx.insert_experiment(EXP_A, "a", "{}", 1).await.unwrap();
+    tx.insert_experiment(&exp_a(), "a", "{}", 1).await.unwrap();
     tx.commit().await.unwrap();
     let mut conn = store.conn().await.unwrap();
-    assert!(conn.get_experiment(EXP_A).await.unwrap().is_some());
+    assert!(conn.get_experiment(&exp_a()).await.unwrap().is_some());
 }
 
 async fn epoch_curves_feed_peers_and_pruning_ends_a_trial(store: Store) {
-    seeded(&store, EXP_A, 1, 3).await;
-    seeded(&store, EXP_B, 2, 1).await;
+    seeded(&store, &exp_a(), 1, 3).await;
+    seeded(&store, &exp_b(), 2, 1).await;
     let mut conn = store.conn().await.unwrap();
     conn.record_epoch(&trial_id(0), 1, 0.80, Some(0.5), &BTreeMap::new())
         .await
@@ -731,15 +794,20 @@ async fn epoch_curves_feed_peers_and_pruning_ends_a_trial(store: Store) {
     conn.record_epoch(&trial_id(100), 1, 0.99, None, &BTreeMap::new())
         .await
         .unwrap();
-    let mut peers = conn.peer_accuracies(EXP_A, &trial_id(2), 1).await.unwrap();
+    let mut peers = conn
+        .peer_accuracies(&exp_a(), &trial_id(2), 1)
+        .await
+        .unwrap();
     peers.sort_by(f64::total_cmp);
     assert_eq!(peers, vec![0.75, 0.80], "other experiments are not peers");
     assert_eq!(
-        conn.peer_accuracies(EXP_A, &trial_id(0), 1).await.unwrap(),
+        conn.peer_accuracies(&exp_a(), &trial_id(0), 1)
+            .await
+            .unwrap(),
         vec![0.75],
         "a trial is not its own peer"
     );
-    conn.lease_next_trial(WORKER, 10, 100)
+    conn.lease_next_trial(&worker(), 10, 100)
         .await
         .unwrap()
         .unwrap();
@@ -747,23 +815,23 @@ async fn epoch_curves_feed_peers_and_pruning_ends_a_trial(store: Store) {
         .await
         .unwrap();
     let t = conn.get_trial(&trial_id(0)).await.unwrap().unwrap();
-    assert_eq!(t.status, "pruned");
+    assert_eq!(t.status, TrialStatus::Pruned);
     assert_eq!((t.score, t.epoch, t.accepted), (Some(0.8), 1, Some(false)));
     assert_eq!(
         (t.error.as_str(), t.finished_at_ms),
         ("below the median", Some(20))
     );
-    let counts = conn.trial_counts(EXP_A).await.unwrap();
+    let counts = conn.trial_counts(&exp_a()).await.unwrap();
     assert_eq!(
         (counts.pruned, counts.finished(), counts.budgeted()),
         (1, 1, 3)
     );
-    assert!(conn.accepted_trials(EXP_A).await.unwrap().is_empty());
+    assert!(conn.accepted_trials(&exp_a()).await.unwrap().is_empty());
 }
 
 async fn epoch_metrics_round_trip_and_an_epoch_without_any_stores_null(store: Store) {
-    seeded(&store, EXP_A, 1, 3).await;
-    seeded(&store, EXP_B, 2, 1).await;
+    seeded(&store, &exp_a(), 1, 3).await;
+    seeded(&store, &exp_b(), 2, 1).await;
     let mut conn = store.conn().await.unwrap();
     let drift = BTreeMap::from([
         ("elr.norm_drift".to_string(), 0.0125),
@@ -840,7 +908,7 @@ async fn epoch_metrics_round_trip_and_an_epoch_without_any_stores_null(store: St
         )
         .await;
     }
-    let last = conn.last_epoch_metrics(EXP_A).await.unwrap();
+    let last = conn.last_epoch_metrics(&exp_a()).await.unwrap();
     assert_eq!(
         last,
         HashMap::from([(trial_id(1), later.clone()), (trial_id(2), drift.clone())])
@@ -849,29 +917,29 @@ async fn epoch_metrics_round_trip_and_an_epoch_without_any_stores_null(store: St
     conn.record_epoch(&trial_id(1), 2, 0.6, None, &none)
         .await
         .unwrap();
-    let last = conn.last_epoch_metrics(EXP_A).await.unwrap();
+    let last = conn.last_epoch_metrics(&exp_a()).await.unwrap();
     assert!(!last.contains_key(&trial_id(1)), "{last:?}");
 }
 
 async fn epoch_usage_counts_run_and_planned_epochs(store: Store) {
     let mut conn = store.conn().await.unwrap();
-    conn.insert_experiment(EXP_A, "demo", "{}", 1)
+    conn.insert_experiment(&exp_a(), "demo", "{}", 1)
         .await
         .unwrap();
     for seq in 0..4 {
         let hp = format!("{{\"epochs\":{}}}", seq + 2);
-        let t = new_trial(EXP_A, &trial_id(seq), seq, &format!("h{seq}"), &hp);
+        let t = new_trial(&exp_a(), &trial_id(seq), seq, &format!("h{seq}"), &hp);
         conn.insert_trial(&t, 1).await.unwrap();
     }
     assert_eq!(
-        conn.epoch_usage(EXP_A).await.unwrap(),
+        conn.epoch_usage(&exp_a()).await.unwrap(),
         EpochUsage {
             spent: 0,
             committed: 2 + 3 + 4 + 5
         }
     );
     // 0 completes after 2 epochs, 1 is pruned after 1, 2 runs its first epoch, 3 is cancelled.
-    conn.lease_next_trial(WORKER, 10, 100).await.unwrap();
+    conn.lease_next_trial(&worker(), 10, 100).await.unwrap();
     conn.complete_trial(
         &trial_id(0),
         &TrialResult {
@@ -884,17 +952,17 @@ async fn epoch_usage_counts_run_and_planned_epochs(store: Store) {
     )
     .await
     .unwrap();
-    conn.lease_next_trial(WORKER, 10, 100).await.unwrap();
+    conn.lease_next_trial(&worker(), 10, 100).await.unwrap();
     conn.prune_trial(&trial_id(1), 0.5, 1, "pruned", 0.01, 30)
         .await
         .unwrap();
-    conn.lease_next_trial(WORKER, 10, 100).await.unwrap();
-    conn.heartbeat_trial(&trial_id(2), WORKER, 1, 1, true, 200)
+    conn.lease_next_trial(&worker(), 10, 100).await.unwrap();
+    conn.heartbeat_trial(&trial_id(2), &worker(), 1, 1, true, 200)
         .await
         .unwrap();
-    conn.cancel_queued(EXP_A, "budget", 40).await.unwrap();
+    conn.cancel_queued(&exp_a(), "budget", 40).await.unwrap();
     assert_eq!(
-        conn.epoch_usage(EXP_A).await.unwrap(),
+        conn.epoch_usage(&exp_a()).await.unwrap(),
         EpochUsage {
             spent: 2 + 1 + 1,
             committed: 2 + 1 + 4
@@ -903,11 +971,11 @@ async fn epoch_usage_counts_run_and_planned_epochs(store: Store) {
 }
 
 async fn chains_round_trip_and_loads_count_open_trials(store: Store) {
-    seeded(&store, EXP_A, 1, 3).await;
+    seeded(&store, &exp_a(), 1, 3).await;
     let mut conn = store.conn().await.unwrap();
-    assert_eq!(conn.get_chain(EXP_A, 0).await.unwrap(), None);
+    assert_eq!(conn.get_chain(&exp_a(), 0).await.unwrap(), None);
     let chain = ChainRow {
-        experiment_id: EXP_A.into(),
+        experiment_id: exp_a(),
         chain: 1,
         temperature: 0.02,
         current_trial_id: Some(trial_id(1)),
@@ -924,11 +992,11 @@ async fn chains_round_trip_and_loads_count_open_trials(store: Store) {
     })
     .await
     .unwrap();
-    let loaded = conn.get_chain(EXP_A, 1).await.unwrap().unwrap();
+    let loaded = conn.get_chain(&exp_a(), 1).await.unwrap().unwrap();
     assert_eq!(loaded.temperature, 0.01);
-    assert_eq!(conn.list_chains(EXP_A).await.unwrap().len(), 1);
+    assert_eq!(conn.list_chains(&exp_a()).await.unwrap().len(), 1);
     // seeded() puts trial seq s on chain s % 2: chain 0 holds seqs 0 and 2, chain 1 seq 1.
-    let mut loads = conn.chain_loads(EXP_A).await.unwrap();
+    let mut loads = conn.chain_loads(&exp_a()).await.unwrap();
     loads.sort();
     assert_eq!(loads, vec![(0, 2, 2), (1, 1, 1)]);
 }
@@ -936,7 +1004,7 @@ async fn chains_round_trip_and_loads_count_open_trials(store: Store) {
 async fn trial_pages_sort_by_every_key_and_filter_by_objective(store: Store) {
     use crate::store::reads::{TrialFilter, TrialSort};
     let mut conn = store.conn().await.unwrap();
-    conn.insert_experiment(EXP_A, "demo", "{}", 1)
+    conn.insert_experiment(&exp_a(), "demo", "{}", 1)
         .await
         .unwrap();
     // The objective as the three shapes the hyperparameters' JSON gives it.
@@ -947,7 +1015,7 @@ async fn trial_pages_sort_by_every_key_and_filter_by_objective(store: Store) {
         "{}",
     ];
     for (seq, h) in hparams.iter().enumerate() {
-        let t = new_trial(EXP_A, &trial_id(seq as i64), seq as i64, "g", h);
+        let t = new_trial(&exp_a(), &trial_id(seq as i64), seq as i64, "g", h);
         conn.insert_trial(&t, 1).await.unwrap();
     }
     let all = TrialFilter::default();
@@ -962,7 +1030,7 @@ async fn trial_pages_sort_by_every_key_and_filter_by_objective(store: Store) {
     ] {
         for (descending_flag, expected) in [(false, ascending), (true, descending)] {
             let page = conn
-                .query_trials(EXP_A, &all, sort, descending_flag, 0, 10)
+                .query_trials(&exp_a(), &all, sort, descending_flag, 0, 10)
                 .await
                 .unwrap();
             assert_eq!(page.total, 4);
@@ -978,7 +1046,7 @@ async fn trial_pages_sort_by_every_key_and_filter_by_objective(store: Store) {
         ..TrialFilter::default()
     };
     let page = conn
-        .query_trials(EXP_A, &elr, TrialSort::Objective, false, 0, 10)
+        .query_trials(&exp_a(), &elr, TrialSort::Objective, false, 0, 10)
         .await
         .unwrap();
     assert_eq!((page.total, order(page)), (1, vec![1]));
@@ -987,7 +1055,7 @@ async fn trial_pages_sort_by_every_key_and_filter_by_objective(store: Store) {
         ..TrialFilter::default()
     };
     let page = conn
-        .query_trials(EXP_A, &plain, TrialSort::Seq, true, 1, 10)
+        .query_trials(&exp_a(), &plain, TrialSort::Seq, true, 1, 10)
         .await
         .unwrap();
     assert_eq!((page.total, order(page)), (2, vec![0]), "offset 1 of two");
@@ -1097,17 +1165,19 @@ async fn assert_tallies_match(conn: &mut dyn PoolTx) {
 }
 
 async fn tallies_match_a_count_of_the_rows_after_every_kind_of_change(store: Store) {
-    seeded(&store, EXP_A, 1, 6).await;
-    seeded(&store, EXP_B, 2, 3).await;
+    seeded(&store, &exp_a(), 1, 6).await;
+    seeded(&store, &exp_b(), 2, 3).await;
     let mut conn = store.conn().await.unwrap();
     assert_tallies_match(&mut *conn).await;
-    conn.insert_worker(WORKER, "w", "cpu", 1, 0).await.unwrap();
+    conn.insert_worker(&worker(), "w", "cpu", 1, 0)
+        .await
+        .unwrap();
     let leased = conn
-        .lease_next_trial(WORKER, 10, 1000)
+        .lease_next_trial(&worker(), 10, 1000)
         .await
         .unwrap()
         .unwrap();
-    conn.heartbeat_trial(&leased.id, WORKER, 1, 2, true, 2000)
+    conn.heartbeat_trial(&leased.id, &worker(), 1, 2, true, 2000)
         .await
         .unwrap();
     assert_tallies_match(&mut *conn).await;
@@ -1115,13 +1185,13 @@ async fn tallies_match_a_count_of_the_rows_after_every_kind_of_change(store: Sto
         .await
         .unwrap();
     let second = conn
-        .lease_next_trial(WORKER, 30, 1000)
+        .lease_next_trial(&worker(), 30, 1000)
         .await
         .unwrap()
         .unwrap();
     conn.requeue_trial(&second.id, "lost").await.unwrap();
     let third = conn
-        .lease_next_trial(WORKER, 40, 1000)
+        .lease_next_trial(&worker(), 40, 1000)
         .await
         .unwrap()
         .unwrap();
@@ -1129,16 +1199,16 @@ async fn tallies_match_a_count_of_the_rows_after_every_kind_of_change(store: Sto
         .await
         .unwrap();
     let fourth = conn
-        .lease_next_trial(WORKER, 60, 1000)
+        .lease_next_trial(&worker(), 60, 1000)
         .await
         .unwrap()
         .unwrap();
     conn.end_trial(&fourth.id, TrialStatus::Failed, "boom", 70)
         .await
         .unwrap();
-    conn.cancel_queued(EXP_A, "over", 80).await.unwrap();
+    conn.cancel_queued(&exp_a(), "over", 80).await.unwrap();
     assert_tallies_match(&mut *conn).await;
-    let counts = conn.trial_counts(EXP_A).await.unwrap();
+    let counts = conn.trial_counts(&exp_a()).await.unwrap();
     assert_eq!(
         (
             counts.completed,
@@ -1157,19 +1227,24 @@ async fn tallies_match_a_count_of_the_rows_after_every_kind_of_change(store: Sto
 }
 
 async fn trials_are_listed_page_by_page_in_seq_order(store: Store) {
-    seeded(&store, EXP_A, 1, 7).await;
-    seeded(&store, EXP_B, 2, 2).await;
+    seeded(&store, &exp_a(), 1, 7).await;
+    seeded(&store, &exp_b(), 2, 2).await;
     let mut conn = store.conn().await.unwrap();
-    conn.insert_worker(WORKER, "w", "cpu", 1, 0).await.unwrap();
+    conn.insert_worker(&worker(), "w", "cpu", 1, 0)
+        .await
+        .unwrap();
     let leased = conn
-        .lease_next_trial(WORKER, 10, 1000)
+        .lease_next_trial(&worker(), 10, 1000)
         .await
         .unwrap()
         .unwrap();
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = conn.list_trials_page(EXP_A, after, None, 3).await.unwrap();
+        let page = conn
+            .list_trials_page(&exp_a(), after, None, 3)
+            .await
+            .unwrap();
         if page.is_empty() {
             break;
         }
@@ -1179,13 +1254,13 @@ async fn trials_are_listed_page_by_page_in_seq_order(store: Store) {
     }
     assert_eq!(seen, (0..7).collect::<Vec<_>>());
     let queued = conn
-        .list_trials_page(EXP_A, Some(0), Some(TrialStatus::Queued), 100)
+        .list_trials_page(&exp_a(), Some(0), Some(TrialStatus::Queued), 100)
         .await
         .unwrap();
     assert_eq!(queued.len(), 6);
     assert!(queued.iter().all(|t| t.id != leased.id && t.seq > 0));
     let held = conn
-        .list_trials_page(EXP_A, None, Some(TrialStatus::Leased), 100)
+        .list_trials_page(&exp_a(), None, Some(TrialStatus::Leased), 100)
         .await
         .unwrap();
     assert_eq!(held.len(), 1);
@@ -1193,12 +1268,14 @@ async fn trials_are_listed_page_by_page_in_seq_order(store: Store) {
 }
 
 async fn base_candidates_are_the_best_accepted_in_seq_order(store: Store) {
-    seeded(&store, EXP_A, 1, 5).await;
+    seeded(&store, &exp_a(), 1, 5).await;
     let mut conn = store.conn().await.unwrap();
-    conn.insert_worker(WORKER, "w", "cpu", 1, 0).await.unwrap();
+    conn.insert_worker(&worker(), "w", "cpu", 1, 0)
+        .await
+        .unwrap();
     for (score, accepted) in [(0.5, true), (0.9, false), (0.7, true), (0.6, true)] {
         let t = conn
-            .lease_next_trial(WORKER, 10, 1000)
+            .lease_next_trial(&worker(), 10, 1000)
             .await
             .unwrap()
             .unwrap();
@@ -1206,9 +1283,9 @@ async fn base_candidates_are_the_best_accepted_in_seq_order(store: Store) {
             .await
             .unwrap();
     }
-    let candidates = conn.base_candidates(EXP_A).await.unwrap();
-    let accepted: Vec<(String, i64, f64)> = conn
-        .accepted_trials(EXP_A)
+    let candidates = conn.base_candidates(&exp_a()).await.unwrap();
+    let accepted: Vec<(TrialId, i64, f64)> = conn
+        .accepted_trials(&exp_a())
         .await
         .unwrap()
         .into_iter()

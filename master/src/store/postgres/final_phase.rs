@@ -1,10 +1,12 @@
 //! Queries of the final-training phase (`[final]`) on PostgreSQL: the plan's parents, the final
 //! trials, and the experiment's phase marker.
 
+use explore_common::ids::{ExperimentId, TrialId};
 use sqlx::PgConnection;
 
 use super::{convert_pg_err, get_trial};
 use crate::error::MasterError;
+use crate::store::parse_text;
 use crate::store::TrialRow;
 
 /// The experiment's `k` best distinct architectures: for each genome hash its best completed
@@ -12,7 +14,7 @@ use crate::store::TrialRow;
 /// Pruned trials (partial scores), probes and final trials are left out.
 pub async fn best_distinct(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     k: u32,
 ) -> Result<Vec<TrialRow>, MasterError> {
     let ids: Vec<(String,)> = sqlx::query_as(
@@ -24,13 +26,14 @@ pub async fn best_distinct(
                 AND status = 'completed' AND score IS NOT NULL) best_of_genome
           WHERE in_genome = 1 ORDER BY score DESC, seq LIMIT $2",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(i64::from(k))
     .fetch_all(&mut *conn)
     .await
     .map_err(convert_pg_err)?;
     let mut rows = Vec::with_capacity(ids.len());
     for (id,) in ids {
+        let id: TrialId = parse_text("id", &id)?;
         if let Some(row) = get_trial(conn, &id).await? {
             rows.push(row);
         }
@@ -42,21 +45,21 @@ pub async fn best_distinct(
 /// rows, read through the partial index `trials_final`.
 pub async fn final_trials(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials WHERE experiment_id = $1 AND phase = 'final' ORDER BY seq",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)
 }
 
 /// Marks a trial as a final trial.
-pub async fn mark_final(conn: &mut PgConnection, trial_id: &str) -> Result<(), MasterError> {
+pub async fn mark_final(conn: &mut PgConnection, trial_id: &TrialId) -> Result<(), MasterError> {
     sqlx::query("UPDATE trials SET phase = 'final' WHERE id = $1")
-        .bind(trial_id)
+        .bind(trial_id.as_str())
         .execute(conn)
         .await
         .map_err(convert_pg_err)?;
@@ -66,12 +69,12 @@ pub async fn mark_final(conn: &mut PgConnection, trial_id: &str) -> Result<(), M
 /// Records that the experiment's search ended for `reason` and its final phase has begun.
 pub async fn begin_final_phase(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     reason: &str,
 ) -> Result<(), MasterError> {
     sqlx::query("UPDATE experiments SET search_ended = $1 WHERE id = $2 AND search_ended IS NULL")
         .bind(reason)
-        .bind(experiment_id)
+        .bind(experiment_id.as_str())
         .execute(conn)
         .await
         .map_err(convert_pg_err)?;
@@ -81,7 +84,7 @@ pub async fn begin_final_phase(
 /// Sets a running experiment's status message (a no-op when it already says so).
 pub async fn set_status_reason(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     reason: &str,
 ) -> Result<bool, MasterError> {
     let r = sqlx::query(
@@ -89,7 +92,7 @@ pub async fn set_status_reason(
           WHERE id = $2 AND status = 'running' AND status_reason <> $1",
     )
     .bind(reason)
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .execute(conn)
     .await
     .map_err(convert_pg_err)?;

@@ -40,7 +40,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use super::contract::types::*;
 use super::error::{classify, StoreError};
 use super::model::parse_epoch_metrics;
-use super::BASE_CANDIDATES;
+use super::{parse_text, BASE_CANDIDATES};
 use super::{Backend, PoolTx, TrialKind};
 use crate::leader::Election;
 
@@ -271,7 +271,7 @@ pub async fn ping(conn: &mut PgConnection) -> Result<(), MasterError> {
 /// Inserts a new running experiment.
 pub async fn insert_experiment(
     conn: &mut PgConnection,
-    id: &str,
+    id: &ExperimentId,
     name: &str,
     spec_json: &str,
     now_ms: i64,
@@ -280,7 +280,7 @@ pub async fn insert_experiment(
         "INSERT INTO experiments (id, name, spec_json, status, created_at_ms)
          VALUES ($1, $2, $3, 'running', $4)",
     )
-    .bind(id)
+    .bind(id.as_str())
     .bind(name)
     .bind(spec_json)
     .bind(now_ms)
@@ -293,10 +293,10 @@ pub async fn insert_experiment(
 /// The experiment with this id, if any.
 pub async fn get_experiment(
     conn: &mut PgConnection,
-    id: &str,
+    id: &ExperimentId,
 ) -> Result<Option<ExperimentRow>, MasterError> {
     sqlx::query_as::<_, ExperimentRow>("SELECT * FROM experiments WHERE id = $1")
-        .bind(id)
+        .bind(id.as_str())
         .fetch_optional(conn)
         .await
         .map_err(convert_pg_err)
@@ -328,7 +328,7 @@ pub async fn running_experiments(
 /// Marks an experiment finished.
 pub async fn finish_experiment(
     conn: &mut PgConnection,
-    id: &str,
+    id: &ExperimentId,
     status: ExperimentStatus,
     reason: &str,
     now_ms: i64,
@@ -339,7 +339,7 @@ pub async fn finish_experiment(
     .bind(status.as_str())
     .bind(reason)
     .bind(now_ms)
-    .bind(id)
+    .bind(id.as_str())
     .execute(conn)
     .await
     .map_err(convert_pg_err)?;
@@ -350,7 +350,7 @@ pub async fn finish_experiment(
 /// on one already stopped.
 pub async fn stop_experiment(
     conn: &mut PgConnection,
-    id: &str,
+    id: &ExperimentId,
     reason: &str,
     now_ms: i64,
 ) -> Result<(), MasterError> {
@@ -360,7 +360,7 @@ pub async fn stop_experiment(
     )
     .bind(now_ms)
     .bind(reason)
-    .bind(id)
+    .bind(id.as_str())
     .execute(conn)
     .await
     .map_err(convert_pg_err)?;
@@ -370,7 +370,7 @@ pub async fn stop_experiment(
 /// Lets a stopped experiment run again; the time it was stopped is added to `paused_ms`.
 pub async fn resume_experiment(
     conn: &mut PgConnection,
-    id: &str,
+    id: &ExperimentId,
     now_ms: i64,
 ) -> Result<(), MasterError> {
     sqlx::query(
@@ -379,7 +379,7 @@ pub async fn resume_experiment(
           WHERE id = $2 AND status = 'running' AND stopped_at_ms IS NOT NULL",
     )
     .bind(now_ms)
-    .bind(id)
+    .bind(id.as_str())
     .execute(conn)
     .await
     .map_err(convert_pg_err)?;
@@ -389,13 +389,13 @@ pub async fn resume_experiment(
 /// The trials of an experiment that workers hold now (leased or running).
 pub async fn held_trials_of(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials WHERE status IN ('leased', 'running') AND experiment_id = $1
           ORDER BY seq",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)
@@ -404,12 +404,12 @@ pub async fn held_trials_of(
 /// Records the experiment's best trial.
 pub async fn set_best_trial(
     conn: &mut PgConnection,
-    experiment_id: &str,
-    trial_id: &str,
+    experiment_id: &ExperimentId,
+    trial_id: &TrialId,
 ) -> Result<(), MasterError> {
     sqlx::query("UPDATE experiments SET best_trial_id = $1 WHERE id = $2")
-        .bind(trial_id)
-        .bind(experiment_id)
+        .bind(trial_id.as_str())
+        .bind(experiment_id.as_str())
         .execute(conn)
         .await
         .map_err(convert_pg_err)?;
@@ -431,10 +431,10 @@ pub async fn insert_trial(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'queued', $12, $13, $14, $15, $16,
              $17, $18, $19)",
     )
-    .bind(&t.id)
-    .bind(&t.experiment_id)
+    .bind(t.id.as_str())
+    .bind(t.experiment_id.as_str())
     .bind(t.seq)
-    .bind(&t.parent_id)
+    .bind(t.parent_id.as_ref().map(TrialId::as_str))
     .bind(&t.origin)
     .bind(&t.genome_json)
     .bind(&t.genome_hash)
@@ -457,9 +457,12 @@ pub async fn insert_trial(
 }
 
 /// The trial with this id, if any.
-pub async fn get_trial(conn: &mut PgConnection, id: &str) -> Result<Option<TrialRow>, MasterError> {
+pub async fn get_trial(
+    conn: &mut PgConnection,
+    id: &TrialId,
+) -> Result<Option<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>("SELECT * FROM trials WHERE id = $1")
-        .bind(id)
+        .bind(id.as_str())
         .fetch_optional(conn)
         .await
         .map_err(convert_pg_err)
@@ -468,10 +471,10 @@ pub async fn get_trial(conn: &mut PgConnection, id: &str) -> Result<Option<Trial
 /// All trials of an experiment, probes included, in proposal order (probes first).
 pub async fn list_trials(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>("SELECT * FROM trials WHERE experiment_id = $1 ORDER BY seq")
-        .bind(experiment_id)
+        .bind(experiment_id.as_str())
         .fetch_all(conn)
         .await
         .map_err(convert_pg_err)
@@ -480,12 +483,12 @@ pub async fn list_trials(
 /// The training trials of an experiment (its pool: no probes), in proposal order.
 pub async fn list_train_trials(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials WHERE experiment_id = $1 AND kind = 'train' ORDER BY seq",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)
@@ -494,12 +497,12 @@ pub async fn list_train_trials(
 /// The probe trials of an experiment, in the order they were queued.
 pub async fn list_probes(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials WHERE experiment_id = $1 AND kind = 'probe' ORDER BY seq DESC",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)
@@ -508,13 +511,13 @@ pub async fn list_probes(
 /// The seed indices an experiment's trials were queued for (transfer experiments record them).
 pub async fn queued_seed_indices(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<i64>, MasterError> {
     let rows: Vec<(i64,)> = sqlx::query_as(
         "SELECT seed_index FROM trials
           WHERE experiment_id = $1 AND kind = 'train' AND seed_index IS NOT NULL",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)?;
@@ -540,6 +543,7 @@ pub async fn fine_tune_history(
     .map_err(convert_pg_err)?;
     let mut history = Vec::with_capacity(rows.len());
     for (id, probe_metrics) in rows {
+        let id: TrialId = parse_text("id", &id)?;
         if let Some(trial) = get_trial(conn, &id).await? {
             history.push((trial, probe_metrics));
         }
@@ -551,13 +555,13 @@ pub async fn fine_tune_history(
 /// draws base models from.
 pub async fn accepted_trials(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials WHERE experiment_id = $1 AND kind = 'train' AND status = 'completed'
            AND accepted ORDER BY seq",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)
@@ -567,18 +571,22 @@ pub async fn accepted_trials(
 /// (index `trials_accepted_by_score`), in proposal order.
 pub async fn base_candidates(
     conn: &mut PgConnection,
-    experiment_id: &str,
-) -> Result<Vec<(String, i64, f64)>, MasterError> {
-    let mut rows: Vec<(String, i64, f64)> = sqlx::query_as(
+    experiment_id: &ExperimentId,
+) -> Result<Vec<(TrialId, i64, f64)>, MasterError> {
+    let rows: Vec<(String, i64, f64)> = sqlx::query_as(
         "SELECT id, seq, score FROM trials
           WHERE experiment_id = $1 AND kind = 'train' AND status = 'completed' AND accepted
           ORDER BY score DESC, seq LIMIT $2",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(BASE_CANDIDATES)
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)?;
+    let mut rows = rows
+        .into_iter()
+        .map(|(id, seq, score)| Ok((parse_text("id", &id)?, seq, score)))
+        .collect::<Result<Vec<_>, MasterError>>()?;
     rows.sort_by_key(|r| r.1);
     Ok(rows)
 }
@@ -586,14 +594,14 @@ pub async fn base_candidates(
 /// The experiment's training trials with `seq < below` (its seed trials), in proposal order.
 pub async fn train_trials_below(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     below: i64,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials WHERE experiment_id = $1 AND seq >= 0 AND seq < $2 AND kind = 'train'
           ORDER BY seq",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(below)
     .fetch_all(conn)
     .await
@@ -604,7 +612,7 @@ pub async fn train_trials_below(
 /// with `status` when given, at most `limit`.
 pub async fn list_trials_page(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     after_seq: Option<i64>,
     status: Option<TrialStatus>,
     limit: u32,
@@ -614,7 +622,7 @@ pub async fn list_trials_page(
             AND ($3::TEXT IS NULL OR status = $3)
           ORDER BY seq LIMIT $4",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(after_seq.unwrap_or(i64::MIN))
     .bind(status.map(TrialStatus::as_str))
     .bind(i64::from(limit))
@@ -633,7 +641,7 @@ pub async fn trial_epoch_metrics(
         "SELECT metrics_json FROM trial_epochs WHERE trial_id = $1 AND epoch <= $2
           ORDER BY epoch DESC LIMIT 1",
     )
-    .bind(&trial.id)
+    .bind(trial.id.as_str())
     .bind(trial.epoch)
     .fetch_optional(conn)
     .await
@@ -646,11 +654,11 @@ pub async fn trial_epoch_metrics(
 pub async fn trials_epoch_metrics(
     conn: &mut PgConnection,
     trials: &[TrialRow],
-) -> Result<HashMap<String, BTreeMap<String, f64>>, MasterError> {
+) -> Result<HashMap<TrialId, BTreeMap<String, f64>>, MasterError> {
     if trials.is_empty() {
         return Ok(HashMap::new());
     }
-    let ids: Vec<String> = trials.iter().map(|t| t.id.clone()).collect();
+    let ids: Vec<&str> = trials.iter().map(|t| t.id.as_str()).collect();
     let rows: Vec<(String, Option<String>)> = sqlx::query_as(
         "SELECT t.id, e.metrics_json FROM trials t JOIN trial_epochs e ON e.trial_id = t.id
           WHERE t.id = ANY($1) AND e.metrics_json IS NOT NULL
@@ -661,17 +669,16 @@ pub async fn trials_epoch_metrics(
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, json)| (id, parse_epoch_metrics(json.as_deref())))
-        .filter(|(_, m)| !m.is_empty())
-        .collect())
+    rows.into_iter()
+        .map(|(id, json)| Ok((parse_text("id", &id)?, parse_epoch_metrics(json.as_deref()))))
+        .filter(|r| !matches!(r, Ok((_, m)) if m.is_empty()))
+        .collect()
 }
 
 /// Counts an experiment's training trials by status (probes are counted by [`probe_counts`]).
 pub async fn trial_counts(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<TrialCounts, MasterError> {
     counts_of_kind(conn, experiment_id, TrialKind::Train).await
 }
@@ -679,21 +686,21 @@ pub async fn trial_counts(
 /// Counts an experiment's probe trials by status.
 pub async fn probe_counts(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<TrialCounts, MasterError> {
     counts_of_kind(conn, experiment_id, TrialKind::Probe).await
 }
 
 async fn counts_of_kind(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     kind: TrialKind,
 ) -> Result<TrialCounts, MasterError> {
     // Kept by the tally trigger (0001_init.sql): one row per status, whatever the pool's size.
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT status, n FROM trial_tallies WHERE experiment_id = $1 AND kind = $2",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(kind.as_str())
     .fetch_all(conn)
     .await
@@ -721,15 +728,18 @@ async fn counts_of_kind(
 /// experiment waits, then sees this one's trial, instead of picking the same `seq` (which the
 /// unique `(experiment_id, seq)` would refuse at commit). Outside a transaction the lock ends
 /// with the statement, and the number is only a reading.
-pub async fn next_seq(conn: &mut PgConnection, experiment_id: &str) -> Result<i64, MasterError> {
+pub async fn next_seq(
+    conn: &mut PgConnection,
+    experiment_id: &ExperimentId,
+) -> Result<i64, MasterError> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('explore.next_seq:' || $1, 0))")
-        .bind(experiment_id)
+        .bind(experiment_id.as_str())
         .execute(&mut *conn)
         .await
         .map_err(convert_pg_err)?;
     let (n,): (i64,) =
         sqlx::query_as("SELECT COALESCE(MAX(seq) + 1, 0) FROM trials WHERE experiment_id = $1")
-            .bind(experiment_id)
+            .bind(experiment_id.as_str())
             .fetch_one(conn)
             .await
             .map_err(convert_pg_err)?;
@@ -739,7 +749,7 @@ pub async fn next_seq(conn: &mut PgConnection, experiment_id: &str) -> Result<i6
 /// Whether the experiment already has a trial with this architecture and these hyperparameters.
 pub async fn candidate_exists(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     genome_hash: &str,
     hparams_json: &str,
 ) -> Result<bool, MasterError> {
@@ -752,7 +762,7 @@ pub async fn candidate_exists(
                 AND hparams_json = $3 AND kind = 'train'
                 AND status NOT IN ('failed', 'cancelled'))",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(genome_hash)
     .bind(hparams_json)
     .fetch_one(conn)
@@ -768,7 +778,7 @@ pub async fn candidate_exists(
 /// concurrent leases get different trials. The lock lasts until the caller's transaction ends.
 pub async fn lease_next_trial(
     conn: &mut PgConnection,
-    worker_id: &str,
+    worker_id: &WorkerId,
     now_ms: i64,
     lease_ms: i64,
 ) -> Result<Option<TrialRow>, MasterError> {
@@ -784,7 +794,7 @@ pub async fn lease_next_trial(
             AND status = 'queued'
          RETURNING *",
     )
-    .bind(worker_id)
+    .bind(worker_id.as_str())
     .bind(now_ms + lease_ms)
     .bind(now_ms)
     .fetch_optional(conn)
@@ -797,7 +807,7 @@ pub async fn lease_next_trial(
 /// no more trials than the free slots of the other live workers (seen since `since_ms`).
 pub async fn prefetch_would_starve(
     conn: &mut PgConnection,
-    worker_id: &str,
+    worker_id: &WorkerId,
     since_ms: i64,
 ) -> Result<bool, MasterError> {
     let (slots, held): (i64, i64) = sqlx::query_as(
@@ -805,7 +815,7 @@ pub async fn prefetch_would_starve(
                            WHERE worker_id = w.id AND status IN ('leased', 'running'))
            FROM workers w WHERE w.id = $1",
     )
-    .bind(worker_id)
+    .bind(worker_id.as_str())
     .fetch_one(&mut *conn)
     .await
     .map_err(convert_pg_err)?;
@@ -821,7 +831,7 @@ pub async fn prefetch_would_starve(
           WHERE w.status = 'active' AND w.last_seen_ms >= $1 AND w.id <> $2",
     )
     .bind(since_ms)
-    .bind(worker_id)
+    .bind(worker_id.as_str())
     .fetch_one(&mut *conn)
     .await
     .map_err(convert_pg_err)?;
@@ -846,8 +856,8 @@ pub async fn prefetch_would_starve(
 /// longer holds it.
 pub async fn heartbeat_trial(
     conn: &mut PgConnection,
-    trial_id: &str,
-    worker_id: &str,
+    trial_id: &TrialId,
+    worker_id: &WorkerId,
     attempt: i64,
     epoch: i64,
     started: bool,
@@ -861,8 +871,8 @@ pub async fn heartbeat_trial(
     .bind(deadline_ms)
     .bind(epoch)
     .bind(started)
-    .bind(trial_id)
-    .bind(worker_id)
+    .bind(trial_id.as_str())
+    .bind(worker_id.as_str())
     .bind(attempt)
     .execute(conn)
     .await
@@ -873,7 +883,7 @@ pub async fn heartbeat_trial(
 /// Records a completed trial.
 pub async fn complete_trial(
     conn: &mut PgConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
     result: &TrialResult,
     accepted: bool,
     temperature: f64,
@@ -894,7 +904,7 @@ pub async fn complete_trial(
     .bind(temperature)
     .bind(i64::from(result.epochs_run))
     .bind(now_ms)
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .execute(conn)
     .await
     .map_err(convert_pg_err)?;
@@ -905,7 +915,7 @@ pub async fn complete_trial(
 /// `score`; it is never a base for proposals.
 pub async fn prune_trial(
     conn: &mut PgConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
     score: f64,
     epoch: i64,
     reason: &str,
@@ -922,7 +932,7 @@ pub async fn prune_trial(
     .bind(reason)
     .bind(temperature)
     .bind(now_ms)
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .execute(conn)
     .await
     .map_err(convert_pg_err)?;
@@ -934,7 +944,7 @@ pub async fn prune_trial(
 /// retried heartbeat or a new attempt, replaces the old one.
 pub async fn record_epoch(
     conn: &mut PgConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
     epoch: i64,
     val_accuracy: f64,
     train_loss: Option<f64>,
@@ -951,7 +961,7 @@ pub async fn record_epoch(
          ON CONFLICT (trial_id, epoch) DO UPDATE SET val_accuracy = EXCLUDED.val_accuracy,
              train_loss = EXCLUDED.train_loss, metrics_json = EXCLUDED.metrics_json",
     )
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .bind(epoch)
     .bind(val_accuracy)
     .bind(train_loss)
@@ -965,13 +975,13 @@ pub async fn record_epoch(
 /// A trial's epoch curve in epoch order.
 pub async fn epoch_curve(
     conn: &mut PgConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
 ) -> Result<Vec<EpochRow>, MasterError> {
     sqlx::query_as::<_, EpochRow>(
         "SELECT trial_id, epoch, val_accuracy, train_loss, metrics_json FROM trial_epochs
           WHERE trial_id = $1 ORDER BY epoch",
     )
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)
@@ -981,39 +991,38 @@ pub async fn epoch_curve(
 /// to the trial's current epoch count). Trials whose last epoch has no metrics are absent.
 pub async fn last_epoch_metrics(
     conn: &mut PgConnection,
-    experiment_id: &str,
-) -> Result<HashMap<String, BTreeMap<String, f64>>, MasterError> {
+    experiment_id: &ExperimentId,
+) -> Result<HashMap<TrialId, BTreeMap<String, f64>>, MasterError> {
     let rows: Vec<(String, Option<String>)> = sqlx::query_as(
         "SELECT t.id, e.metrics_json FROM trials t JOIN trial_epochs e ON e.trial_id = t.id
           WHERE t.experiment_id = $1 AND e.metrics_json IS NOT NULL
             AND e.epoch = (SELECT MAX(l.epoch) FROM trial_epochs l
                             WHERE l.trial_id = t.id AND l.epoch <= t.epoch)",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, json)| (id, parse_epoch_metrics(json.as_deref())))
-        .filter(|(_, m)| !m.is_empty())
-        .collect())
+    rows.into_iter()
+        .map(|(id, json)| Ok((parse_text("id", &id)?, parse_epoch_metrics(json.as_deref()))))
+        .filter(|r| !matches!(r, Ok((_, m)) if m.is_empty()))
+        .collect()
 }
 
 /// Validation accuracies that the experiment's other trials reported after `epoch`.
 pub async fn peer_accuracies(
     conn: &mut PgConnection,
-    experiment_id: &str,
-    trial_id: &str,
+    experiment_id: &ExperimentId,
+    trial_id: &TrialId,
     epoch: i64,
 ) -> Result<Vec<f64>, MasterError> {
     let rows: Vec<(f64,)> = sqlx::query_as(
         "SELECT e.val_accuracy FROM trial_epochs e JOIN trials t ON t.id = e.trial_id
           WHERE t.experiment_id = $1 AND e.epoch = $2 AND e.trial_id <> $3",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(epoch)
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)?;
@@ -1023,7 +1032,7 @@ pub async fn peer_accuracies(
 /// How many training epochs the experiment has spent and committed (see [`EpochUsage`]).
 pub async fn epoch_usage(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<EpochUsage, MasterError> {
     // Finished trials from the tallies; open ones (queued or held: as many as there are worker
     // slots) row by row through the status index.
@@ -1032,7 +1041,7 @@ pub async fn epoch_usage(
           WHERE experiment_id = $1 AND kind = 'train'
             AND status IN ('completed', 'pruned', 'failed')",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_one(&mut *conn)
     .await
     .map_err(convert_pg_err)?;
@@ -1050,7 +1059,7 @@ pub async fn epoch_usage(
                   WHERE status IN ('queued', 'leased', 'running') AND experiment_id = $1
                     AND kind = 'train') open_trials",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_one(conn)
     .await
     .map_err(convert_pg_err)?;
@@ -1063,11 +1072,11 @@ pub async fn epoch_usage(
 /// Per chain: `(chain, queued and held trials, all trials)` of an experiment.
 pub async fn chain_loads(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<(i64, i64, i64)>, MasterError> {
     // Kept by the tally trigger (0001_init.sql).
     sqlx::query_as("SELECT chain, open, total FROM chain_tallies WHERE experiment_id = $1")
-        .bind(experiment_id)
+        .bind(experiment_id.as_str())
         .fetch_all(conn)
         .await
         .map_err(convert_pg_err)
@@ -1076,11 +1085,11 @@ pub async fn chain_loads(
 /// The state of one annealing chain, if it has been created.
 pub async fn get_chain(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     chain: i64,
 ) -> Result<Option<ChainRow>, MasterError> {
     sqlx::query_as::<_, ChainRow>("SELECT * FROM chains WHERE experiment_id = $1 AND chain = $2")
-        .bind(experiment_id)
+        .bind(experiment_id.as_str())
         .bind(chain)
         .fetch_optional(conn)
         .await
@@ -1090,10 +1099,10 @@ pub async fn get_chain(
 /// Every chain of an experiment, by index.
 pub async fn list_chains(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<ChainRow>, MasterError> {
     sqlx::query_as::<_, ChainRow>("SELECT * FROM chains WHERE experiment_id = $1 ORDER BY chain")
-        .bind(experiment_id)
+        .bind(experiment_id.as_str())
         .fetch_all(conn)
         .await
         .map_err(convert_pg_err)
@@ -1110,10 +1119,10 @@ pub async fn save_chain(conn: &mut PgConnection, c: &ChainRow) -> Result<(), Mas
              since_improvement = EXCLUDED.since_improvement, results = EXCLUDED.results,
              accepted = EXCLUDED.accepted, reheats = EXCLUDED.reheats",
     )
-    .bind(&c.experiment_id)
+    .bind(c.experiment_id.as_str())
     .bind(c.chain)
     .bind(c.temperature)
-    .bind(&c.current_trial_id)
+    .bind(c.current_trial_id.as_ref().map(TrialId::as_str))
     .bind(c.best_score)
     .bind(c.since_improvement)
     .bind(c.results)
@@ -1128,7 +1137,7 @@ pub async fn save_chain(conn: &mut PgConnection, c: &ChainRow) -> Result<(), Mas
 /// Marks a trial failed (or cancelled) with a reason.
 pub async fn end_trial(
     conn: &mut PgConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
     status: TrialStatus,
     error: &str,
     now_ms: i64,
@@ -1140,7 +1149,7 @@ pub async fn end_trial(
     .bind(status.as_str())
     .bind(error)
     .bind(now_ms)
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .execute(conn)
     .await
     .map_err(convert_pg_err)?;
@@ -1150,7 +1159,7 @@ pub async fn end_trial(
 /// Puts a held trial back in the queue as a new attempt.
 pub async fn requeue_trial(
     conn: &mut PgConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
     error: &str,
 ) -> Result<(), MasterError> {
     sqlx::query(
@@ -1159,7 +1168,7 @@ pub async fn requeue_trial(
           WHERE id = $2",
     )
     .bind(error)
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .execute(conn)
     .await
     .map_err(convert_pg_err)?;
@@ -1169,7 +1178,7 @@ pub async fn requeue_trial(
 /// Cancels every queued trial of an experiment.
 pub async fn cancel_queued(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     reason: &str,
     now_ms: i64,
 ) -> Result<u64, MasterError> {
@@ -1179,7 +1188,7 @@ pub async fn cancel_queued(
     )
     .bind(reason)
     .bind(now_ms)
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .execute(conn)
     .await
     .map_err(convert_pg_err)?;
@@ -1221,12 +1230,12 @@ pub async fn extend_held_leases(
 /// Trials a worker holds.
 pub async fn trials_held_by(
     conn: &mut PgConnection,
-    worker_id: &str,
+    worker_id: &WorkerId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials WHERE worker_id = $1 AND status IN ('leased', 'running')",
     )
-    .bind(worker_id)
+    .bind(worker_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)
@@ -1235,9 +1244,9 @@ pub async fn trials_held_by(
 /// Keeps a result that arrived for a superseded attempt, as history.
 pub async fn insert_late_result(
     conn: &mut PgConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
     attempt: i64,
-    worker_id: &str,
+    worker_id: &WorkerId,
     result: &TrialResult,
     reason: &str,
     now_ms: i64,
@@ -1249,9 +1258,9 @@ pub async fn insert_late_result(
              received_at_ms)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .bind(attempt)
-    .bind(worker_id)
+    .bind(worker_id.as_str())
     .bind(result.score)
     .bind(metrics)
     .bind(reason)
@@ -1267,7 +1276,7 @@ pub async fn insert_late_result(
 /// Registers a worker.
 pub async fn insert_worker(
     conn: &mut PgConnection,
-    id: &str,
+    id: &WorkerId,
     name: &str,
     device: &str,
     slots: u32,
@@ -1277,7 +1286,7 @@ pub async fn insert_worker(
         "INSERT INTO workers (id, name, device, slots, status, registered_at_ms, last_seen_ms)
          VALUES ($1, $2, $3, $4, 'active', $5, $5)",
     )
-    .bind(id)
+    .bind(id.as_str())
     .bind(name)
     .bind(device)
     .bind(i64::from(slots))
@@ -1289,9 +1298,9 @@ pub async fn insert_worker(
 }
 
 /// Whether a worker with this id is registered and has not left.
-pub async fn worker_is_active(conn: &mut PgConnection, id: &str) -> Result<bool, MasterError> {
+pub async fn worker_is_active(conn: &mut PgConnection, id: &WorkerId) -> Result<bool, MasterError> {
     let row: Option<(String,)> = sqlx::query_as("SELECT status FROM workers WHERE id = $1")
-        .bind(id)
+        .bind(id.as_str())
         .fetch_optional(conn)
         .await
         .map_err(convert_pg_err)?;
@@ -1301,12 +1310,12 @@ pub async fn worker_is_active(conn: &mut PgConnection, id: &str) -> Result<bool,
 /// Records that a worker was seen now.
 pub async fn touch_worker(
     conn: &mut PgConnection,
-    id: &str,
+    id: &WorkerId,
     now_ms: i64,
 ) -> Result<(), MasterError> {
     sqlx::query("UPDATE workers SET last_seen_ms = $1 WHERE id = $2")
         .bind(now_ms)
-        .bind(id)
+        .bind(id.as_str())
         .execute(conn)
         .await
         .map_err(convert_pg_err)?;
@@ -1314,9 +1323,9 @@ pub async fn touch_worker(
 }
 
 /// Marks a worker as gone.
-pub async fn worker_left(conn: &mut PgConnection, id: &str) -> Result<(), MasterError> {
+pub async fn worker_left(conn: &mut PgConnection, id: &WorkerId) -> Result<(), MasterError> {
     sqlx::query("UPDATE workers SET status = 'left' WHERE id = $1")
-        .bind(id)
+        .bind(id.as_str())
         .execute(conn)
         .await
         .map_err(convert_pg_err)?;
@@ -1334,7 +1343,7 @@ pub async fn connected_slots(conn: &mut PgConnection, since_ms: i64) -> Result<u
 /// walked backwards), whatever the pool's size.
 pub async fn recent_completed_for_predictor(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     limit: i64,
 ) -> Result<Vec<PredictorHistoryRow>, MasterError> {
     sqlx::query_as::<_, PredictorHistoryRow>(
@@ -1345,7 +1354,7 @@ pub async fn recent_completed_for_predictor(
             AND t.score IS NOT NULL
           ORDER BY t.seq DESC LIMIT $2",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(limit)
     .fetch_all(conn)
     .await

@@ -1,5 +1,6 @@
 //! The dashboard's read-only queries on PostgreSQL (types in [`crate::store::reads`]).
 
+use explore_common::ids::{ExperimentId, TrialId};
 use sqlx::PgConnection;
 
 use super::convert_pg_err;
@@ -21,7 +22,7 @@ pub const OBJECTIVE_SQL: &str = "COALESCE(
 /// when sorting by score).
 pub async fn query_trials(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     filter: &TrialFilter,
     sort: TrialSort,
     descending: bool,
@@ -73,7 +74,7 @@ pub async fn query_trials(
     );
     macro_rules! bind_filter {
         ($query:expr) => {{
-            let mut q = $query.bind(experiment_id);
+            let mut q = $query.bind(experiment_id.as_str());
             if let Some(s) = filter.status {
                 q = q.bind(s.as_str());
             }
@@ -111,7 +112,7 @@ pub async fn query_trials(
 /// The ancestors of a trial, from its parent back to its seed (at most [`MAX_LINEAGE`]).
 pub async fn lineage(
     conn: &mut PgConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "WITH RECURSIVE anc(id, depth) AS (
@@ -122,7 +123,7 @@ pub async fn lineage(
          )
          SELECT t.* FROM anc a JOIN trials t ON t.id = a.id ORDER BY a.depth",
     )
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .bind(i64::from(MAX_LINEAGE))
     .fetch_all(conn)
     .await
@@ -133,7 +134,7 @@ pub async fn lineage(
 /// once), in seq order.
 pub async fn genealogy(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     limit: u32,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
@@ -150,7 +151,7 @@ pub async fn genealogy(
          )
          SELECT * FROM trials WHERE id IN (SELECT id FROM anc) ORDER BY seq",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(i64::from(limit))
     .bind(i64::from(MAX_LINEAGE))
     .fetch_all(conn)
@@ -162,7 +163,7 @@ pub async fn genealogy(
 /// trials have finished in all.
 pub async fn best_curve(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<(Vec<BestPoint>, i64), MasterError> {
     let points = sqlx::query_as::<_, BestPoint>(
         "SELECT trial_id, score, finished_at_ms, finished FROM (
@@ -178,7 +179,7 @@ pub async fn best_curve(
          WHERE status = 'completed' AND (best_before IS NULL OR score > best_before)
          ORDER BY finished",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(&mut *conn)
     .await
     .map_err(convert_pg_err)?;
@@ -186,7 +187,7 @@ pub async fn best_curve(
         "SELECT COALESCE(SUM(n), 0)::BIGINT FROM trial_tallies
           WHERE experiment_id = $1 AND kind = 'train' AND status IN ('completed', 'pruned')",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_one(conn)
     .await
     .map_err(convert_pg_err)?;
@@ -196,14 +197,14 @@ pub async fn best_curve(
 /// Chains' temperatures by trial, thinned evenly by seq to at most `max_points`.
 pub async fn temperature_history(
     conn: &mut PgConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     max_points: u32,
 ) -> Result<Vec<TemperaturePoint>, MasterError> {
     let (n,): (i64,) = sqlx::query_as(
         "SELECT COALESCE(SUM(n), 0)::BIGINT FROM trial_tallies
           WHERE experiment_id = $1 AND kind = 'train'",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_one(&mut *conn)
     .await
     .map_err(convert_pg_err)?;
@@ -214,7 +215,7 @@ pub async fn temperature_history(
             AND seq % $2 = 0
           ORDER BY seq LIMIT $3",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(stride)
     .bind(i64::from(max_points))
     .fetch_all(conn)

@@ -137,7 +137,7 @@ async fn a_former_leader_cannot_commit_after_the_takeover() {
     // A write of the old leader that began before the takeover...
     let mut before = old.begin().await.unwrap();
     before
-        .insert_experiment("exp-0000000000000001", "before", "{}", 1)
+        .insert_experiment(&"exp-0000000000000001".parse().unwrap(), "before", "{}", 1)
         .await
         .unwrap();
     // ...its session ends (the old master does not notice yet), and the new one takes over:

@@ -78,10 +78,18 @@ impl TestDb {
     }
 }
 
-fn new_trial(experiment_id: &str, id: &str, seq: i64, hparams_json: &str) -> NewTrial {
+/// A well-formed id of any kind (the tests name theirs `exp-e`, `trial-t0`, `worker-w1`...).
+fn id<T: FromStr>(text: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    text.parse().unwrap()
+}
+
+fn new_trial(experiment_id: &str, trial_id: &str, seq: i64, hparams_json: &str) -> NewTrial {
     NewTrial {
-        id: id.to_string(),
-        experiment_id: experiment_id.to_string(),
+        id: id(trial_id),
+        experiment_id: id(experiment_id),
         seq,
         parent_id: None,
         origin: format!("test #{seq}"),
@@ -111,14 +119,14 @@ fn result(score: f64, epochs_run: u32) -> TrialResult {
 
 /// An experiment `e` with `n` queued trials `t0..`, epochs 3 each.
 async fn experiment_with_trials(conn: &mut PgConnection, n: i64) {
-    insert_experiment(conn, "e", "smoke", "{}", 1_000)
+    insert_experiment(conn, &id("exp-e"), "smoke", "{}", 1_000)
         .await
         .unwrap();
     for seq in 0..n {
         let hparams = format!(r#"{{"epochs":3,"lr":{seq}}}"#);
         insert_trial(
             conn,
-            &new_trial("e", &format!("t{seq}"), seq, &hparams),
+            &new_trial("exp-e", &format!("trial-t{seq}"), seq, &hparams),
             1_000 + seq,
         )
         .await
@@ -153,108 +161,168 @@ async fn a_trial_is_leased_heartbeated_completed_and_counted() {
     };
     let mut conn = db.conn().await;
     experiment_with_trials(&mut conn, 3).await;
-    insert_worker(&mut conn, "w1", "worker one", "cpu", 2, 1_000)
+    insert_worker(&mut conn, &id("worker-w1"), "worker one", "cpu", 2, 1_000)
         .await
         .unwrap();
-    assert!(worker_is_active(&mut conn, "w1").await.unwrap());
-    assert_eq!(next_seq(&mut conn, "e").await.unwrap(), 3);
+    assert!(worker_is_active(&mut conn, &id("worker-w1")).await.unwrap());
+    assert_eq!(next_seq(&mut conn, &id("exp-e")).await.unwrap(), 3);
     assert!(
-        candidate_exists(&mut conn, "e", "g1", r#"{"epochs":3,"lr":1}"#)
+        candidate_exists(&mut conn, &id("exp-e"), "g1", r#"{"epochs":3,"lr":1}"#)
             .await
             .unwrap()
     );
-    assert!(!candidate_exists(&mut conn, "e", "g1", "{}").await.unwrap());
+    assert!(!candidate_exists(&mut conn, &id("exp-e"), "g1", "{}")
+        .await
+        .unwrap());
 
-    let counts = trial_counts(&mut conn, "e").await.unwrap();
+    let counts = trial_counts(&mut conn, &id("exp-e")).await.unwrap();
     assert_eq!((counts.queued, counts.budgeted()), (3, 3));
     assert_eq!(
-        epoch_usage(&mut conn, "e").await.unwrap(),
+        epoch_usage(&mut conn, &id("exp-e")).await.unwrap(),
         EpochUsage {
             spent: 0,
             committed: 9
         }
     );
 
-    let leased = lease_next_trial(&mut conn, "w1", 2_000, 500)
+    let leased = lease_next_trial(&mut conn, &id("worker-w1"), 2_000, 500)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(leased.id, "t0");
-    assert_eq!(leased.status, "leased");
+    assert_eq!(leased.id.as_str(), "trial-t0");
+    assert_eq!(leased.status, TrialStatus::Leased);
     assert_eq!(leased.lease_deadline_ms, Some(2_500));
     assert_eq!(leased.started_at_ms, Some(2_000));
-    assert!(heartbeat_trial(&mut conn, "t0", "w1", 1, 2, false, 3_000)
+    assert!(heartbeat_trial(
+        &mut conn,
+        &id("trial-t0"),
+        &id("worker-w1"),
+        1,
+        2,
+        false,
+        3_000
+    )
+    .await
+    .unwrap());
+    assert!(!heartbeat_trial(
+        &mut conn,
+        &id("trial-t0"),
+        &id("worker-w2"),
+        1,
+        2,
+        false,
+        3_000
+    )
+    .await
+    .unwrap());
+    let t0 = get_trial(&mut conn, &id("trial-t0"))
         .await
-        .unwrap());
-    assert!(!heartbeat_trial(&mut conn, "t0", "w2", 1, 2, false, 3_000)
-        .await
-        .unwrap());
-    let t0 = get_trial(&mut conn, "t0").await.unwrap().unwrap();
+        .unwrap()
+        .unwrap();
     assert_eq!((t0.status.as_str(), t0.epoch), ("running", 2));
     assert_eq!(
-        epoch_usage(&mut conn, "e").await.unwrap(),
+        epoch_usage(&mut conn, &id("exp-e")).await.unwrap(),
         EpochUsage {
             spent: 2,
             committed: 9
         }
     );
-    record_epoch(&mut conn, "t0", 1, 0.5, Some(1.0), &BTreeMap::new())
-        .await
-        .unwrap();
+    record_epoch(
+        &mut conn,
+        &id("trial-t0"),
+        1,
+        0.5,
+        Some(1.0),
+        &BTreeMap::new(),
+    )
+    .await
+    .unwrap();
     let metrics = BTreeMap::from([("elr.drift".to_string(), 0.25)]);
-    record_epoch(&mut conn, "t0", 2, 0.6, None, &metrics)
+    record_epoch(&mut conn, &id("trial-t0"), 2, 0.6, None, &metrics)
         .await
         .unwrap();
-    record_epoch(&mut conn, "t0", 2, 0.7, None, &metrics)
+    record_epoch(&mut conn, &id("trial-t0"), 2, 0.7, None, &metrics)
         .await
         .unwrap();
-    let curve = epoch_curve(&mut conn, "t0").await.unwrap();
+    let curve = epoch_curve(&mut conn, &id("trial-t0")).await.unwrap();
     assert_eq!(curve.len(), 2);
     assert_eq!(curve[1].val_accuracy, 0.7);
     assert_eq!(trial_epoch_metrics(&mut conn, &t0).await.unwrap(), metrics);
     assert_eq!(
-        last_epoch_metrics(&mut conn, "e").await.unwrap()["t0"],
+        last_epoch_metrics(&mut conn, &id("exp-e")).await.unwrap()[&id("trial-t0")],
         metrics
     );
     assert_eq!(
         trials_epoch_metrics(&mut conn, std::slice::from_ref(&t0))
             .await
-            .unwrap()["t0"],
+            .unwrap()[&id("trial-t0")],
         metrics
     );
-    assert!(peer_accuracies(&mut conn, "e", "t1", 2).await.unwrap() == vec![0.7]);
-    assert_eq!(trials_held_by(&mut conn, "w1").await.unwrap().len(), 1);
-    assert_eq!(held_trials_of(&mut conn, "e").await.unwrap().len(), 1);
+    assert!(
+        peer_accuracies(&mut conn, &id("exp-e"), &id("trial-t1"), 2)
+            .await
+            .unwrap()
+            == vec![0.7]
+    );
+    assert_eq!(
+        trials_held_by(&mut conn, &id("worker-w1"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        held_trials_of(&mut conn, &id("exp-e")).await.unwrap().len(),
+        1
+    );
     assert_eq!(held_trials(&mut conn).await.unwrap().len(), 1);
     assert_eq!(extend_held_leases(&mut conn, 10_000).await.unwrap(), 1);
     assert!(expired_leases(&mut conn, 9_999).await.unwrap().is_empty());
     assert_eq!(expired_leases(&mut conn, 10_001).await.unwrap().len(), 1);
     // w1 holds one trial of its two slots: no starving.
-    assert!(!prefetch_would_starve(&mut conn, "w1", 0).await.unwrap());
-
-    complete_trial(&mut conn, "t0", &result(0.8, 3), true, 0.02, 4_000)
+    assert!(!prefetch_would_starve(&mut conn, &id("worker-w1"), 0)
         .await
+        .unwrap());
+
+    complete_trial(
+        &mut conn,
+        &id("trial-t0"),
+        &result(0.8, 3),
+        true,
+        0.02,
+        4_000,
+    )
+    .await
+    .unwrap();
+    let t0 = get_trial(&mut conn, &id("trial-t0"))
+        .await
+        .unwrap()
         .unwrap();
-    let t0 = get_trial(&mut conn, "t0").await.unwrap().unwrap();
-    assert_eq!(t0.status().unwrap(), TrialStatus::Completed);
+    assert_eq!(t0.status, TrialStatus::Completed);
     assert_eq!(t0.accepted, Some(true));
     assert_eq!(t0.metrics()["test_accuracy"], 0.8 - 0.01);
-    assert_eq!(accepted_trials(&mut conn, "e").await.unwrap().len(), 1);
     assert_eq!(
-        base_candidates(&mut conn, "e").await.unwrap(),
-        vec![("t0".to_string(), 0, 0.8)]
+        accepted_trials(&mut conn, &id("exp-e"))
+            .await
+            .unwrap()
+            .len(),
+        1
     );
-    let counts = trial_counts(&mut conn, "e").await.unwrap();
+    assert_eq!(
+        base_candidates(&mut conn, &id("exp-e")).await.unwrap(),
+        vec![(id("trial-t0"), 0, 0.8)]
+    );
+    let counts = trial_counts(&mut conn, &id("exp-e")).await.unwrap();
     assert_eq!(
         (counts.queued, counts.in_flight(), counts.completed),
         (2, 0, 1)
     );
     assert_eq!(
-        probe_counts(&mut conn, "e").await.unwrap(),
+        probe_counts(&mut conn, &id("exp-e")).await.unwrap(),
         TrialCounts::default()
     );
     assert_eq!(
-        epoch_usage(&mut conn, "e").await.unwrap(),
+        epoch_usage(&mut conn, &id("exp-e")).await.unwrap(),
         EpochUsage {
             spent: 3,
             committed: 9
@@ -262,45 +330,58 @@ async fn a_trial_is_leased_heartbeated_completed_and_counted() {
     );
 
     // The second trial: leased, requeued (a new attempt), leased again and pruned.
-    let t1 = lease_next_trial(&mut conn, "w1", 5_000, 500)
+    let t1 = lease_next_trial(&mut conn, &id("worker-w1"), 5_000, 500)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(t1.id, "t1");
-    requeue_trial(&mut conn, "t1", "lease expired")
+    assert_eq!(t1.id.as_str(), "trial-t1");
+    requeue_trial(&mut conn, &id("trial-t1"), "lease expired")
         .await
         .unwrap();
-    let t1 = lease_next_trial(&mut conn, "w1", 6_000, 500)
+    let t1 = lease_next_trial(&mut conn, &id("worker-w1"), 6_000, 500)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
         (t1.id.as_str(), t1.attempt, t1.started_at_ms),
-        ("t1", 2, Some(5_000))
+        ("trial-t1", 2, Some(5_000))
     );
     insert_late_result(
         &mut conn,
-        "t1",
+        &id("trial-t1"),
         1,
-        "w1",
+        &id("worker-w1"),
         &result(0.1, 1),
         "superseded",
         6_100,
     )
     .await
     .unwrap();
-    prune_trial(&mut conn, "t1", 0.3, 1, "pruned at epoch 1", 0.02, 7_000)
+    prune_trial(
+        &mut conn,
+        &id("trial-t1"),
+        0.3,
+        1,
+        "pruned at epoch 1",
+        0.02,
+        7_000,
+    )
+    .await
+    .unwrap();
+    let t1 = get_trial(&mut conn, &id("trial-t1"))
         .await
+        .unwrap()
         .unwrap();
-    let t1 = get_trial(&mut conn, "t1").await.unwrap().unwrap();
     assert_eq!((t1.status.as_str(), t1.accepted), ("pruned", Some(false)));
 
     // The third: cancelled with the queue.
     assert_eq!(
-        cancel_queued(&mut conn, "e", "done", 8_000).await.unwrap(),
+        cancel_queued(&mut conn, &id("exp-e"), "done", 8_000)
+            .await
+            .unwrap(),
         1
     );
-    let counts = trial_counts(&mut conn, "e").await.unwrap();
+    let counts = trial_counts(&mut conn, &id("exp-e")).await.unwrap();
     assert_eq!(
         (
             counts.completed,
@@ -310,12 +391,12 @@ async fn a_trial_is_leased_heartbeated_completed_and_counted() {
         ),
         (1, 1, 1, 0)
     );
-    assert!(lease_next_trial(&mut conn, "w1", 9_000, 500)
+    assert!(lease_next_trial(&mut conn, &id("worker-w1"), 9_000, 500)
         .await
         .unwrap()
         .is_none());
     assert_eq!(
-        chain_loads(&mut conn, "e")
+        chain_loads(&mut conn, &id("exp-e"))
             .await
             .unwrap()
             .into_iter()
@@ -336,7 +417,7 @@ async fn two_concurrent_leases_get_two_different_trials() {
         experiment_with_trials(&mut conn, 3).await;
     }
     let mut first = db.pool.begin().await.unwrap();
-    let a = lease_next_trial(&mut first, "w1", 2_000, 500)
+    let a = lease_next_trial(&mut first, &id("worker-w1"), 2_000, 500)
         .await
         .unwrap()
         .unwrap();
@@ -345,7 +426,9 @@ async fn two_concurrent_leases_get_two_different_trials() {
     let pool = db.pool.clone();
     let second = tokio::spawn(async move {
         let mut tx = pool.begin().await.unwrap();
-        let b = lease_next_trial(&mut tx, "w2", 2_000, 500).await.unwrap();
+        let b = lease_next_trial(&mut tx, &id("worker-w2"), 2_000, 500)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         b
     });
@@ -357,27 +440,29 @@ async fn two_concurrent_leases_get_two_different_trials() {
         .unwrap()
         .expect("the second lease gets a trial");
     assert_ne!(a.id, b.id);
-    assert_eq!((a.id.as_str(), b.id.as_str()), ("t0", "t1"));
+    assert_eq!((a.id.as_str(), b.id.as_str()), ("trial-t0", "trial-t1"));
     let mut conn = db.conn().await;
     assert_eq!(
-        get_trial(&mut conn, "t0")
+        get_trial(&mut conn, &id("trial-t0"))
             .await
             .unwrap()
             .unwrap()
             .worker_id
-            .as_deref(),
-        Some("w1")
+            .as_ref()
+            .map(|w| w.as_str()),
+        Some("worker-w1")
     );
     assert_eq!(
-        get_trial(&mut conn, "t1")
+        get_trial(&mut conn, &id("trial-t1"))
             .await
             .unwrap()
             .unwrap()
             .worker_id
-            .as_deref(),
-        Some("w2")
+            .as_ref()
+            .map(|w| w.as_str()),
+        Some("worker-w2")
     );
-    let counts = trial_counts(&mut conn, "e").await.unwrap();
+    let counts = trial_counts(&mut conn, &id("exp-e")).await.unwrap();
     assert_eq!((counts.queued, counts.leased), (1, 2));
     drop(conn);
     db.finish().await;
@@ -393,166 +478,232 @@ async fn every_other_operation_runs_and_decodes() {
     // Experiments.
     assert_eq!(list_experiments(&mut conn).await.unwrap().len(), 1);
     assert_eq!(running_experiments(&mut conn).await.unwrap().len(), 1);
-    stop_experiment(&mut conn, "e", "stopped", 2_000)
+    stop_experiment(&mut conn, &id("exp-e"), "stopped", 2_000)
         .await
         .unwrap();
-    assert!(lease_next_trial(&mut conn, "w", 2_100, 10)
+    assert!(lease_next_trial(&mut conn, &id("worker-w"), 2_100, 10)
         .await
         .unwrap()
         .is_none());
-    resume_experiment(&mut conn, "e", 2_500).await.unwrap();
-    let e = get_experiment(&mut conn, "e").await.unwrap().unwrap();
+    resume_experiment(&mut conn, &id("exp-e"), 2_500)
+        .await
+        .unwrap();
+    let e = get_experiment(&mut conn, &id("exp-e"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((e.paused_ms, e.stopped_at_ms), (500, None));
-    assert!(set_status_reason(&mut conn, "e", "searching")
+    assert!(set_status_reason(&mut conn, &id("exp-e"), "searching")
         .await
         .unwrap());
-    assert!(!set_status_reason(&mut conn, "e", "searching")
+    assert!(!set_status_reason(&mut conn, &id("exp-e"), "searching")
         .await
         .unwrap());
 
     // A lineage t0 <- t4 (inheriting), a probe and a transfer seed.
     let mut child = new_trial(
-        "e",
-        "t4",
+        "exp-e",
+        "trial-t4",
         4,
         r#"{"epochs":3,"objective":{"elr":{"beta":1}}}"#,
     );
-    child.parent_id = Some("t0".into());
+    child.parent_id = Some(id("trial-t0"));
     child.inherit_from = Some("ck0".into());
     child.seed_index = Some(0);
     child.prediction = Some((0.7, 0.1));
     insert_trial(&mut conn, &child, 3_000).await.unwrap();
-    let mut probe = new_trial("e", "p0", -1, "{}");
+    let mut probe = new_trial("exp-e", "trial-p0", -1, "{}");
     probe.kind = TrialKind::Probe;
     probe.inherit_from = Some("ck0".into());
     insert_trial(&mut conn, &probe, 3_000).await.unwrap();
-    assert_eq!(list_trials(&mut conn, "e").await.unwrap()[0].id, "p0");
-    assert_eq!(list_train_trials(&mut conn, "e").await.unwrap().len(), 5);
-    assert_eq!(list_probes(&mut conn, "e").await.unwrap().len(), 1);
-    assert_eq!(queued_seed_indices(&mut conn, "e").await.unwrap(), vec![0]);
     assert_eq!(
-        train_trials_below(&mut conn, "e", 2).await.unwrap().len(),
-        2
+        list_trials(&mut conn, &id("exp-e")).await.unwrap()[0]
+            .id
+            .as_str(),
+        "trial-p0"
     );
     assert_eq!(
-        list_trials_page(&mut conn, "e", Some(1), Some(TrialStatus::Queued), 2)
+        list_train_trials(&mut conn, &id("exp-e"))
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(list_probes(&mut conn, &id("exp-e")).await.unwrap().len(), 1);
+    assert_eq!(
+        queued_seed_indices(&mut conn, &id("exp-e")).await.unwrap(),
+        vec![0]
+    );
+    assert_eq!(
+        train_trials_below(&mut conn, &id("exp-e"), 2)
             .await
             .unwrap()
             .len(),
         2
     );
     assert_eq!(
-        list_trials_page(&mut conn, "e", None, None, 100)
+        list_trials_page(
+            &mut conn,
+            &id("exp-e"),
+            Some(1),
+            Some(TrialStatus::Queued),
+            2
+        )
+        .await
+        .unwrap()
+        .len(),
+        2
+    );
+    assert_eq!(
+        list_trials_page(&mut conn, &id("exp-e"), None, None, 100)
             .await
             .unwrap()
             .len(),
         6
     );
-    assert_eq!(probe_counts(&mut conn, "e").await.unwrap().queued, 1);
+    assert_eq!(
+        probe_counts(&mut conn, &id("exp-e")).await.unwrap().queued,
+        1
+    );
 
     // Finish a few, in an order whose best-so-far curve has two improvements.
-    insert_worker(&mut conn, "w", "w", "cuda:0", 1, 3_000)
+    insert_worker(&mut conn, &id("worker-w"), "worker-w", "cuda:0", 1, 3_000)
         .await
         .unwrap();
-    for (id, score, at) in [("t0", 0.5, 4_000), ("t1", 0.4, 4_100), ("t4", 0.9, 4_200)] {
-        sqlx::query("UPDATE trials SET status = 'running', worker_id = 'w' WHERE id = $1")
-            .bind(id)
+    for (trial, score, at) in [
+        ("trial-t0", 0.5, 4_000),
+        ("trial-t1", 0.4, 4_100),
+        ("trial-t4", 0.9, 4_200),
+    ] {
+        sqlx::query("UPDATE trials SET status = 'running', worker_id = 'worker-w' WHERE id = $1")
+            .bind(trial)
             .execute(&mut *conn)
             .await
             .unwrap();
-        complete_trial(&mut conn, id, &result(score, 3), true, 0.02, at)
+        complete_trial(&mut conn, &id(trial), &result(score, 3), true, 0.02, at)
             .await
             .unwrap();
     }
-    sqlx::query("UPDATE trials SET status = 'completed', score = 0.3 WHERE id = 'p0'")
+    sqlx::query("UPDATE trials SET status = 'completed', score = 0.3 WHERE id = 'trial-p0'")
         .execute(&mut *conn)
         .await
         .unwrap();
     let history = fine_tune_history(&mut conn).await.unwrap();
     assert_eq!(history.len(), 1);
-    assert_eq!(history[0].0.id, "t4");
-    let recent = recent_completed_for_predictor(&mut conn, "e", 10)
+    assert_eq!(history[0].0.id.as_str(), "trial-t4");
+    let recent = recent_completed_for_predictor(&mut conn, &id("exp-e"), 10)
         .await
         .unwrap();
     assert_eq!(recent.len(), 3);
     assert!(recent[0].inherits);
     assert_eq!(recent[0].parent_score, Some(0.5));
-    let (points, finished) = best_curve(&mut conn, "e").await.unwrap();
+    let (points, finished) = best_curve(&mut conn, &id("exp-e")).await.unwrap();
     assert_eq!(
         points
             .iter()
             .map(|p| p.trial_id.as_str())
             .collect::<Vec<_>>(),
-        vec!["t0", "t4"]
+        vec!["trial-t0", "trial-t4"]
     );
     assert_eq!(points[1].finished, 3);
     assert_eq!(finished, 3);
     assert_eq!(
-        lineage(&mut conn, "t4")
+        lineage(&mut conn, &id("trial-t4"))
             .await
             .unwrap()
             .iter()
             .map(|t| t.id.as_str())
             .collect::<Vec<_>>(),
-        vec!["t0"]
+        vec!["trial-t0"]
     );
     assert_eq!(
-        genealogy(&mut conn, "e", 1)
+        genealogy(&mut conn, &id("exp-e"), 1)
             .await
             .unwrap()
             .iter()
             .map(|t| t.id.as_str())
             .collect::<Vec<_>>(),
-        vec!["t0", "t4"]
+        vec!["trial-t0", "trial-t4"]
     );
     assert_eq!(
-        temperature_history(&mut conn, "e", 2).await.unwrap().len(),
+        temperature_history(&mut conn, &id("exp-e"), 2)
+            .await
+            .unwrap()
+            .len(),
         2
     );
-    let best = best_distinct(&mut conn, "e", 5).await.unwrap();
+    let best = best_distinct(&mut conn, &id("exp-e"), 5).await.unwrap();
     assert_eq!(
         best.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
-        vec!["t4", "t0"],
+        vec!["trial-t4", "trial-t0"],
         "t1 shares t4's genome hash"
     );
-    mark_final(&mut conn, "t2").await.unwrap();
-    assert_eq!(final_trials(&mut conn, "e").await.unwrap()[0].id, "t2");
-    begin_final_phase(&mut conn, "e", "trial budget reached")
+    mark_final(&mut conn, &id("trial-t2")).await.unwrap();
+    assert_eq!(
+        final_trials(&mut conn, &id("exp-e")).await.unwrap()[0]
+            .id
+            .as_str(),
+        "trial-t2"
+    );
+    begin_final_phase(&mut conn, &id("exp-e"), "trial budget reached")
         .await
         .unwrap();
-    begin_final_phase(&mut conn, "e", "again").await.unwrap();
-    let e = get_experiment(&mut conn, "e").await.unwrap().unwrap();
+    begin_final_phase(&mut conn, &id("exp-e"), "again")
+        .await
+        .unwrap();
+    let e = get_experiment(&mut conn, &id("exp-e"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(e.search_ended.as_deref(), Some("trial budget reached"));
-    set_best_trial(&mut conn, "e", "t4").await.unwrap();
+    set_best_trial(&mut conn, &id("exp-e"), &id("trial-t4"))
+        .await
+        .unwrap();
 
     // Dashboard pages.
     let filter = TrialFilter {
         objective: Some("elr".into()),
         ..TrialFilter::default()
     };
-    let page = query_trials(&mut conn, "e", &filter, TrialSort::Seq, false, 0, 10)
-        .await
-        .unwrap();
+    let page = query_trials(
+        &mut conn,
+        &id("exp-e"),
+        &filter,
+        TrialSort::Seq,
+        false,
+        0,
+        10,
+    )
+    .await
+    .unwrap();
     assert_eq!((page.total, page.trials.len()), (1, 1));
     let plain = TrialFilter {
         objective: Some("plain".into()),
         min_score: Some(0.0),
         ..TrialFilter::default()
     };
-    let page = query_trials(&mut conn, "e", &plain, TrialSort::Score, true, 0, 10)
-        .await
-        .unwrap();
+    let page = query_trials(
+        &mut conn,
+        &id("exp-e"),
+        &plain,
+        TrialSort::Score,
+        true,
+        0,
+        10,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         page.trials
             .iter()
             .map(|t| t.id.as_str())
             .collect::<Vec<_>>(),
-        vec!["t0", "t1", "p0"]
+        vec!["trial-t0", "trial-t1", "trial-p0"]
     );
     for descending in [false, true] {
         let page = query_trials(
             &mut conn,
-            "e",
+            &id("exp-e"),
             &TrialFilter::default(),
             TrialSort::Score,
             descending,
@@ -573,23 +724,31 @@ async fn every_other_operation_runs_and_decodes() {
         max_score: None,
         ..TrialFilter::default()
     };
-    let page = query_trials(&mut conn, "e", &filtered, TrialSort::Params, true, 0, 10)
-        .await
-        .unwrap();
+    let page = query_trials(
+        &mut conn,
+        &id("exp-e"),
+        &filtered,
+        TrialSort::Params,
+        true,
+        0,
+        10,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         page.trials
             .iter()
             .map(|t| t.id.as_str())
             .collect::<Vec<_>>(),
-        vec!["t2"]
+        vec!["trial-t2"]
     );
 
     // Chains.
     let chain = ChainRow {
-        experiment_id: "e".into(),
+        experiment_id: id("exp-e"),
         chain: 0,
         temperature: 0.5,
-        current_trial_id: Some("t0".into()),
+        current_trial_id: Some(id("trial-t0")),
         best_score: Some(0.5),
         since_improvement: 1,
         results: 2,
@@ -600,24 +759,43 @@ async fn every_other_operation_runs_and_decodes() {
     let mut changed = chain.clone();
     changed.temperature = 0.25;
     save_chain(&mut conn, &changed).await.unwrap();
-    assert_eq!(get_chain(&mut conn, "e", 0).await.unwrap(), Some(changed));
-    assert_eq!(list_chains(&mut conn, "e").await.unwrap().len(), 1);
+    assert_eq!(
+        get_chain(&mut conn, &id("exp-e"), 0).await.unwrap(),
+        Some(changed)
+    );
+    assert_eq!(list_chains(&mut conn, &id("exp-e")).await.unwrap().len(), 1);
 
     // Workers.
-    touch_worker(&mut conn, "w", 5_000).await.unwrap();
+    touch_worker(&mut conn, &id("worker-w"), 5_000)
+        .await
+        .unwrap();
     assert_eq!(connected(&mut conn, 4_000).await.unwrap(), (1, 1));
     assert_eq!(connected_slots(&mut conn, 4_000).await.unwrap(), 1);
     assert_eq!(workers(&mut conn, 10).await.unwrap()[0].last_seen_ms, 5_000);
     let tallies = status_tallies(&mut conn).await.unwrap();
-    assert!(tallies.iter().any(|t| t.status == "completed" && t.n == 4));
-    end_trial(&mut conn, "t3", TrialStatus::Failed, "broken", 6_000)
-        .await
-        .unwrap();
-    worker_left(&mut conn, "w").await.unwrap();
-    assert!(!worker_is_active(&mut conn, "w").await.unwrap());
-    finish_experiment(&mut conn, "e", ExperimentStatus::Completed, "done", 7_000)
-        .await
-        .unwrap();
+    assert!(tallies
+        .iter()
+        .any(|t| t.status == TrialStatus::Completed && t.n == 4));
+    end_trial(
+        &mut conn,
+        &id("trial-t3"),
+        TrialStatus::Failed,
+        "broken",
+        6_000,
+    )
+    .await
+    .unwrap();
+    worker_left(&mut conn, &id("worker-w")).await.unwrap();
+    assert!(!worker_is_active(&mut conn, &id("worker-w")).await.unwrap());
+    finish_experiment(
+        &mut conn,
+        &id("exp-e"),
+        ExperimentStatus::Completed,
+        "done",
+        7_000,
+    )
+    .await
+    .unwrap();
     assert!(running_experiments(&mut conn).await.unwrap().is_empty());
 
     // The tallies the trigger kept agree with the rows.
@@ -643,14 +821,14 @@ async fn a_missing_worker_is_not_found_and_a_duplicate_id_a_conflict() {
         return;
     };
     let mut conn = db.conn().await;
-    let missing = prefetch_would_starve(&mut conn, "nobody", 0)
+    let missing = prefetch_would_starve(&mut conn, &id("worker-nobody"), 0)
         .await
         .unwrap_err();
     assert!(matches!(missing, MasterError::NotFound(_)), "{missing:?}");
-    insert_experiment(&mut conn, "e", "x", "{}", 1)
+    insert_experiment(&mut conn, &id("exp-e"), "x", "{}", 1)
         .await
         .unwrap();
-    let duplicate = insert_experiment(&mut conn, "e", "x", "{}", 1)
+    let duplicate = insert_experiment(&mut conn, &id("exp-e"), "x", "{}", 1)
         .await
         .unwrap_err();
     match duplicate {

@@ -1,10 +1,12 @@
 //! Queries of the final-training phase (`[final]`, migration 0007): the plan's parents, the
 //! final trials, and the experiment's phase marker.
 
+use explore_common::ids::{ExperimentId, TrialId};
 use sqlx::SqliteConnection;
 
 use super::{convert_sqlx_err, get_trial, TrialRow};
 use crate::error::MasterError;
+use crate::store::parse_text;
 
 /// The experiment's `k` best distinct architectures: for each genome hash its best completed
 /// search trial (by validation score, then lower seq), the best `k` of those, best first.
@@ -12,7 +14,7 @@ use crate::error::MasterError;
 /// final phase begins; it walks the experiment's completed trials.
 pub async fn best_distinct(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     k: u32,
 ) -> Result<Vec<TrialRow>, MasterError> {
     let ids: Vec<(String,)> = sqlx::query_as(
@@ -24,13 +26,14 @@ pub async fn best_distinct(
                 AND status = 'completed' AND score IS NOT NULL)
           WHERE in_genome = 1 ORDER BY score DESC, seq LIMIT ?",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(i64::from(k))
     .fetch_all(&mut *conn)
     .await
     .map_err(convert_sqlx_err)?;
     let mut rows = Vec::with_capacity(ids.len());
     for (id,) in ids {
+        let id: TrialId = parse_text("id", &id)?;
         if let Some(row) = get_trial(conn, &id).await? {
             rows.push(row);
         }
@@ -42,22 +45,25 @@ pub async fn best_distinct(
 /// rows, read through the partial index `trials_final`.
 pub async fn final_trials(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials INDEXED BY trials_final
           WHERE experiment_id = ? AND phase = 'final' ORDER BY seq",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_sqlx_err)
 }
 
 /// Marks a trial as a final trial.
-pub async fn mark_final(conn: &mut SqliteConnection, trial_id: &str) -> Result<(), MasterError> {
+pub async fn mark_final(
+    conn: &mut SqliteConnection,
+    trial_id: &TrialId,
+) -> Result<(), MasterError> {
     sqlx::query("UPDATE trials SET phase = 'final' WHERE id = ?")
-        .bind(trial_id)
+        .bind(trial_id.as_str())
         .execute(conn)
         .await
         .map_err(convert_sqlx_err)?;
@@ -67,12 +73,12 @@ pub async fn mark_final(conn: &mut SqliteConnection, trial_id: &str) -> Result<(
 /// Records that the experiment's search ended for `reason` and its final phase has begun.
 pub async fn begin_final_phase(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     reason: &str,
 ) -> Result<(), MasterError> {
     sqlx::query("UPDATE experiments SET search_ended = ? WHERE id = ? AND search_ended IS NULL")
         .bind(reason)
-        .bind(experiment_id)
+        .bind(experiment_id.as_str())
         .execute(conn)
         .await
         .map_err(convert_sqlx_err)?;
@@ -82,7 +88,7 @@ pub async fn begin_final_phase(
 /// Sets a running experiment's status message (a no-op when it already says so).
 pub async fn set_status_reason(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     reason: &str,
 ) -> Result<bool, MasterError> {
     let r = sqlx::query(
@@ -90,7 +96,7 @@ pub async fn set_status_reason(
           WHERE id = ? AND status = 'running' AND status_reason != ?",
     )
     .bind(reason)
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(reason)
     .execute(conn)
     .await

@@ -21,8 +21,8 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::contract::types::*;
 use super::error::{classify, StoreError};
-use super::BASE_CANDIDATES;
 use super::{model, Backend, PoolTx};
+use super::{parse_text, BASE_CANDIDATES};
 pub use super::{EpochUsage, TrialKind, TrialRow, TrialStatus, FINAL_PHASE};
 use crate::leader::{Election, Sole};
 
@@ -204,7 +204,7 @@ pub async fn ping(conn: &mut SqliteConnection) -> Result<(), MasterError> {
 /// Inserts a new running experiment.
 pub async fn insert_experiment(
     conn: &mut SqliteConnection,
-    id: &str,
+    id: &ExperimentId,
     name: &str,
     spec_json: &str,
     now_ms: i64,
@@ -212,7 +212,7 @@ pub async fn insert_experiment(
     sqlx::query(
         "INSERT INTO experiments (id, name, spec_json, status, created_at_ms) VALUES (?, ?, ?, 'running', ?)",
     )
-    .bind(id)
+    .bind(id.as_str())
     .bind(name)
     .bind(spec_json)
     .bind(now_ms)
@@ -225,10 +225,10 @@ pub async fn insert_experiment(
 /// The experiment with this id, if any.
 pub async fn get_experiment(
     conn: &mut SqliteConnection,
-    id: &str,
+    id: &ExperimentId,
 ) -> Result<Option<ExperimentRow>, MasterError> {
     sqlx::query_as::<_, ExperimentRow>("SELECT * FROM experiments WHERE id = ?")
-        .bind(id)
+        .bind(id.as_str())
         .fetch_optional(conn)
         .await
         .map_err(convert_sqlx_err)
@@ -259,7 +259,7 @@ pub async fn running_experiments(
 /// Marks an experiment finished.
 pub async fn finish_experiment(
     conn: &mut SqliteConnection,
-    id: &str,
+    id: &ExperimentId,
     status: ExperimentStatus,
     reason: &str,
     now_ms: i64,
@@ -270,7 +270,7 @@ pub async fn finish_experiment(
     .bind(status.as_str())
     .bind(reason)
     .bind(now_ms)
-    .bind(id)
+    .bind(id.as_str())
     .execute(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -281,7 +281,7 @@ pub async fn finish_experiment(
 /// on one already stopped.
 pub async fn stop_experiment(
     conn: &mut SqliteConnection,
-    id: &str,
+    id: &ExperimentId,
     reason: &str,
     now_ms: i64,
 ) -> Result<(), MasterError> {
@@ -291,7 +291,7 @@ pub async fn stop_experiment(
     )
     .bind(now_ms)
     .bind(reason)
-    .bind(id)
+    .bind(id.as_str())
     .execute(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -301,7 +301,7 @@ pub async fn stop_experiment(
 /// Lets a stopped experiment run again; the time it was stopped is added to `paused_ms`.
 pub async fn resume_experiment(
     conn: &mut SqliteConnection,
-    id: &str,
+    id: &ExperimentId,
     now_ms: i64,
 ) -> Result<(), MasterError> {
     sqlx::query(
@@ -310,7 +310,7 @@ pub async fn resume_experiment(
           WHERE id = ? AND status = 'running' AND stopped_at_ms IS NOT NULL",
     )
     .bind(now_ms)
-    .bind(id)
+    .bind(id.as_str())
     .execute(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -320,13 +320,13 @@ pub async fn resume_experiment(
 /// The trials of an experiment that workers hold now (leased or running).
 pub async fn held_trials_of(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials WHERE status IN ('leased', 'running') AND experiment_id = ?
           ORDER BY seq",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_sqlx_err)
@@ -335,12 +335,12 @@ pub async fn held_trials_of(
 /// Records the experiment's best trial.
 pub async fn set_best_trial(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
-    trial_id: &str,
+    experiment_id: &ExperimentId,
+    trial_id: &TrialId,
 ) -> Result<(), MasterError> {
     sqlx::query("UPDATE experiments SET best_trial_id = ? WHERE id = ?")
-        .bind(trial_id)
-        .bind(experiment_id)
+        .bind(trial_id.as_str())
+        .bind(experiment_id.as_str())
         .execute(conn)
         .await
         .map_err(convert_sqlx_err)?;
@@ -361,10 +361,10 @@ pub async fn insert_trial(
              seed_index, predicted_score, predicted_std)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(&t.id)
-    .bind(&t.experiment_id)
+    .bind(t.id.as_str())
+    .bind(t.experiment_id.as_str())
     .bind(t.seq)
-    .bind(&t.parent_id)
+    .bind(t.parent_id.as_ref().map(TrialId::as_str))
     .bind(&t.origin)
     .bind(&t.genome_json)
     .bind(&t.genome_hash)
@@ -389,10 +389,10 @@ pub async fn insert_trial(
 /// The trial with this id, if any.
 pub async fn get_trial(
     conn: &mut SqliteConnection,
-    id: &str,
+    id: &TrialId,
 ) -> Result<Option<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>("SELECT * FROM trials WHERE id = ?")
-        .bind(id)
+        .bind(id.as_str())
         .fetch_optional(conn)
         .await
         .map_err(convert_sqlx_err)
@@ -401,10 +401,10 @@ pub async fn get_trial(
 /// All trials of an experiment, probes included, in proposal order (probes first).
 pub async fn list_trials(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>("SELECT * FROM trials WHERE experiment_id = ? ORDER BY seq")
-        .bind(experiment_id)
+        .bind(experiment_id.as_str())
         .fetch_all(conn)
         .await
         .map_err(convert_sqlx_err)
@@ -413,12 +413,12 @@ pub async fn list_trials(
 /// The training trials of an experiment (its pool: no probes), in proposal order.
 pub async fn list_train_trials(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials WHERE experiment_id = ? AND kind = 'train' ORDER BY seq",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_sqlx_err)
@@ -427,12 +427,12 @@ pub async fn list_train_trials(
 /// The probe trials of an experiment, in the order they were queued.
 pub async fn list_probes(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials WHERE experiment_id = ? AND kind = 'probe' ORDER BY seq DESC",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_sqlx_err)
@@ -441,13 +441,13 @@ pub async fn list_probes(
 /// The seed indices an experiment's trials were queued for (transfer experiments record them).
 pub async fn queued_seed_indices(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<i64>, MasterError> {
     let rows: Vec<(i64,)> = sqlx::query_as(
         "SELECT seed_index FROM trials
           WHERE experiment_id = ? AND kind = 'train' AND seed_index IS NOT NULL",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -473,6 +473,7 @@ pub async fn fine_tune_history(
     .map_err(convert_sqlx_err)?;
     let mut history = Vec::with_capacity(rows.len());
     for (id, probe_metrics) in rows {
+        let id: TrialId = parse_text("id", &id)?;
         if let Some(trial) = get_trial(conn, &id).await? {
             history.push((trial, probe_metrics));
         }
@@ -484,13 +485,13 @@ pub async fn fine_tune_history(
 /// draws base models from.
 pub async fn accepted_trials(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials WHERE experiment_id = ? AND kind = 'train' AND status = 'completed'
            AND accepted = 1 ORDER BY seq",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_sqlx_err)
@@ -500,18 +501,22 @@ pub async fn accepted_trials(
 /// (index `trials_accepted_by_score`), in proposal order.
 pub async fn base_candidates(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
-) -> Result<Vec<(String, i64, f64)>, MasterError> {
-    let mut rows: Vec<(String, i64, f64)> = sqlx::query_as(
+    experiment_id: &ExperimentId,
+) -> Result<Vec<(TrialId, i64, f64)>, MasterError> {
+    let rows: Vec<(String, i64, f64)> = sqlx::query_as(
         "SELECT id, seq, score FROM trials INDEXED BY trials_accepted_by_score
           WHERE experiment_id = ? AND kind = 'train' AND status = 'completed' AND accepted = 1
           ORDER BY score DESC, seq LIMIT ?",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(BASE_CANDIDATES)
     .fetch_all(conn)
     .await
     .map_err(convert_sqlx_err)?;
+    let mut rows = rows
+        .into_iter()
+        .map(|(id, seq, score)| Ok((parse_text("id", &id)?, seq, score)))
+        .collect::<Result<Vec<_>, MasterError>>()?;
     rows.sort_by_key(|r| r.1);
     Ok(rows)
 }
@@ -519,14 +524,14 @@ pub async fn base_candidates(
 /// The experiment's training trials with `seq < below` (its seed trials), in proposal order.
 pub async fn train_trials_below(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     below: i64,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials WHERE experiment_id = ? AND seq >= 0 AND seq < ? AND kind = 'train'
           ORDER BY seq",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(below)
     .fetch_all(conn)
     .await
@@ -537,7 +542,7 @@ pub async fn train_trials_below(
 /// with `status` when given, at most `limit`.
 pub async fn list_trials_page(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     after_seq: Option<i64>,
     status: Option<TrialStatus>,
     limit: u32,
@@ -546,7 +551,7 @@ pub async fn list_trials_page(
         "SELECT * FROM trials WHERE experiment_id = ? AND seq > ? AND (? IS NULL OR status = ?)
           ORDER BY seq LIMIT ?",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(after_seq.unwrap_or(i64::MIN))
     .bind(status.map(TrialStatus::as_str))
     .bind(status.map(TrialStatus::as_str))
@@ -566,7 +571,7 @@ pub async fn trial_epoch_metrics(
         "SELECT metrics_json FROM trial_epochs WHERE trial_id = ? AND epoch <= ?
           ORDER BY epoch DESC LIMIT 1",
     )
-    .bind(&trial.id)
+    .bind(trial.id.as_str())
     .bind(trial.epoch)
     .fetch_optional(conn)
     .await
@@ -581,7 +586,7 @@ pub async fn trial_epoch_metrics(
 pub async fn trials_epoch_metrics(
     conn: &mut SqliteConnection,
     trials: &[TrialRow],
-) -> Result<HashMap<String, BTreeMap<String, f64>>, MasterError> {
+) -> Result<HashMap<TrialId, BTreeMap<String, f64>>, MasterError> {
     if trials.is_empty() {
         return Ok(HashMap::new());
     }
@@ -594,20 +599,24 @@ pub async fn trials_epoch_metrics(
     );
     let mut query = sqlx::query_as::<_, (String, Option<String>)>(&sql);
     for trial in trials {
-        query = query.bind(&trial.id);
+        query = query.bind(trial.id.as_str());
     }
     let rows = query.fetch_all(conn).await.map_err(convert_sqlx_err)?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, json)| (id, model::parse_epoch_metrics(json.as_deref())))
-        .filter(|(_, m)| !m.is_empty())
-        .collect())
+    rows.into_iter()
+        .map(|(id, json)| {
+            Ok((
+                parse_text("id", &id)?,
+                model::parse_epoch_metrics(json.as_deref()),
+            ))
+        })
+        .filter(|r| !matches!(r, Ok((_, m)) if m.is_empty()))
+        .collect()
 }
 
 /// Counts an experiment's training trials by status (probes are counted by [`probe_counts`]).
 pub async fn trial_counts(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<TrialCounts, MasterError> {
     counts_of_kind(conn, experiment_id, TrialKind::Train).await
 }
@@ -615,20 +624,20 @@ pub async fn trial_counts(
 /// Counts an experiment's probe trials by status.
 pub async fn probe_counts(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<TrialCounts, MasterError> {
     counts_of_kind(conn, experiment_id, TrialKind::Probe).await
 }
 
 async fn counts_of_kind(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     kind: TrialKind,
 ) -> Result<TrialCounts, MasterError> {
     // Kept by triggers (0005_scale.sql): one row per status, whatever the pool's size.
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, n FROM trial_tallies WHERE experiment_id = ? AND kind = ?")
-            .bind(experiment_id)
+            .bind(experiment_id.as_str())
             .bind(kind.as_str())
             .fetch_all(conn)
             .await
@@ -652,11 +661,11 @@ async fn counts_of_kind(
 /// The next sequence number of an experiment.
 pub async fn next_seq(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<i64, MasterError> {
     let (n,): (i64,) =
         sqlx::query_as("SELECT COALESCE(MAX(seq) + 1, 0) FROM trials WHERE experiment_id = ?")
-            .bind(experiment_id)
+            .bind(experiment_id.as_str())
             .fetch_one(conn)
             .await
             .map_err(convert_sqlx_err)?;
@@ -666,7 +675,7 @@ pub async fn next_seq(
 /// Whether the experiment already has a trial with this architecture and these hyperparameters.
 pub async fn candidate_exists(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     genome_hash: &str,
     hparams_json: &str,
 ) -> Result<bool, MasterError> {
@@ -674,7 +683,7 @@ pub async fn candidate_exists(
         "SELECT COUNT(*) FROM trials WHERE experiment_id = ? AND genome_hash = ? AND hparams_json = ?
            AND kind = 'train' AND status NOT IN ('failed', 'cancelled')",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(genome_hash)
     .bind(hparams_json)
     .fetch_one(conn)
@@ -686,7 +695,7 @@ pub async fn candidate_exists(
 /// Leases the oldest queued trial of the oldest running experiment to `worker_id`.
 pub async fn lease_next_trial(
     conn: &mut SqliteConnection,
-    worker_id: &str,
+    worker_id: &WorkerId,
     now_ms: i64,
     lease_ms: i64,
 ) -> Result<Option<TrialRow>, MasterError> {
@@ -701,15 +710,16 @@ pub async fn lease_next_trial(
     let Some((id,)) = candidate else {
         return Ok(None);
     };
+    let id: TrialId = parse_text("id", &id)?;
     sqlx::query(
         "UPDATE trials SET status = 'leased', worker_id = ?, lease_deadline_ms = ?, epoch = 0,
              started_at_ms = COALESCE(started_at_ms, ?)
           WHERE id = ? AND status = 'queued'",
     )
-    .bind(worker_id)
+    .bind(worker_id.as_str())
     .bind(now_ms + lease_ms)
     .bind(now_ms)
-    .bind(&id)
+    .bind(id.as_str())
     .execute(&mut *conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -724,7 +734,7 @@ pub async fn lease_next_trial(
 /// trial that another worker's idle slot would have started at once.)
 pub async fn prefetch_would_starve(
     conn: &mut SqliteConnection,
-    worker_id: &str,
+    worker_id: &WorkerId,
     since_ms: i64,
 ) -> Result<bool, MasterError> {
     let (slots, held): (i64, i64) = sqlx::query_as(
@@ -732,7 +742,7 @@ pub async fn prefetch_would_starve(
                            WHERE worker_id = w.id AND status IN ('leased', 'running'))
            FROM workers w WHERE w.id = ?",
     )
-    .bind(worker_id)
+    .bind(worker_id.as_str())
     .fetch_one(&mut *conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -748,7 +758,7 @@ pub async fn prefetch_would_starve(
           WHERE w.status = 'active' AND w.last_seen_ms >= ? AND w.id != ?",
     )
     .bind(since_ms)
-    .bind(worker_id)
+    .bind(worker_id.as_str())
     .fetch_one(&mut *conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -773,8 +783,8 @@ pub async fn prefetch_would_starve(
 /// longer holds it.
 pub async fn heartbeat_trial(
     conn: &mut SqliteConnection,
-    trial_id: &str,
-    worker_id: &str,
+    trial_id: &TrialId,
+    worker_id: &WorkerId,
     attempt: i64,
     epoch: i64,
     started: bool,
@@ -789,8 +799,8 @@ pub async fn heartbeat_trial(
     .bind(epoch)
     .bind(epoch)
     .bind(started)
-    .bind(trial_id)
-    .bind(worker_id)
+    .bind(trial_id.as_str())
+    .bind(worker_id.as_str())
     .bind(attempt)
     .execute(conn)
     .await
@@ -801,7 +811,7 @@ pub async fn heartbeat_trial(
 /// Records a completed trial.
 pub async fn complete_trial(
     conn: &mut SqliteConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
     result: &TrialResult,
     accepted: bool,
     temperature: f64,
@@ -821,7 +831,7 @@ pub async fn complete_trial(
     .bind(temperature)
     .bind(result.epochs_run as i64)
     .bind(now_ms)
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .execute(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -832,7 +842,7 @@ pub async fn complete_trial(
 /// `score`; it is never a base for proposals.
 pub async fn prune_trial(
     conn: &mut SqliteConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
     score: f64,
     epoch: i64,
     reason: &str,
@@ -849,7 +859,7 @@ pub async fn prune_trial(
     .bind(reason)
     .bind(temperature)
     .bind(now_ms)
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .execute(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -861,7 +871,7 @@ pub async fn prune_trial(
 /// retried heartbeat or a new attempt, replaces the old one.
 pub async fn record_epoch(
     conn: &mut SqliteConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
     epoch: i64,
     val_accuracy: f64,
     train_loss: Option<f64>,
@@ -876,7 +886,7 @@ pub async fn record_epoch(
         "INSERT OR REPLACE INTO trial_epochs (trial_id, epoch, val_accuracy, train_loss, metrics_json)
          VALUES (?, ?, ?, ?, ?)",
     )
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .bind(epoch)
     .bind(val_accuracy)
     .bind(train_loss)
@@ -890,13 +900,13 @@ pub async fn record_epoch(
 /// A trial's epoch curve in epoch order.
 pub async fn epoch_curve(
     conn: &mut SqliteConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
 ) -> Result<Vec<EpochRow>, MasterError> {
     sqlx::query_as::<_, EpochRow>(
         "SELECT trial_id, epoch, val_accuracy, train_loss, metrics_json FROM trial_epochs
           WHERE trial_id = ? ORDER BY epoch",
     )
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_sqlx_err)
@@ -907,39 +917,43 @@ pub async fn epoch_curve(
 /// attempt got further with). Trials whose last epoch has no metrics are absent.
 pub async fn last_epoch_metrics(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
-) -> Result<HashMap<String, BTreeMap<String, f64>>, MasterError> {
+    experiment_id: &ExperimentId,
+) -> Result<HashMap<TrialId, BTreeMap<String, f64>>, MasterError> {
     let rows: Vec<(String, Option<String>)> = sqlx::query_as(
         "SELECT t.id, e.metrics_json FROM trials t JOIN trial_epochs e ON e.trial_id = t.id
           WHERE t.experiment_id = ? AND e.metrics_json IS NOT NULL
             AND e.epoch = (SELECT MAX(l.epoch) FROM trial_epochs l
                             WHERE l.trial_id = t.id AND l.epoch <= t.epoch)",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_sqlx_err)?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, json)| (id, model::parse_epoch_metrics(json.as_deref())))
-        .filter(|(_, m)| !m.is_empty())
-        .collect())
+    rows.into_iter()
+        .map(|(id, json)| {
+            Ok((
+                parse_text("id", &id)?,
+                model::parse_epoch_metrics(json.as_deref()),
+            ))
+        })
+        .filter(|r| !matches!(r, Ok((_, m)) if m.is_empty()))
+        .collect()
 }
 
 /// Validation accuracies that the experiment's other trials reported after `epoch`.
 pub async fn peer_accuracies(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
-    trial_id: &str,
+    experiment_id: &ExperimentId,
+    trial_id: &TrialId,
     epoch: i64,
 ) -> Result<Vec<f64>, MasterError> {
     let rows: Vec<(f64,)> = sqlx::query_as(
         "SELECT e.val_accuracy FROM trial_epochs e JOIN trials t ON t.id = e.trial_id
           WHERE t.experiment_id = ? AND e.epoch = ? AND e.trial_id != ?",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(epoch)
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -949,7 +963,7 @@ pub async fn peer_accuracies(
 /// How many training epochs the experiment has spent and committed (see [`EpochUsage`]).
 pub async fn epoch_usage(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<EpochUsage, MasterError> {
     // Finished trials from the tallies (0005_scale.sql); open ones (queued or held: as many as
     // there are worker slots) row by row through the status index.
@@ -957,7 +971,7 @@ pub async fn epoch_usage(
         "SELECT COALESCE(SUM(epochs), 0) FROM trial_tallies
           WHERE experiment_id = ? AND kind = 'train' AND status IN ('completed', 'pruned', 'failed')",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_one(&mut *conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -967,7 +981,7 @@ pub async fn epoch_usage(
            FROM trials WHERE status IN ('queued', 'leased', 'running') AND experiment_id = ?
             AND kind = 'train'",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_one(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -980,11 +994,11 @@ pub async fn epoch_usage(
 /// Per chain: `(chain, queued and held trials, all trials)` of an experiment.
 pub async fn chain_loads(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<(i64, i64, i64)>, MasterError> {
     // Kept by triggers (0005_scale.sql).
     sqlx::query_as("SELECT chain, open, total FROM chain_tallies WHERE experiment_id = ?")
-        .bind(experiment_id)
+        .bind(experiment_id.as_str())
         .fetch_all(conn)
         .await
         .map_err(convert_sqlx_err)
@@ -993,11 +1007,11 @@ pub async fn chain_loads(
 /// The state of one annealing chain, if it has been created.
 pub async fn get_chain(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     chain: i64,
 ) -> Result<Option<ChainRow>, MasterError> {
     sqlx::query_as::<_, ChainRow>("SELECT * FROM chains WHERE experiment_id = ? AND chain = ?")
-        .bind(experiment_id)
+        .bind(experiment_id.as_str())
         .bind(chain)
         .fetch_optional(conn)
         .await
@@ -1007,10 +1021,10 @@ pub async fn get_chain(
 /// Every chain of an experiment, by index.
 pub async fn list_chains(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<Vec<ChainRow>, MasterError> {
     sqlx::query_as::<_, ChainRow>("SELECT * FROM chains WHERE experiment_id = ? ORDER BY chain")
-        .bind(experiment_id)
+        .bind(experiment_id.as_str())
         .fetch_all(conn)
         .await
         .map_err(convert_sqlx_err)
@@ -1023,10 +1037,10 @@ pub async fn save_chain(conn: &mut SqliteConnection, c: &ChainRow) -> Result<(),
              best_score, since_improvement, results, accepted, reheats)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(&c.experiment_id)
+    .bind(c.experiment_id.as_str())
     .bind(c.chain)
     .bind(c.temperature)
-    .bind(&c.current_trial_id)
+    .bind(c.current_trial_id.as_ref().map(TrialId::as_str))
     .bind(c.best_score)
     .bind(c.since_improvement)
     .bind(c.results)
@@ -1041,7 +1055,7 @@ pub async fn save_chain(conn: &mut SqliteConnection, c: &ChainRow) -> Result<(),
 /// Marks a trial failed (or cancelled) with a reason.
 pub async fn end_trial(
     conn: &mut SqliteConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
     status: TrialStatus,
     error: &str,
     now_ms: i64,
@@ -1050,7 +1064,7 @@ pub async fn end_trial(
         .bind(status.as_str())
         .bind(error)
         .bind(now_ms)
-        .bind(trial_id)
+        .bind(trial_id.as_str())
         .execute(conn)
         .await
         .map_err(convert_sqlx_err)?;
@@ -1060,7 +1074,7 @@ pub async fn end_trial(
 /// Puts a held trial back in the queue as a new attempt.
 pub async fn requeue_trial(
     conn: &mut SqliteConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
     error: &str,
 ) -> Result<(), MasterError> {
     sqlx::query(
@@ -1069,7 +1083,7 @@ pub async fn requeue_trial(
           WHERE id = ?",
     )
     .bind(error)
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .execute(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -1079,7 +1093,7 @@ pub async fn requeue_trial(
 /// Cancels every queued trial of an experiment.
 pub async fn cancel_queued(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     reason: &str,
     now_ms: i64,
 ) -> Result<u64, MasterError> {
@@ -1088,7 +1102,7 @@ pub async fn cancel_queued(
     )
     .bind(reason)
     .bind(now_ms)
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .execute(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -1129,12 +1143,12 @@ pub async fn extend_held_leases(
 /// Trials a worker holds.
 pub async fn trials_held_by(
     conn: &mut SqliteConnection,
-    worker_id: &str,
+    worker_id: &WorkerId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "SELECT * FROM trials WHERE worker_id = ? AND status IN ('leased', 'running')",
     )
-    .bind(worker_id)
+    .bind(worker_id.as_str())
     .fetch_all(conn)
     .await
     .map_err(convert_sqlx_err)
@@ -1143,9 +1157,9 @@ pub async fn trials_held_by(
 /// Keeps a result that arrived for a superseded attempt, as history.
 pub async fn insert_late_result(
     conn: &mut SqliteConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
     attempt: i64,
-    worker_id: &str,
+    worker_id: &WorkerId,
     result: &TrialResult,
     reason: &str,
     now_ms: i64,
@@ -1156,9 +1170,9 @@ pub async fn insert_late_result(
         "INSERT INTO late_results (trial_id, attempt, worker_id, score, metrics_json, reason, received_at_ms)
          VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .bind(attempt)
-    .bind(worker_id)
+    .bind(worker_id.as_str())
     .bind(result.score)
     .bind(metrics)
     .bind(reason)
@@ -1174,7 +1188,7 @@ pub async fn insert_late_result(
 /// Registers a worker.
 pub async fn insert_worker(
     conn: &mut SqliteConnection,
-    id: &str,
+    id: &WorkerId,
     name: &str,
     device: &str,
     slots: u32,
@@ -1184,7 +1198,7 @@ pub async fn insert_worker(
         "INSERT INTO workers (id, name, device, slots, status, registered_at_ms, last_seen_ms)
          VALUES (?, ?, ?, ?, 'active', ?, ?)",
     )
-    .bind(id)
+    .bind(id.as_str())
     .bind(name)
     .bind(device)
     .bind(slots as i64)
@@ -1197,9 +1211,12 @@ pub async fn insert_worker(
 }
 
 /// Whether a worker with this id is registered and has not left.
-pub async fn worker_is_active(conn: &mut SqliteConnection, id: &str) -> Result<bool, MasterError> {
+pub async fn worker_is_active(
+    conn: &mut SqliteConnection,
+    id: &WorkerId,
+) -> Result<bool, MasterError> {
     let row: Option<(String,)> = sqlx::query_as("SELECT status FROM workers WHERE id = ?")
-        .bind(id)
+        .bind(id.as_str())
         .fetch_optional(conn)
         .await
         .map_err(convert_sqlx_err)?;
@@ -1209,12 +1226,12 @@ pub async fn worker_is_active(conn: &mut SqliteConnection, id: &str) -> Result<b
 /// Records that a worker was seen now.
 pub async fn touch_worker(
     conn: &mut SqliteConnection,
-    id: &str,
+    id: &WorkerId,
     now_ms: i64,
 ) -> Result<(), MasterError> {
     sqlx::query("UPDATE workers SET last_seen_ms = ? WHERE id = ?")
         .bind(now_ms)
-        .bind(id)
+        .bind(id.as_str())
         .execute(conn)
         .await
         .map_err(convert_sqlx_err)?;
@@ -1222,9 +1239,9 @@ pub async fn touch_worker(
 }
 
 /// Marks a worker as gone.
-pub async fn worker_left(conn: &mut SqliteConnection, id: &str) -> Result<(), MasterError> {
+pub async fn worker_left(conn: &mut SqliteConnection, id: &WorkerId) -> Result<(), MasterError> {
     sqlx::query("UPDATE workers SET status = 'left' WHERE id = ?")
-        .bind(id)
+        .bind(id.as_str())
         .execute(conn)
         .await
         .map_err(convert_sqlx_err)?;
@@ -1245,7 +1262,7 @@ pub async fn connected_slots(
 /// walked backwards), whatever the pool's size.
 pub async fn recent_completed_for_predictor(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     limit: i64,
 ) -> Result<Vec<PredictorHistoryRow>, MasterError> {
     sqlx::query_as::<_, PredictorHistoryRow>(
@@ -1256,7 +1273,7 @@ pub async fn recent_completed_for_predictor(
             AND t.score IS NOT NULL
           ORDER BY t.seq DESC LIMIT ?",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(limit)
     .fetch_all(conn)
     .await

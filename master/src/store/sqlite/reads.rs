@@ -1,5 +1,6 @@
 //! The dashboard's read-only queries on SQLite (types in [`crate::store::reads`]).
 
+use explore_common::ids::{ExperimentId, TrialId};
 use sqlx::SqliteConnection;
 
 use super::convert_sqlx_err;
@@ -19,7 +20,7 @@ pub const OBJECTIVE_SQL: &str = "COALESCE(
 /// when sorting by score).
 pub async fn query_trials(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     filter: &TrialFilter,
     sort: TrialSort,
     descending: bool,
@@ -64,7 +65,7 @@ pub async fn query_trials(
     );
     macro_rules! bind_filter {
         ($query:expr) => {{
-            let mut q = $query.bind(experiment_id);
+            let mut q = $query.bind(experiment_id.as_str());
             if let Some(s) = filter.status {
                 q = q.bind(s.as_str());
             }
@@ -102,7 +103,7 @@ pub async fn query_trials(
 /// The ancestors of a trial, from its parent back to its seed (at most [`MAX_LINEAGE`]).
 pub async fn lineage(
     conn: &mut SqliteConnection,
-    trial_id: &str,
+    trial_id: &TrialId,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
         "WITH RECURSIVE anc(id, depth) AS (
@@ -113,7 +114,7 @@ pub async fn lineage(
          )
          SELECT t.* FROM anc a JOIN trials t ON t.id = a.id ORDER BY a.depth",
     )
-    .bind(trial_id)
+    .bind(trial_id.as_str())
     .bind(MAX_LINEAGE)
     .fetch_all(conn)
     .await
@@ -124,7 +125,7 @@ pub async fn lineage(
 /// once), in seq order.
 pub async fn genealogy(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     limit: u32,
 ) -> Result<Vec<TrialRow>, MasterError> {
     sqlx::query_as::<_, TrialRow>(
@@ -141,7 +142,7 @@ pub async fn genealogy(
          )
          SELECT * FROM trials WHERE id IN (SELECT id FROM anc) ORDER BY seq",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(limit)
     .bind(MAX_LINEAGE)
     .fetch_all(conn)
@@ -153,7 +154,7 @@ pub async fn genealogy(
 /// trials have finished in all.
 pub async fn best_curve(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
 ) -> Result<(Vec<BestPoint>, i64), MasterError> {
     let points = sqlx::query_as::<_, BestPoint>(
         "SELECT trial_id, score, finished_at_ms, finished FROM (
@@ -169,7 +170,7 @@ pub async fn best_curve(
          WHERE status = 'completed' AND (before IS NULL OR score > before)
          ORDER BY finished",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_all(&mut *conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -177,7 +178,7 @@ pub async fn best_curve(
         "SELECT COALESCE(SUM(n), 0) FROM trial_tallies
           WHERE experiment_id = ? AND kind = 'train' AND status IN ('completed', 'pruned')",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_one(conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -187,13 +188,13 @@ pub async fn best_curve(
 /// Chains' temperatures by trial, thinned evenly by seq to at most `max_points`.
 pub async fn temperature_history(
     conn: &mut SqliteConnection,
-    experiment_id: &str,
+    experiment_id: &ExperimentId,
     max_points: u32,
 ) -> Result<Vec<TemperaturePoint>, MasterError> {
     let (n,): (i64,) = sqlx::query_as(
         "SELECT COALESCE(SUM(n), 0) FROM trial_tallies WHERE experiment_id = ? AND kind = 'train'",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .fetch_one(&mut *conn)
     .await
     .map_err(convert_sqlx_err)?;
@@ -204,7 +205,7 @@ pub async fn temperature_history(
             AND seq % ? = 0
           ORDER BY seq LIMIT ?",
     )
-    .bind(experiment_id)
+    .bind(experiment_id.as_str())
     .bind(stride)
     .bind(max_points)
     .fetch_all(conn)

@@ -10,13 +10,13 @@ use crate::store::Store;
 async fn reopening_keeps_the_data_and_reapplies_no_migration() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).await.unwrap();
-    seeded(&store, EXP_A, 1, 2).await;
+    seeded(&store, &exp_a(), 1, 2).await;
     store.close().await;
     assert!(dir.path().join(DB_FILE).is_file());
 
     let store = Store::open(dir.path()).await.unwrap();
     let mut conn = store.conn().await.unwrap();
-    assert_eq!(conn.list_trials(EXP_A).await.unwrap().len(), 2);
+    assert_eq!(conn.list_trials(&exp_a()).await.unwrap().len(), 2);
     let (migrations,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations")
         .fetch_one(crate::store::sqlite::connection_of(&mut *conn).unwrap())
         .await
@@ -68,14 +68,14 @@ async fn a_first_release_pool_is_upgraded_without_losing_rows() {
 
     let store = Store::open(&data).await.unwrap();
     let mut conn = store.conn().await.unwrap();
-    let trials = conn.list_trials(EXP_A).await.unwrap();
+    let trials = conn.list_trials(&exp_a()).await.unwrap();
     assert_eq!(trials.len(), 2);
     assert_eq!(
         (trials[0].score, trials[0].epoch, trials[0].chain),
         (Some(0.9), 3, 0)
     );
     assert_eq!(
-        trials[1].parent_id.as_deref(),
+        trials[1].parent_id.as_ref().map(|id| id.as_str()),
         Some("trial-0000000000000000")
     );
     let (late,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM late_results")
@@ -96,7 +96,7 @@ async fn a_first_release_pool_is_upgraded_without_losing_rows() {
     conn.prune_trial(&trial_id(1), 0.4, 1, "median rule", 0.01, 9)
         .await
         .unwrap();
-    assert_eq!(status_of(&store, &trial_id(1)).await, "pruned");
+    assert_eq!(status_of(&store, &trial_id(1)).await, TrialStatus::Pruned);
 }
 
 // A pool written before epoch metrics (migrations 0001 and 0002) keeps its epoch curves: the
@@ -155,14 +155,14 @@ async fn a_pool_from_before_epoch_metrics_keeps_its_curves() {
         })
         .collect();
     assert_eq!(rows, vec![(1, 0.5, Some(0.9), None), (2, 0.6, None, None)]);
-    assert!(conn.last_epoch_metrics(EXP_A).await.unwrap().is_empty());
+    assert!(conn.last_epoch_metrics(&exp_a()).await.unwrap().is_empty());
     // New reports on the upgraded pool carry metrics.
     let drift = BTreeMap::from([("elr.norm_drift".to_string(), 0.25)]);
     conn.record_epoch(&trial_id(0), 2, 0.6, None, &drift)
         .await
         .unwrap();
     assert_eq!(
-        conn.last_epoch_metrics(EXP_A).await.unwrap(),
+        conn.last_epoch_metrics(&exp_a()).await.unwrap(),
         HashMap::from([(trial_id(0), drift)])
     );
 }
@@ -172,7 +172,7 @@ async fn open_creates_missing_directories() {
     let dir = tempfile::tempdir().unwrap();
     let nested = dir.path().join("a").join("b");
     let store = Store::open(&nested).await.unwrap();
-    seeded(&store, EXP_A, 1, 1).await;
+    seeded(&store, &exp_a(), 1, 1).await;
     assert!(nested.join(DB_FILE).is_file());
 }
 
@@ -183,7 +183,7 @@ async fn open_accepts_directory_names_that_look_like_url_syntax() {
     let dir = tempfile::tempdir().unwrap();
     let odd = dir.path().join("run?mode=ro #2 100%41");
     let store = Store::open(&odd).await.unwrap();
-    seeded(&store, EXP_A, 1, 1).await;
+    seeded(&store, &exp_a(), 1, 1).await;
     store.close().await;
     assert!(
         odd.join(DB_FILE).is_file(),
@@ -192,7 +192,7 @@ async fn open_accepts_directory_names_that_look_like_url_syntax() {
     );
     let store = Store::open(&odd).await.unwrap();
     let mut conn = store.conn().await.unwrap();
-    assert_eq!(conn.list_trials(EXP_A).await.unwrap().len(), 1);
+    assert_eq!(conn.list_trials(&exp_a()).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -208,9 +208,12 @@ async fn open_fails_cleanly_when_the_directory_cannot_be_created() {
 async fn file_database_serves_reads_while_a_write_is_open() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).await.unwrap();
-    seeded(&store, EXP_A, 1, 1).await;
+    seeded(&store, &exp_a(), 1, 1).await;
     let mut tx = store.begin().await.unwrap();
-    tx.lease_next_trial(WORKER, 10, 100).await.unwrap().unwrap();
+    tx.lease_next_trial(&worker(), 10, 100)
+        .await
+        .unwrap()
+        .unwrap();
     // WAL: a reader sees the last committed state while the write transaction is open.
     let read = tokio::time::timeout(
         std::time::Duration::from_secs(5),
@@ -218,9 +221,9 @@ async fn file_database_serves_reads_while_a_write_is_open() {
     )
     .await
     .expect("read blocked by an open write");
-    assert_eq!(read, "queued");
+    assert_eq!(read, TrialStatus::Queued);
     tx.commit().await.unwrap();
-    assert_eq!(status_of(&store, &trial_id(0)).await, "leased");
+    assert_eq!(status_of(&store, &trial_id(0)).await, TrialStatus::Leased);
 }
 
 #[test]
@@ -258,16 +261,16 @@ fn status_text_round_trips() {
 async fn a_write_transaction_waits_for_another_open_write_instead_of_failing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).await.unwrap();
-    seeded(&store, EXP_A, 1, 1).await;
+    seeded(&store, &exp_a(), 1, 1).await;
     let mut first = store.begin().await.unwrap();
-    first.touch_worker(WORKER, 1).await.unwrap();
+    first.touch_worker(&worker(), 1).await.unwrap();
     let release = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         drop(first); // rolled back
     });
     let mut next = store.begin().await.unwrap();
     next.get_trial(&trial_id(0)).await.unwrap();
-    next.touch_worker(WORKER, 2).await.unwrap();
+    next.touch_worker(&worker(), 2).await.unwrap();
     next.commit().await.unwrap();
     release.await.unwrap();
 }
