@@ -300,6 +300,22 @@ pub(crate) fn parse_epoch_metrics(json: Option<&str>) -> BTreeMap<String, f64> {
         .unwrap_or_default()
 }
 
+/// `(trial id, metrics JSON)` rows of a query into metrics by trial; trials without metrics are
+/// left out, and a malformed id is a store error naming it.
+pub(crate) fn epoch_metrics_by_trial(
+    rows: Vec<(String, Option<String>)>,
+) -> Result<std::collections::HashMap<TrialId, BTreeMap<String, f64>>, MasterError> {
+    rows.into_iter()
+        .map(|(id, json)| {
+            Ok((
+                super::row::parse_text("id", &id)?,
+                parse_epoch_metrics(json.as_deref()),
+            ))
+        })
+        .filter(|r| !matches!(r, Ok((_, m)) if m.is_empty()))
+        .collect()
+}
+
 /// A new trial to insert.
 #[derive(Debug, Clone)]
 pub struct NewTrial {

@@ -669,10 +669,7 @@ pub async fn trials_epoch_metrics(
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)?;
-    rows.into_iter()
-        .map(|(id, json)| Ok((parse_text("id", &id)?, parse_epoch_metrics(json.as_deref()))))
-        .filter(|r| !matches!(r, Ok((_, m)) if m.is_empty()))
-        .collect()
+    crate::store::model::epoch_metrics_by_trial(rows)
 }
 
 /// Counts an experiment's training trials by status (probes are counted by [`probe_counts`]).
@@ -1003,10 +1000,7 @@ pub async fn last_epoch_metrics(
     .fetch_all(conn)
     .await
     .map_err(convert_pg_err)?;
-    rows.into_iter()
-        .map(|(id, json)| Ok((parse_text("id", &id)?, parse_epoch_metrics(json.as_deref()))))
-        .filter(|r| !matches!(r, Ok((_, m)) if m.is_empty()))
-        .collect()
+    crate::store::model::epoch_metrics_by_trial(rows)
 }
 
 /// Validation accuracies that the experiment's other trials reported after `epoch`.

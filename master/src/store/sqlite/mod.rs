@@ -602,15 +602,7 @@ pub async fn trials_epoch_metrics(
         query = query.bind(trial.id.as_str());
     }
     let rows = query.fetch_all(conn).await.map_err(convert_sqlx_err)?;
-    rows.into_iter()
-        .map(|(id, json)| {
-            Ok((
-                parse_text("id", &id)?,
-                model::parse_epoch_metrics(json.as_deref()),
-            ))
-        })
-        .filter(|r| !matches!(r, Ok((_, m)) if m.is_empty()))
-        .collect()
+    model::epoch_metrics_by_trial(rows)
 }
 
 /// Counts an experiment's training trials by status (probes are counted by [`probe_counts`]).
@@ -929,15 +921,7 @@ pub async fn last_epoch_metrics(
     .fetch_all(conn)
     .await
     .map_err(convert_sqlx_err)?;
-    rows.into_iter()
-        .map(|(id, json)| {
-            Ok((
-                parse_text("id", &id)?,
-                model::parse_epoch_metrics(json.as_deref()),
-            ))
-        })
-        .filter(|r| !matches!(r, Ok((_, m)) if m.is_empty()))
-        .collect()
+    model::epoch_metrics_by_trial(rows)
 }
 
 /// Validation accuracies that the experiment's other trials reported after `epoch`.
