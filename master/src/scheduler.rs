@@ -418,21 +418,9 @@ impl Scheduler {
         worker_id: &WorkerId,
     ) -> Result<(), MasterError> {
         if !conn.worker_is_active(worker_id).await? {
-            return Err(unknown_worker(worker_id));
-        }
-        Ok(())
-    }
-
-    /// [`Scheduler::check_worker`] and the record that the worker was seen at `now`, in one
-    /// statement.
-    async fn touch_worker(
-        &self,
-        conn: &mut dyn PoolTx,
-        worker_id: &WorkerId,
-        now: i64,
-    ) -> Result<(), MasterError> {
-        if !conn.touch_worker(worker_id, now).await? {
-            return Err(unknown_worker(worker_id));
+            return Err(MasterError::NotFound(format!(
+                "worker {worker_id} (register first)"
+            )));
         }
         Ok(())
     }
@@ -493,8 +481,9 @@ impl Scheduler {
     async fn try_lease(&self, worker_id: &WorkerId) -> Result<Option<TrialRow>, MasterError> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
+        self.check_worker(&mut *tx, worker_id).await?;
         let now = now_ms();
-        self.touch_worker(&mut *tx, worker_id, now).await?;
+        tx.touch_worker(worker_id, now).await?;
         let lease_ms = self.config.lease.as_millis() as i64;
         // A prefetch waits while every queued trial has an idle slot waiting for it elsewhere.
         if tx
@@ -531,8 +520,9 @@ impl Scheduler {
         validate_epoch_metrics(&progress.metrics)?;
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
+        self.check_worker(&mut *tx, worker_id).await?;
         let now = now_ms();
-        self.touch_worker(&mut *tx, worker_id, now).await?;
+        tx.touch_worker(worker_id, now).await?;
         let trial = require_trial(&mut *tx, trial_id).await?;
         let experiment = experiment_of(&mut *tx, &trial).await?;
         let deadline = now + self.config.lease.as_millis() as i64;
@@ -720,8 +710,9 @@ impl Scheduler {
         }
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
+        self.check_worker(&mut *tx, worker_id).await?;
         let now = now_ms();
-        self.touch_worker(&mut *tx, worker_id, now).await?;
+        tx.touch_worker(worker_id, now).await?;
         let trial = require_trial(&mut *tx, trial_id).await?;
         let status = trial.status;
         let current =
@@ -1258,11 +1249,6 @@ fn trained_seconds(trial: &TrialRow, now: i64) -> f64 {
 }
 
 /// The trial with this id, or `NotFound`.
-/// The error for a call from a worker that is not registered, or has left.
-fn unknown_worker(worker_id: &WorkerId) -> MasterError {
-    MasterError::NotFound(format!("worker {worker_id} (register first)"))
-}
-
 async fn require_trial(conn: &mut dyn PoolTx, trial_id: &TrialId) -> Result<TrialRow, MasterError> {
     conn.get_trial(trial_id)
         .await?

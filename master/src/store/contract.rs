@@ -152,10 +152,8 @@ macro_rules! store_operations {
         fn insert_worker(id: &WorkerId, name: &str, device: &str, slots: u32, now_ms: i64) -> ();
         /// Whether a worker with this id is registered and has not left.
         fn worker_is_active(id: &WorkerId) -> bool;
-        /// Records that an active worker was seen now; false, and nothing written, when no active
-        /// worker has this id (one statement where a check and an update were two: the hot path
-        /// runs it on every Acquire, Heartbeat and Complete).
-        fn touch_worker(id: &WorkerId, now_ms: i64) -> bool;
+        /// Records that a worker was seen now.
+        fn touch_worker(id: &WorkerId, now_ms: i64) -> ();
         /// Marks a worker as gone.
         fn worker_left(id: &WorkerId) -> ();
         /// Training slots of the workers seen since `since_ms`.

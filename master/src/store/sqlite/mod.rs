@@ -1207,20 +1207,19 @@ pub async fn worker_is_active(
     Ok(matches!(row, Some((s,)) if s == "active"))
 }
 
-/// Records that an active worker was seen now; false when no active worker has this id.
+/// Records that a worker was seen now.
 pub async fn touch_worker(
     conn: &mut SqliteConnection,
     id: &WorkerId,
     now_ms: i64,
-) -> Result<bool, MasterError> {
-    let done =
-        sqlx::query("UPDATE workers SET last_seen_ms = ? WHERE id = ? AND status = 'active'")
-            .bind(now_ms)
-            .bind(id.as_str())
-            .execute(conn)
-            .await
-            .map_err(convert_sqlx_err)?;
-    Ok(done.rows_affected() == 1)
+) -> Result<(), MasterError> {
+    sqlx::query("UPDATE workers SET last_seen_ms = ? WHERE id = ?")
+        .bind(now_ms)
+        .bind(id.as_str())
+        .execute(conn)
+        .await
+        .map_err(convert_sqlx_err)?;
+    Ok(())
 }
 
 /// Marks a worker as gone.
