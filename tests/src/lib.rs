@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod http;
 pub mod manifest;
 pub mod pool;
 pub mod proxy;

@@ -1,16 +1,16 @@
 //! A throwaway S3-compatible server for the object-storage tests: moto's standalone server
 //! (`moto_server`, installed by scripts/setup-test-tools.sh into its own venv), on a free loopback
-//! port, with one empty bucket. It is killed when the handle drops.
+//! port, with one empty bucket. It is killed when the handle drops. Requests to it are plain
+//! unsigned HTTP (`crate::http`): moto does not check signatures.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::Proc;
+use crate::{http, Proc};
 
 /// Set (as in CI) to make the object-storage tests fail instead of skipping when no
 /// `moto_server` is installed.
@@ -19,8 +19,8 @@ pub const S3_REQUIRE_VAR: &str = "EXPLORE_REQUIRE_S3";
 /// A running S3-compatible server with one bucket.
 pub struct S3Server {
     _proc: Proc,
-    /// `127.0.0.1:PORT`.
-    pub addr: String,
+    /// The server's loopback address.
+    pub addr: SocketAddr,
     /// The bucket created for the test.
     pub bucket: String,
 }
@@ -69,14 +69,14 @@ impl S3Server {
             name: "moto_server".into(),
             child,
         };
-        let addr = format!("127.0.0.1:{port}");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(status) = request(&addr, "PUT", &format!("/{bucket}")) {
-                if status.starts_with("HTTP/1.1 200") {
+            if let Ok((status, body)) = http::request(addr, "PUT", &format!("/{bucket}")) {
+                if status == 200 {
                     break;
                 }
-                bail!("creating bucket {bucket}: {status}");
+                bail!("creating bucket {bucket}: {status} {body}");
             }
             if let Some(status) = proc.child.try_wait()? {
                 bail!("moto_server exited with {status} before answering");
@@ -110,13 +110,12 @@ impl S3Server {
 
     /// The keys of every object under `prefix`, from the server's own listing.
     pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let body = request(
-            &self.addr,
-            "GET",
+        let (status, body) = http::get(
+            self.addr,
             &format!("/{}?list-type=2&max-keys=1000&prefix={prefix}", self.bucket),
         )?;
-        if !body.starts_with("HTTP/1.1 200") {
-            bail!("listing {prefix}: {body}");
+        if status != 200 {
+            bail!("listing {prefix}: {status} {body}");
         }
         if body.contains("<IsTruncated>true</IsTruncated>") {
             bail!("more than 1000 objects under {prefix}");
@@ -128,17 +127,4 @@ impl S3Server {
             .map(str::to_string)
             .collect())
     }
-}
-
-/// One unsigned HTTP/1.1 request (moto does not check signatures); the whole answer.
-fn request(addr: &str, method: &str, path: &str) -> Result<String> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    Ok(answer)
 }

@@ -9,8 +9,8 @@
 //! them the test says so and passes, unless `CI` or `EXPLORE_REQUIRE_BROWSER` is set: then it
 //! fails.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use explore_tests::{
-    bin_dir, binary, describe, poll, read_log, require_fashion_mnist, start_worker_at,
+    bin_dir, binary, describe, http, poll, read_log, require_fashion_mnist, start_worker_at,
     submitted_experiment_id, Proc,
 };
 
@@ -183,54 +183,8 @@ fn start_master(data_dir: &Path) -> Result<Master> {
     })
 }
 
-/// A plain HTTP/1.1 GET: the status and the body.
-fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("not an HTTP answer: {text}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status in {head}"))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Ok((
-        status,
-        if chunked {
-            unchunk(body)?
-        } else {
-            body.to_string()
-        },
-    ))
-}
-
-/// Decodes a chunked HTTP body.
-fn unchunk(mut body: &str) -> Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").context("truncated chunk")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
-        if size == 0 {
-            return Ok(out);
-        }
-        out.push_str(rest.get(..size).context("truncated chunk")?);
-        body = rest.get(size..).unwrap_or("").trim_start_matches("\r\n");
-    }
-}
-
 fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
-    let (status, body) = http_get(addr, path)?;
+    let (status, body) = http::get(addr, path)?;
     if status != 200 {
         bail!("GET {path}: {status} {body}");
     }
@@ -282,11 +236,11 @@ fn the_dashboard_shows_a_live_experiment_in_a_real_browser() {
     };
 
     // The page and its assets come from the binary.
-    let (status, page) = http_get(master.http, "/").unwrap();
+    let (status, page) = http::get(master.http, "/").unwrap();
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("/assets/app.js"), "{page}");
     for asset in ["/assets/app.js", "/assets/app.css"] {
-        assert_eq!(http_get(master.http, asset).unwrap().0, 200, "{asset}");
+        assert_eq!(http::get(master.http, asset).unwrap().0, 200, "{asset}");
     }
 
     let spec_path = tmp.path().join("spec.toml");

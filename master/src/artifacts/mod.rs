@@ -179,12 +179,11 @@ impl ArtifactStore {
         })
     }
 
-    /// Reads a whole blob.
+    /// Reads a whole blob into memory (tests and tools; the worker service streams with
+    /// [`ArtifactStore::read_chunks`]).
     pub async fn read(&self, sha: &str) -> Result<Vec<u8>, MasterError> {
-        let key = self.key_of(sha)?;
-        let got = self.inner.get(&key).await.map_err(|e| self.err(&key, e))?;
-        let bytes = got.bytes().await.map_err(|e| self.err(&key, e))?;
-        Ok(bytes.to_vec())
+        let pieces: Vec<Bytes> = self.read_chunks(sha, 1 << 20).await?.try_collect().await?;
+        Ok(pieces.concat())
     }
 
     /// Streams a blob in pieces of exactly `chunk_bytes` (the last one shorter), without
