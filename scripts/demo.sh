@@ -18,7 +18,7 @@ threads="${EXPLORE_WORKER_THREADS:-$(( $(nproc) / workers > 0 ? $(nproc) / worke
 out="$data_dir/best-model"
 
 bash scripts/setup.sh
-echo "==> building explore (first build about 15 minutes on 2 cores: libtorch's C++ shim and"
+echo "==> building explore (first build about 6 minutes on 2 cores: libtorch's C++ shim and"
 echo "    about 400 crates; later builds take seconds)"
 build_start=$SECONDS
 # On a terminal cargo's own progress bar shows how far the build is; in a log, one line at the end.

@@ -52,7 +52,7 @@ echo "==> the master without object storage (the default build) still compiles (
 cargo check -p explore-master --quiet
 echo "==> cargo clippy (first run about 5-10 minutes on 2 cores, later runs seconds to a minute)"
 cargo clippy --workspace --all-targets "${features[@]}" --quiet -- -D warnings
-echo "==> cargo build (binaries for the end-to-end tests; first build about 15 minutes on 2 cores, later builds seconds)"
+echo "==> cargo build (binaries for the end-to-end tests; first build about 5 minutes on 2 cores, later builds seconds)"
 # On a terminal cargo's own progress bar shows how far the build is; in a log (CI), nothing.
 if [[ -t 2 ]]; then quiet=(); else quiet=(--quiet); fi
 cargo build --workspace --bins "${features[@]}" "${quiet[@]}"
