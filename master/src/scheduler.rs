@@ -654,38 +654,35 @@ impl Scheduler {
             .await?;
         self.metrics
             .trial_ended(TrialStatus::Pruned, trained_seconds(trial, now));
-        let progress = self.budget_progress(conn, &spec, experiment, now).await?;
+        let usage = BudgetUsage::read(conn, &spec, &experiment.id).await?;
         let result = ChainResult {
             trial_id: &trial.id,
             score: val,
             accepted: false,
-            progress,
+            progress: Self::budget_progress(&spec, experiment, &usage, now),
         };
         chains::record(conn, &spec, chain, result).await?;
-        self.refill_experiment(conn, experiment, now).await?;
+        self.refill_with(conn, experiment, now, Some(usage)).await?;
         Ok(Some(reason))
     }
 
     /// Used fraction of the experiment's budget (the largest of trials, epochs and wall time).
-    async fn budget_progress(
-        &self,
-        conn: &mut dyn PoolTx,
+    fn budget_progress(
         spec: &ExperimentSpec,
         row: &ExperimentRow,
+        usage: &BudgetUsage,
         now: i64,
-    ) -> Result<f64, MasterError> {
+    ) -> f64 {
         let budget = &spec.budget;
-        let counts = conn.trial_counts(&row.id).await?;
         // The search's share of the budget (the final phase's reservation left out).
-        let mut progress = f64::from(counts.finished()) / f64::from(search_trials(spec));
-        if let Some(max) = search_epochs(spec) {
-            let usage = conn.epoch_usage(&row.id).await?;
-            progress = progress.max(usage.spent as f64 / max as f64);
+        let mut progress = f64::from(usage.counts.finished()) / f64::from(search_trials(spec));
+        if let (Some(max), Some(epochs)) = (search_epochs(spec), &usage.epochs) {
+            progress = progress.max(epochs.spent as f64 / max as f64);
         }
         if let Some(max) = budget.max_wall_seconds {
             progress = progress.max(row.running_ms(now) as f64 / (max as f64 * 1000.0));
         }
-        Ok(progress.clamp(0.0, 1.0))
+        progress.clamp(0.0, 1.0)
     }
 
     /// Records a trial's result. Idempotent on `(trial, attempt)`; a result from a superseded
@@ -785,17 +782,18 @@ impl Scheduler {
             .await?;
         self.metrics
             .trial_ended(TrialStatus::Completed, trained_seconds(&trial, now));
+        // Read once for the chain's cooling and the refill below (nothing between changes them).
+        let mut usage = None;
         if !is_final {
-            let progress = self
-                .budget_progress(&mut *tx, &spec, &experiment, now)
-                .await?;
+            let read = BudgetUsage::read(&mut *tx, &spec, &experiment.id).await?;
             let chain_result = ChainResult {
                 trial_id,
                 score: result.score,
                 accepted,
-                progress,
+                progress: Self::budget_progress(&spec, &experiment, &read, now),
             };
             chains::record(&mut *tx, &spec, chain, chain_result).await?;
+            usage = Some(read);
         }
         let best_score = match &experiment.best_trial_id {
             Some(b) => tx.get_trial(b).await?.and_then(|t| t.score),
@@ -805,7 +803,7 @@ impl Scheduler {
         if new_best {
             tx.set_best_trial(&experiment.id, trial_id).await?;
         }
-        self.refill_experiment(&mut *tx, &experiment, now).await?;
+        self.refill_with(&mut *tx, &experiment, now, usage).await?;
         tx.commit().await?;
         info!(
             trial_id = %trial_id,
@@ -948,6 +946,18 @@ impl Scheduler {
         row: &ExperimentRow,
         now: i64,
     ) -> Result<bool, MasterError> {
+        self.refill_with(conn, row, now, None).await
+    }
+
+    /// [`Self::refill_experiment`] with the experiment's [`BudgetUsage`] when the caller has
+    /// already read it in this transaction (`None`: read it here).
+    async fn refill_with(
+        &self,
+        conn: &mut dyn PoolTx,
+        row: &ExperimentRow,
+        now: i64,
+        usage: Option<BudgetUsage>,
+    ) -> Result<bool, MasterError> {
         if !row.is_running() {
             return Ok(false);
         }
@@ -958,7 +968,11 @@ impl Scheduler {
         let budget = &spec.budget;
         // The search's share of the trial and epoch budgets: `[final]` reserves the rest.
         let max_trials = search_trials(&spec);
-        let mut counts = conn.trial_counts(&row.id).await?;
+        let usage = match usage {
+            Some(usage) => usage,
+            None => BudgetUsage::read(conn, &spec, &row.id).await?,
+        };
+        let mut counts = usage.counts;
         if counts.finished() >= max_trials {
             let cancelled = conn.cancel_queued(&row.id, "budget reached", now).await?;
             // The final phase chooses among all the search's results, so it would wait for
@@ -993,12 +1007,9 @@ impl Scheduler {
             }
             return Ok(cancelled > 0);
         }
-        let mut remaining_epochs = match search_epochs(&spec) {
-            Some(max) => {
-                let usage = conn.epoch_usage(&row.id).await?;
-                Some(max.saturating_sub(usage.committed))
-            }
-            None => None,
+        let mut remaining_epochs = match (search_epochs(&spec), &usage.epochs) {
+            (Some(max), Some(epochs)) => Some(max.saturating_sub(epochs.committed)),
+            _ => None,
         };
         if remaining_epochs == Some(0) {
             if counts.queued == 0 && counts.in_flight() == 0 {
@@ -1187,10 +1198,8 @@ impl Scheduler {
                 .and_then(|c| c.prediction)
                 .or(search_prediction),
         };
+        // `load_or_create` above saved the chain if it was new.
         conn.insert_trial(&trial, now).await?;
-        if conn.get_chain(&row.id, chain_index).await?.is_none() {
-            conn.save_chain(&chain).await?;
-        }
         tracing::debug!(trial_id = %trial.id, seq, chain = chain_index, origin = %trial.origin, "trial proposed");
         Ok(Ok(epochs))
     }
@@ -1234,6 +1243,28 @@ impl Scheduler {
 /// Puts a held trial back in the queue as a new attempt, or cancels it when its experiment has
 /// ended: nothing leases a finished experiment's trials, so a requeued one would stay queued
 /// forever.
+/// What an experiment's budget checks read: its trial counts and, when it has an epoch budget,
+/// the epochs spent and committed. Read once per call that both cools a chain and refills.
+struct BudgetUsage {
+    counts: TrialCounts,
+    epochs: Option<EpochUsage>,
+}
+
+impl BudgetUsage {
+    async fn read(
+        conn: &mut dyn PoolTx,
+        spec: &ExperimentSpec,
+        experiment_id: &ExperimentId,
+    ) -> Result<Self, MasterError> {
+        let counts = conn.trial_counts(experiment_id).await?;
+        let epochs = match search_epochs(spec) {
+            Some(_) => Some(conn.epoch_usage(experiment_id).await?),
+            None => None,
+        };
+        Ok(BudgetUsage { counts, epochs })
+    }
+}
+
 /// Whether the experiment has used up its wall-time budget (never, without one).
 fn wall_time_spent(spec: &ExperimentSpec, row: &ExperimentRow, now: i64) -> bool {
     spec.budget

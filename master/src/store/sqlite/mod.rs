@@ -691,31 +691,25 @@ pub async fn lease_next_trial(
     now_ms: i64,
     lease_ms: i64,
 ) -> Result<Option<TrialRow>, MasterError> {
-    let candidate: Option<(String,)> = sqlx::query_as(
-        "SELECT t.id FROM trials t JOIN experiments e ON e.id = t.experiment_id
-          WHERE t.status = 'queued' AND e.status = 'running' AND e.stopped_at_ms IS NULL
-          ORDER BY e.created_at_ms, t.seq LIMIT 1",
-    )
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(convert_sqlx_err)?;
-    let Some((id,)) = candidate else {
-        return Ok(None);
-    };
-    let id: TrialId = parse_text("id", &id)?;
-    sqlx::query(
+    // One statement (the candidate, the lease and the leased row): every statement of sqlx's
+    // SQLite driver is a round trip to the connection's thread.
+    sqlx::query_as::<_, TrialRow>(
         "UPDATE trials SET status = 'leased', worker_id = ?, lease_deadline_ms = ?, epoch = 0,
              started_at_ms = COALESCE(started_at_ms, ?)
-          WHERE id = ? AND status = 'queued'",
+          WHERE id = (
+              SELECT t.id FROM trials t JOIN experiments e ON e.id = t.experiment_id
+               WHERE t.status = 'queued' AND e.status = 'running' AND e.stopped_at_ms IS NULL
+               ORDER BY e.created_at_ms, t.seq
+               LIMIT 1)
+            AND status = 'queued'
+         RETURNING *",
     )
     .bind(worker_id.as_str())
     .bind(now_ms + lease_ms)
     .bind(now_ms)
-    .bind(id.as_str())
-    .execute(&mut *conn)
+    .fetch_optional(conn)
     .await
-    .map_err(convert_sqlx_err)?;
-    get_trial(conn, &id).await
+    .map_err(convert_sqlx_err)
 }
 
 /// Whether leasing one more trial to `worker_id` would be a prefetch that starves another
