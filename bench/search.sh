@@ -5,15 +5,16 @@
 # the same data subset and split, the same trainer binary).
 #
 #   bash bench/search.sh [--budget EPOCHS] [--seeds N] [--jobs J] [--train-subset N] [--out DIR]
-#                        [--methods explore,random,tpe,hyperband,pbt] [--first-seed S]
-#                        [--threads T] [--hyperband-epochs LOW,HIGH] [--pbt-population P]
+#                        [--methods explore,random,tpe,random-long,tpe-long,hyperband,pbt]
+#                        [--first-seed S] [--threads T] [--long-epochs LOW,HIGH]
+#                        [--hyperband-epochs LOW,HIGH] [--pbt-population P]
 #                        [--pbt-ready R] [--pbt-schedule constant|member]
 #                        [--explore-label NAME] [--explorer-config FILE] [--explore-set K=V]...
 #                        [--resume]                      (all flags: --help)
 #
 # Defaults: 60 epochs per run, seeds 1..3, 2 runs at a time, one torch thread per trainer,
 # 12000 training examples (10000 train / 2000 validation, split by the run's seed), the full
-# 10000-example test set, all five methods (15 runs); about 2 hours on a 2-core machine (each
+# 10000-example test set, all seven methods (21 runs); about 3 hours on a 2-core machine (each
 # run 10-20 minutes with 2 side by side; explore,random,tpe alone: about 40-60 minutes).
 #
 # Methods (bench/search/):
@@ -23,6 +24,9 @@
 #   random   Optuna's RandomSampler over a flat parametrisation of the same space (baseline.py),
 #            every trial a `worker train` run.
 #   tpe      the same driver with Optuna's TPESampler.
+#   random-long, tpe-long  random and tpe with per-trial epochs drawn from [2, 16] instead of
+#            [2, 4] (--long-epochs), so that they too can spend their budget on a few models trained
+#            as long as the explorer's deepest lineages (13-17 epochs at a 60-epoch budget).
 #   hyperband  the same driver: TPESampler configured as for tpe, plus
 #            optuna.pruners.HyperbandPruner(min_resource=1, max_resource=16, reduction_factor=3)
 #            (rungs at 1, 3, 9 epochs); per-trial epochs drawn from [2, 16] instead of [2, 4]

@@ -11,6 +11,10 @@ seed and a training seed derived from (run seed, optuna trial number); its epoch
 what is left of the budget, as the explorer does. A trial whose trainer fails is recorded as
 `failed` and charged its planned epochs (conservative).
 
+`--epochs LOW,HIGH` with `--label` gives the long-trial rows of random search and TPE
+(`random-long`, `tpe-long`: the same samplers with trials of up to as many epochs as the
+explorer's deepest lineages, so they too can spend their budget on few, long-trained models).
+
 `hyperband` (multi-fidelity TPE): the sampler is configured exactly as for `tpe`; the study has
 `optuna.pruners.HyperbandPruner(min_resource=1, max_resource=E, reduction_factor=3)` where E is
 the top of its per-trial epoch range (`--epochs LOW,HIGH`, default 2,16: the explorer's deepest
@@ -92,14 +96,15 @@ def check_seed_trial(index, params):
             raise AssertionError(f"trial {index} does not rebuild seed {label}")
 
 
-def run(settings, method, seed, run_dir, epochs_range=None):
+def run(settings, method, seed, run_dir, epochs_range=None, label=None):
     """One (method, seed) run; writes the run's JSON-lines and metadata files. `epochs_range`
-    (low, high) replaces the space's per-trial epoch range."""
+    (low, high) replaces the space's per-trial epoch range; `label` names the run's rows
+    (default: the method), e.g. `random-long` for random search over longer trials."""
     space.check_seeds()
     os.makedirs(run_dir, exist_ok=True)
     log_path = os.path.join(run_dir, "train.log")
     study = new_study(method, seed, epochs_range)
-    out = common.RunOutput(settings, method, seed)
+    out = common.RunOutput(settings, label or method, seed)
     rejected, in_a_row = 0, 0
     try:
         while out.cum_epochs < settings.budget:
@@ -226,11 +231,14 @@ def main():
     ap.add_argument("--settings", required=True, help="JSON of common.Settings")
     ap.add_argument("--epochs", type=parse_range, default=None, metavar="LOW,HIGH",
                     help="per-trial epoch range (default: the space's, 2,16 for hyperband)")
+    ap.add_argument("--label", default=None,
+                    help="name of the run's rows and files (default: the method)")
     a = ap.parse_args()
     epochs_range = a.epochs or (HYPERBAND_EPOCHS if a.method == "hyperband" else None)
     settings = common.Settings(**json.loads(a.settings))
-    run_dir = os.path.join(settings.out_dir, "runs", f"{a.method}-seed{a.seed}")
-    run(settings, a.method, a.seed, run_dir, epochs_range)
+    label = a.label or a.method
+    run_dir = os.path.join(settings.out_dir, "runs", f"{label}-seed{a.seed}")
+    run(settings, a.method, a.seed, run_dir, epochs_range, label)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ import time
 import common
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METHODS = ("explore", "random", "tpe", "hyperband", "pbt")
+METHODS = ("explore", "random", "tpe", "random-long", "tpe-long", "hyperband", "pbt")
+# The long-trial variants of the flat baselines: (sampler method, per-trial epochs from --long-epochs).
+LONG = {"random-long": "random", "tpe-long": "tpe"}
 KILL_GRACE_SECONDS = 30
 
 
@@ -36,10 +38,13 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=1, help="torch threads per trainer (1)")
     ap.add_argument("--out", default=None, help="output directory (bench/out/search)")
     ap.add_argument("--methods", default=",".join(METHODS),
-                    help="comma-separated subset of explore,random,tpe,hyperband,pbt "
-                    "(default: all five)")
+                    help="comma-separated subset of " + ",".join(METHODS) +
+                    " (default: all seven)")
     ap.add_argument("--hyperband-epochs", default="2,16", metavar="LOW,HIGH",
                     help="per-trial epoch range of hyperband; its max_resource is HIGH (2,16)")
+    ap.add_argument("--long-epochs", default="2,16", metavar="LOW,HIGH",
+                    help="per-trial epoch range of random-long and tpe-long (2,16: as deep as "
+                    "the explorer's lineages get at 60 epochs)")
     ap.add_argument("--pbt-population", type=int, default=4, help="PBT population size (4)")
     ap.add_argument("--pbt-ready", type=int, default=2, help="PBT epochs per round (2)")
     ap.add_argument("--pbt-schedule", choices=["constant", "member"], default="constant",
@@ -68,6 +73,11 @@ def parse_args(argv):
         assert 1 <= lo <= hi
     except (ValueError, AssertionError):
         ap.error("--hyperband-epochs: LOW,HIGH with 1 <= LOW <= HIGH")
+    try:
+        lo, hi = (int(x) for x in a.long_epochs.split(","))
+        assert 1 <= lo <= hi
+    except (ValueError, AssertionError):
+        ap.error("--long-epochs: LOW,HIGH with 1 <= LOW <= HIGH")
     if a.pbt_population < 2 or a.pbt_ready < 1:
         ap.error("--pbt-population must be at least 2 and --pbt-ready at least 1")
     a.methods = methods
@@ -103,6 +113,11 @@ def run_commands(a, settings):
                        "--population", str(a.pbt_population), "--ready", str(a.pbt_ready),
                        "--schedule", a.pbt_schedule]
                 name = f"pbt-seed{seed}"
+            elif method in LONG:
+                cmd = [py, os.path.join(HERE, "baseline.py"), "--method", LONG[method],
+                       "--label", method, "--epochs", a.long_epochs,
+                       "--seed", str(seed), "--settings", blob]
+                name = f"{method}-seed{seed}"
             else:
                 cmd = [py, os.path.join(HERE, "baseline.py"), "--method", method,
                        "--seed", str(seed), "--settings", blob]
