@@ -61,7 +61,8 @@ macro_rules! store_operations {
         fn list_trials(experiment_id: &ExperimentId) -> Vec<TrialRow>;
         /// The training trials of an experiment (its pool: no probes), in proposal order.
         fn list_train_trials(experiment_id: &ExperimentId) -> Vec<TrialRow>;
-        /// The probe trials of an experiment, in the order they were queued.
+        /// The probe trials of an experiment, in the order they were queued (their seqs are −1, −2,
+        /// …, so by descending seq).
         fn list_probes(experiment_id: &ExperimentId) -> Vec<TrialRow>;
         /// The seed indices an experiment's trials were queued for (transfer experiments record them).
         fn queued_seed_indices(experiment_id: &ExperimentId) -> Vec<i64>;

@@ -1128,7 +1128,30 @@ store_test_suite!(
     trials_are_listed_page_by_page_in_seq_order,
     base_candidates_are_the_best_accepted_in_seq_order,
     trial_pages_sort_by_every_key_and_filter_by_objective,
+    probes_are_listed_in_the_order_they_were_queued,
 );
+
+/// Probes are queued with seqs −1, −2, …; `list_probes` gives them back in that order, without
+/// the experiment's training trials.
+async fn probes_are_listed_in_the_order_they_were_queued(store: Store) {
+    seeded(&store, &exp_a(), 1_000, 2).await;
+    let mut conn = store.conn().await.unwrap();
+    for n in 1..=3 {
+        let probe = NewTrial {
+            kind: TrialKind::Probe,
+            ..new_trial(&exp_a(), &trial_id(50 + n), -n, &format!("probe{n}"), "{}")
+        };
+        conn.insert_trial(&probe, 1_000 + n).await.unwrap();
+    }
+    let listed: Vec<TrialId> = conn
+        .list_probes(&exp_a())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(listed, vec![trial_id(51), trial_id(52), trial_id(53)]);
+}
 
 /// The tallies the triggers keep (`trial_tallies`, `chain_tallies`) against a direct count of
 /// the rows.

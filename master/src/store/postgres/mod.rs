@@ -494,7 +494,8 @@ pub async fn list_train_trials(
     .map_err(convert_pg_err)
 }
 
-/// The probe trials of an experiment, in the order they were queued.
+/// The probe trials of an experiment, in the order they were queued (their seqs are −1, −2, …:
+/// descending seq).
 pub async fn list_probes(
     conn: &mut PgConnection,
     experiment_id: &ExperimentId,

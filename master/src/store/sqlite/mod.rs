@@ -424,7 +424,8 @@ pub async fn list_train_trials(
     .map_err(convert_sqlx_err)
 }
 
-/// The probe trials of an experiment, in the order they were queued.
+/// The probe trials of an experiment, in the order they were queued (their seqs are −1, −2, …:
+/// descending seq).
 pub async fn list_probes(
     conn: &mut SqliteConnection,
     experiment_id: &ExperimentId,
