@@ -68,16 +68,13 @@ def parse_args(argv):
         ap.error(f"--methods: unknown {bad}; choose from {','.join(METHODS)}")
     if a.budget < 1 or a.seeds < 1 or a.jobs < 1:
         ap.error("--budget, --seeds and --jobs must be at least 1")
-    try:
-        lo, hi = (int(x) for x in a.hyperband_epochs.split(","))
-        assert 1 <= lo <= hi
-    except (ValueError, AssertionError):
-        ap.error("--hyperband-epochs: LOW,HIGH with 1 <= LOW <= HIGH")
-    try:
-        lo, hi = (int(x) for x in a.long_epochs.split(","))
-        assert 1 <= lo <= hi
-    except (ValueError, AssertionError):
-        ap.error("--long-epochs: LOW,HIGH with 1 <= LOW <= HIGH")
+    for flag, text in (("--hyperband-epochs", a.hyperband_epochs),
+                       ("--long-epochs", a.long_epochs)):
+        try:
+            lo, hi = (int(x) for x in text.split(","))
+            assert 1 <= lo <= hi
+        except (ValueError, AssertionError):
+            ap.error(f"{flag}: LOW,HIGH with 1 <= LOW <= HIGH")
     if a.pbt_population < 2 or a.pbt_ready < 1:
         ap.error("--pbt-population must be at least 2 and --pbt-ready at least 1")
     a.methods = methods
@@ -113,14 +110,11 @@ def run_commands(a, settings):
                        "--population", str(a.pbt_population), "--ready", str(a.pbt_ready),
                        "--schedule", a.pbt_schedule]
                 name = f"pbt-seed{seed}"
-            elif method in LONG:
-                cmd = [py, os.path.join(HERE, "baseline.py"), "--method", LONG[method],
-                       "--label", method, "--epochs", a.long_epochs,
-                       "--seed", str(seed), "--settings", blob]
-                name = f"{method}-seed{seed}"
             else:
-                cmd = [py, os.path.join(HERE, "baseline.py"), "--method", method,
+                cmd = [py, os.path.join(HERE, "baseline.py"), "--method", LONG.get(method, method),
                        "--seed", str(seed), "--settings", blob]
+                if method in LONG:
+                    cmd += ["--label", method, "--epochs", a.long_epochs]
                 if method == "hyperband":
                     cmd += ["--epochs", a.hyperband_epochs]
                 name = f"{method}-seed{seed}"

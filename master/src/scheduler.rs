@@ -659,30 +659,11 @@ impl Scheduler {
             trial_id: &trial.id,
             score: val,
             accepted: false,
-            progress: Self::budget_progress(&spec, experiment, &usage, now),
+            progress: usage.progress(&spec, experiment, now),
         };
         chains::record(conn, &spec, chain, result).await?;
         self.refill_with(conn, experiment, now, Some(usage)).await?;
         Ok(Some(reason))
-    }
-
-    /// Used fraction of the experiment's budget (the largest of trials, epochs and wall time).
-    fn budget_progress(
-        spec: &ExperimentSpec,
-        row: &ExperimentRow,
-        usage: &BudgetUsage,
-        now: i64,
-    ) -> f64 {
-        let budget = &spec.budget;
-        // The search's share of the budget (the final phase's reservation left out).
-        let mut progress = f64::from(usage.counts.finished()) / f64::from(search_trials(spec));
-        if let (Some(max), Some(epochs)) = (search_epochs(spec), &usage.epochs) {
-            progress = progress.max(epochs.spent as f64 / max as f64);
-        }
-        if let Some(max) = budget.max_wall_seconds {
-            progress = progress.max(row.running_ms(now) as f64 / (max as f64 * 1000.0));
-        }
-        progress.clamp(0.0, 1.0)
     }
 
     /// Records a trial's result. Idempotent on `(trial, attempt)`; a result from a superseded
@@ -783,17 +764,15 @@ impl Scheduler {
         self.metrics
             .trial_ended(TrialStatus::Completed, trained_seconds(&trial, now));
         // Read once for the chain's cooling and the refill below (nothing between changes them).
-        let mut usage = None;
+        let usage = BudgetUsage::read(&mut *tx, &spec, &experiment.id).await?;
         if !is_final {
-            let read = BudgetUsage::read(&mut *tx, &spec, &experiment.id).await?;
             let chain_result = ChainResult {
                 trial_id,
                 score: result.score,
                 accepted,
-                progress: Self::budget_progress(&spec, &experiment, &read, now),
+                progress: usage.progress(&spec, &experiment, now),
             };
             chains::record(&mut *tx, &spec, chain, chain_result).await?;
-            usage = Some(read);
         }
         let best_score = match &experiment.best_trial_id {
             Some(b) => tx.get_trial(b).await?.and_then(|t| t.score),
@@ -803,7 +782,8 @@ impl Scheduler {
         if new_best {
             tx.set_best_trial(&experiment.id, trial_id).await?;
         }
-        self.refill_with(&mut *tx, &experiment, now, usage).await?;
+        self.refill_with(&mut *tx, &experiment, now, Some(usage))
+            .await?;
         tx.commit().await?;
         info!(
             trial_id = %trial_id,
@@ -1240,9 +1220,6 @@ impl Scheduler {
     }
 }
 
-/// Puts a held trial back in the queue as a new attempt, or cancels it when its experiment has
-/// ended: nothing leases a finished experiment's trials, so a requeued one would stay queued
-/// forever.
 /// What an experiment's budget checks read: its trial counts and, when it has an epoch budget,
 /// the epochs spent and committed. Read once per call that both cools a chain and refills.
 struct BudgetUsage {
@@ -1262,6 +1239,19 @@ impl BudgetUsage {
             None => None,
         };
         Ok(BudgetUsage { counts, epochs })
+    }
+
+    /// Used fraction of the experiment's budget (the largest of trials, epochs and wall time).
+    fn progress(&self, spec: &ExperimentSpec, row: &ExperimentRow, now: i64) -> f64 {
+        // The search's share of the budget (the final phase's reservation left out).
+        let mut progress = f64::from(self.counts.finished()) / f64::from(search_trials(spec));
+        if let (Some(max), Some(epochs)) = (search_epochs(spec), &self.epochs) {
+            progress = progress.max(epochs.spent as f64 / max as f64);
+        }
+        if let Some(max) = spec.budget.max_wall_seconds {
+            progress = progress.max(row.running_ms(now) as f64 / (max as f64 * 1000.0));
+        }
+        progress.clamp(0.0, 1.0)
     }
 }
 
@@ -1296,6 +1286,9 @@ async fn experiment_of(
         .ok_or_else(|| MasterError::Internal(format!("trial {} without experiment", trial.id)))
 }
 
+/// Puts a held trial back in the queue as a new attempt, or cancels it when its experiment has
+/// ended: nothing leases a finished experiment's trials, so a requeued one would stay queued
+/// forever.
 async fn release_trial(
     conn: &mut dyn PoolTx,
     trial: &TrialRow,
