@@ -5,7 +5,7 @@
 # the same data subset and split, the same trainer binary).
 #
 #   bash bench/search.sh [--budget EPOCHS] [--seeds N] [--jobs J] [--train-subset N] [--out DIR]
-#                        [--methods explore,random,tpe,random-long,tpe-long,hyperband,pbt]
+#                        [--methods explore,explore-flat,random,tpe,random-long,tpe-long,hyperband,pbt]
 #                        [--first-seed S] [--threads T] [--long-epochs LOW,HIGH]
 #                        [--hyperband-epochs LOW,HIGH] [--pbt-population P]
 #                        [--pbt-ready R] [--pbt-schedule constant|member]
@@ -14,13 +14,19 @@
 #
 # Defaults: 60 epochs per run, seeds 1..3, 2 runs at a time, one torch thread per trainer,
 # 12000 training examples (10000 train / 2000 validation, split by the run's seed), the full
-# 10000-example test set, all seven methods (21 runs); about 3 hours on a 2-core machine (each
+# 10000-example test set, all eight methods (24 runs); about 3.5 hours on a 2-core machine (each
 # run 10-20 minutes with 2 side by side; explore,random,tpe alone: about 40-60 minutes).
 #
 # Methods (bench/search/):
 #   explore  `master serve` + one `worker join` on loopback; the spec (explorer.py) is generated
 #            from the space (space.py): 2 adaptive annealing chains, median early stopping,
 #            weight inheritance; `master trials --json` gives the trials back.
+#   explore-flat  the same explorer with `[search.flat]` (space.explorer_flat_section()): its
+#            architecture moves stay in the flat space the baselines sample (a stage's width,
+#            kernel or conv count, a stage more or less, the network's activation or batch-norm,
+#            the head's dropout and dense layer), so explore - explore-flat is what the wider
+#            architecture language buys and explore-flat - the baselines what the search method
+#            and weight inheritance buy.
 #   random   Optuna's RandomSampler over a flat parametrisation of the same space (baseline.py),
 #            every trial a `worker train` run.
 #   tpe      the same driver with Optuna's TPESampler.

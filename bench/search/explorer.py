@@ -11,7 +11,10 @@ the epochs charged are the master's own (`epochs_run`: a pruned trial counts the
 an inheriting child its fine-tune epochs). The master and the worker are always stopped
 (SIGTERM, SIGKILL after 20 s), also on errors, Ctrl-C and SIGTERM.
 
-    python bench/search/explorer.py --seed 1 --label explore --settings '{...}' [--set K=V]...
+With `--flat` the explorer's architecture moves stay in the baselines' flat space
+(`[search.flat]` from `space.explorer_flat_section()`): the `explore-flat` method.
+
+    python bench/search/explorer.py --seed 1 --label explore --settings '{...}' [--flat] [--set K=V]...
 """
 import argparse
 import json
@@ -326,10 +329,15 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="one spec key, e.g. inheritance.enabled=false (repeatable)")
     ap.add_argument("--timeout", type=int, default=0, help="seconds (default: from the budget)")
+    ap.add_argument("--flat", action="store_true",
+                    help="restrict architecture moves to the flat space ([search.flat])")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     settings = common.Settings(**json.loads(a.settings))
-    run(settings, a.seed, a.label, load_overrides(a.config, a.set), a.timeout or None)
+    overrides = load_overrides(a.config, a.set)
+    if a.flat:
+        overrides.insert(0, {"search": {"flat": space.explorer_flat_section()}})
+    run(settings, a.seed, a.label, overrides, a.timeout or None)
 
 
 if __name__ == "__main__":

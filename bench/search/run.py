@@ -18,7 +18,8 @@ import time
 import common
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METHODS = ("explore", "random", "tpe", "random-long", "tpe-long", "hyperband", "pbt")
+METHODS = ("explore", "explore-flat", "random", "tpe", "random-long", "tpe-long", "hyperband",
+           "pbt")
 # The long-trial variants of the flat baselines: (sampler method, per-trial epochs from --long-epochs).
 LONG = {"random-long": "random", "tpe-long": "tpe"}
 KILL_GRACE_SECONDS = 30
@@ -39,7 +40,7 @@ def parse_args(argv):
     ap.add_argument("--out", default=None, help="output directory (bench/out/search)")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help="comma-separated subset of " + ",".join(METHODS) +
-                    " (default: all seven)")
+                    " (default: all eight)")
     ap.add_argument("--hyperband-epochs", default="2,16", metavar="LOW,HIGH",
                     help="per-trial epoch range of hyperband; its max_resource is HIGH (2,16)")
     ap.add_argument("--long-epochs", default="2,16", metavar="LOW,HIGH",
@@ -95,16 +96,19 @@ def run_commands(a, settings):
     runs = []
     for seed in range(a.first_seed, a.first_seed + a.seeds):
         for method in a.methods:
-            if method == "explore":
+            if method in ("explore", "explore-flat"):
+                label = a.explore_label if method == "explore" else method
                 cmd = [py, os.path.join(HERE, "explorer.py"), "--seed", str(seed),
-                       "--label", a.explore_label, "--settings", blob]
+                       "--label", label, "--settings", blob]
+                if method == "explore-flat":
+                    cmd.append("--flat")
                 for path in a.explorer_config:
                     cmd += ["--config", os.path.abspath(path)]
                 for assignment in a.explore_set:
                     cmd += ["--set", assignment]
                 if a.explore_timeout:
                     cmd += ["--timeout", str(a.explore_timeout)]
-                name = f"{a.explore_label}-seed{seed}"
+                name = f"{label}-seed{seed}"
             elif method == "pbt":
                 cmd = [py, os.path.join(HERE, "pbt.py"), "--seed", str(seed), "--settings", blob,
                        "--population", str(a.pbt_population), "--ready", str(a.pbt_ready),

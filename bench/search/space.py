@@ -176,6 +176,17 @@ def explorer_search_section():
     return {k: s[k] for k in keys}
 
 
+def explorer_flat_section():
+    """The explorer spec's `[search.flat]` table (the `explore-flat` method): the explorer's
+    architecture moves restricted to this flat parametrisation (stages, convs per stage,
+    kernels, one activation, one batch-norm flag, one head dropout up to the space's largest);
+    channels and dense units come from the `[search]` table."""
+    s = SPACE
+    return {"max_stages": s["stages"][-1], "convs_per_stage": [s["convs_per_stage"][0],
+            s["convs_per_stage"][-1]], "kernels": s["kernels"], "activations": s["activations"],
+            "max_dropout": s["dropout"][1]}
+
+
 def check_seeds():
     """Fails loudly if seed A does not rebuild the `cnn2` preset exactly."""
     if build_genome(SEED_A) != CNN2_GENOME:

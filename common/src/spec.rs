@@ -12,6 +12,7 @@ use crate::presets;
 
 mod data;
 mod final_training;
+mod flat;
 mod transfer;
 
 pub use data::{
@@ -19,6 +20,7 @@ pub use data::{
     DEFAULT_FOLDER_SIZE, FOLDER_DATASET, MAX_FOLDER_SIZE, NAMED_DATASETS,
 };
 pub use final_training::{FinalConfig, FinalStart, MAX_FINAL_EPOCHS};
+pub use flat::{FlatGenome, FlatSpace, FlatStage};
 pub use transfer::{default_settings as default_transfer_settings, TransferConfig, TransferSeed};
 
 /// A parsed and validated experiment spec.
@@ -324,6 +326,11 @@ pub struct SearchSpace {
     /// Candidates per proposal when `predictor` is on (2..=64).
     #[serde(skip_serializing_if = "is_default_predictor_candidates")]
     pub predictor_candidates: u32,
+    /// `[search.flat]`: architectures stay in a flat stage space and mutate by its parameters
+    /// (a stage's width, kernel or depth, a stage more or less, the network's activation or
+    /// batch-norm, the head); absent: per-block mutations over the whole genome language.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flat: Option<FlatSpace>,
 }
 
 /// The default of [`SearchSpace::predictor_candidates`].
@@ -354,6 +361,7 @@ impl Default for SearchSpace {
             architecture_mutation_probability: 0.6,
             predictor: false,
             predictor_candidates: DEFAULT_PREDICTOR_CANDIDATES,
+            flat: None,
         }
     }
 }
@@ -837,6 +845,9 @@ impl SearchSpace {
                 format!("must be in [0, 1], got {p}"),
             );
         }
+        if let Some(flat) = &self.flat {
+            flat.validate()?;
+        }
         Ok(())
     }
 
@@ -845,8 +856,8 @@ impl SearchSpace {
         self.elr.unwrap_or(DEFAULT_ELR_RANGE)
     }
 
-    /// Whether a genome meets the hard constraints (params, FLOPs, block count); the error says
-    /// which limit it breaks.
+    /// Whether a genome meets the hard constraints (params, FLOPs, block count, the flat space
+    /// when there is one); the error says which limit it breaks.
     pub fn check_constraints(&self, genome: &Genome) -> Result<(), CommonError> {
         match self.constraint_violation(genome)? {
             Some((_, message)) => Err(CommonError::Mutation(message)),
@@ -855,7 +866,8 @@ impl SearchSpace {
     }
 
     /// The first constraint `genome` breaks, as its key (`search.max_params`,
-    /// `search.max_flops`, `search.max_blocks`) and a sentence; `None` when it meets them all.
+    /// `search.max_flops`, `search.max_blocks`, `search.flat`) and a sentence; `None` when it
+    /// meets them all.
     pub fn constraint_violation(
         &self,
         genome: &Genome,
@@ -888,6 +900,14 @@ impl SearchSpace {
                     self.max_blocks
                 ),
             )));
+        }
+        if let Some(flat) = &self.flat {
+            if let Err(reason) = flat.read(genome, &self.channels, &self.dense_units) {
+                return Ok(Some((
+                    "search.flat",
+                    format!("outside the flat space of search.flat: {reason}"),
+                )));
+            }
         }
         Ok(None)
     }

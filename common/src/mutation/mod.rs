@@ -1,17 +1,21 @@
 //! Mutation operators: how the search moves from a trained model to a new candidate.
 //!
 //! [`propose`] turns a base model (genome + hyperparameters) into a child that differs from it,
-//! is valid and meets the hard constraints of the [`SearchSpace`]. It is built from
-//! [`mutate_genome`] (one random architecture change) and [`mutate_hparams`] (one or two random
-//! hyperparameter changes). [`sample_hparams`] draws hyperparameters from scratch.
+//! is valid and meets the hard constraints of the [`SearchSpace`]. It is built from one random
+//! architecture change ([`ArchitectureMoves`], chosen by [`architecture_moves`]) and
+//! [`mutate_hparams`] (one or two random hyperparameter changes). [`sample_hparams`] draws
+//! hyperparameters from scratch.
 //!
-//! Architecture operators work on the top-level blocks; blocks nested in residual bodies are only
+//! Two kinds of architecture moves exist. [`BlockMoves`] (the default, [`mutate_genome`]) edits
+//! the top-level blocks of the whole genome language; blocks nested in residual bodies are only
 //! touched to keep a residual's output shape equal to its input when the channels entering it
-//! change ("refit"). Every child genome is checked with [`Genome::validate`]; an operator that
+//! change ("refit"). A spec with `[search.flat]` moves in its [`FlatSpace`] instead: one
+//! parameter of a stage-indexed architecture at a time (`flat.rs`). Every child genome is checked with [`Genome::validate`]; an operator that
 //! does not apply, or whose result is invalid, is a [`CommonError::Mutation`] with the reason.
 //! All functions are pure given the random generator, so a seeded generator replays them.
 
 mod architecture;
+mod flat;
 mod hparams;
 #[cfg(test)]
 mod test_support;
@@ -19,12 +23,12 @@ mod test_support;
 mod tests;
 
 use rand::seq::SliceRandom;
-use rand::Rng;
+use rand::{Rng, RngCore};
 
 use crate::error::CommonError;
 use crate::genome::Genome;
 use crate::hparams::HyperParams;
-use crate::spec::SearchSpace;
+use crate::spec::{FlatSpace, SearchSpace};
 
 pub use architecture::{mutate_genome, DROPOUT_RATES};
 pub use hparams::{mutate_hparams, sample_hparams};
@@ -50,6 +54,43 @@ pub struct Proposal {
     pub description: String,
 }
 
+/// How architectures move: one random change of a genome within a search space.
+pub trait ArchitectureMoves {
+    /// A child of `genome` that validates and differs from it, with a description of the
+    /// change; `Err(CommonError::Mutation(reason))` when the drawn move does not apply.
+    /// The space's hard constraints are checked by the caller ([`propose`]).
+    fn mutate(
+        &self,
+        genome: &Genome,
+        space: &SearchSpace,
+        rng: &mut dyn RngCore,
+    ) -> Result<(Genome, String), CommonError>;
+}
+
+/// Per-block edits over the whole genome language ([`mutate_genome`]); the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockMoves;
+
+impl ArchitectureMoves for BlockMoves {
+    fn mutate(
+        &self,
+        genome: &Genome,
+        space: &SearchSpace,
+        rng: &mut dyn RngCore,
+    ) -> Result<(Genome, String), CommonError> {
+        mutate_genome(genome, space, rng)
+    }
+}
+
+/// The architecture moves of `space`: its [`FlatSpace`] when it has `[search.flat]`, else
+/// [`BlockMoves`].
+pub fn architecture_moves(space: &SearchSpace) -> &dyn ArchitectureMoves {
+    match &space.flat {
+        Some(flat) => flat as &FlatSpace,
+        None => &BlockMoves,
+    }
+}
+
 /// A full child of `genome` + `hparams`.
 ///
 /// With probability `space.architecture_mutation_probability` the architecture is mutated (and
@@ -68,13 +109,18 @@ pub fn propose<R: Rng + ?Sized>(
     let p = space.architecture_mutation_probability;
     let p = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
     if rng.gen_bool(p) {
+        let moves = architecture_moves(space);
         let mut last = String::from("no attempt was made");
         for _ in 0..MAX_ARCHITECTURE_ATTEMPTS {
-            let child = mutate_genome(genome, space, rng).and_then(|(child, description)| {
-                space.check_constraints(&child)?;
-                check_objective(&child, hparams)?;
-                Ok((child, description))
-            });
+            let mut attempt_rng = &mut *rng;
+            let child =
+                moves
+                    .mutate(genome, space, &mut attempt_rng)
+                    .and_then(|(child, description)| {
+                        space.check_constraints(&child)?;
+                        check_objective(&child, hparams)?;
+                        Ok((child, description))
+                    });
             match child {
                 Ok((child, description)) => {
                     let (hparams, description) =
