@@ -226,7 +226,13 @@ def watch(cluster, spec_path, timeout):
         if time.time() > deadline:
             timed_out = True
             break
-        if cluster.worker.poll() is not None and cluster.worker_starts < 4:
+        if cluster.worker.poll() is not None:
+            log = os.path.join(cluster.run_dir, "worker.log")
+            if cluster.worker_starts >= 4:
+                with open(log) as f:
+                    tail = f.read()[-2000:]
+                raise RuntimeError(f"the worker exited {cluster.worker_starts} times; last "
+                                   f"log lines ({log}):\n{tail}")
             print(f"worker exited ({cluster.worker.returncode}) during the experiment; "
                   "restarting it", file=sys.stderr, flush=True)
             cluster.start_worker()

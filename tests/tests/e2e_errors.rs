@@ -191,3 +191,90 @@ fn unauthenticated_and_wrong_version_calls_are_refused() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("token"), "{}", describe(&out));
 }
+
+/// Regression: a worker without the experiment's data failed every trial it leased ("trial
+/// cannot be prepared"), so an experiment with a large budget burned through tens of thousands
+/// of failed trials in minutes. Now the worker hands the trial back uncharged and leaves with
+/// the install hint, and a worker that has the data trains it.
+#[test]
+fn a_worker_without_the_data_hands_its_trial_back_and_leaves() {
+    explore_tests::require_fashion_mnist();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = MasterProc::start(&tmp.path().join("master"), &[]).unwrap();
+    let spec = tmp.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        r#"
+name = "no-data"
+seed = 3
+[budget]
+max_trials = 2
+[data]
+dataset = "fashion-mnist"
+train_subset = 400
+test_subset = 100
+validation_fraction = 0.25
+[search]
+epochs = [1, 1]
+[[seeds]]
+preset = "cnn2"
+hparams = { optimizer = "adamw", learning_rate = 0.002, schedule = "constant", batch_size = 64, weight_decay = 0.0001, epochs = 1 }
+"#,
+    )
+    .unwrap();
+    let submit = master.client(&["submit", spec.to_str().unwrap()]).unwrap();
+    assert!(submit.status.success(), "{}", describe(&submit));
+    let experiment =
+        explore_tests::submitted_experiment_id(&String::from_utf8_lossy(&submit.stdout)).unwrap();
+
+    let empty = tmp.path().join("no-data");
+    std::fs::create_dir(&empty).unwrap();
+    let log = tmp.path().join("no-data.log");
+    let child = std::process::Command::new(binary("worker"))
+        .args(["join", "--master", &master.url, "--token-file"])
+        .arg(master.token_file())
+        .args(["--device", "cpu", "--threads", "1", "--data-dir"])
+        .arg(&empty)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut without_data = explore_tests::Proc {
+        name: "worker without data".into(),
+        child,
+    };
+    let status = without_data
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", explore_tests::read_log(&log)));
+    let err = explore_tests::read_log(&log);
+    assert!(!status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("apt-get install dataset-fashion-mnist"),
+        "{err}"
+    );
+    assert!(err.contains("handing the trial back"), "{err}");
+    let trials = master.trials_json(&experiment).unwrap();
+    assert!(!trials.is_empty());
+    assert!(
+        trials.iter().all(|t| t["status"] == "queued"),
+        "handed back, not failed: {trials:?}"
+    );
+
+    let log = tmp.path().join("worker.log");
+    let mut worker = explore_tests::start_worker(&master, "with-data", &log, &[]).unwrap();
+    let trials = explore_tests::poll(
+        "the experiment to complete",
+        Duration::from_secs(240),
+        Duration::from_millis(500),
+        || {
+            let trials = master.trials_json(&experiment)?;
+            let ended = trials.len() == 2 && trials.iter().all(|t| t["status"] == "completed");
+            Ok(ended.then_some(trials))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", explore_tests::read_log(&log)));
+    assert!(trials.iter().all(|t| t["status"] != "failed"), "{trials:?}");
+    worker.terminate(Duration::from_secs(20)).unwrap();
+    master.kill().unwrap();
+}

@@ -81,6 +81,20 @@ impl WorkerError {
             reason: reason.into(),
         }
     }
+
+    /// Whether the error lies in this worker's machine (a data file missing or damaged, a
+    /// local file that cannot be read or written, a device that does not exist) rather than in
+    /// the trial: another worker would train the same trial, and this one would fail every
+    /// trial alike, so it hands the trial back instead of failing it.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            WorkerError::MissingData { .. }
+                | WorkerError::BadData { .. }
+                | WorkerError::Io { .. }
+                | WorkerError::Device(_)
+        )
+    }
 }
 
 #[cfg(test)]

@@ -586,6 +586,13 @@ async fn generator_loop(
                 info!(trial_id = %trial_id, attempt, worker_id = %worker_id, "trial prepared");
                 permit.send(prepared);
             }
+            Err(e) if e.is_local() => {
+                // Failing the trial would charge the experiment for this machine's fault, and
+                // every later trial would fail alike: keep the lease (run() hands it back when
+                // it deregisters) and leave with the error.
+                error!(trial_id = %trial_id, attempt, worker_id = %worker_id, error = %e, "this worker cannot prepare trials; handing the trial back and leaving");
+                return Err(e);
+            }
             Err(e) => {
                 warn!(trial_id = %trial_id, attempt, worker_id = %worker_id, error = %e, "trial cannot be prepared");
                 held.release(&trial_id, attempt);
