@@ -546,12 +546,17 @@ impl ExperimentSpec {
             if self.transfer.is_some() && !derived {
                 continue;
             }
-            self.search
-                .check_constraints(&resolved.genome)
-                .map_err(|e| CommonError::SpecKey {
-                    key: format!("seeds[{i}]"),
-                    reason: format!("breaks the search constraints: {e}"),
-                })?;
+            let breaks = |reason: String| CommonError::SpecKey {
+                key: format!("seeds[{i}]"),
+                reason: format!("breaks the search constraints: {reason}"),
+            };
+            if let Some((_, message)) = self
+                .search
+                .constraint_violation(&resolved.genome)
+                .map_err(|e| breaks(e.to_string()))?
+            {
+                return Err(breaks(message));
+            }
         }
         self.validate_training()
     }
