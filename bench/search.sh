@@ -5,7 +5,8 @@
 # the same data subset and split, the same trainer binary).
 #
 #   bash bench/search.sh [--budget EPOCHS] [--seeds N] [--jobs J] [--train-subset N] [--out DIR]
-#                        [--methods explore,explore-flat,random,tpe,random-long,tpe-long,hyperband,pbt]
+#                        [--methods explore,explore-flat,explore-defaults,random,tpe,random-long,
+#                                   tpe-long,hyperband,pbt]
 #                        [--first-seed S] [--threads T] [--long-epochs LOW,HIGH]
 #                        [--hyperband-epochs LOW,HIGH] [--pbt-population P]
 #                        [--pbt-ready R] [--pbt-schedule constant|member]
@@ -14,7 +15,7 @@
 #
 # Defaults: 60 epochs per run, seeds 1..3, 2 runs at a time, one torch thread per trainer,
 # 12000 training examples (10000 train / 2000 validation, split by the run's seed), the full
-# 10000-example test set, all eight methods (24 runs); about 3.5 hours on a 2-core machine (each
+# 10000-example test set, all nine methods (27 runs); about 4 hours on a 2-core machine (each
 # run 10-20 minutes with 2 side by side; explore,random,tpe alone: about 40-60 minutes).
 #
 # Methods (bench/search/):
@@ -27,6 +28,10 @@
 #            the head's dropout and dense layer), so explore - explore-flat is what the wider
 #            architecture language buys and explore-flat - the baselines what the search method
 #            and weight inheritance buy.
+#   explore-defaults  the explorer as a user who sets nothing but the space would run it: the
+#            spec leaves [annealing], [early_stopping] and [inheritance] to the master's defaults
+#            (one chain per worker slot, exponential cooling from 0.02, reheat after 6; median
+#            early stopping and inheritance as in explore).
 #   random   Optuna's RandomSampler over a flat parametrisation of the same space (baseline.py),
 #            every trial a `worker train` run.
 #   tpe      the same driver with Optuna's TPESampler.

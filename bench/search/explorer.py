@@ -12,7 +12,10 @@ an inheriting child its fine-tune epochs). The master and the worker are always 
 (SIGTERM, SIGKILL after 20 s), also on errors, Ctrl-C and SIGTERM.
 
 With `--flat` the explorer's architecture moves stay in the baselines' flat space
-(`[search.flat]` from `space.explorer_flat_section()`): the `explore-flat` method.
+(`[search.flat]` from `space.explorer_flat_section()`): the `explore-flat` method. With
+`--product-defaults` the spec leaves annealing, early stopping and inheritance to the master's
+defaults (one chain per worker slot, exponential cooling from 0.02; the same early stopping and
+inheritance): the `explore-defaults` method.
 
     python bench/search/explorer.py --seed 1 --label explore --settings '{...}' [--flat] [--set K=V]...
 """
@@ -51,8 +54,10 @@ FINISHED = ("completed", "pruned", "failed")
 
 # ---- the spec ------------------------------------------------------------------------------
 
-def build_spec(settings, seed, run_dir, overrides):
-    """The experiment spec of run `seed` as a dict; seed genomes are written to `run_dir`."""
+def build_spec(settings, seed, run_dir, overrides, product_defaults=False):
+    """The experiment spec of run `seed` as a dict; seed genomes are written to `run_dir`.
+    With `product_defaults` the annealing, early-stopping and inheritance tables are left out,
+    so the master applies its own defaults (the `explore-defaults` method)."""
     seeds = []
     for label, params in space.SEEDS:
         path = os.path.abspath(os.path.join(run_dir, f"seed-{label}.genome.json"))
@@ -63,7 +68,7 @@ def build_spec(settings, seed, run_dir, overrides):
         "seed": seed,
         "budget": {"max_trials": 100000, "max_epochs": settings.budget},
         "data": {"dataset": "fashion-mnist", **settings.data_config()},
-        **json.loads(json.dumps(EXPLORER_DEFAULTS)),
+        **({} if product_defaults else json.loads(json.dumps(EXPLORER_DEFAULTS))),
         "search": space.explorer_search_section(),
         "seeds": seeds,
     }
@@ -276,14 +281,14 @@ def default_timeout(settings):
     return int(600 + 3 * settings.budget * 1.5 * examples / 1000)
 
 
-def run(settings, seed, label, overrides, timeout=None):
+def run(settings, seed, label, overrides, timeout=None, product_defaults=False):
     """One explorer run; writes `<label>-seed<S>.jsonl` and its metadata."""
     space.check_seeds()
     run_dir = os.path.join(settings.out_dir, "runs", f"{label}-seed{seed}")
     if os.path.isdir(os.path.join(run_dir, "master")):
         subprocess.run(["rm", "-rf", os.path.join(run_dir, "master")], check=True)
     os.makedirs(run_dir, exist_ok=True)
-    spec = build_spec(settings, seed, run_dir, overrides)
+    spec = build_spec(settings, seed, run_dir, overrides, product_defaults)
     spec_path = os.path.join(run_dir, "spec.toml")
     with open(spec_path, "w") as f:
         f.write(toml_dumps(spec))
@@ -337,13 +342,16 @@ def main():
     ap.add_argument("--timeout", type=int, default=0, help="seconds (default: from the budget)")
     ap.add_argument("--flat", action="store_true",
                     help="restrict architecture moves to the flat space ([search.flat])")
+    ap.add_argument("--product-defaults", action="store_true",
+                    help="leave [annealing], [early_stopping] and [inheritance] to the master's "
+                    "defaults")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     settings = common.Settings(**json.loads(a.settings))
     overrides = load_overrides(a.config, a.set)
     if a.flat:
         overrides.insert(0, {"search": {"flat": space.explorer_flat_section()}})
-    run(settings, a.seed, a.label, overrides, a.timeout or None)
+    run(settings, a.seed, a.label, overrides, a.timeout or None, a.product_defaults)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,11 @@ import time
 import common
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METHODS = ("explore", "explore-flat", "random", "tpe", "random-long", "tpe-long", "hyperband",
-           "pbt")
+METHODS = ("explore", "explore-flat", "explore-defaults", "random", "tpe", "random-long",
+           "tpe-long", "hyperband", "pbt")
+# Explorer variants: method -> the explorer.py flag that makes it.
+EXPLORER_VARIANTS = {"explore": None, "explore-flat": "--flat",
+                     "explore-defaults": "--product-defaults"}
 # The long-trial variants of the flat baselines: (sampler method, per-trial epochs from --long-epochs).
 LONG = {"random-long": "random", "tpe-long": "tpe"}
 KILL_GRACE_SECONDS = 30
@@ -40,7 +43,7 @@ def parse_args(argv):
     ap.add_argument("--out", default=None, help="output directory (bench/out/search)")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help="comma-separated subset of " + ",".join(METHODS) +
-                    " (default: all eight)")
+                    " (default: all nine)")
     ap.add_argument("--hyperband-epochs", default="2,16", metavar="LOW,HIGH",
                     help="per-trial epoch range of hyperband; its max_resource is HIGH (2,16)")
     ap.add_argument("--long-epochs", default="2,16", metavar="LOW,HIGH",
@@ -96,12 +99,12 @@ def run_commands(a, settings):
     runs = []
     for seed in range(a.first_seed, a.first_seed + a.seeds):
         for method in a.methods:
-            if method in ("explore", "explore-flat"):
+            if method in EXPLORER_VARIANTS:
                 label = a.explore_label if method == "explore" else method
                 cmd = [py, os.path.join(HERE, "explorer.py"), "--seed", str(seed),
                        "--label", label, "--settings", blob]
-                if method == "explore-flat":
-                    cmd.append("--flat")
+                if EXPLORER_VARIANTS[method]:
+                    cmd.append(EXPLORER_VARIANTS[method])
                 for path in a.explorer_config:
                     cmd += ["--config", os.path.abspath(path)]
                 for assignment in a.explore_set:
