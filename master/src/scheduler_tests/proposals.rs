@@ -78,6 +78,39 @@ async fn proposals_are_valid_unique_children_within_the_constraints() {
     }
 }
 
+#[tokio::test]
+async fn a_flat_experiment_runs_to_its_budget_inside_the_flat_space() {
+    let h = Harness::long().await;
+    let w = register(&h.sched, 1).await;
+    let id = within(h.sched.submit(spec(30, "[search.flat]\nmax_stages = 3\n")))
+        .await
+        .unwrap();
+    let scores: Vec<f64> = (0..30)
+        .map(|i| 0.5 + ((i * 5) % 13) as f64 / 50.0)
+        .collect();
+    assert_eq!(run_to_end(&h.sched, &w, &id, &scores).await, 30);
+    let space = view(&h.sched, &id).await.spec.search;
+    let flat = space.flat.clone().expect("the spec has [search.flat]");
+    let mut architecture_moves = 0;
+    for t in trials(&h.sched, &id).await {
+        let genome = Genome::from_json(&t.genome_json).unwrap();
+        flat.read(&genome, &space.channels, &space.dense_units)
+            .unwrap_or_else(|e| panic!("trial {} ({}) left the flat space: {e}", t.seq, t.origin));
+        if t.origin.starts_with("flat: ") {
+            architecture_moves += 1;
+        }
+        assert!(
+            !t.origin.contains("blocks["),
+            "a per-block move: {}",
+            t.origin
+        );
+    }
+    assert!(
+        architecture_moves >= 5,
+        "{architecture_moves} flat moves in 30 trials"
+    );
+}
+
 /// Everything a replay must reproduce, with parents named by seq.
 type Replay = Vec<(i64, Option<i64>, String, String, String, i64, Option<bool>)>;
 
