@@ -80,8 +80,6 @@ impl ArchitectureMoves for FlatSpace {
         if child == parent {
             return Err(reject(format!("{}: the genome did not change", op.name())));
         }
-        self.admits(&child, &space.channels, &space.dense_units)
-            .map_err(|reason| reject(format!("{description}: {reason}")))?;
         let child = child.to_genome(genome);
         child
             .validate()
