@@ -10,7 +10,8 @@
 #   bench/control_plane.sh --quick    # 8 s per run (what a 2-core machine runs in ~5 minutes)
 #
 # Explore runs: 1, 8, 100 and 1,000 simulated workers on a fresh pool, reporting at once
-# (saturating the master), and 1,000 whose trials take 10 s each; 8 workers on pools
+# (saturating the master), and 1,000 whose trials take 10 s each (all alike and starting
+# together: lock-step; then 5-15 s, joining over 10 s: as a real cluster); 8 workers on pools
 # pre-filled with 10,000, 100,000 and 1,000,000 completed trials (`master dev-prefill`, a
 # hidden subcommand writing rows the scheduler treats as a real completed pool). Each reports
 # trials/s, p50/p99 of Acquire, Heartbeat, Complete and ListExperiments (the status view, polled
@@ -127,12 +128,14 @@ EOF
 CLK=$(getconf CLK_TCK)
 cpu_seconds() { awk -v clk="$CLK" '{ print ($14 + $15) / clk }' "/proc/$1/stat"; }
 
-# explore_run LABEL WORKERS POOL [TRIAL_SECS [SECS [DB_URL]]]: one line of JSON into
-# $RUN/explore.jsonl. Without DB_URL the pool is SQLite in the run's data directory; with a
+# explore_run LABEL WORKERS POOL [TRIAL_SECS [SECS [DB_URL [SIM_ARGS]]]]: one line of JSON into
+# $RUN/explore.jsonl. SIM_ARGS: more `worker simulate` flags, one word each. Without DB_URL the pool is SQLite in the run's data directory; with a
 # PostgreSQL DB_URL (a fresh database) the master serves `--db DB_URL`. Either way the pool is
 # pre-filled with POOL completed trials (`master dev-prefill`, which submits the experiment).
 explore_run() {
     local label=$1 workers=$2 pool=$3 trial_secs=${4:-0} secs=${5:-$SECS} db=${6:-}
+    local sim_args
+    read -r -a sim_args <<<"${7:-}"
     local dir=$RUN/$label store=sqlite
     [[ -n "$db" ]] && store=postgres
     mkdir -p "$dir"
@@ -155,7 +158,8 @@ explore_run() {
     local cpu0 cpu1 rss
     cpu0=$(cpu_seconds "$MASTER_PID")
     "$WORKER" simulate --master "http://$addr" --token-file "$dir/data/token" --count "$workers" \
-        --duration-secs "$secs" --trial-secs "$trial_secs" --status-every-ms 200 --json >"$dir/sim.json" 2>"$dir/sim.log"
+        --duration-secs "$secs" --trial-secs "$trial_secs" --status-every-ms 200 "${sim_args[@]}" \
+        --json >"$dir/sim.json" 2>"$dir/sim.log"
     cpu1=$(cpu_seconds "$MASTER_PID")
     rss=$(awk '/VmHWM/ { print $2 }' "/proc/$MASTER_PID/status")
     kill -TERM "$MASTER_PID"
@@ -194,6 +198,10 @@ done
 # 1,000 workers whose trials "train" for 10 s each (100 trials/s offered, below what the master
 # serves; the runs above report at once and saturate it), for 30 s.
 explore_run "workers-1000-paced" 1000 0 10 30
+# The same 1,000 workers as a real cluster runs them: they join over 10 s (as a Kubernetes job's
+# pods start) and their trials take 5-15 s (trials differ in size), so they do not ask in
+# lock-step; 60 s, so most calls are made after the ramp.
+explore_run "workers-1000-cluster" 1000 0 10 60 "" "--trial-jitter 0.5 --ramp-secs 10"
 for pool in "${POOLS[@]}"; do
     explore_run "pool-$pool" 8 "$pool"
 done

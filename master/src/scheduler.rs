@@ -16,7 +16,7 @@ use explore_common::annealing::{self, STREAM_ACCEPTANCE, STREAM_PROPOSAL};
 use explore_common::spec::ExperimentSpec;
 use explore_common::{CommonError, ExperimentId, HyperParams, TrialId, WorkerId};
 use rand::Rng;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::artifacts::ArtifactStore;
@@ -35,11 +35,16 @@ use crate::transfer;
 mod control;
 mod final_phase;
 pub mod reads;
+mod wakeups;
 pub use control::{StopOutcome, CANCELLED_BY_STOP};
 pub use final_phase::{search_epochs, search_trials};
 
 /// Most trials one refill of an experiment's queue proposes (see `refill_experiment`).
 pub const MAX_PROPOSALS_PER_REFILL: u32 = 32;
+
+/// How long an `Acquire` that was refused a prefetch (the queued trials wait for idle slots
+/// elsewhere) steps out of the wake-up line before it looks again.
+const PREFETCH_RETRY: Duration = Duration::from_millis(250);
 
 /// Randomness stream for per-trial training seeds.
 const STREAM_TRIAL_SEED: u64 = 3;
@@ -112,13 +117,24 @@ pub struct ExperimentView {
     pub epochs: EpochUsage,
 }
 
+/// What one look at the queue for an `Acquire` found.
+enum LeaseTry {
+    /// A trial, now leased to the worker.
+    Leased(Box<TrialRow>),
+    /// Nothing runnable is queued.
+    Empty,
+    /// The worker already holds a trial for each of its slots, and the queued trials are no
+    /// more than the idle slots of other workers (see `prefetch_would_starve`).
+    LeftForIdleSlots,
+}
+
 /// The scheduler; cheap to share behind an `Arc`.
 pub struct Scheduler {
     store: Store,
     artifacts: ArtifactStore,
     config: SchedulerConfig,
     write_lock: Mutex<()>,
-    work_available: Notify,
+    wakeups: wakeups::Wakeups,
     draining: std::sync::atomic::AtomicBool,
     /// Whether this master is the active one (false on a standby; see [`crate::leader`]).
     active: std::sync::atomic::AtomicBool,
@@ -179,7 +195,7 @@ impl Scheduler {
             artifacts,
             config,
             write_lock: Mutex::new(()),
-            work_available: Notify::new(),
+            wakeups: wakeups::Wakeups::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             active: std::sync::atomic::AtomicBool::new(true),
             metrics: Arc::new(NoMetrics),
@@ -257,7 +273,7 @@ impl Scheduler {
         self.refill_experiment(&mut *tx, &row, now).await?;
         tx.commit().await?;
         info!(experiment_id = %id, name = %spec.name, max_trials = spec.budget.max_trials, "experiment submitted");
-        self.work_available.notify_waiters();
+        self.wakeups.wake_all();
         Ok(id)
     }
 
@@ -430,7 +446,7 @@ impl Scheduler {
     pub fn drain(&self) {
         self.draining
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.work_available.notify_waiters();
+        self.wakeups.wake_all();
     }
 
     /// Marks this master active (it leads) or a standby (it serves nothing but refusals).
@@ -438,7 +454,7 @@ impl Scheduler {
         self.active
             .store(active, std::sync::atomic::Ordering::SeqCst);
         if active {
-            self.work_available.notify_waiters();
+            self.wakeups.wake_all();
         }
     }
 
@@ -462,36 +478,62 @@ impl Scheduler {
         let worker_id: WorkerId = parse_arg(worker_id)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let notified = self.work_available.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_draining() {
+            {
+                let notified = self.wakeups.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.is_draining() {
+                    return Ok(None);
+                }
+                match self.try_lease(&worker_id).await? {
+                    LeaseTry::Leased(trial) => {
+                        info!(trial_id = %trial.id, worker_id = %worker_id, attempt = trial.attempt, "trial leased");
+                        // More trials may be queued behind this one: the next waiter looks.
+                        self.wakeups.work_queued();
+                        return Ok(Some(*trial));
+                    }
+                    LeaseTry::Empty => {
+                        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                            return Ok(None);
+                        }
+                        continue;
+                    }
+                    // Leaves the block, and with it the wake-up line.
+                    LeaseTry::LeftForIdleSlots => {}
+                }
+            }
+            // A prefetch refused: the queued trials are for idle slots elsewhere. Hand the
+            // wake-up on to their workers (it cannot come back to this call, which is out of
+            // the line now) and look again a little later.
+            self.wakeups.work_queued();
+            let retry = tokio::time::Instant::now() + PREFETCH_RETRY;
+            if retry >= deadline {
+                tokio::time::sleep_until(deadline).await;
                 return Ok(None);
             }
-            if let Some(trial) = self.try_lease(&worker_id).await? {
-                info!(trial_id = %trial.id, worker_id = %worker_id, attempt = trial.attempt, "trial leased");
-                return Ok(Some(trial));
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(None);
-            }
+            tokio::time::sleep_until(retry).await;
         }
     }
 
-    async fn try_lease(&self, worker_id: &WorkerId) -> Result<Option<TrialRow>, MasterError> {
+    /// Lease transactions that `Acquire` calls have run since this scheduler started (one per
+    /// look at the queue; a measure of how much waiting workers cost the writer).
+    pub fn lease_attempts(&self) -> u64 {
+        self.wakeups.lease_attempts()
+    }
+
+    async fn try_lease(&self, worker_id: &WorkerId) -> Result<LeaseTry, MasterError> {
+        self.wakeups.lease_attempted();
         let _guard = self.write_lock.lock().await;
         let mut tx = self.store.begin().await?;
         self.check_worker(&mut *tx, worker_id).await?;
         let now = now_ms();
         tx.touch_worker(worker_id, now).await?;
         let lease_ms = self.config.lease.as_millis() as i64;
+        let live_since = now - 2 * lease_ms;
         // A prefetch waits while every queued trial has an idle slot waiting for it elsewhere.
-        if tx
-            .prefetch_would_starve(worker_id, now - 2 * lease_ms)
-            .await?
-        {
+        if tx.prefetch_would_starve(worker_id, live_since).await? {
             tx.commit().await?;
-            return Ok(None);
+            return Ok(LeaseTry::LeftForIdleSlots);
         }
         let mut trial = tx.lease_next_trial(worker_id, now, lease_ms).await?;
         if trial.is_none() {
@@ -499,10 +541,18 @@ impl Scheduler {
             for row in tx.running_experiments().await? {
                 self.refill_experiment(&mut *tx, &row, now).await?;
             }
+            // What the refill queued may be no more than idle slots elsewhere are waiting for.
+            if tx.prefetch_would_starve(worker_id, live_since).await? {
+                tx.commit().await?;
+                return Ok(LeaseTry::LeftForIdleSlots);
+            }
             trial = tx.lease_next_trial(worker_id, now, lease_ms).await?;
         }
         tx.commit().await?;
-        Ok(trial)
+        Ok(match trial {
+            Some(trial) => LeaseTry::Leased(Box::new(trial)),
+            None => LeaseTry::Empty,
+        })
     }
 
     /// Records progress for a held trial and extends its lease.
@@ -583,7 +633,7 @@ impl Scheduler {
         if let Some(reason) = epoch_reason {
             tx.commit().await?;
             info!(trial_id = %trial_id, attempt, worker_id = %worker_id, reason = %reason, "trial pruned");
-            self.work_available.notify_waiters();
+            self.wakeups.work_queued();
             return Ok(HeartbeatAnswer::Stop(reason));
         }
         tx.commit().await?;
@@ -728,7 +778,7 @@ impl Scheduler {
             self.refill_experiment(&mut *tx, &experiment, now).await?;
             tx.commit().await?;
             info!(trial_id = %trial_id, attempt, worker_id = %worker_id, experiment_id = %experiment.id, metrics = ?result.metrics, "probe completed");
-            self.work_available.notify_waiters();
+            self.wakeups.work_queued();
             return Ok(CompleteAnswer {
                 accepted: true,
                 reason: String::new(),
@@ -796,7 +846,7 @@ impl Scheduler {
             new_best,
             "trial completed"
         );
-        self.work_available.notify_waiters();
+        self.wakeups.work_queued();
         Ok(CompleteAnswer {
             accepted: true,
             reason: String::new(),
@@ -833,7 +883,7 @@ impl Scheduler {
         self.refill_experiment(&mut *tx, &experiment, now).await?;
         tx.commit().await?;
         warn!(trial_id = %trial_id, worker_id = %worker_id, attempt, reason = %reason, "trial failed");
-        self.work_available.notify_waiters();
+        self.wakeups.work_queued();
         Ok(())
     }
 
@@ -851,7 +901,7 @@ impl Scheduler {
         tx.worker_left(worker_id).await?;
         tx.commit().await?;
         info!(worker_id = %worker_id, "worker deregistered");
-        self.work_available.notify_waiters();
+        self.wakeups.work_queued();
         Ok(())
     }
 
@@ -913,7 +963,7 @@ impl Scheduler {
         tx.commit().await?;
         // Wake long-polls only when there may be something new for them.
         if changed {
-            self.work_available.notify_waiters();
+            self.wakeups.work_queued();
         }
         Ok(())
     }

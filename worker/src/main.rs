@@ -145,6 +145,13 @@ struct SimulateArgs {
     /// Pretend each trial trains this many seconds before reporting (0 = at once)
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     trial_secs: f64,
+    /// Spread of --trial-secs: each trial takes it times a factor drawn uniformly from
+    /// [1 - F, 1 + F] (0 = all alike, which keeps the workers in lock-step)
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = fraction)]
+    trial_jitter: f64,
+    /// Start the workers one after another over this many seconds (0 = all at once)
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    ramp_secs: f64,
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
@@ -306,6 +313,15 @@ fn run_join(args: JoinArgs) -> Result<()> {
     Ok(())
 }
 
+/// A number in [0, 1] (`--trial-jitter`).
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        Ok(_) => Err("must be between 0 and 1".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn run_simulate(args: SimulateArgs) -> Result<()> {
     use explore_worker::simulate::{self, SimConfig};
     let token = args.connection.token()?;
@@ -316,6 +332,8 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
         (args.duration_secs > 0.0).then(|| Duration::from_secs_f64(args.duration_secs));
     config.idle_exit = Duration::from_secs_f64(args.idle_exit_secs.max(0.0));
     config.trial_time = Duration::from_secs_f64(args.trial_secs.max(0.0));
+    config.trial_jitter = args.trial_jitter;
+    config.ramp = Duration::from_secs_f64(args.ramp_secs.max(0.0));
     config.status_every =
         (args.status_every_ms > 0).then(|| Duration::from_millis(args.status_every_ms));
     info!(
@@ -624,5 +642,28 @@ mod master_list_tests {
         };
         let e = args.connection.single_master().unwrap_err().to_string();
         assert!(e.contains("one master url, got 2"), "{e}");
+    }
+
+    #[test]
+    fn simulate_takes_a_trial_jitter_between_zero_and_one() {
+        let ok = parse(&[
+            "worker",
+            "simulate",
+            "--master",
+            "http://a:1",
+            "--trial-jitter",
+            "0.5",
+        ]);
+        let Command::Simulate(args) = ok.unwrap().command else {
+            panic!("not simulate");
+        };
+        assert_eq!(args.trial_jitter, 0.5);
+        for bad in ["1.5", "-0.1", "lots"] {
+            let arg = format!("--trial-jitter={bad}");
+            let e = parse(&["worker", "simulate", "--master", "http://a:1", &arg])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--trial-jitter"), "{bad}: {e}");
+        }
     }
 }

@@ -44,6 +44,14 @@ pub struct SimConfig {
     pub status_every: Option<Duration>,
     /// Pretend each trial trains this long before its result (zero: report at once).
     pub trial_time: Duration,
+    /// Spread of the pretended training time: each trial takes `trial_time` times a factor
+    /// drawn uniformly from `[1 - trial_jitter, 1 + trial_jitter]` (0: every trial the same;
+    /// at most 1). Real trials differ in size, so real workers drift apart; without a spread
+    /// the simulated ones stay in lock-step and ask in bursts.
+    pub trial_jitter: f64,
+    /// Workers start one after another over this long (zero: all at once), as the pods of a
+    /// Kubernetes job or the workers of a growing cluster do.
+    pub ramp: Duration,
 }
 
 impl SimConfig {
@@ -61,6 +69,8 @@ impl SimConfig {
             name: "sim".into(),
             status_every: None,
             trial_time: Duration::ZERO,
+            trial_jitter: 0.0,
+            ramp: Duration::ZERO,
         }
     }
 }
@@ -189,7 +199,13 @@ pub async fn run(config: SimConfig, stop: watch::Receiver<bool>) -> Result<SimRe
         let shared = shared.clone();
         let stop = stop.clone();
         let config = config.clone();
+        let start_after = config.ramp.mul_f64(n as f64 / config.count as f64);
         tasks.push(tokio::spawn(async move {
+            let mut stop_early = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(start_after) => {}
+                _ = stop_early.changed() => return,
+            }
             simulated_worker(worker, n, &config, deadline, stop, &shared).await
         }));
     }
@@ -273,6 +289,7 @@ async fn simulated_worker(
         }
     };
     let mut idle_since = Instant::now();
+    let mut pace = rand::rngs::StdRng::seed_from_u64(0x7061_6365 ^ n as u64);
     let over = |stop: &watch::Receiver<bool>| {
         *stop.borrow() || deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
     };
@@ -318,8 +335,9 @@ async fn simulated_worker(
             (epochs, score)
         };
         if !config.trial_time.is_zero() {
+            let time = trial_time(config, &mut pace);
             tokio::select! {
-                _ = tokio::time::sleep(config.trial_time) => {}
+                _ = tokio::time::sleep(time) => {}
                 _ = stop.changed() => {}
             }
         }
@@ -399,6 +417,17 @@ async fn simulated_worker(
     }
 }
 
+/// How long one trial pretends to train: `trial_time` spread by `trial_jitter`.
+fn trial_time(config: &SimConfig, rng: &mut impl Rng) -> Duration {
+    let jitter = config.trial_jitter.clamp(0.0, 1.0);
+    if jitter == 0.0 {
+        return config.trial_time;
+    }
+    config
+        .trial_time
+        .mul_f64(rng.gen_range(1.0 - jitter..=1.0 + jitter))
+}
+
 /// The report as the JSON `worker simulate --json` prints.
 pub fn report_json(report: &SimReport) -> serde_json::Value {
     json!({
@@ -416,4 +445,29 @@ pub fn report_json(report: &SimReport) -> serde_json::Value {
         "error_samples": report.error_samples,
         "duplicate_completions": report.completed.values().filter(|&&n| n > 1).count(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trial_times_spread_over_the_jitter_range_and_none_without_it() {
+        let mut config = SimConfig::new("http://127.0.0.1:1", "t", 1);
+        config.trial_time = Duration::from_secs(10);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        assert_eq!(trial_time(&config, &mut rng), Duration::from_secs(10));
+        config.trial_jitter = 0.5;
+        let times: Vec<f64> = (0..2000)
+            .map(|_| trial_time(&config, &mut rng).as_secs_f64())
+            .collect();
+        let (low, high) = times
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &t| (l.min(t), h.max(t)));
+        assert!(low >= 5.0 && high <= 15.0, "{low}..{high}");
+        // Spread over the whole range, not bunched.
+        assert!(low < 5.2 && high > 14.8, "{low}..{high}");
+        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        assert!((mean - 10.0).abs() < 0.3, "{mean}");
+    }
 }

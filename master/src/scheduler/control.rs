@@ -133,7 +133,7 @@ impl Scheduler {
         self.refill_experiment(&mut *tx, &row, at).await?;
         tx.commit().await?;
         info!(experiment_id = %experiment_id, "experiment resumed");
-        self.work_available.notify_waiters();
+        self.wakeups.wake_all();
         Ok(())
     }
 }

@@ -450,3 +450,116 @@ async fn a_lone_worker_still_prefetches() {
     let prefetched = lease(&h.sched, &a).await;
     assert_ne!(first.id, prefetched.id);
 }
+
+// Regression (issue 11, control-plane review): a new trial woke every waiting Acquire, and each
+// ran a lease transaction under the writer lock; with many idle workers (the end of a search,
+// a final phase) one completion cost as many transactions as there were waiters.
+#[tokio::test]
+async fn a_new_trial_wakes_one_waiting_acquire_not_all_of_them() {
+    let h = Harness::long().await;
+    let holder = register(&h.sched, 1).await;
+    within(h.sched.submit(spec(2, "max_failures = 3\n")))
+        .await
+        .unwrap();
+    // A lone worker may prefetch: it holds the whole budget, so nothing is queued.
+    let first = lease(&h.sched, &holder).await;
+    lease(&h.sched, &holder).await;
+    const WAITERS: usize = 30;
+    let mut waiters = Vec::new();
+    for _ in 0..WAITERS {
+        let w = register(&h.sched, 1).await;
+        let sched = h.sched.clone();
+        waiters.push(tokio::spawn(async move {
+            sched.acquire(w.as_str(), Duration::from_secs(20)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        waiters.iter().all(|w| !w.is_finished()),
+        "nothing to lease yet"
+    );
+    let before = h.sched.lease_attempts();
+    // The failure queues one replacement.
+    within(
+        h.sched
+            .fail(holder.as_str(), first.id.as_str(), 1, "cuda error"),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while waiters.iter().all(|w| !w.is_finished()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let any further wake-ups run out before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let attempts = h.sched.lease_attempts() - before;
+    let served: Vec<_> = waiters.iter().filter(|w| w.is_finished()).collect();
+    assert_eq!(served.len(), 1, "one waiter gets the replacement");
+    assert!(
+        attempts <= 3,
+        "{attempts} lease transactions for one new trial and {WAITERS} waiters"
+    );
+    for w in waiters {
+        w.abort();
+    }
+}
+
+#[tokio::test]
+async fn several_new_trials_reach_as_many_waiting_workers() {
+    let h = Harness::long().await;
+    let leaving = register(&h.sched, 3).await;
+    within(h.sched.submit(spec(3, ""))).await.unwrap();
+    let mut held = HashSet::new();
+    for _ in 0..3 {
+        held.insert(lease(&h.sched, &leaving).await.id);
+    }
+    let mut waiters = Vec::new();
+    for _ in 0..4 {
+        let w = register(&h.sched, 1).await;
+        let sched = h.sched.clone();
+        waiters.push(tokio::spawn(async move {
+            sched.acquire(w.as_str(), Duration::from_secs(3)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Three trials go back to the queue at once; one wake-up is passed on from waiter to waiter.
+    let started = Instant::now();
+    within(h.sched.deregister(leaving.as_str())).await.unwrap();
+    let mut got = HashSet::new();
+    let mut empty = 0;
+    for w in waiters {
+        match within(w).await.unwrap().unwrap() {
+            Some(t) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "{:?}",
+                    started.elapsed()
+                );
+                got.insert(t.id);
+            }
+            None => empty += 1,
+        }
+    }
+    assert_eq!(got, held, "each requeued trial reached a waiting worker");
+    assert_eq!(empty, 1);
+}
+
+#[tokio::test]
+async fn a_refused_prefetch_looks_again_a_few_times_a_second_not_in_a_loop() {
+    let h = Harness::long().await;
+    let a = register(&h.sched, 1).await;
+    let _idle = register(&h.sched, 1).await;
+    within(h.sched.submit(spec(2, ""))).await.unwrap();
+    lease(&h.sched, &a).await;
+    let before = h.sched.lease_attempts();
+    // One trial left and an idle slot elsewhere: A's prefetch is refused for its whole wait.
+    let prefetch = within(h.sched.acquire(a.as_str(), Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert!(prefetch.is_none(), "{prefetch:?}");
+    let attempts = h.sched.lease_attempts() - before;
+    assert!(
+        (2..=6).contains(&attempts),
+        "{attempts} lease transactions in a 1 s refused prefetch"
+    );
+}

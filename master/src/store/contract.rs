@@ -102,7 +102,8 @@ macro_rules! store_operations {
         /// no more trials than the free slots of the other live workers (seen since `since_ms`), so
         /// every queued trial has an idle slot waiting for it elsewhere. (The end of a search and a
         /// final phase queue only a few trials; without this, one worker's prefetch could take a
-        /// trial that another worker's idle slot would have started at once.)
+        /// trial that another worker's idle slot would have started at once.) False when nothing
+        /// is queued: a refusal therefore means trials are waiting for other workers.
         fn prefetch_would_starve(worker_id: &WorkerId, since_ms: i64) -> bool;
         /// Extends the lease of a held trial and records progress; false when `(worker, attempt)` no
         /// longer holds it.

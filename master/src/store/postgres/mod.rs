@@ -802,7 +802,8 @@ pub async fn lease_next_trial(
 
 /// Whether leasing one more trial to `worker_id` would be a prefetch that starves another
 /// worker: `worker_id` already holds a trial for each of its slots, and the runnable queue has
-/// no more trials than the free slots of the other live workers (seen since `since_ms`).
+/// no more trials than the free slots of the other live workers (seen since `since_ms`). False
+/// when nothing is queued.
 pub async fn prefetch_would_starve(
     conn: &mut PgConnection,
     worker_id: &WorkerId,
@@ -836,7 +837,7 @@ pub async fn prefetch_would_starve(
     if idle_elsewhere == 0 {
         return Ok(false);
     }
-    // Counted up to one past the idle slots: all that decides.
+    // Counted up to one past the idle slots: all that decides. An empty queue starves no one.
     let (queued,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM (
             SELECT 1 FROM trials t JOIN experiments e ON e.id = t.experiment_id
@@ -847,7 +848,7 @@ pub async fn prefetch_would_starve(
     .fetch_one(&mut *conn)
     .await
     .map_err(convert_pg_err)?;
-    Ok(queued <= idle_elsewhere)
+    Ok(queued > 0 && queued <= idle_elsewhere)
 }
 
 /// Extends the lease of a held trial and records progress; false when `(worker, attempt)` no

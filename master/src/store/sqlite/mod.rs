@@ -718,7 +718,8 @@ pub async fn lease_next_trial(
 /// no more trials than the free slots of the other live workers (seen since `since_ms`), so
 /// every queued trial has an idle slot waiting for it elsewhere. (The end of a search and a
 /// final phase queue only a few trials; without this, one worker's prefetch could take a
-/// trial that another worker's idle slot would have started at once.)
+/// trial that another worker's idle slot would have started at once.) False when nothing is
+/// queued.
 pub async fn prefetch_would_starve(
     conn: &mut SqliteConnection,
     worker_id: &WorkerId,
@@ -752,7 +753,7 @@ pub async fn prefetch_would_starve(
     if idle_elsewhere == 0 {
         return Ok(false);
     }
-    // Counted up to one past the idle slots: all that decides.
+    // Counted up to one past the idle slots: all that decides. An empty queue starves no one.
     let (queued,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM (
             SELECT 1 FROM trials t JOIN experiments e ON e.id = t.experiment_id
@@ -763,7 +764,7 @@ pub async fn prefetch_would_starve(
     .fetch_one(&mut *conn)
     .await
     .map_err(convert_sqlx_err)?;
-    Ok(queued <= idle_elsewhere)
+    Ok(queued > 0 && queued <= idle_elsewhere)
 }
 
 /// Extends the lease of a held trial and records progress; false when `(worker, attempt)` no
