@@ -288,12 +288,18 @@ async fn simulated_worker(
             return;
         }
     };
+    // Idle time counts from the end of the last trial (or from the start).
     let mut idle_since = Instant::now();
+    let mut had_trial = false;
     let mut pace = rand::rngs::StdRng::seed_from_u64(0x7061_6365 ^ n as u64);
     let over = |stop: &watch::Receiver<bool>| {
         *stop.borrow() || deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
     };
     while !over(&stop) {
+        if had_trial {
+            idle_since = Instant::now();
+            had_trial = false;
+        }
         let t0 = Instant::now();
         let acquired = tokio::select! {
             r = worker.acquire(proto::AcquireRequest {
@@ -322,7 +328,7 @@ async fn simulated_worker(
             continue;
         };
         shared.lock().unwrap().acquire.push(elapsed);
-        idle_since = Instant::now();
+        had_trial = true;
         let score = synthetic_score(&trial.genome_json, &trial.hparams_json, trial.seed);
         let epochs = serde_json::from_str::<serde_json::Value>(&trial.hparams_json)
             .ok()
