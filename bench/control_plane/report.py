@@ -89,24 +89,20 @@ def main():
     if w1:
         a, c = w1["acquire"]["p50_ms"], w1["complete"]["p50_ms"]
         goals.append(("1 simulated worker: Acquire and Complete p50 <= 2 ms", a <= 2 and c <= 2, f"acquire {a:.2f} ms, complete {c:.2f} ms"))
-    w1000 = by_label.get("workers-1000")
-    if w1000:
-        p99 = w1000["acquire"]["p99_ms"]
-        ok = p99 <= 10 and w1000["errors"] == 0 and w1000["lost_trials"] == 0
-        goals.append(("1,000 simulated workers: p99 Acquire <= 10 ms, no errors, no lost trials", ok,
-                      f"p99 acquire {p99:.1f} ms, {w1000['errors']} errors, {w1000['lost_trials']} lost"))
-    paced = by_label.get("workers-1000-paced")
-    if paced:
-        p99 = paced["acquire"]["p99_ms"]
-        ok = p99 <= 10 and paced["errors"] == 0 and paced["lost_trials"] == 0
-        goals.append(("same, with trials that take 10 s (100 trials/s offered, not saturating the master)", ok,
-                      f"p99 acquire {p99:.1f} ms, {paced['errors']} errors, {paced['lost_trials']} lost, {paced['trials_per_second']:.0f} trials/s"))
-    cluster = by_label.get("workers-1000-cluster")
-    if cluster:
-        p99 = cluster["acquire"]["p99_ms"]
-        ok = p99 <= 10 and cluster["errors"] == 0 and cluster["lost_trials"] == 0
-        goals.append(("same, as a cluster runs: trials of 5-15 s, workers joining over 10 s (60 s run)", ok,
-                      f"p99 acquire {p99:.1f} ms, {cluster['errors']} errors, {cluster['lost_trials']} lost, {cluster['trials_per_second']:.0f} trials/s"))
+    # The 1,000-worker goal, for each way of running 1,000 workers.
+    for label, goal in [
+        ("workers-1000", "1,000 simulated workers: p99 Acquire <= 10 ms, no errors, no lost trials"),
+        ("workers-1000-paced", "same, with trials that take 10 s (100 trials/s offered, not saturating the master)"),
+        ("workers-1000-cluster", "same, as a cluster runs: trials of 5-15 s, workers joining over 10 s (60 s run)"),
+    ]:
+        r = by_label.get(label)
+        if r:
+            p99 = r["acquire"]["p99_ms"]
+            ok = p99 <= 10 and r["errors"] == 0 and r["lost_trials"] == 0
+            figure = f"p99 acquire {p99:.1f} ms, {r['errors']} errors, {r['lost_trials']} lost"
+            if label != "workers-1000":
+                figure += f", {r['trials_per_second']:.0f} trials/s"
+            goals.append((goal, ok, figure))
     for prefix, goal in [("pool-", "1,000,000-trial pool: p99 of every hot-path call within 2x of 10,000, RSS <= 300 MB"),
                          ("pg-pool-", "same on PostgreSQL (pool pre-filled in PostgreSQL)")]:
         small, large = by_label.get(f"{prefix}10000"), by_label.get(f"{prefix}1000000")
