@@ -1127,6 +1127,7 @@ store_test_suite!(
     tallies_match_a_count_of_the_rows_after_every_kind_of_change,
     trials_are_listed_page_by_page_in_seq_order,
     base_candidates_are_the_best_accepted_in_seq_order,
+    base_candidates_of_a_large_pool_are_its_best_by_score,
     trial_pages_sort_by_every_key_and_filter_by_objective,
     probes_are_listed_in_the_order_they_were_queued,
 );
@@ -1296,7 +1297,15 @@ async fn base_candidates_are_the_best_accepted_in_seq_order(store: Store) {
     conn.insert_worker(&worker(), "w", "cpu", 1, 0)
         .await
         .unwrap();
-    for (score, accepted) in [(0.5, true), (0.9, false), (0.7, true), (0.6, true)] {
+    // Scores that need all 17 significant digits to read back as the same `f64` (a backend that
+    // packs the rows as text must not round them).
+    let scores = [
+        (0.1 + 0.2, true),
+        (0.9, false),
+        (1.0 / 3.0, true),
+        (f64::from_bits(0.6f64.to_bits() + 1), true),
+    ];
+    for (score, accepted) in scores {
         let t = conn
             .lease_next_trial(&worker(), 10, 1000)
             .await
@@ -1319,6 +1328,44 @@ async fn base_candidates_are_the_best_accepted_in_seq_order(store: Store) {
         candidates.iter().map(|c| c.1).collect::<Vec<_>>(),
         vec![0, 2, 3]
     );
+    let bits = |v: &[(TrialId, i64, f64)]| v.iter().map(|c| c.2.to_bits()).collect::<Vec<_>>();
+    let expected: Vec<u64> = [scores[0].0, scores[2].0, scores[3].0]
+        .iter()
+        .map(|s| s.to_bits())
+        .collect();
+    assert_eq!(bits(&candidates), expected);
+}
+
+/// More accepted trials than [`crate::store::BASE_CANDIDATES`]: the set is the best of them by
+/// score, still in proposal order.
+async fn base_candidates_of_a_large_pool_are_its_best_by_score(store: Store) {
+    let n = crate::store::BASE_CANDIDATES + 44;
+    seeded(&store, &exp_a(), 1, n).await;
+    let mut conn = store.conn().await.unwrap();
+    conn.insert_worker(&worker(), "w", "cpu", 1, 0)
+        .await
+        .unwrap();
+    // Distinct scores in an order unrelated to seq (37 and n share no factor).
+    let score_of = |seq: i64| ((seq * 37) % n) as f64 / n as f64 + 0.1;
+    for _ in 0..n {
+        let t = conn
+            .lease_next_trial(&worker(), 10, 1000)
+            .await
+            .unwrap()
+            .unwrap();
+        conn.complete_trial(&t.id, &result(score_of(t.seq)), true, 0.01, 20)
+            .await
+            .unwrap();
+    }
+    let candidates = conn.base_candidates(&exp_a()).await.unwrap();
+    let mut best: Vec<i64> = (0..n).collect();
+    best.sort_by(|a, b| score_of(*b).total_cmp(&score_of(*a)));
+    best.truncate(crate::store::BASE_CANDIDATES as usize);
+    best.sort();
+    assert_eq!(candidates.iter().map(|c| c.1).collect::<Vec<_>>(), best);
+    for (_, seq, score) in &candidates {
+        assert_eq!(score.to_bits(), score_of(*seq).to_bits());
+    }
 }
 
 // ---- file database only ------------------------------------------------------------------------

@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "final",
         include_str!("../../../migrations/sqlite/0007_final.sql"),
     ),
+    (
+        8,
+        "covering candidates",
+        include_str!("../../../migrations/sqlite/0008_covering_candidates.sql"),
+    ),
 ];
 
 /// The migrator for the embedded migrations.

@@ -498,28 +498,51 @@ pub async fn accepted_trials(
     .map_err(convert_sqlx_err)
 }
 
+/// The read of [`base_candidates`]: a walk of the covering index `trials_accepted_by_score`
+/// (migration 0008), packed into one JSON array.
+const BASE_CANDIDATES_SQL: &str =
+    "SELECT json_group_array(json_array(id, seq, printf('%!.17g', score))) FROM (
+         SELECT id, seq, score FROM trials INDEXED BY trials_accepted_by_score
+          WHERE experiment_id = ? AND kind = 'train' AND status = 'completed' AND accepted = 1
+          ORDER BY score DESC, seq LIMIT ?)";
+
 /// `(id, seq, score)` of the experiment's best [`BASE_CANDIDATES`] accepted trials by score
-/// (index `trials_accepted_by_score`), in proposal order.
+/// (index `trials_accepted_by_score`, which holds all three: no table lookups), in proposal
+/// order.
+///
+/// Read as **one row**: sqlx's SQLite driver hands every result row from its connection thread
+/// to the caller as a message of its own, so the 256 rows of a full candidate set cost 256
+/// cross-thread hand-offs (the largest cost of a proposal in a grown pool); packed into one
+/// JSON array they cost one. Scores travel as 17 significant digits (`printf('%!.17g')`),
+/// which read back as the same `f64` bit for bit.
 pub async fn base_candidates(
     conn: &mut SqliteConnection,
     experiment_id: &ExperimentId,
 ) -> Result<Vec<(TrialId, i64, f64)>, MasterError> {
-    let rows: Vec<(String, i64, f64)> = sqlx::query_as(
-        "SELECT id, seq, score FROM trials INDEXED BY trials_accepted_by_score
-          WHERE experiment_id = ? AND kind = 'train' AND status = 'completed' AND accepted = 1
-          ORDER BY score DESC, seq LIMIT ?",
-    )
-    .bind(experiment_id.as_str())
-    .bind(BASE_CANDIDATES)
-    .fetch_all(conn)
-    .await
-    .map_err(convert_sqlx_err)?;
-    let mut rows = rows
-        .into_iter()
-        .map(|(id, seq, score)| Ok((parse_text("id", &id)?, seq, score)))
-        .collect::<Result<Vec<_>, MasterError>>()?;
+    let packed: Option<String> = sqlx::query_scalar(BASE_CANDIDATES_SQL)
+        .bind(experiment_id.as_str())
+        .bind(BASE_CANDIDATES)
+        .fetch_one(conn)
+        .await
+        .map_err(convert_sqlx_err)?;
+    let mut rows = unpack_candidates(packed.as_deref().unwrap_or("[]"))?;
     rows.sort_by_key(|r| r.1);
     Ok(rows)
+}
+
+/// The `[[id, seq, "score"], …]` array [`base_candidates`] reads, as typed rows.
+fn unpack_candidates(packed: &str) -> Result<Vec<(TrialId, i64, f64)>, MasterError> {
+    let corrupt = |what: String| MasterError::Store(StoreError::other(what));
+    let rows: Vec<(String, i64, String)> = serde_json::from_str(packed)
+        .map_err(|e| corrupt(format!("base candidates: unreadable row set: {e}")))?;
+    rows.into_iter()
+        .map(|(id, seq, score)| {
+            let score = score
+                .parse::<f64>()
+                .map_err(|e| corrupt(format!("base candidates: score {score:?}: {e}")))?;
+            Ok((parse_text("id", &id)?, seq, score))
+        })
+        .collect()
 }
 
 /// The experiment's training trials with `seq < below` (its seed trials), in proposal order.

@@ -329,3 +329,25 @@ async fn a_pool_from_a_newer_release_is_refused_naming_both_versions() {
         "{text}"
     );
 }
+
+// The base-candidate read runs at every proposal: it must stay inside its index (no lookup of
+// each candidate's row in the table), whatever SQLite version the driver bundles.
+#[tokio::test]
+async fn the_base_candidate_read_never_leaves_its_index() {
+    let store = Store::in_memory().await.unwrap();
+    let mut conn = store.conn().await.unwrap();
+    let plan: Vec<(i64, i64, i64, String)> =
+        sqlx::query_as(&format!("EXPLAIN QUERY PLAN {BASE_CANDIDATES_SQL}"))
+            .bind(exp_a().as_str())
+            .bind(BASE_CANDIDATES)
+            .fetch_all(crate::store::sqlite::connection_of(&mut *conn).unwrap())
+            .await
+            .unwrap();
+    let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("USING COVERING INDEX trials_accepted_by_score")),
+        "{details:?}"
+    );
+}
