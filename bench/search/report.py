@@ -11,7 +11,8 @@
 
 "Best at budget point b" selects on validation only: among the completed trials with
 cum_epochs <= b, the one with the highest validation accuracy (the earliest on ties); its test
-accuracy is reported. "Epochs in selected model" is how many epochs the weights of that trial
+accuracy is reported. For an explorer run with a final phase (`[final]`), as the master
+selects: once a final trial has finished, the best final trial by validation. "Epochs in selected model" is how many epochs the weights of that trial
 had been trained in all: its own epochs, plus for the explorer those of the ancestors it
 inherited from, and for PBT the epochs of the member's lineage (`member_epochs`). Runs made with another budget or data split than the reference (the flags,
 else the most recent run) are left out with a warning.
@@ -70,14 +71,22 @@ def comparable(runs, budget=None, train_subset=None):
     return kept, ref
 
 
+def is_final(row):
+    """A trial of the explorer's final phase (`[final]`): the master names its origin
+    "final: retrain of …"."""
+    return str(row.get("origin") or "").startswith("final: ")
+
+
 def best_row_at(rows, b):
     """The best-validation completed trial finished within b epochs (the earliest on ties), or
-    None."""
+    None. As the master selects (`final_phase::outranks`): once a final-phase trial has
+    finished, the result is the best final trial by validation, whatever the search scored."""
     best = None
     for r in rows:
         if r["status"] != "completed" or r["cum_epochs"] > b or r["val_accuracy"] is None:
             continue
-        if best is None or r["val_accuracy"] > best["val_accuracy"]:
+        if best is None or (is_final(r), r["val_accuracy"]) > (is_final(best),
+                                                               best["val_accuracy"]):
             best = r
     return best
 

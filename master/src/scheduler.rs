@@ -824,11 +824,16 @@ impl Scheduler {
             };
             chains::record(&mut *tx, &spec, chain, chain_result).await?;
         }
-        let best_score = match &experiment.best_trial_id {
-            Some(b) => tx.get_trial(b).await?.and_then(|t| t.score),
+        let best = match &experiment.best_trial_id {
+            Some(b) => tx.get_trial(b).await?,
             None => None,
         };
-        let new_best = best_score.is_none_or(|b| result.score > b);
+        let standing = final_phase::Standing {
+            is_final,
+            score: Some(result.score),
+        };
+        let new_best =
+            final_phase::outranks(standing, best.as_ref().map(final_phase::Standing::of));
         if new_best {
             tx.set_best_trial(&experiment.id, trial_id).await?;
         }

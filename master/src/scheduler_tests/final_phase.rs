@@ -1,8 +1,8 @@
 //! The final-training phase (`[final]`, issue 14): once the search budget is spent, exactly
 //! `top_k` final trials (fewer when fewer distinct architectures completed) retrain the best
 //! distinct genomes for `epochs` epochs inside the trial and epoch budgets; the experiment
-//! completes only when they have ended, a final trial can be the best one by its validation
-//! score, and a restart, a stop or a failure neither loses nor doubles one.
+//! completes only when they have ended, the best final trial by validation score is the
+//! result, and a restart, a stop or a failure neither loses nor doubles one.
 
 use std::collections::HashMap;
 
@@ -206,7 +206,7 @@ async fn the_final_phase_retrains_exactly_the_k_best_distinct_genomes_within_the
 }
 
 #[tokio::test]
-async fn two_trials_of_one_genome_count_once_and_a_final_trial_can_be_the_best() {
+async fn two_trials_of_one_genome_count_once_and_the_best_final_trial_is_the_result() {
     let h = Harness::long().await;
     let w = register(&h.sched, 1).await;
     let id = within(
@@ -237,12 +237,15 @@ async fn two_trials_of_one_genome_count_once_and_a_final_trial_can_be_the_best()
     let best_search = view(&h.sched, &id).await.row.best_trial_id.unwrap();
     assert_eq!(parents[0], best_search);
 
-    // A final trial below the best does not become the best; one above it does.
+    // The final phase's models are the result: the first final trial becomes the best even
+    // with a score below the search's best; the next one replaces it only with a higher score.
+    let search_best_score = trial(&h.sched, &best_search).await.score.unwrap();
     let low = lease(&h.sched, &w).await;
     complete_full(&h.sched, &w, &low, 0.51).await;
+    assert!(0.51 < search_best_score);
     assert_eq!(
         view(&h.sched, &id).await.row.best_trial_id.as_ref(),
-        Some(&best_search)
+        Some(&low.id)
     );
     let high = lease(&h.sched, &w).await;
     complete_full(&h.sched, &w, &high, 0.99).await;
