@@ -4,8 +4,10 @@
 # median ratio new/old of each figure. For judging a change to the hot path, where
 # `bench/control_plane.sh` (one master, many configurations) cannot compare two builds.
 #
-#   bench/ab_masters.sh OLD_MASTER NEW_MASTER [ROUNDS [SECS [WORKER_COUNTS...]]]
+#   [POOL=N] bench/ab_masters.sh OLD_MASTER NEW_MASTER [ROUNDS [SECS [WORKER_COUNTS...]]]
 #   e.g. bench/ab_masters.sh /tmp/old/target/release/master target/release/master 3 10 1 8
+#
+# POOL=N pre-fills each run's pool with N completed trials (`master dev-prefill`; default 0).
 #
 # The worker binary is target/release/worker (`cargo build --release -p explore-worker`).
 set -euo pipefail
@@ -24,7 +26,7 @@ for r in $(seq 1 "$rounds"); do
       m=$old; [[ $arm == new ]] && m=$new
       d=$run/$arm-$count-$r
       mkdir -p "$d"
-      "$m" dev-prefill "$run/spec.toml" --data-dir "$d/data" --db sqlite --trials 0 >/dev/null 2>"$d/prefill.log"
+      "$m" dev-prefill "$run/spec.toml" --data-dir "$d/data" --db sqlite --trials "${POOL:-0}" >/dev/null 2>"$d/prefill.log"
       RUST_LOG=warn "$m" serve --listen 127.0.0.1:0 --data-dir "$d/data" >"$d/out" 2>"$d/log" &
       pid=$!
       addr=

@@ -64,6 +64,8 @@ pub enum Command {
     /// Write a trial (default: the best) as TorchScript, weights, JSON and a model card.
     Export(crate::export::ExportArgs),
     /// Benchmarks only: submit a spec into a stopped master's pool and add N completed trials.
+    /// The experiment's trial budget becomes N + 10,000,000, whatever the spec says: it is a
+    /// load generator's experiment, not one to run to its end.
     #[command(name = "dev-prefill", hide = true)]
     DevPrefill(PrefillArgs),
 }

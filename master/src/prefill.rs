@@ -77,7 +77,7 @@ async fn fill(
         first_seq,
         seed: &seed,
         rows: trials as i64,
-        max_trials: (trials + 10_000_000).min(u64::from(u32::MAX)) as i64,
+        max_trials: fill_budget(trials),
         now: now_ms(),
     };
     match &target {
@@ -85,6 +85,10 @@ async fn fill(
         Target::Postgres(b) => fill_postgres(b, &fill).await?,
     }
     store.close().await;
+    eprintln!(
+        "dev-prefill: experiment {id}'s trial budget is now {} (the spec's is ignored)",
+        fill_budget(trials)
+    );
     tracing::info!(
         experiment_id = %id,
         trials,
@@ -93,6 +97,12 @@ async fn fill(
         "pool pre-filled"
     );
     Ok(id.to_string())
+}
+
+/// The trial budget a pre-filled experiment gets: room for ten million trials past the
+/// pre-filled ones (capped to the budget's type).
+fn fill_budget(trials: u64) -> i64 {
+    (trials + 10_000_000).min(u64::from(u32::MAX)) as i64
 }
 
 /// The pool being filled.

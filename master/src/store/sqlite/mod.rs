@@ -650,28 +650,33 @@ async fn counts_of_kind(
     experiment_id: &ExperimentId,
     kind: TrialKind,
 ) -> Result<TrialCounts, MasterError> {
-    // Kept by triggers (0005_scale.sql): one row per status, whatever the pool's size.
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, n FROM trial_tallies WHERE experiment_id = ? AND kind = ?")
-            .bind(experiment_id.as_str())
-            .bind(kind.as_str())
-            .fetch_all(conn)
-            .await
-            .map_err(convert_sqlx_err)?;
-    let mut counts = TrialCounts::default();
-    for (status, n) in rows {
-        let n = n.max(0) as u32;
-        match status.parse::<TrialStatus>()? {
-            TrialStatus::Queued => counts.queued = n,
-            TrialStatus::Leased => counts.leased = n,
-            TrialStatus::Running => counts.running = n,
-            TrialStatus::Completed => counts.completed = n,
-            TrialStatus::Pruned => counts.pruned = n,
-            TrialStatus::Failed => counts.failed = n,
-            TrialStatus::Cancelled => counts.cancelled = n,
-        }
-    }
-    Ok(counts)
+    // Kept by triggers (0005_scale.sql): one row per status, whatever the pool's size, summed
+    // into one result row (the driver hands each result row over on its own).
+    let row: (i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(CASE status WHEN 'queued' THEN n END), 0),
+                COALESCE(SUM(CASE status WHEN 'leased' THEN n END), 0),
+                COALESCE(SUM(CASE status WHEN 'running' THEN n END), 0),
+                COALESCE(SUM(CASE status WHEN 'completed' THEN n END), 0),
+                COALESCE(SUM(CASE status WHEN 'pruned' THEN n END), 0),
+                COALESCE(SUM(CASE status WHEN 'failed' THEN n END), 0),
+                COALESCE(SUM(CASE status WHEN 'cancelled' THEN n END), 0)
+           FROM trial_tallies WHERE experiment_id = ? AND kind = ?",
+    )
+    .bind(experiment_id.as_str())
+    .bind(kind.as_str())
+    .fetch_one(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    let n = |v: i64| v.max(0) as u32;
+    Ok(TrialCounts {
+        queued: n(row.0),
+        leased: n(row.1),
+        running: n(row.2),
+        completed: n(row.3),
+        pruned: n(row.4),
+        failed: n(row.5),
+        cancelled: n(row.6),
+    })
 }
 
 /// The next sequence number of an experiment.
@@ -999,12 +1004,20 @@ pub async fn chain_loads(
     conn: &mut SqliteConnection,
     experiment_id: &ExperimentId,
 ) -> Result<Vec<(i64, i64, i64)>, MasterError> {
-    // Kept by triggers (0005_scale.sql).
-    sqlx::query_as("SELECT chain, open, total FROM chain_tallies WHERE experiment_id = ?")
-        .bind(experiment_id.as_str())
-        .fetch_all(conn)
-        .await
-        .map_err(convert_sqlx_err)
+    // Kept by triggers (0005_scale.sql); packed into one result row, as the base candidates.
+    let packed: Option<String> = sqlx::query_scalar(
+        "SELECT json_group_array(json_array(chain, open, total)) FROM (
+             SELECT chain, open, total FROM chain_tallies WHERE experiment_id = ? ORDER BY chain)",
+    )
+    .bind(experiment_id.as_str())
+    .fetch_one(conn)
+    .await
+    .map_err(convert_sqlx_err)?;
+    serde_json::from_str(packed.as_deref().unwrap_or("[]")).map_err(|e| {
+        MasterError::Store(StoreError::other(format!(
+            "chain loads: unreadable row set: {e}"
+        )))
+    })
 }
 
 /// The state of one annealing chain, if it has been created.
