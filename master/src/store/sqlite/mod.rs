@@ -525,24 +525,37 @@ pub async fn base_candidates(
         .fetch_one(conn)
         .await
         .map_err(convert_sqlx_err)?;
-    let mut rows = unpack_candidates(packed.as_deref().unwrap_or("[]"))?;
+    let mut rows = unpack_candidates(packed)?;
     rows.sort_by_key(|r| r.1);
     Ok(rows)
 }
 
 /// The `[[id, seq, "score"], …]` array [`base_candidates`] reads, as typed rows.
-fn unpack_candidates(packed: &str) -> Result<Vec<(TrialId, i64, f64)>, MasterError> {
-    let corrupt = |what: String| MasterError::Store(StoreError::other(what));
-    let rows: Vec<(String, i64, String)> = serde_json::from_str(packed)
-        .map_err(|e| corrupt(format!("base candidates: unreadable row set: {e}")))?;
+fn unpack_candidates(packed: Option<String>) -> Result<Vec<(TrialId, i64, f64)>, MasterError> {
+    let rows: Vec<(String, i64, String)> = unpack_rows(packed, "base candidates")?;
     rows.into_iter()
         .map(|(id, seq, score)| {
-            let score = score
-                .parse::<f64>()
-                .map_err(|e| corrupt(format!("base candidates: score {score:?}: {e}")))?;
+            let score = score.parse::<f64>().map_err(|e| {
+                MasterError::Store(StoreError::other(format!(
+                    "base candidates: score {score:?}: {e}"
+                )))
+            })?;
             Ok((parse_text("id", &id)?, seq, score))
         })
         .collect()
+}
+
+/// Rows packed into one JSON array by `json_group_array` (NULL: no rows), as `T`s; `what`
+/// names the read in the error.
+fn unpack_rows<T: serde::de::DeserializeOwned>(
+    packed: Option<String>,
+    what: &str,
+) -> Result<Vec<T>, MasterError> {
+    serde_json::from_str(packed.as_deref().unwrap_or("[]")).map_err(|e| {
+        MasterError::Store(StoreError::other(format!(
+            "{what}: unreadable row set: {e}"
+        )))
+    })
 }
 
 /// The experiment's training trials with `seq < below` (its seed trials), in proposal order.
@@ -1013,11 +1026,7 @@ pub async fn chain_loads(
     .fetch_one(conn)
     .await
     .map_err(convert_sqlx_err)?;
-    serde_json::from_str(packed.as_deref().unwrap_or("[]")).map_err(|e| {
-        MasterError::Store(StoreError::other(format!(
-            "chain loads: unreadable row set: {e}"
-        )))
-    })
+    unpack_rows(packed, "chain loads")
 }
 
 /// The state of one annealing chain, if it has been created.
