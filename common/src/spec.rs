@@ -476,7 +476,7 @@ impl ExperimentSpec {
         }
         self.data.validate()?;
         if let Some(f) = &self.final_training {
-            f.validate(b.max_trials, b.max_epochs)?;
+            f.validate(b.max_trials, b.max_epochs, b.max_wall_seconds)?;
         }
         if let Some(t) = &self.transfer {
             t.validate()?;

@@ -31,9 +31,12 @@ use crate::store::{
     TrialResult, TrialRow, TrialStatus,
 };
 use crate::transfer;
+use budget::BudgetUsage;
 
+mod budget;
 mod control;
 mod final_phase;
+mod final_time;
 pub mod reads;
 mod wakeups;
 pub use control::{StopOutcome, CANCELLED_BY_STOP};
@@ -139,6 +142,10 @@ pub struct Scheduler {
     /// Whether this master is the active one (false on a standby; see [`crate::leader`]).
     active: std::sync::atomic::AtomicBool,
     metrics: Arc<dyn MetricsSink>,
+    /// The last final-phase reservation of each experiment under `[final] within_wall_budget`,
+    /// with the completed trials and connected slots it was estimated for: it is estimated
+    /// again only when one of them changes (see [`final_time`]).
+    final_reservations: budget::ReservationMemos,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -199,6 +206,7 @@ impl Scheduler {
             draining: std::sync::atomic::AtomicBool::new(false),
             active: std::sync::atomic::AtomicBool::new(true),
             metrics: Arc::new(NoMetrics),
+            final_reservations: Default::default(),
         }
     }
 
@@ -611,7 +619,10 @@ impl Scheduler {
         if !progress.started
             && !trial.is_final()
             && experiment.status == ExperimentStatus::Running
-            && wall_time_spent(&parse_spec(&experiment)?, &experiment, now)
+            && self
+                .search_wall(&mut *tx, &parse_spec(&experiment)?, &experiment, None, now)
+                .await?
+                .is_some_and(|w| w.spent(&experiment, now))
         {
             let reason = "wall-time budget reached before it started";
             tx.end_trial(trial_id, TrialStatus::Cancelled, reason, now)
@@ -704,7 +715,7 @@ impl Scheduler {
             .await?;
         self.metrics
             .trial_ended(TrialStatus::Pruned, trained_seconds(trial, now));
-        let usage = BudgetUsage::read(conn, &spec, &experiment.id).await?;
+        let usage = self.budget_usage(conn, &spec, experiment, now).await?;
         let result = ChainResult {
             trial_id: &trial.id,
             score: val,
@@ -814,7 +825,7 @@ impl Scheduler {
         self.metrics
             .trial_ended(TrialStatus::Completed, trained_seconds(&trial, now));
         // Read once for the chain's cooling and the refill below (nothing between changes them).
-        let usage = BudgetUsage::read(&mut *tx, &spec, &experiment.id).await?;
+        let usage = self.budget_usage(&mut *tx, &spec, &experiment, now).await?;
         if !is_final {
             let chain_result = ChainResult {
                 trial_id,
@@ -1005,7 +1016,7 @@ impl Scheduler {
         let max_trials = search_trials(&spec);
         let usage = match usage {
             Some(usage) => usage,
-            None => BudgetUsage::read(conn, &spec, &row.id).await?,
+            None => self.budget_usage(conn, &spec, row, now).await?,
         };
         let mut counts = usage.counts;
         if counts.finished() >= max_trials {
@@ -1030,14 +1041,14 @@ impl Scheduler {
             warn!(experiment_id = %row.id, reason = %reason, "experiment failed");
             return Ok(true);
         }
-        if wall_time_spent(&spec, row, now) {
+        if let Some(wall) = usage.wall.filter(|w| w.spent(row, now)) {
             let cancelled = conn
                 .cancel_queued(&row.id, "wall-time budget reached", now)
                 .await?;
             if counts.in_flight() == 0 {
-                info!(experiment_id = %row.id, trials = counts.finished(), "wall-time budget reached");
-                self.search_over(conn, row, &spec, "wall-time budget reached", now)
-                    .await?;
+                let reason = wall.reason();
+                info!(experiment_id = %row.id, trials = counts.finished(), reason = %reason, "wall-time budget reached");
+                self.search_over(conn, row, &spec, &reason, now).await?;
                 return Ok(true);
             }
             return Ok(cancelled > 0);
@@ -1273,48 +1284,6 @@ impl Scheduler {
             .ok_or_else(|| MasterError::Internal("no scored base model".into()))?;
         require_trial(conn, &candidates[index].0).await
     }
-}
-
-/// What an experiment's budget checks read: its trial counts and, when it has an epoch budget,
-/// the epochs spent and committed. Read once per call that both cools a chain and refills.
-struct BudgetUsage {
-    counts: TrialCounts,
-    epochs: Option<EpochUsage>,
-}
-
-impl BudgetUsage {
-    async fn read(
-        conn: &mut dyn PoolTx,
-        spec: &ExperimentSpec,
-        experiment_id: &ExperimentId,
-    ) -> Result<Self, MasterError> {
-        let counts = conn.trial_counts(experiment_id).await?;
-        let epochs = match search_epochs(spec) {
-            Some(_) => Some(conn.epoch_usage(experiment_id).await?),
-            None => None,
-        };
-        Ok(BudgetUsage { counts, epochs })
-    }
-
-    /// Used fraction of the experiment's budget (the largest of trials, epochs and wall time).
-    fn progress(&self, spec: &ExperimentSpec, row: &ExperimentRow, now: i64) -> f64 {
-        // The search's share of the budget (the final phase's reservation left out).
-        let mut progress = f64::from(self.counts.finished()) / f64::from(search_trials(spec));
-        if let (Some(max), Some(epochs)) = (search_epochs(spec), &self.epochs) {
-            progress = progress.max(epochs.spent as f64 / max as f64);
-        }
-        if let Some(max) = spec.budget.max_wall_seconds {
-            progress = progress.max(row.running_ms(now) as f64 / (max as f64 * 1000.0));
-        }
-        progress.clamp(0.0, 1.0)
-    }
-}
-
-/// Whether the experiment has used up its wall-time budget (never, without one).
-fn wall_time_spent(spec: &ExperimentSpec, row: &ExperimentRow, now: i64) -> bool {
-    spec.budget
-        .max_wall_seconds
-        .is_some_and(|max| row.running_ms(now) >= (max as i64) * 1000)
 }
 
 /// Seconds from a trial's first lease to `now`.

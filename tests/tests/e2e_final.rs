@@ -84,6 +84,16 @@ fn the_search_trains_on_a_subset_and_the_final_trial_on_the_whole_split() {
     assert!(search.len() >= 2, "{dump}");
     for t in &search {
         assert_eq!(examples(t), u64::from(SEARCH_SUBSET), "{t:#}");
+        // What the master estimates a final trial's time from (`within_wall_budget`): the
+        // whole split's size, and the validation part of the training time.
+        let metric = |name: &str| t["metrics"][name].as_f64().unwrap_or(-1.0);
+        assert_eq!(
+            metric("split_examples") as u64,
+            u64::from(TRAINING_SPLIT),
+            "{t:#}"
+        );
+        let (eval, train) = (metric("eval_seconds"), metric("train_seconds"));
+        assert!(eval > 0.0 && eval < train, "{t:#}");
     }
     // One final trial, from the best search trial's weights, on the whole training split.
     let finals: Vec<&Value> = trials.iter().filter(|t| is_final(t)).collect();

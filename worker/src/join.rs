@@ -718,8 +718,12 @@ async fn download_parent(
 
 /// What the trainer stage did with a trial.
 enum Work {
-    /// Trained: a model with its weights.
-    Trained(TrialOutcome),
+    /// Trained: a model with its weights, and the size of the whole training split (more than
+    /// the outcome's `train_examples` when the trial trained on a prefix of it).
+    Trained {
+        outcome: TrialOutcome,
+        split_examples: usize,
+    },
     /// Probed (S2): transferability scores, no weights.
     Probed(ProbeOutcome),
 }
@@ -764,6 +768,7 @@ async fn train_and_report(
     let training = tokio::task::spawn_blocking(move || -> Result<Work, WorkerError> {
         // One copy of the split for every slot (built here by the first slot that needs it).
         let data = splits.get_or_build(&key, || dataset.split(&split, device))?;
+        let split_examples = data.train_len();
         // A search trial under `[final] search_subset` trains on the split's first examples.
         let data = data.training_prefix(train_examples)?;
         // A bar on a terminal, else a line per epoch and every 30 s within long epochs (a
@@ -797,8 +802,12 @@ async fn train_and_report(
                 )),
             }
         } else {
-            train_trial_observed(&plan, &data, device, &mut on_epoch, &mut on_batch)
-                .map(Work::Trained)
+            train_trial_observed(&plan, &data, device, &mut on_epoch, &mut on_batch).map(
+                |outcome| Work::Trained {
+                    outcome,
+                    split_examples,
+                },
+            )
         }
     });
     // Forward epoch reports to the master as they arrive.
@@ -842,8 +851,20 @@ async fn train_and_report(
         return Ok(());
     }
     match outcome {
-        Ok(Work::Trained(outcome)) => {
-            report_success(client, config, held, worker_id, &trial, outcome).await
+        Ok(Work::Trained {
+            outcome,
+            split_examples,
+        }) => {
+            report_success(
+                client,
+                config,
+                held,
+                worker_id,
+                &trial,
+                outcome,
+                split_examples,
+            )
+            .await
         }
         Ok(Work::Probed(outcome)) => {
             report_probe(client, config, held, worker_id, &trial, outcome).await
@@ -873,6 +894,7 @@ async fn report_success(
     worker_id: &str,
     trial: &proto::Trial,
     outcome: TrialOutcome,
+    split_examples: usize,
 ) -> Result<(), WorkerError> {
     let checkpoint = Arc::new(outcome.checkpoint);
     let upload = with_retry(
@@ -899,6 +921,10 @@ async fn report_success(
     metrics.insert("train_loss".to_string(), outcome.train_loss);
     metrics.insert("train_seconds".to_string(), outcome.train_seconds);
     metrics.insert("train_examples".to_string(), outcome.train_examples as f64);
+    // What the master needs to estimate a longer training of this model on the whole split
+    // (`[final] within_wall_budget`).
+    metrics.insert("eval_seconds".to_string(), outcome.eval_seconds);
+    metrics.insert("split_examples".to_string(), split_examples as f64);
     if outcome.inherited.total > 0 {
         let copied = outcome.inherited.copied.len() as f64;
         metrics.insert("inherited_tensors".to_string(), copied);

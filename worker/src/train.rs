@@ -92,6 +92,8 @@ pub struct TrialOutcome {
     /// Wall time of the training loop, per-epoch validation included (test scoring and
     /// checkpointing excluded).
     pub train_seconds: f64,
+    /// The part of `train_seconds` spent scoring the validation split after each epoch.
+    pub eval_seconds: f64,
     /// Whether training ended before its planned epochs because the callback said stop.
     pub stopped: bool,
     /// Trainable parameters.
@@ -112,6 +114,7 @@ impl std::fmt::Debug for TrialOutcome {
             .field("train_loss", &self.train_loss)
             .field("epochs_run", &self.epochs_run)
             .field("train_seconds", &self.train_seconds)
+            .field("eval_seconds", &self.eval_seconds)
             .field("stopped", &self.stopped)
             .field("train_examples", &self.train_examples)
             .field("params", &self.params)
@@ -222,6 +225,7 @@ pub fn train_trial_observed(
     );
 
     let started = Instant::now();
+    let mut eval_seconds = 0.0;
     let mut order: Vec<i64> = (0..n_train as i64).collect();
     // Training batches only (see crate::augment); evaluation reads the split as it is.
     let augmenter = Augmenter::new(hp.augment, plan.seed);
@@ -287,7 +291,9 @@ pub fn train_trial_observed(
                 loss: train_loss,
             });
         }
+        let eval_started = Instant::now();
         let val_accuracy = accuracy(&net, &val_x, &val_y)?;
+        eval_seconds += eval_started.elapsed().as_secs_f64();
         last = EpochReport {
             epoch,
             total_epochs: hp.epochs,
@@ -310,6 +316,7 @@ pub fn train_trial_observed(
         train_loss: last.train_loss,
         epochs_run: last.epoch,
         train_seconds,
+        eval_seconds,
         stopped,
         params,
         inherited,

@@ -11,8 +11,11 @@
 //! The final phase is part of the budget: `budget.max_trials` and `budget.max_epochs` are the
 //! experiment's totals, and the search gets what is left after `top_k` trials and
 //! `top_k × epochs` epochs are reserved for the final phase (so a spec must leave the search at
-//! least one trial and one epoch). The wall-time budget ends the search only; the final phase
-//! then runs to its end.
+//! least one trial and one epoch). The wall-time budget ends the search only, and the final
+//! phase then runs to its end, unless `within_wall_budget = true`: then `budget.max_wall_seconds`
+//! bounds the whole experiment, and the search ends early enough for the final phase to fit,
+//! as the master estimates it from the search's measured training speed (the search keeps at
+//! least half the budget; the final trials then train the epochs that fit the rest).
 
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +66,13 @@ pub struct FinalConfig {
     /// models and spend its long training on the winners.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub search_subset: u32,
+    /// Whether `budget.max_wall_seconds` covers the final phase too: the search then ends when
+    /// the time left is what the final phase is expected to take (estimated from how fast the
+    /// search trained its best models), so the whole experiment fits the wall budget; the
+    /// search keeps at least half of it, and the final trials train fewer than `epochs` epochs
+    /// when that is all the rest can hold. Off: the wall budget ends the search only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub within_wall_budget: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -77,7 +87,12 @@ impl FinalConfig {
 
     /// Checks the section's values and that the budget leaves the search something; the error
     /// names the key.
-    pub fn validate(&self, max_trials: u32, max_epochs: Option<u32>) -> Result<(), CommonError> {
+    pub fn validate(
+        &self,
+        max_trials: u32,
+        max_epochs: Option<u32>,
+        max_wall_seconds: Option<u64>,
+    ) -> Result<(), CommonError> {
         let key = |k: &str, reason: String| {
             Err(CommonError::SpecKey {
                 key: k.to_string(),
@@ -100,6 +115,13 @@ impl FinalConfig {
                     "must be 0 (the whole training split) or at least 100, got {}",
                     self.search_subset
                 ),
+            );
+        }
+        if self.within_wall_budget && max_wall_seconds.is_none() {
+            return key(
+                "final.within_wall_budget",
+                "needs budget.max_wall_seconds (the time the search and the final phase share)"
+                    .into(),
             );
         }
         if self.top_k >= max_trials {
@@ -160,6 +182,19 @@ mod tests {
         assert_eq!(subset.final_training.as_ref().unwrap().search_subset, 9000);
         let text = subset.to_toml().unwrap();
         assert_eq!(ExperimentSpec::from_toml(&text).unwrap(), subset);
+        assert!(
+            !f.within_wall_budget,
+            "the wall budget is the search's by default"
+        );
+        assert!(!text.contains("within_wall_budget"), "{text}");
+        let within = ExperimentSpec::from_toml(
+            "name = \"t\"\n[budget]\nmax_trials = 10\nmax_wall_seconds = 600\n\
+             [final]\ntop_k = 1\nepochs = 5\nwithin_wall_budget = true\n",
+        )
+        .unwrap();
+        assert!(within.final_training.as_ref().unwrap().within_wall_budget);
+        let text = within.to_toml().unwrap();
+        assert_eq!(ExperimentSpec::from_toml(&text).unwrap(), within);
     }
 
     #[test]
@@ -181,6 +216,10 @@ mod tests {
             (
                 "[final]\ntop_k = 2\nepochs = 5\nk = 1\n",
                 "unknown field `k`",
+            ),
+            (
+                "[final]\ntop_k = 2\nepochs = 5\nwithin_wall_budget = true\n",
+                "final.within_wall_budget",
             ),
         ] {
             let err = parse(extra).unwrap_err();

@@ -10,7 +10,8 @@
 //! and epoch counts include them. A search that ends with fewer than K distinct completed
 //! architectures trains that many (the status message says so) and leaves the rest of the
 //! reservation unspent. The wall-time budget ends the search only: the final phase's cost is
-//! known (at most K·E epochs) and it runs to its end. The failure limit (`max_failures`)
+//! known (at most K·E epochs) and it runs to its end; with `within_wall_budget`, the search
+//! ends early enough for the phase's expected time to fit ([`super::final_time`]). The failure limit (`max_failures`)
 //! applies to the search only: a final trial that fails for good (lease expired `max_attempts`
 //! times, or reported failed) is one model less, not a failed experiment.
 //!
@@ -41,7 +42,7 @@ use explore_common::{HyperParams, TrialId};
 use rand::Rng;
 use tracing::info;
 
-use super::{db_seed, Scheduler, STREAM_TRIAL_SEED};
+use super::{db_seed, final_time, Scheduler, STREAM_TRIAL_SEED};
 use crate::chains;
 use crate::error::MasterError;
 use crate::store::{ExperimentRow, ExperimentStatus, NewTrial, TrialKind, TrialRow, TrialStatus};
@@ -114,6 +115,28 @@ fn plan_of(finals: &[TrialRow]) -> Vec<&TrialId> {
     parents
 }
 
+/// The epochs the final trials train: those of the first one queued (all of them train the
+/// same, see [`Scheduler::final_epochs`]); `[final] epochs` before any is queued.
+fn epochs_of(finals: &[TrialRow], fin: &FinalConfig) -> u32 {
+    finals
+        .iter()
+        .find_map(|t| HyperParams::from_json(&t.hparams_json).ok())
+        .map_or(fin.epochs, |h| h.epochs)
+}
+
+/// What the phase's status message says about the epochs: fewer than `[final] epochs` when the
+/// wall budget left no time for them.
+fn epochs_note(fin: &FinalConfig, epochs: u32) -> String {
+    if epochs < fin.epochs {
+        format!(
+            "{epochs} epochs (of final.epochs = {}: what the wall-time budget left)",
+            fin.epochs
+        )
+    } else {
+        format!("{epochs} epochs")
+    }
+}
+
 /// What the phase's status message says about the plan's size.
 fn plan_note(fin: &FinalConfig, planned: usize) -> String {
     if planned < fin.top_k as usize {
@@ -153,19 +176,50 @@ impl Scheduler {
             info!(experiment_id = %row.id, reason = %reason, "experiment completed");
             return Ok(());
         }
+        let epochs = self.final_epochs(conn, row, spec, fin, &plan, now).await?;
         conn.begin_final_phase(&row.id, reason).await?;
         for parent in &plan {
-            self.queue_final(conn, row, spec, fin, parent, now).await?;
+            self.queue_final(conn, row, spec, epochs, parent, now)
+                .await?;
         }
         let message = format!(
-            "final training: {} for {} epochs, 0 of {} ended; search ended: {reason}",
+            "final training: {} for {}, 0 of {} ended; search ended: {reason}",
             plan_note(fin, plan.len()),
-            fin.epochs,
+            epochs_note(fin, epochs),
             plan.len()
         );
         conn.set_status_reason(&row.id, &message).await?;
-        info!(experiment_id = %row.id, planned = plan.len(), top_k = fin.top_k, epochs = fin.epochs, search_ended = %reason, "final phase begun");
+        info!(experiment_id = %row.id, planned = plan.len(), top_k = fin.top_k, epochs, search_ended = %reason, "final phase begun");
         Ok(())
+    }
+
+    /// The epochs of the final trials of `plan`: `[final] epochs`, or under
+    /// `within_wall_budget` as many as fit the wall-time budget's rest at the speed the search
+    /// measured ([`final_time::fitted_epochs`]).
+    async fn final_epochs(
+        &self,
+        conn: &mut dyn PoolTx,
+        row: &ExperimentRow,
+        spec: &ExperimentSpec,
+        fin: &FinalConfig,
+        plan: &[TrialRow],
+        now: i64,
+    ) -> Result<u32, MasterError> {
+        let Some(max) = spec
+            .budget
+            .max_wall_seconds
+            .filter(|_| fin.within_wall_budget)
+        else {
+            return Ok(fin.epochs);
+        };
+        let time_left = (max as i64).saturating_mul(1000) - row.running_ms(now);
+        let since = now - 2 * self.config.lease.as_millis() as i64;
+        let slots = conn.connected_slots(since).await?;
+        let epochs = final_time::fitted_epochs(plan, fin, slots, time_left);
+        if epochs < fin.epochs {
+            info!(experiment_id = %row.id, epochs, planned = fin.epochs, time_left_ms = time_left, "final epochs fitted to the wall-time budget");
+        }
+        Ok(epochs)
     }
 
     /// Keeps the final phase going (the experiment runs, and its search has ended): queues a
@@ -187,6 +241,7 @@ impl Scheduler {
             return Ok(true);
         };
         let finals = conn.final_trials(&row.id).await?;
+        let epochs = epochs_of(&finals, fin);
         let mut changed = false;
         for parent_id in plan_of(&finals) {
             let live = finals.iter().any(|t| {
@@ -194,7 +249,8 @@ impl Scheduler {
             });
             if !live {
                 let parent = super::require_trial(conn, parent_id).await?;
-                self.queue_final(conn, row, spec, fin, &parent, now).await?;
+                self.queue_final(conn, row, spec, epochs, &parent, now)
+                    .await?;
                 changed = true;
             }
         }
@@ -217,10 +273,10 @@ impl Scheduler {
         let ended = completed + pruned + failed;
         if ended == live.len() {
             let reason = format!(
-                "final training done: {} retrained for {} epochs ({completed} completed, \
+                "final training done: {} retrained for {} ({completed} completed, \
                  {failed} failed); search ended: {search_ended}",
                 plan_note(fin, planned),
-                fin.epochs
+                epochs_note(fin, epochs)
             );
             conn.finish_experiment(&row.id, ExperimentStatus::Completed, &reason, now)
                 .await?;
@@ -228,30 +284,37 @@ impl Scheduler {
             return Ok(true);
         }
         let message = format!(
-            "final training: {} for {} epochs, {ended} of {planned} ended; search ended: \
+            "final training: {} for {}, {ended} of {planned} ended; search ended: \
              {search_ended}",
             plan_note(fin, planned),
-            fin.epochs
+            epochs_note(fin, epochs)
         );
         conn.set_status_reason(&row.id, &message).await?;
         Ok(changed)
     }
 
-    /// Queues the final trial of `parent`: its genome and hyperparameters with `[final]`'s
-    /// epochs, a new training seed, and (from weights) the parent's checkpoint to start from.
+    /// Queues the final trial of `parent`: its genome and hyperparameters with `epochs` (see
+    /// [`Scheduler::final_epochs`]), a new training seed, and (from weights) the parent's
+    /// checkpoint to start from.
     async fn queue_final(
         &self,
         conn: &mut dyn PoolTx,
         row: &ExperimentRow,
         spec: &ExperimentSpec,
-        fin: &FinalConfig,
+        epochs: u32,
         parent: &TrialRow,
         now: i64,
     ) -> Result<(), MasterError> {
+        let Some(fin) = &spec.final_training else {
+            return Err(MasterError::Internal(format!(
+                "experiment {} has no [final] section to queue a final trial for",
+                row.id
+            )));
+        };
         let seq = conn.next_seq(&row.id).await?;
         let seed = db_seed(annealing::rng_for(spec.seed, STREAM_TRIAL_SEED, seq as u64).gen());
         let mut hparams = HyperParams::from_json(&parent.hparams_json)?;
-        hparams.epochs = fin.epochs;
+        hparams.epochs = epochs;
         let checkpoint = match parent.checkpoint_sha256.clone() {
             Some(sha) if self.artifacts.contains(&sha).await? => Some(sha),
             _ => None,
@@ -268,8 +331,8 @@ impl Scheduler {
             seq,
             parent_id: Some(parent.id.clone()),
             origin: format!(
-                "final: retrain of {} for {} epochs {start}",
-                parent.id, fin.epochs
+                "final: retrain of {} for {epochs} epochs {start}",
+                parent.id
             ),
             genome_json: parent.genome_json.clone(),
             genome_hash: parent.genome_hash.clone(),

@@ -538,6 +538,127 @@ async fn the_wall_time_budget_ends_the_search_and_the_final_phase_still_runs() {
     assert_eq!(v.row.best_trial_id.as_ref(), Some(&f.id));
 }
 
+/// Completes a held trial as a worker that measured its training: `seconds` for all its
+/// planned epochs on `examples` of a `split`-example training split.
+async fn complete_measured(
+    sched: &Scheduler,
+    w: &WorkerId,
+    t: &TrialRow,
+    seconds: f64,
+    (examples, split): (f64, f64),
+) {
+    let r = TrialResult {
+        metrics: BTreeMap::from([
+            ("train_seconds".to_string(), seconds),
+            ("eval_seconds".to_string(), 0.0),
+            ("train_examples".to_string(), examples),
+            ("split_examples".to_string(), split),
+        ]),
+        epochs_run: planned_epochs(t),
+        ..result(0.7)
+    };
+    let answer = within(sched.complete(w.as_str(), t.id.as_str(), t.attempt as u32, r))
+        .await
+        .unwrap();
+    assert_eq!(answer.reason, "", "{answer:?}");
+}
+
+#[tokio::test]
+async fn within_the_wall_budget_the_search_keeps_half_and_the_final_epochs_fit_the_rest() {
+    // A 4 s budget; the first trial trained at 0.8 s an epoch on the whole split, so the final
+    // phase (4 epochs, 3.2 s) and one more search trial take the whole budget: the search
+    // still keeps its half (2 s), then the final trial trains the epochs that fit the ~1.9 s
+    // left (2).
+    let measured = |fin: &str| final_spec(50, "max_wall_seconds = 4\n", fin, "");
+    let within_budget = "top_k = 1\nepochs = 4\nwithin_wall_budget = true";
+    let search_only = "top_k = 1\nepochs = 4";
+    let (h, plain) = (Harness::long().await, Harness::long().await);
+    let (w, pw) = (register(&h.sched, 1).await, register(&plain.sched, 1).await);
+    let id = within(h.sched.submit(measured(within_budget)))
+        .await
+        .unwrap();
+    let plain_id = within(plain.sched.submit(measured(search_only)))
+        .await
+        .unwrap();
+    let t = lease(&h.sched, &w).await;
+    let seconds = 0.8 * f64::from(planned_epochs(&t));
+    complete_measured(&h.sched, &w, &t, seconds, (1000.0, 1000.0)).await;
+    let pt = lease(&plain.sched, &pw).await;
+    complete_measured(&plain.sched, &pw, &pt, seconds, (1000.0, 1000.0)).await;
+    within(h.sched.tick()).await.unwrap();
+    let v = view(&h.sched, &id).await;
+    assert!(
+        !v.row.in_final_phase(),
+        "the search keeps half: {}",
+        v.row.status_reason
+    );
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    within(h.sched.tick()).await.unwrap();
+    within(plain.sched.tick()).await.unwrap();
+    let v = view(&h.sched, &id).await;
+    assert!(v.row.in_final_phase(), "{}", v.row.status_reason);
+    let reason = &v.row.status_reason;
+    assert!(
+        reason.contains("search ended: wall-time budget reached (")
+            && reason.contains(" of 4 kept for the final phase")
+            && reason.contains("(of final.epochs = 4: what the wall-time budget left)"),
+        "{reason}"
+    );
+    let f = lease(&h.sched, &w).await;
+    assert!(f.is_final());
+    assert_eq!(f.parent_id.as_ref(), Some(&t.id));
+    let epochs = planned_epochs(&f);
+    assert!(
+        (1..4).contains(&epochs),
+        "{epochs} epochs fit the ~1.9 s left"
+    );
+    assert!(
+        f.origin.contains(&format!("for {epochs} epochs")),
+        "{}",
+        f.origin
+    );
+    complete_full(&h.sched, &w, &f, 0.8).await;
+    let v = view(&h.sched, &id).await;
+    assert_eq!(v.row.status, ExperimentStatus::Completed);
+    assert!(
+        v.row
+            .status_reason
+            .starts_with(&format!("final training done: 1 architectures retrained for {epochs} epochs (of final.epochs = 4")),
+        "{}",
+        v.row.status_reason
+    );
+
+    // The same search with the wall budget for the search alone goes on.
+    let v = view(&plain.sched, &plain_id).await;
+    assert!(!v.row.in_final_phase(), "{}", v.row.status_reason);
+}
+
+#[tokio::test]
+async fn within_the_wall_budget_a_fast_search_keeps_searching() {
+    // 1 s of training per trial: a final trial of 4 epochs is expected to take 20 s, far less
+    // than the hour, so the search goes on.
+    let within_budget = "top_k = 1\nepochs = 4\nwithin_wall_budget = true";
+    let h = Harness::long().await;
+    let w = register(&h.sched, 1).await;
+    let id = within(h.sched.submit(final_spec(
+        50,
+        "max_wall_seconds = 3600\n",
+        within_budget,
+        "",
+    )))
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let t = lease(&h.sched, &w).await;
+        complete_measured(&h.sched, &w, &t, 1.0, (1000.0, 1000.0)).await;
+    }
+    within(h.sched.tick()).await.unwrap();
+    let v = view(&h.sched, &id).await;
+    assert!(!v.row.in_final_phase(), "{}", v.row.status_reason);
+    assert_eq!(v.row.status, ExperimentStatus::Running);
+}
+
 #[tokio::test]
 async fn without_a_final_section_the_experiment_ends_with_its_search() {
     let h = Harness::long().await;
