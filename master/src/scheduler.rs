@@ -210,6 +210,12 @@ impl Scheduler {
         }
     }
 
+    /// The earliest last contact of a worker that counts as connected at `now`: two lease
+    /// periods ago.
+    fn connected_since(&self, now: i64) -> i64 {
+        now - 2 * self.config.lease.as_millis() as i64
+    }
+
     /// The scheduler reporting what it measures to `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<dyn MetricsSink>) -> Scheduler {
         self.metrics = metrics;
@@ -1070,7 +1076,7 @@ impl Scheduler {
         if transfer::probes(&spec) && transfer::probes_pending(conn, &row.id).await? {
             return Ok(false);
         }
-        let since = now - 2 * self.config.lease.as_millis() as i64;
+        let since = self.connected_since(now);
         let slots = conn.connected_slots(since).await?;
         let target_queued = slots.max(1);
         let mut changed = false;

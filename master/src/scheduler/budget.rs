@@ -69,7 +69,7 @@ impl Scheduler {
             Some(n) => n,
             None => conn.trial_counts(&row.id).await?.completed,
         };
-        let since = now - 2 * self.config.lease.as_millis() as i64;
+        let since = self.connected_since(now);
         let slots = conn.connected_slots(since).await?;
         let memo = self
             .final_reservations

@@ -213,7 +213,7 @@ impl Scheduler {
             return Ok(fin.epochs);
         };
         let time_left = (max as i64).saturating_mul(1000) - row.running_ms(now);
-        let since = now - 2 * self.config.lease.as_millis() as i64;
+        let since = self.connected_since(now);
         let slots = conn.connected_slots(since).await?;
         let epochs = final_time::fitted_epochs(plan, fin, slots, time_left);
         if epochs < fin.epochs {

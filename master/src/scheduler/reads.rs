@@ -171,7 +171,7 @@ impl Scheduler {
             .into_iter()
             .map(|t| (t.experiment_id.to_string(), t.status.to_string(), t.n))
             .collect();
-        let since = super::now_ms() - 2 * self.config.lease.as_millis() as i64;
+        let since = self.connected_since(super::now_ms());
         let (connected_workers, connected_slots) = conn.connected(since).await?;
         let mut experiments = Vec::new();
         for row in conn.list_experiments().await? {
