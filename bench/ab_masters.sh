@@ -12,6 +12,7 @@
 # The worker binary is target/release/worker (`cargo build --release -p explore-worker`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib/master.sh
 old=$1 new=$2 rounds=${3:-3} secs=${4:-10}
 shift $(( $# < 4 ? $# : 4 ))
 counts=("$@"); [[ ${#counts[@]} -gt 0 ]] || counts=(1 8)
@@ -27,15 +28,7 @@ for r in $(seq 1 "$rounds"); do
       d=$run/$arm-$count-$r
       mkdir -p "$d"
       "$m" dev-prefill "$run/spec.toml" --data-dir "$d/data" --db sqlite --trials "${POOL:-0}" >/dev/null 2>"$d/prefill.log"
-      RUST_LOG=warn "$m" serve --listen 127.0.0.1:0 --data-dir "$d/data" >"$d/out" 2>"$d/log" &
-      pid=$!
-      addr=
-      for _ in $(seq 1 100); do
-        addr=$(sed -n 's/^master listening on //p' "$d/out")
-        [[ -n "$addr" ]] && break
-        sleep 0.1
-      done
-      [[ -n "$addr" ]] || { echo "master $m did not start: $(tail -3 "$d/log")" >&2; kill $pid; exit 1; }
+      start_master "$m" "$d"
       "$worker" simulate --master "http://$addr" --token-file "$d/data/token" --count "$count" \
         --duration-secs "$secs" --trial-secs 0 --json >"$d/sim.json" 2>/dev/null
       kill $pid

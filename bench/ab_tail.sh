@@ -11,6 +11,7 @@
 # The worker binary is target/release/worker (`cargo build --release -p explore-worker`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib/master.sh
 old=$1 new=$2 rounds=${3:-2} workers=${4:-1000} trials=${5:-2000}
 worker=${WORKER:-target/release/worker}
 [[ -x $worker ]] || { echo "no $worker: cargo build --release -p explore-worker" >&2; exit 1; }
@@ -25,13 +26,7 @@ for r in $(seq 1 "$rounds"); do
     m=$old; [[ $arm == new ]] && m=$new
     d=$run/$arm-$r
     mkdir -p "$d"
-    RUST_LOG=warn "$m" serve --listen 127.0.0.1:0 --data-dir "$d/data" >"$d/out" 2>"$d/log" &
-    pid=$!
-    addr=
-    for _ in $(seq 1 100); do
-      addr=$(sed -n 's/^master listening on //p' "$d/out"); [[ -n "$addr" ]] && break; sleep 0.1
-    done
-    [[ -n "$addr" ]] || { echo "master did not start: $(tail -3 "$d/log")" >&2; exit 1; }
+    start_master "$m" "$d"
     "$m" submit "$run/spec.toml" --master "http://$addr" --token-file "$d/data/token" >"$d/submit.log" 2>&1
     c0=$(cpu "$pid"); t0=$(date +%s.%N)
     "$worker" simulate --master "http://$addr" --token-file "$d/data/token" --count "$workers" \

@@ -890,6 +890,8 @@ pub fn trial_json(t: &TrialRecord) -> serde_json::Value {
         "status": t.status,
         "parent_trial_id": text(&t.parent_trial_id),
         "origin": t.origin,
+        // "search" or "final" (a trial of the `[final]` phase); null from an older master.
+        "phase": text(&t.phase),
         "chain": t.chain,
         "inherited": !t.inherit_from.is_empty(),
         "epochs_run": t.epochs_run,

@@ -74,7 +74,13 @@ fn the_search_trains_on_a_subset_and_the_final_trial_on_the_whole_split() {
     let _workers = start_workers(&master, tmp.path(), 2).unwrap();
     let (experiment, trials) = submit_and_list_trials(&master, tmp.path(), &spec()).unwrap();
     let dump = serde_json::to_string_pretty(&trials).unwrap();
-    let is_final = |t: &Value| t["origin"].as_str().unwrap().starts_with("final:");
+    let is_final = |t: &Value| t["phase"] == "final";
+    // `master trials --output json` says each trial's phase, in agreement with its origin.
+    for t in &trials {
+        let origin = t["origin"].as_str().unwrap();
+        assert!(t["phase"] == "search" || t["phase"] == "final", "{t:#}");
+        assert_eq!(is_final(t), origin.starts_with("final:"), "{t:#}");
+    }
 
     // Every completed search trial trained on the first SEARCH_SUBSET examples only.
     let search: Vec<&Value> = trials
@@ -94,6 +100,8 @@ fn the_search_trains_on_a_subset_and_the_final_trial_on_the_whole_split() {
         );
         let (eval, train) = (metric("eval_seconds"), metric("train_seconds"));
         assert!(eval > 0.0 && eval < train, "{t:#}");
+        // The trial's whole time on its slot: training, then test scoring and the upload.
+        assert!(metric("wall_seconds") > train, "{t:#}");
     }
     // One final trial, from the best search trial's weights, on the whole training split.
     let finals: Vec<&Value> = trials.iter().filter(|t| is_final(t)).collect();

@@ -756,6 +756,7 @@ async fn train_and_report(
     let (ack_tx, ack_rx) = std::sync::mpsc::channel::<()>();
     info!(trial_id = %trial_id, attempt = trial.attempt, worker_id, epochs = plan.hparams.epochs, "training");
     held.start(&trial_id, trial.attempt);
+    let started = std::time::Instant::now();
     let cancel_flag = cancel.clone();
     let probe = trial.kind == proto::TrialKind::Probe as i32;
     let train_examples = trial.train_examples as usize;
@@ -855,16 +856,11 @@ async fn train_and_report(
             outcome,
             split_examples,
         }) => {
-            report_success(
-                client,
-                config,
-                held,
-                worker_id,
-                &trial,
-                outcome,
+            let facts = RunFacts {
                 split_examples,
-            )
-            .await
+                started,
+            };
+            report_success(client, config, held, worker_id, &trial, outcome, facts).await
         }
         Ok(Work::Probed(outcome)) => {
             report_probe(client, config, held, worker_id, &trial, outcome).await
@@ -887,6 +883,15 @@ async fn train_and_report(
     }
 }
 
+/// What the trainer stage knows of a trained trial beyond its outcome.
+struct RunFacts {
+    /// The size of the whole training split (more than the outcome's `train_examples` when the
+    /// trial trained on a prefix of it).
+    split_examples: usize,
+    /// When the trainer stage took the trial up.
+    started: std::time::Instant,
+}
+
 async fn report_success(
     client: &mut WorkerServiceClient<AuthChannel>,
     config: &JoinConfig,
@@ -894,7 +899,7 @@ async fn report_success(
     worker_id: &str,
     trial: &proto::Trial,
     outcome: TrialOutcome,
-    split_examples: usize,
+    facts: RunFacts,
 ) -> Result<(), WorkerError> {
     let checkpoint = Arc::new(outcome.checkpoint);
     let upload = with_retry(
@@ -924,7 +929,11 @@ async fn report_success(
     // What the master needs to estimate a longer training of this model on the whole split
     // (`[final] within_wall_budget`).
     metrics.insert("eval_seconds".to_string(), outcome.eval_seconds);
-    metrics.insert("split_examples".to_string(), split_examples as f64);
+    metrics.insert("split_examples".to_string(), facts.split_examples as f64);
+    // The trial's whole time on this slot: its training, then test scoring, saving and
+    // uploading the checkpoint (the estimate adds the difference to each final trial).
+    let wall_seconds = facts.started.elapsed().as_secs_f64();
+    metrics.insert("wall_seconds".to_string(), wall_seconds);
     if outcome.inherited.total > 0 {
         let copied = outcome.inherited.copied.len() as f64;
         metrics.insert("inherited_tensors".to_string(), copied);

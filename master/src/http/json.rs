@@ -75,6 +75,7 @@ pub fn trial(t: &TrialRow) -> Value {
         "kind": t.kind,
         "parent_id": t.parent_id,
         "origin": t.origin,
+        "phase": t.phase,
         "status": t.status.as_str(),
         "attempt": t.attempt,
         "chain": t.chain,

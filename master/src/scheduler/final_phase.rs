@@ -141,13 +141,19 @@ fn epochs_note(fin: &FinalConfig, epochs: u32) -> String {
 fn plan_note(fin: &FinalConfig, planned: usize) -> String {
     if planned < fin.top_k as usize {
         format!(
-            "{planned} of top_k = {} architectures (only {planned} distinct architectures \
-             completed in the search)",
-            fin.top_k
+            "{planned} of top_k = {} architectures (only {} completed in the search)",
+            fin.top_k,
+            architectures(planned, "distinct ")
         )
     } else {
-        format!("{planned} architectures")
+        architectures(planned, "")
     }
+}
+
+/// "1 architecture", "2 architectures" (with `adjective` before the noun).
+fn architectures(n: usize, adjective: &str) -> String {
+    let plural = if n == 1 { "" } else { "s" };
+    format!("{n} {adjective}architecture{plural}")
 }
 
 impl Scheduler {
@@ -402,5 +408,26 @@ mod tests {
         };
         assert!(!outranks(unscored, Some(search(0.1))));
         assert!(outranks(search(0.1), Some(unscored)));
+    }
+
+    #[test]
+    fn the_plan_note_counts_one_architecture_in_the_singular() {
+        let fin = |top_k| FinalConfig {
+            top_k,
+            epochs: 4,
+            from: Default::default(),
+            search_subset: 0,
+            within_wall_budget: false,
+        };
+        assert_eq!(plan_note(&fin(1), 1), "1 architecture");
+        assert_eq!(plan_note(&fin(2), 2), "2 architectures");
+        assert_eq!(
+            plan_note(&fin(3), 1),
+            "1 of top_k = 3 architectures (only 1 distinct architecture completed in the search)"
+        );
+        assert_eq!(
+            plan_note(&fin(3), 2),
+            "2 of top_k = 3 architectures (only 2 distinct architectures completed in the search)"
+        );
     }
 }

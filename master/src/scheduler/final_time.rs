@@ -5,15 +5,18 @@
 //!
 //! **The estimate** comes from the search's own measurements: every completed trial's worker
 //! reports its training time (`train_seconds`, per-epoch validation included), the part spent
-//! on validation (`eval_seconds`), the examples it trained on (`train_examples`) and the size
-//! of the whole training split (`split_examples`). The final trial of a parent trains the same
-//! model for `[final] epochs` epochs on the whole split, so it is expected to take the parent's
-//! training time per epoch, scaled by `split_examples / train_examples` (a search on a subset
-//! trains on fewer examples), plus its validation time per epoch (the same validation split),
-//! times the final epochs. The phase runs its trials side by side on the connected slots: it
-//! takes the longest of them, or their sum shared among the slots when there are fewer slots
-//! than trials. And the search's last trials, in flight when it ends, finish first: one more
-//! search trial's time (the mean of the planned parents') is kept for them.
+//! on validation (`eval_seconds`), the examples it trained on (`train_examples`), the size
+//! of the whole training split (`split_examples`) and the trial's whole time on its slot
+//! (`wall_seconds`: training, then test scoring and saving and uploading the checkpoint). The
+//! final trial of a parent trains the same model for `[final] epochs` epochs on the whole
+//! split, so it is expected to take the parent's training time per epoch, scaled by
+//! `split_examples / train_examples` (a search on a subset trains on fewer examples), plus its
+//! validation time per epoch (the same validation split), times the final epochs, plus the
+//! parent's time outside training (`wall_seconds − train_seconds`: the same test set and
+//! checkpoint size). The phase runs its trials side by side on the connected slots: it takes
+//! the longest of them, or their sum shared among the slots when there are fewer slots than
+//! trials. And the search's last trials, in flight when it ends, finish first: one more search
+//! trial's whole time (the mean of the planned parents') is kept for them.
 //!
 //! The estimate is refreshed whenever a search trial completes (the plan, the best `top_k`
 //! distinct architectures, can only change then) or the connected slots change (see
@@ -37,17 +40,29 @@ pub const MIN_SEARCH_SHARE: f64 = 0.5;
 /// `[final] epochs`, or as many as the final phase of `plan` on `slots` slots is expected to
 /// fit in the time left (at least one). `[final] epochs` when nothing is measured.
 pub fn fitted_epochs(plan: &[TrialRow], fin: &FinalConfig, slots: u32, time_left_ms: i64) -> u32 {
-    let one_epoch = FinalConfig {
-        epochs: 1,
-        ..fin.clone()
+    let phase_ms = |epochs: u32| {
+        let fin = FinalConfig {
+            epochs,
+            ..fin.clone()
+        };
+        reservation(plan, &fin, slots).map(|r| r.phase_ms)
     };
-    match reservation(plan, &one_epoch, slots) {
-        Some(r) if r.phase_ms > 0 => {
-            let fit = time_left_ms.max(0) / r.phase_ms;
-            u32::try_from(fit).unwrap_or(u32::MAX).clamp(1, fin.epochs)
-        }
-        _ => fin.epochs,
+    if phase_ms(fin.epochs).is_none() {
+        return fin.epochs;
     }
+    // The phase's time grows with its epochs (each trial's time outside training does not):
+    // the most epochs whose phase fits, found by bisection over 1..=epochs.
+    let fits = |epochs: u32| phase_ms(epochs).is_some_and(|ms| ms <= time_left_ms);
+    let (mut fit, mut too_many) = (1, fin.epochs + 1);
+    while too_many - fit > 1 {
+        let mid = fit + (too_many - fit) / 2;
+        if fits(mid) {
+            fit = mid;
+        } else {
+            too_many = mid;
+        }
+    }
+    fit
 }
 
 /// What the search keeps of the wall-time budget for the final phase, in milliseconds.
@@ -73,6 +88,9 @@ struct Measured {
     seconds: f64,
     /// The part of `seconds` spent on validation.
     eval_seconds: f64,
+    /// The trial's time on its slot outside training: test scoring, saving and uploading the
+    /// checkpoint (0 when its worker did not report `wall_seconds`).
+    outside_seconds: f64,
     /// Epochs trained.
     epochs: f64,
     /// How many times larger the whole training split is than what the trial trained on.
@@ -99,6 +117,10 @@ impl Measured {
         } else {
             f64::from(HyperParams::from_json(&trial.hparams_json).ok()?.epochs)
         };
+        let outside_seconds = m
+            .get("wall_seconds")
+            .filter(|s| s.is_finite())
+            .map_or(0.0, |wall| (wall - seconds).max(0.0));
         let examples = m.get("train_examples").copied().filter(|n| *n >= 1.0);
         let scale = match (examples, m.get("split_examples").copied()) {
             (Some(trained), Some(split)) if split >= trained => split / trained,
@@ -108,16 +130,22 @@ impl Measured {
         Some(Measured {
             seconds,
             eval_seconds,
+            outside_seconds,
             epochs: epochs.max(1.0),
             scale,
         })
     }
 
-    /// Expected milliseconds of `epochs` epochs of the same model on the whole split.
+    /// Expected milliseconds of a trial of `epochs` epochs of the same model on the whole split.
     fn final_ms(&self, epochs: u32) -> f64 {
         let train_per_epoch = (self.seconds - self.eval_seconds) / self.epochs * self.scale;
         let eval_per_epoch = self.eval_seconds / self.epochs;
-        (train_per_epoch + eval_per_epoch) * f64::from(epochs) * 1000.0
+        ((train_per_epoch + eval_per_epoch) * f64::from(epochs) + self.outside_seconds) * 1000.0
+    }
+
+    /// The search trial's whole time on its slot, in seconds.
+    fn wall_seconds(&self) -> f64 {
+        self.seconds + self.outside_seconds
     }
 }
 
@@ -136,7 +164,8 @@ pub fn reservation(plan: &[TrialRow], fin: &FinalConfig, slots: u32) -> Option<R
     let total = mean * planned as f64;
     let longest = trials.iter().copied().fold(0.0, f64::max);
     let phase = longest.max(total / f64::from(slots.max(1)));
-    let tail = measured.iter().map(|m| m.seconds).sum::<f64>() / measured.len() as f64 * 1000.0;
+    let tail =
+        measured.iter().map(Measured::wall_seconds).sum::<f64>() / measured.len() as f64 * 1000.0;
     Some(Reservation {
         phase_ms: phase.ceil() as i64,
         tail_ms: tail.ceil() as i64,
@@ -260,6 +289,45 @@ mod tests {
             4,
             "nothing measured: as specified"
         );
+    }
+
+    #[test]
+    fn each_final_trial_adds_its_parents_time_outside_training_once() {
+        // 2 epochs of 10 s on the whole split, 14 s on the slot: 4 s of test scoring, saving
+        // and uploading.
+        let t = trial(
+            2,
+            &[
+                ("train_seconds", 10.0),
+                ("train_examples", 100.0),
+                ("wall_seconds", 14.0),
+            ],
+        );
+        // 3 final epochs: 15 s of training and 4 s outside it, once.
+        let r = reservation(std::slice::from_ref(&t), &fin(3, 0), 1).unwrap();
+        assert_eq!(r.phase_ms, 19_000);
+        assert_eq!(r.tail_ms, 14_000, "the search trial's whole time");
+        // The 4 s come once per trial, not with every epoch: 10 final epochs (54 s) fit in
+        // 54 s, where 9 s an epoch (one epoch's phase) would fit only 6.
+        assert_eq!(
+            fitted_epochs(std::slice::from_ref(&t), &fin(10, 0), 1, 54_000),
+            10
+        );
+        assert_eq!(
+            fitted_epochs(std::slice::from_ref(&t), &fin(10, 0), 1, 53_999),
+            9
+        );
+        // A wall time below the training time (clocks of another kind) adds nothing.
+        let odd = trial(
+            2,
+            &[
+                ("train_seconds", 10.0),
+                ("train_examples", 100.0),
+                ("wall_seconds", 9.0),
+            ],
+        );
+        let r = reservation(std::slice::from_ref(&odd), &fin(3, 0), 1).unwrap();
+        assert_eq!((r.phase_ms, r.tail_ms), (15_000, 10_000));
     }
 
     #[test]

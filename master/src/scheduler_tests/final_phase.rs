@@ -284,7 +284,7 @@ async fn fewer_distinct_genomes_than_top_k_train_that_many_from_scratch() {
     );
     let reason = view(&h.sched, &id).await.row.status_reason;
     assert!(
-        reason.contains("1 of top_k = 3 architectures (only 1 distinct architectures completed"),
+        reason.contains("1 of top_k = 3 architectures (only 1 distinct architecture completed"),
         "{reason}"
     );
     let t = lease(&h.sched, &w).await;
@@ -624,7 +624,7 @@ async fn within_the_wall_budget_the_search_keeps_half_and_the_final_epochs_fit_t
     assert!(
         v.row
             .status_reason
-            .starts_with(&format!("final training done: 1 architectures retrained for {epochs} epochs (of final.epochs = 4")),
+            .starts_with(&format!("final training done: 1 architecture retrained for {epochs} epochs (of final.epochs = 4")),
         "{}",
         v.row.status_reason
     );

@@ -48,6 +48,7 @@ pub fn trial_record(
         kind: trial_kind(t) as i32,
         predicted_score: t.predicted_score.unwrap_or(f64::NAN),
         predicted_std: t.predicted_std.unwrap_or(f64::NAN),
+        phase: t.phase.clone(),
     }
 }
 
