@@ -30,8 +30,9 @@
 #            and weight inheritance buy.
 #   explore-defaults  the explorer as a user who sets nothing but the space would run it: the
 #            spec leaves [annealing], [early_stopping] and [inheritance] to the master's defaults
-#            (one chain per worker slot, exponential cooling from 0.02, reheat after 6; median
-#            early stopping and inheritance as in explore).
+#            (since 2026-12-07 the same settings as explore; the committed runs in
+#            bench/search/results/defaults/ measured the earlier defaults: one chain per worker
+#            slot, exponential cooling from 0.02, reheat after 6).
 #   random   Optuna's RandomSampler over a flat parametrisation of the same space (baseline.py),
 #            every trial a `worker train` run.
 #   tpe      the same driver with Optuna's TPESampler.

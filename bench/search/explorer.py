@@ -14,8 +14,10 @@ an inheriting child its fine-tune epochs). The master and the worker are always 
 With `--flat` the explorer's architecture moves stay in the baselines' flat space
 (`[search.flat]` from `space.explorer_flat_section()`): the `explore-flat` method. With
 `--product-defaults` the spec leaves annealing, early stopping and inheritance to the master's
-defaults (one chain per worker slot, exponential cooling from 0.02; the same early stopping and
-inheritance): the `explore-defaults` method.
+defaults: the `explore-defaults` method. Since 2026-12-07 those defaults are EXPLORER_DEFAULTS
+below (the runs of `explore` made them the defaults); the committed `explore-defaults` runs
+measured the earlier ones (one chain per worker slot, exponential cooling from 0.02, reheat
+after 6).
 
     python bench/search/explorer.py --seed 1 --label explore --settings '{...}' [--flat] [--set K=V]...
 """

@@ -19,11 +19,16 @@ use crate::store::ChainRow;
 /// Most chains an experiment may have.
 pub const MAX_CHAINS: u32 = 256;
 
+/// Chains an experiment with `annealing.chains = 0` runs at least, however few slots are
+/// connected: a single chain that accepted a poor model early can stay in its region for a
+/// whole run (the search benchmark's product-default runs, BENCHMARKS.md).
+pub const MIN_AUTO_CHAINS: u32 = 2;
+
 /// How many chains the experiment runs: `annealing.chains`, or one per connected worker slot
-/// when that is 0.
+/// (at least [`MIN_AUTO_CHAINS`]) when that is 0.
 pub fn chain_count(spec: &ExperimentSpec, connected_slots: u32) -> u32 {
     match spec.annealing.chains {
-        0 => connected_slots.clamp(1, MAX_CHAINS),
+        0 => connected_slots.clamp(MIN_AUTO_CHAINS, MAX_CHAINS),
         n => n.min(MAX_CHAINS),
     }
 }
@@ -160,4 +165,32 @@ pub async fn mean_temperature(
         return Ok(spec.annealing.initial_temperature);
     }
     Ok(chains.iter().map(|c| c.temperature).sum::<f64>() / chains.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(chains: u32) -> ExperimentSpec {
+        ExperimentSpec::from_toml(&format!(
+            "name = \"chains\"\n[budget]\nmax_trials = 10\n[annealing]\nchains = {chains}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn automatic_chains_follow_the_slots_and_are_never_fewer_than_two() {
+        assert_eq!(chain_count(&spec(0), 0), MIN_AUTO_CHAINS);
+        assert_eq!(chain_count(&spec(0), 1), MIN_AUTO_CHAINS);
+        assert_eq!(chain_count(&spec(0), 2), 2);
+        assert_eq!(chain_count(&spec(0), 8), 8);
+        assert_eq!(chain_count(&spec(0), 10_000), MAX_CHAINS);
+    }
+
+    #[test]
+    fn a_set_chain_count_is_kept_whatever_the_slots() {
+        assert_eq!(chain_count(&spec(1), 8), 1);
+        assert_eq!(chain_count(&spec(3), 1), 3);
+        assert_eq!(chain_count(&spec(256), 1), 256);
+    }
 }

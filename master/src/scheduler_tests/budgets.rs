@@ -6,7 +6,8 @@ use super::*;
 async fn experiment_completes_exactly_at_the_trial_budget() {
     let h = Harness::long().await;
     let a = register(&h.sched, 2).await;
-    let id = within(h.sched.submit(spec(4, ""))).await.unwrap();
+    let exponential = "[annealing]\ncooling = \"exponential\"\ncooling_rate = 0.9\n";
+    let id = within(h.sched.submit(spec(4, exponential))).await.unwrap();
     let mut done = 0;
     while done < 4 {
         let v = view(&h.sched, &id).await;

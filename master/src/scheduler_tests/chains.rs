@@ -74,7 +74,8 @@ async fn children_inherit_their_parents_checkpoint_and_fine_tune_briefly() {
 async fn a_stagnating_chain_is_reheated() {
     let h = Harness::long().await;
     let w = register(&h.sched, 1).await;
-    let extra = "[annealing]\nchains = 1\nreheat_after = 2\ninitial_temperature = 0.05\ncooling_rate = 0.5\n";
+    let extra = "[annealing]\nchains = 1\nreheat_after = 2\ninitial_temperature = 0.05\n\
+                 cooling = \"exponential\"\ncooling_rate = 0.5\n";
     let id = within(h.sched.submit(spec(10, extra))).await.unwrap();
     for score in [0.9, 0.5] {
         let t = lease(&h.sched, &w).await;
