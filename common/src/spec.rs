@@ -80,7 +80,8 @@ pub struct Budget {
     /// Stop proposing new trials after this many seconds (running ones still finish).
     #[serde(default)]
     pub max_wall_seconds: Option<u64>,
-    /// Give up on the experiment after this many failed trials (default: `max_trials`).
+    /// Give up on the experiment after this many failed trials. Unset: after `max_trials`
+    /// failures, or after the first 5 trials if all of them failed before any trained to a result.
     #[serde(default)]
     pub max_failures: Option<u32>,
     /// Total training epochs across all trials (pruned and failed ones count the epochs they

@@ -35,6 +35,7 @@ use budget::BudgetUsage;
 
 mod budget;
 mod control;
+mod failures;
 mod final_phase;
 mod final_time;
 pub mod reads;
@@ -1037,11 +1038,14 @@ impl Scheduler {
                 .await?;
             return Ok(true);
         }
-        let max_failures = budget.max_failures.unwrap_or(budget.max_trials);
-        if counts.failed >= max_failures {
+        if let Some(limit) = failures::limit_reached(budget, &counts) {
             conn.cancel_queued(&row.id, "experiment failed", now)
                 .await?;
-            let reason = format!("{} trials failed (limit {max_failures})", counts.failed);
+            let first = conn
+                .list_trials_page(&row.id, None, Some(TrialStatus::Failed), 1)
+                .await?;
+            let first_error = first.first().map(|t| t.error.as_str());
+            let reason = failures::with_first_error(&limit, first_error);
             conn.finish_experiment(&row.id, ExperimentStatus::Failed, &reason, now)
                 .await?;
             warn!(experiment_id = %row.id, reason = %reason, "experiment failed");

@@ -189,6 +189,62 @@ async fn experiment_fails_after_max_failures() {
     );
 }
 
+/// Leases the next trial and reports it failed with `error`.
+async fn lease_and_fail(h: &Harness, w: &WorkerId, error: &str) {
+    let t = lease(&h.sched, w).await;
+    within(h.sched.fail(w.as_str(), t.id.as_str(), 1, error))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn without_a_failure_limit_the_first_five_failures_end_an_experiment_that_trained_nothing() {
+    let h = Harness::long().await;
+    let w = register(&h.sched, 1).await;
+    let id = within(h.sched.submit(spec(100, ""))).await.unwrap();
+    lease_and_fail(&h, &w, "input shape [1, 28, 28] does not fit the seed").await;
+    for _ in 1..4 {
+        lease_and_fail(&h, &w, "another error").await;
+    }
+    assert_eq!(
+        view(&h.sched, &id).await.row.status,
+        ExperimentStatus::Running,
+        "four failures do not end it"
+    );
+    lease_and_fail(&h, &w, "another error").await;
+    let v = view(&h.sched, &id).await;
+    assert_eq!(v.row.status, ExperimentStatus::Failed);
+    assert!(
+        v.row.status_reason.starts_with("the first 5 trials failed")
+            && v.row
+                .status_reason
+                .ends_with("first error: input shape [1, 28, 28] does not fit the seed"),
+        "{}",
+        v.row.status_reason
+    );
+    assert_eq!((v.counts.failed, v.counts.queued), (5, 0));
+}
+
+#[tokio::test]
+async fn without_a_failure_limit_failures_after_a_result_do_not_end_the_experiment() {
+    let h = Harness::long().await;
+    let w = register(&h.sched, 1).await;
+    let id = within(h.sched.submit(spec(100, ""))).await.unwrap();
+    let t = lease(&h.sched, &w).await;
+    finish(&h.sched, &w, &t, 0.5).await;
+    for _ in 0..8 {
+        lease_and_fail(&h, &w, "nan loss").await;
+    }
+    let v = view(&h.sched, &id).await;
+    assert_eq!(
+        v.row.status,
+        ExperimentStatus::Running,
+        "{}",
+        v.row.status_reason
+    );
+    assert_eq!((v.counts.completed, v.counts.failed), (1, 8));
+}
+
 #[tokio::test]
 async fn running_trials_of_a_failed_experiment_are_told_to_stop() {
     let h = Harness::long().await;
